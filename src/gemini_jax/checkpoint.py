@@ -1,0 +1,136 @@
+"""The on-disk format of a run: what training writes and what generation and evaluation read.
+
+    RUN_DIR/
+      config.json        the ModelConfig (plain JSON)
+      tokenizer.model    the SentencePiece model the run used
+      checkpoints/<step>/state   Orbax: {"params": ..., "opt_state": ...}
+      checkpoints/<step>/meta    JSON: step, data iterator state, training settings
+
+Orbax writes each step into a temporary directory and renames it when complete, so a crash
+during a save leaves the previous step usable. Inference restores the parameters only.
+It lives outside `train/` so that serving and evaluation need no training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from gemini_jax.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a usable run or checkpoint."""
+
+
+def write_run_files(run_dir: str | os.PathLike, *, config: ModelConfig, tokenizer_path: str | os.PathLike) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
+    _atomic_write(run_dir / TOKENIZER_FILE, Path(tokenizer_path).read_bytes())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: str | os.PathLike) -> ModelConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    _check_run_dir(run_dir)
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: not a valid model config: {e}") from None
+
+
+def tokenizer_path(run_dir: str | os.PathLike) -> Path:
+    _check_run_dir(run_dir)
+    return Path(run_dir) / TOKENIZER_FILE
+
+
+def _check_run_dir(run_dir: str | os.PathLike) -> None:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(run_dir)!r} does not exist")
+    missing = [name for name in (CONFIG_FILE, TOKENIZER_FILE, CHECKPOINTS_DIR) if not (run_dir / name).exists()]
+    if missing:
+        raise CheckpointError(
+            f"{str(run_dir)!r} is not a gemini-jax run directory: missing {', '.join(missing)} "
+            f"(expected {CONFIG_FILE}, {TOKENIZER_FILE} and {CHECKPOINTS_DIR}/<step>/, as `gemini-jax train` writes)"
+        )
+
+
+class Checkpointer:
+    """Saves and restores training state under RUN_DIR/checkpoints (async, atomic, pruned)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = Path(run_dir).absolute() / CHECKPOINTS_DIR
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, *, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        """`state` is a pytree of arrays (params as a pure dict, optimizer state)."""
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
+
+    def restore(self, step: int, *, state_like: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+        return restored.state, restored.meta
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | None = None) -> int:
+    """Restores a run's parameters into `model` (built from the run's config); returns the step."""
+    _check_run_dir(run_dir)
+    manager = ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{str(run_dir)!r} holds no completed checkpoint under {CHECKPOINTS_DIR}/")
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": abstract},
+                    restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": abstract}),
+                    partial_restore=True,
+                )
+            ),
+        )
+    except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
+        raise CheckpointError(f"cannot restore step {step} from {str(run_dir)!r}: {e}") from None
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, restored.state["params"])
+    nnx.update(model, state)
+    manager.close()
+    return step

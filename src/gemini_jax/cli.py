@@ -1,0 +1,155 @@
+"""The `gemini-jax` command: thin argument parsing over the library.
+
+    gemini-jax train                     # the embedded demo: build corpus, train, evaluate
+    gemini-jax eval --checkpoint runs/demo --output results.json
+    gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_RUN_DIR = "runs/demo"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the demo model on the embedded corpus, then evaluate it",
+        description="Builds the embedded demo corpus (cached), trains its tokenizer, trains one "
+        "multimodal model on the mixture of tasks (easy-VQA, spoken-number transcription, video "
+        "questions, standard-library code), then evaluates it on the held-out test sets. "
+        "Re-running with the same --run-dir resumes from its last checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="where checkpoints, metrics.jsonl and loss.png go")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
+    p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the demo recipe's)")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute dtype (parameters stay float32; default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between quick evaluations (0: only at the end)")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="at most this many test examples per task in the final evaluation (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the demo's held-out test sets",
+        description="Prints a per-task table (exact match for easy-VQA, transcription and video "
+        "questions; word error rate; perplexity of held-out standard-library code).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--cache-dir", default=None, help="the demo corpus cache (as for train)")
+    p.add_argument("--tasks", default="vqa,asr,video,text", help="comma-separated subset of vqa,asr,video,text")
+    p.add_argument("--limit", type=int, default=None, help="at most this many test examples per task")
+    p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together")
+    p.add_argument("--output", default=None, help="write the results as JSON: {task: {metric: value}}")
+    p.add_argument("--records", default=None, help="write every example's prompt, output and score as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="answer a prompt, optionally with an image, audio clip or video",
+        description="Runs one user turn through the model and prints its answer. Media parts come "
+        "before the text, in the order image, video, audio.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("prompt", help="the text of the user's turn")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--image", action="append", default=[], help="an image file (PNG, JPEG, ...); repeatable")
+    p.add_argument("--video", action="append", default=[], help="a video file (animated GIF/WebP/PNG); repeatable")
+    p.add_argument("--audio", action="append", default=[], help="an audio file (WAV, FLAC, ...; resampled to 16 kHz mono); repeatable")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many new tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set with this much probability")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemini-jax",
+        description="Train, evaluate and run natively multimodal Gemini-style models in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    return parser
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _run(args: argparse.Namespace) -> None:
+    # Imported here so that `--help` answers at once, without loading JAX.
+    from gemini_jax import demo
+
+    if args.command == "train":
+        results = demo.train_and_evaluate(
+            run_dir=args.run_dir, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, dtype=args.dtype, seed=args.seed,
+            eval_every=args.eval_every, eval_limit=args.eval_limit, evaluate_at_end=not args.no_eval,
+            progress=not args.no_progress,
+        )
+        _write_json(args.output, results)
+    elif args.command == "eval":
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        results = demo.evaluate_checkpoint(
+            args.checkpoint, cache_dir=args.cache_dir, tasks=tasks, limit=args.limit,
+            batch_size=args.batch_size, records_path=args.records, progress=not args.no_progress,
+        )
+        _write_json(args.output, results)
+    elif args.command == "generate":
+        print(demo.generate_answer(
+            args.checkpoint, prompt=args.prompt, images=args.image, videos=args.video, audios=args.audio,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed,
+        ))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors about the user's input: printed as one clear line, not a traceback."""
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.config import ConfigError
+    from gemini_jax.data.encode import EncodeError
+    from gemini_jax.data.examples import ExampleError
+    from gemini_jax.data.media import MediaError
+    from gemini_jax.data.pipeline import DataError
+    from gemini_jax.data.speech import SpeechError
+    from gemini_jax.data.tokenizer import TokenizerError
+
+    return (CheckpointError, ConfigError, EncodeError, ExampleError, MediaError, DataError, SpeechError,
+            TokenizerError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except _user_errors() as e:
+        print(f"gemini-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

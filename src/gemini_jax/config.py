@@ -1,0 +1,214 @@
+"""Model configurations: frozen dataclasses, and the named presets as data.
+
+Every number the model uses is a field here. Derived values are properties, so a
+config can never disagree with itself. The data pipeline reads the same config to
+know how many placeholder slots each image, video frame or audio clip takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+DType = Literal["float32", "bfloat16"]
+
+# Token ids the tokenizer reserves (see data/tokenizer.py). The model only needs
+# the three placeholder ids; the rest are listed so the layout lives in one place.
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+START_OF_TURN_ID, END_OF_TURN_ID = 4, 5
+IMAGE_TOKEN_ID, FRAME_TOKEN_ID, AUDIO_TOKEN_ID = 6, 7, 8
+
+
+class ConfigError(ValueError):
+    """A configuration (preset name, field name or value) that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    """A ViT over square patches, for images and for video frames.
+
+    An image is resized, keeping its aspect ratio, to the largest size whose patch
+    grid fits in `max_patches` (variable resolution). Learned queries then pool the
+    patch features into a fixed number of soft tokens: `image_soft_tokens` per image
+    and `frame_soft_tokens` per video frame (video frames are many, so they get fewer,
+    like the "media resolution" setting of the Gemini API).
+    """
+
+    patch_size: int = 16
+    max_patches: int = 16
+    frame_max_patches: int = 16
+    max_grid: int = 32  # rows (and columns) the 2-D position tables cover
+    width: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 128
+    image_soft_tokens: int = 16
+    frame_soft_tokens: int = 4
+    num_frames: int = 8  # frames sampled uniformly from a video
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AudioConfig:
+    """A USM-style encoder: log-mel -> 2 stride-2 convolutions -> Conformer -> pooling.
+
+    Soft tokens come at a fixed rate: one per `samples_per_token` input samples
+    (hop 160 x subsampling 4 x pooling 2 = 1,280 samples = 80 ms, 12.5 per second).
+    """
+
+    sample_rate: int = 16_000
+    num_mels: int = 64
+    window_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    subsampling: int = 4  # two stride-2 convolutions
+    pooling: int = 2  # frames averaged into one soft token after the Conformer
+    width: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 128
+    conv_kernel: int = 15
+    max_seconds: float = 30.0
+
+    def __post_init__(self):
+        if self.subsampling != 4:
+            raise ConfigError(f"audio.subsampling must be 4 (two stride-2 convolutions), got {self.subsampling}")
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.hop_length * self.subsampling * self.pooling
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sample_rate / self.samples_per_token
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.max_seconds * self.sample_rate)
+
+    def num_mel_frames(self, num_samples: int) -> int:
+        """Log-mel frames for a clip: one per hop (the waveform is padded at the end)."""
+        return max(1, math.ceil(num_samples / self.hop_length))
+
+    def num_soft_tokens(self, num_samples: int) -> int:
+        """Soft tokens for a clip: ceil of its mel frames over subsampling x pooling."""
+        return math.ceil(self.num_mel_frames(num_samples) / (self.subsampling * self.pooling))
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A Gemini decoder (the public Gemma-1 layout) with optional media encoders."""
+
+    vocab_size: int
+    width: int
+    depth: int
+    num_heads: int
+    num_kv_heads: int = 1  # 1 = multi-query attention, the report's choice
+    head_dim: int
+    mlp_dim: int
+    max_seq_len: int = 32_768
+    rope_base: float = 10_000.0
+    norm_eps: float = 1e-6
+    dtype: DType = "float32"  # compute dtype; parameters stay float32
+    vision: VisionConfig | None = None
+    audio: AudioConfig | None = None
+    image_token_id: int = IMAGE_TOKEN_ID
+    frame_token_id: int = FRAME_TOKEN_ID
+    audio_token_id: int = AUDIO_TOKEN_ID
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def text_only(self) -> ModelConfig:
+        return dataclasses.replace(self, vision=None, audio=None)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Tiny, with distinct dimensions everywhere so that a wrong axis cannot hide.
+    "test": ModelConfig(
+        vocab_size=97,
+        width=24,
+        depth=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=10,
+        mlp_dim=40,
+        max_seq_len=256,
+        vision=VisionConfig(
+            patch_size=4, max_patches=12, frame_max_patches=6, max_grid=8, width=20, depth=1,
+            num_heads=2, mlp_dim=36, image_soft_tokens=5, frame_soft_tokens=3, num_frames=3,
+        ),
+        audio=AudioConfig(num_mels=16, width=28, depth=1, num_heads=2, mlp_dim=44, conv_kernel=5),
+    ),
+    # The model the embedded demo trains on 2 CPU cores in minutes.
+    "demo": ModelConfig(
+        vocab_size=1024,
+        width=96,
+        depth=3,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=24,
+        mlp_dim=256,
+        max_seq_len=512,
+        vision=VisionConfig(
+            patch_size=16, max_patches=16, frame_max_patches=4, max_grid=16, width=64, depth=1,
+            num_heads=4, mlp_dim=128, image_soft_tokens=16, frame_soft_tokens=4, num_frames=8,
+        ),
+        audio=AudioConfig(num_mels=64, width=64, depth=2, num_heads=4, mlp_dim=128, conv_kernel=15,
+                          max_seconds=8.0),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def _check_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {unknown}; accepted: {sorted(known)}")
+
+
+def config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """Builds a ModelConfig from plain data (e.g. a checkpoint's JSON), checking every key."""
+    values = dict(values)
+    _check_keys(ModelConfig, values, "model config")
+    for name, cls in (("vision", VisionConfig), ("audio", AudioConfig)):
+        if values.get(name) is not None:
+            _check_keys(cls, values[name], f"{name} config")
+            values[name] = cls(**values[name])
+    try:
+        return ModelConfig(**values)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"model config is incomplete: {e}") from None
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def override(config: ModelConfig, **changes: Any) -> ModelConfig:
+    """`dataclasses.replace` with a clear error for unknown fields (e.g. from the CLI)."""
+    _check_keys(ModelConfig, changes, "model config")
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,1 @@
+"""Data: tokenizer, media preprocessing, example encoding and the grain input pipeline."""

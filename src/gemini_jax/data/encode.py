@@ -1,0 +1,330 @@
+"""One example -> the arrays of one batch row (batch.py's keys, without the batch axis).
+
+Rendering follows the Gemma chat template:
+
+    <bos><start_of_turn>user\\n{parts}<end_of_turn>\\n<start_of_turn>model\\n{parts}<end_of_turn>\\n
+
+with media parts written as placeholders the model overwrites with soft tokens:
+
+    image  <start_of_image> <image> x image_soft_tokens <end_of_image>
+    video  <start_of_video> (<frame> x frame_soft_tokens, one span per frame) ... <end_of_video>
+    audio  <start_of_audio> <audio> x num_soft_tokens(samples) <end_of_audio>
+
+`tokens` is the rendering without its last token and `targets` without its first, so
+position i predicts token i + 1. Loss (train_on="model"): the parts of model turns and
+their <end_of_turn>, the stop token the sampler waits for; train_on="all": every text
+target, template included. Media placeholders and markers are never targets: the model
+reads media, it does not write it. Raw-text examples are <bos> text <eos>, all counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gemini_jax.config import ModelConfig
+from gemini_jax.data import media
+from gemini_jax.data.examples import Example, ExampleError, Part
+from gemini_jax.data.tokenizer import (
+    END_OF_AUDIO, END_OF_IMAGE, END_OF_VIDEO, START_OF_AUDIO, START_OF_IMAGE, START_OF_VIDEO, Tokenizer,
+)
+
+
+class EncodeError(ValueError):
+    """An example that cannot be encoded for this model (too long, media without an encoder)."""
+
+
+class MediaCache:
+    """Preprocessed media of files, by path, least recently used first out, within a byte budget.
+
+    Demo tasks show the same few thousand files for many epochs; decoding and resizing
+    them again each time would cost more than the training step on a laptop. Arrays
+    given in memory are not cached (they have no stable key). Thread-safe: grain's
+    prefetch threads share one cache.
+    """
+
+    def __init__(self, *, max_bytes: int = 512 << 20):
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        value = make()
+        size = sum(a.nbytes for a in _arrays(value))
+        with self._lock:
+            if key not in self._items and size <= self.max_bytes:
+                self._items[key] = value
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= sum(a.nbytes for a in _arrays(old))
+        return value
+
+    def __getstate__(self) -> dict:  # a copy sent to a worker process starts empty
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(max_bytes=state["max_bytes"])
+
+
+def _arrays(value: Any) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in _arrays(v)]
+    return []
+
+
+@dataclasses.dataclass
+class _Rendering:
+    """Token ids with, per token, whether it counts as a target and its media span."""
+
+    ids: list[int] = dataclasses.field(default_factory=list)
+    counts: list[bool] = dataclasses.field(default_factory=list)
+    spans: list[int] = dataclasses.field(default_factory=list)
+    images: list[media.Patches] = dataclasses.field(default_factory=list)
+    frames: list[media.Patches] = dataclasses.field(default_factory=list)
+    mels: list[np.ndarray] = dataclasses.field(default_factory=list)
+    num_spans: int = 0
+
+    def add(self, ids: list[int], *, counts: bool, span: int = 0) -> None:
+        self.ids += ids
+        self.counts += [counts] * len(ids)
+        self.spans += [span] * len(ids)
+
+    def new_span(self) -> int:
+        self.num_spans += 1
+        return self.num_spans
+
+
+def check_compatible(tokenizer: Tokenizer, config: ModelConfig) -> None:
+    """The tokenizer's ids must fit the model's embedding table and agree on placeholders."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise EncodeError(
+            f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is {config.vocab_size}")
+    pairs = {
+        "image": (tokenizer.image_id, config.image_token_id),
+        "frame": (tokenizer.frame_id, config.frame_token_id),
+        "audio": (tokenizer.audio_id, config.audio_token_id),
+    }
+    wrong = {k: v for k, v in pairs.items() if v[0] != v[1]}
+    if wrong:
+        raise EncodeError(f"placeholder ids (tokenizer, model config) disagree: {wrong}")
+
+
+class _Encoder:
+    def __init__(self, *, tokenizer: Tokenizer, config: ModelConfig, cache: MediaCache | None, where: str):
+        self.tok = tokenizer
+        self.config = config
+        self.cache = cache
+        self.where = where
+        self.out = _Rendering()
+
+    def text(self, text: str, *, counts: bool) -> None:
+        self.out.add(self.tok.encode(text), counts=counts)
+
+    def special(self, name: str, *, counts: bool) -> None:
+        self.out.add([self.tok.special_id(name)], counts=counts)
+
+    def _cached(self, source: Any, key: tuple, make: Callable[[], Any]) -> Any:
+        if self.cache is not None and isinstance(source, (str, os.PathLike)):
+            return self.cache.get((os.fspath(source), *key), make)
+        return make()
+
+    def part(self, part: Part, *, counts: bool) -> None:
+        try:
+            if part.kind == "text":
+                if not isinstance(part.text, str):
+                    raise ExampleError(f"a text part holds {type(part.text).__name__}, not str")
+                self.text(part.text, counts=counts)
+            elif part.kind == "image":
+                self.image(part.image)
+            elif part.kind == "video":
+                self.video(part.video)
+            else:
+                self.audio(part.audio)
+        except (media.MediaError, ExampleError) as e:
+            raise type(e)(f"{self.where}: {e}") from None
+
+    def _vision(self, kind: str):
+        if self.config.vision is None:
+            raise EncodeError(f"{self.where}: the example has {kind} but the model config has no vision encoder")
+        return self.config.vision
+
+    def image(self, source: Any) -> None:
+        vision = self._vision("an image")
+        key = ("image", vision.patch_size, vision.max_patches, vision.max_grid)
+        patches = self._cached(source, key, lambda: media.image_patches(
+            media.load_image(source), patch_size=vision.patch_size, max_patches=vision.max_patches,
+            max_grid=vision.max_grid))
+        self.out.images.append(patches)
+        self.special(START_OF_IMAGE, counts=False)
+        self.out.add([self.config.image_token_id] * vision.image_soft_tokens, counts=False, span=self.out.new_span())
+        self.special(END_OF_IMAGE, counts=False)
+
+    def video(self, source: Any) -> None:
+        vision = self._vision("a video")
+
+        def make() -> list[media.Patches]:
+            frames = media.load_video(source, num_frames=vision.num_frames)  # [F, H, W, 3]
+            return [media.image_patches(f, patch_size=vision.patch_size, max_patches=vision.frame_max_patches,
+                                        max_grid=vision.max_grid) for f in frames]
+
+        key = ("video", vision.patch_size, vision.frame_max_patches, vision.max_grid, vision.num_frames)
+        frames = self._cached(source, key, make)
+        self.special(START_OF_VIDEO, counts=False)
+        for frame in frames:
+            self.out.frames.append(frame)
+            self.out.add([self.config.frame_token_id] * vision.frame_soft_tokens, counts=False,
+                         span=self.out.new_span())
+        self.special(END_OF_VIDEO, counts=False)
+
+    def audio(self, source: Any) -> None:
+        audio = self.config.audio
+        if audio is None:
+            raise EncodeError(f"{self.where}: the example has audio but the model config has no audio encoder")
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            samples = media.load_audio(source, sample_rate=audio.sample_rate, max_seconds=audio.max_seconds)
+            return media.log_mel(samples, audio), np.array(samples.shape[0])
+
+        key = ("audio", audio.sample_rate, audio.max_seconds, audio.num_mels, audio.hop_length, audio.window_length)
+        mels, num_samples = self._cached(source, key, make)
+        self.out.mels.append(mels)
+        self.special(START_OF_AUDIO, counts=False)
+        self.out.add([self.config.audio_token_id] * audio.num_soft_tokens(int(num_samples)), counts=False,
+                     span=self.out.new_span())
+        self.special(END_OF_AUDIO, counts=False)
+
+
+def _render(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
+    tok = enc.tok
+    enc.out.add([tok.bos_id], counts=False)
+    if example.raw_text:
+        for turn in example.contents:
+            for part in turn.parts:
+                enc.part(part, counts=True)
+        if not for_generation:
+            enc.out.add([tok.eos_id], counts=True)
+        return
+    template = example.train_on == "all"
+    for turn in example.contents:
+        in_loss = template or turn.role == "model"
+        enc.out.add([tok.start_of_turn_id], counts=template)
+        enc.text(f"{turn.role}\n", counts=template)
+        for part in turn.parts:
+            enc.part(part, counts=in_loss)
+        enc.out.add([tok.end_of_turn_id], counts=in_loss)
+        enc.text("\n", counts=template)
+    if for_generation:
+        enc.out.add([tok.start_of_turn_id], counts=False)
+        enc.text("model\n", counts=False)
+
+
+def _stack_patches(
+    items: list[media.Patches], *, max_patches: int, patch_dim: int, prefix: str
+) -> dict[str, np.ndarray]:
+    n = len(items)
+    patches = np.zeros((n, max_patches, patch_dim), np.float32)  # [I, P, pd]
+    coords = np.zeros((n, max_patches, 2), np.int32)  # [I, P, 2]
+    mask = np.zeros((n, max_patches), bool)  # [I, P]
+    for i, item in enumerate(items):
+        k = item.patches.shape[0]
+        patches[i, :k], coords[i, :k], mask[i, :k] = item.patches, item.coords, True
+    return {f"{prefix}_patches": patches, f"{prefix}_coords": coords, f"{prefix}_patch_mask": mask}
+
+
+def _stack_mels(mels: list[np.ndarray], *, num_mels: int) -> dict[str, np.ndarray]:
+    longest = max(m.shape[0] for m in mels)
+    out = np.zeros((len(mels), longest, num_mels), np.float32)  # [C, M, num_mels]
+    mask = np.zeros((len(mels), longest), bool)  # [C, M]
+    for c, m in enumerate(mels):
+        out[c, : m.shape[0]], mask[c, : m.shape[0]] = m, True
+    return {"audio_mels": out, "audio_mel_mask": mask}
+
+
+def encode_example(
+    example: Example,
+    *,
+    tokenizer: Tokenizer,
+    config: ModelConfig,
+    max_len: int | None = None,
+    for_generation: bool = False,
+    media_cache: MediaCache | None = None,
+) -> dict[str, np.ndarray]:
+    """The arrays of one row (batch.py's keys, no batch axis, length T = the rendering's).
+
+    Training (default): tokens, targets, loss_mask, segment_ids (all 1), positions,
+    media_spans, plus image_*/frame_*/audio_* for each modality present (image slots
+    padded to `vision.max_patches` patches, frames to `frame_max_patches`, clips to the
+    longest clip). `for_generation=True` renders the whole conversation, then opens a
+    model turn, and returns no targets/loss_mask. More than `max_len` (default
+    `config.max_seq_len`) tokens is an EncodeError.
+    """
+    if not isinstance(example, Example):
+        raise ExampleError(f"encode_example expects an examples.Example, got {type(example).__name__}")
+    check_compatible(tokenizer, config)
+    where = f"example of task {example.task!r}" if example.task else "example"
+    enc = _Encoder(tokenizer=tokenizer, config=config, cache=media_cache, where=where)
+    _render(example, enc, for_generation=for_generation)
+    r = enc.out
+    ids = np.asarray(r.ids, np.int32)
+    spans = np.asarray(r.spans, np.int32)
+    if for_generation:
+        row = {"tokens": ids, "media_spans": spans}
+    else:
+        row = {
+            "tokens": ids[:-1],
+            "targets": ids[1:],
+            "loss_mask": np.asarray(r.counts[1:], np.float32),
+            "media_spans": spans[:-1],
+        }
+    length = row["tokens"].shape[0]
+    limit = config.max_seq_len if max_len is None else max_len
+    if length > limit:
+        what = "prompt" if for_generation else "example"
+        raise EncodeError(f"{where}: {what} is {length} tokens; the model's context is {limit}")
+    row["segment_ids"] = np.ones(length, np.int32)
+    row["positions"] = np.arange(length, dtype=np.int32)
+    vision = config.vision
+    if r.images:
+        row |= _stack_patches(r.images, max_patches=vision.max_patches, patch_dim=vision.patch_dim, prefix="image")
+    if r.frames:
+        row |= _stack_patches(r.frames, max_patches=vision.frame_max_patches, patch_dim=vision.patch_dim,
+                              prefix="frame")
+    if r.mels:
+        row |= _stack_mels(r.mels, num_mels=config.audio.num_mels)
+    return row
+
+
+def document_text(example: Example | str) -> str:
+    """The text of a plain document (a str, or a raw-text example holding only text parts)."""
+    if isinstance(example, str):
+        return example
+    if not isinstance(example, Example):
+        raise ExampleError(f"a document is a str or an examples.Example, got {type(example).__name__}")
+    kinds = sorted({p.kind for t in example.contents for p in t.parts} - {"text"})
+    if kinds:
+        raise ExampleError(f"document of task {example.task!r} holds {kinds} parts; packed text takes text only")
+    return "".join(p.text for t in example.contents for p in t.parts)
+
+
+def encode_document(example: Example | str, *, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+    """tokens/targets/loss_mask of `<bos> text <eos>` at any length (packing splits long ones)."""
+    ids = np.asarray([tokenizer.bos_id, *tokenizer.encode(document_text(example)), tokenizer.eos_id], np.int32)
+    return {"tokens": ids[:-1], "targets": ids[1:], "loss_mask": np.ones(ids.shape[0] - 1, np.float32)}

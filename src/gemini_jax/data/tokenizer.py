@@ -1,0 +1,254 @@
+"""A SentencePiece BPE tokenizer with the reserved ids of `config.py`.
+
+Layout: pad 0, eos 1, bos 2, unk 3, then the user-defined symbols below from id 4
+(turn markers, the three media placeholders, the media begin/end markers), then
+256 byte pieces (byte fallback: no text is ever unknown), then learned pieces.
+
+Whitespace is kept exactly (no normalisation, no dummy prefix, whitespace-only
+pieces allowed), so Python source round-trips with its indentation and newlines,
+and the ids of two strings concatenated equal the concatenation of their ids at
+any piece boundary: the chat template encodes its parts one at a time.
+
+    tok = train_tokenizer(texts, vocab_size=4096, path="tok.model")
+    tok = Tokenizer.load("tok.model")
+    tok.decode(tok.encode("def f(x):\n    return x\n"))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from gemini_jax import config as C
+
+PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+IMAGE, FRAME, AUDIO = "<image>", "<frame>", "<audio>"
+START_OF_IMAGE, END_OF_IMAGE = "<start_of_image>", "<end_of_image>"
+START_OF_VIDEO, END_OF_VIDEO = "<start_of_video>", "<end_of_video>"
+START_OF_AUDIO, END_OF_AUDIO = "<start_of_audio>", "<end_of_audio>"
+
+# The order fixes the ids (4, 5, ...): it must agree with config.py's constants.
+SPECIAL_TOKENS = (
+    START_OF_TURN, END_OF_TURN, IMAGE, FRAME, AUDIO,
+    START_OF_IMAGE, END_OF_IMAGE, START_OF_VIDEO, END_OF_VIDEO, START_OF_AUDIO, END_OF_AUDIO,
+)
+PLACEHOLDERS = (IMAGE, FRAME, AUDIO)
+MEDIA_MARKERS = (START_OF_IMAGE, END_OF_IMAGE, START_OF_VIDEO, END_OF_VIDEO, START_OF_AUDIO, END_OF_AUDIO)
+
+_EXPECTED_IDS = {
+    PAD: C.PAD_ID, EOS: C.EOS_ID, BOS: C.BOS_ID, UNK: C.UNK_ID,
+    START_OF_TURN: C.START_OF_TURN_ID, END_OF_TURN: C.END_OF_TURN_ID,
+    IMAGE: C.IMAGE_TOKEN_ID, FRAME: C.FRAME_TOKEN_ID, AUDIO: C.AUDIO_TOKEN_ID,
+}
+
+# SentencePiece skips training sentences longer than this many bytes; documents are
+# cut at line boundaries into pieces no longer than this.
+_MAX_SENTENCE_BYTES = 16_384
+_SPECIAL_PATTERN = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or request that cannot be used."""
+
+
+class Tokenizer:
+    """Wraps a SentencePiece model; picklable (for grain workers) through its serialized proto."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor, *, source: str = "<memory>"):
+        self._sp = processor
+        self._source = source
+        self._check_reserved_ids()
+        self._placeholder_ids = frozenset(self.special_id(s) for s in PLACEHOLDERS)
+
+    @classmethod
+    def from_bytes(cls, model: bytes, *, source: str = "<memory>") -> Tokenizer:
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(model)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"{source}: not a SentencePiece model ({e})") from None
+        return cls(processor, source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"tokenizer file {str(path)!r} does not exist (expected a SentencePiece .model file)")
+        return cls.from_bytes(path.read_bytes(), source=str(path))
+
+    def _check_reserved_ids(self) -> None:
+        for piece in (PAD, EOS, BOS, UNK, *SPECIAL_TOKENS):
+            if self._sp.piece_to_id(piece) == self._sp.unk_id() and piece != UNK:
+                raise TokenizerError(
+                    f"{self._source}: the model lacks the reserved piece {piece}; train it with train_tokenizer")
+        wrong = {p: self._sp.piece_to_id(p) for p, i in _EXPECTED_IDS.items() if self._sp.piece_to_id(p) != i}
+        if wrong:
+            raise TokenizerError(f"{self._source}: reserved pieces have ids {wrong}, config.py expects {_EXPECTED_IDS}")
+
+    def __getstate__(self) -> dict:
+        return {"model": self._sp.serialized_model_proto(), "source": self._source}
+
+    def __setstate__(self, state: dict) -> None:
+        other = Tokenizer.from_bytes(state["model"], source=state["source"])
+        self.__dict__.update(other.__dict__)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self._sp.pad_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    @property
+    def start_of_turn_id(self) -> int:
+        return self.special_id(START_OF_TURN)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.special_id(END_OF_TURN)
+
+    @property
+    def image_id(self) -> int:
+        return self.special_id(IMAGE)
+
+    @property
+    def frame_id(self) -> int:
+        return self.special_id(FRAME)
+
+    @property
+    def audio_id(self) -> int:
+        return self.special_id(AUDIO)
+
+    def special_id(self, name: str) -> int:
+        """The id of a reserved piece: "<end_of_turn>" or "end_of_turn"."""
+        piece = name if name.startswith("<") else f"<{name}>"
+        if piece not in (PAD, EOS, BOS, UNK, *SPECIAL_TOKENS):
+            raise TokenizerError(f"unknown special token {name!r}; known: {[PAD, EOS, BOS, UNK, *SPECIAL_TOKENS]}")
+        return self._sp.piece_to_id(piece)
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids of `text` (no bos/eos).
+
+        With allow_special=False (the default, right for any text a user wrote) a
+        literal "<image>" in the text is spelled with ordinary pieces, so text can
+        never forge a media placeholder or a turn marker.
+        """
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode expects a str, got {type(text).__name__}")
+        if allow_special:
+            return self._sp.encode(text)
+        ids: list[int] = []
+        start = 0
+        for match in _SPECIAL_PATTERN.finditer(text):
+            # Cut after the "<": both halves are encoded alone, and neither matches a symbol.
+            ids += self._sp.encode(text[start : match.start() + 1])
+            start = match.start() + 1
+        ids += self._sp.encode(text[start:])
+        return ids
+
+    def decode(self, ids: Sequence[int] | Iterable[int]) -> str:
+        """Text of `ids`; media placeholders and pad/bos/eos are dropped."""
+        kept = [int(i) for i in ids if int(i) not in self._placeholder_ids]
+        bad = [i for i in kept if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        return self._sp.decode(kept)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+
+def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
+    """Documents cut at newlines into pieces SentencePiece accepts (newlines kept inside)."""
+    for text in texts:
+        chunk: list[str] = []
+        size = 0
+        for line in text.splitlines(keepends=True):
+            n = len(line.encode("utf-8"))
+            if size + n > _MAX_SENTENCE_BYTES and chunk:
+                yield "".join(chunk)
+                chunk, size = [], 0
+            while n > _MAX_SENTENCE_BYTES:  # one enormous line: cut by characters
+                cut = _MAX_SENTENCE_BYTES // 4  # utf-8 takes at most 4 bytes a character
+                yield line[:cut]
+                line = line[cut:]
+                n = len(line.encode("utf-8"))
+            chunk.append(line)
+            size += n
+        if chunk:
+            yield "".join(chunk)
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.PathLike) -> Tokenizer:
+    """Trains a BPE tokenizer in memory and writes it atomically to `path`.
+
+    `vocab_size` counts everything, reserved and byte pieces included (at least
+    about 300). With a corpus too small to learn that many pieces the vocabulary
+    comes out smaller; `Tokenizer.vocab_size` says what it is.
+    """
+    reserved = 4 + len(SPECIAL_TOKENS) + 256
+    if vocab_size <= reserved:
+        raise TokenizerError(f"vocab_size must exceed {reserved} (reserved + byte pieces), got {vocab_size}")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_training_sentences(texts),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            character_coverage=0.9995,
+            byte_fallback=True,
+            split_digits=True,
+            pad_id=C.PAD_ID, eos_id=C.EOS_ID, bos_id=C.BOS_ID, unk_id=C.UNK_ID,
+            pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
+            user_defined_symbols=list(SPECIAL_TOKENS),
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_by_whitespace=True,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            max_sentencepiece_length=16,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise TokenizerError(f"SentencePiece training failed: {e}") from None
+    tokenizer = Tokenizer.from_bytes(model.getvalue(), source=str(path))
+    _write_atomically(Path(path), model.getvalue())
+    return tokenizer
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

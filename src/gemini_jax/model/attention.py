@@ -1,0 +1,221 @@
+"""Attention: the one mask function, the KV cache, and multi-query / grouped-query attention.
+
+Dimension letters: B batch, T queries, S keys, D width, N query heads, K key/value
+heads (K = 1 is multi-query attention, the Gemini report's choice), H head dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemini_jax.model.layers import apply_rope, fan_in_init
+
+
+def attention_mask(
+    *,
+    segment_ids: jax.Array,
+    media_spans: jax.Array,
+    kv_segment_ids: jax.Array | None = None,
+    kv_media_spans: jax.Array | None = None,
+    q_indices: jax.Array | None = None,
+    kv_indices: jax.Array | None = None,
+) -> jax.Array:
+    """Which keys each query may attend to: bool[B, T, S].
+
+    Query i sees key j iff both lie in the same packed segment (segment id > 0, so
+    padding sees nothing and is seen by nothing) and either j comes no later than i
+    (causal, compared by index in the sequence) or i and j lie in the same media span
+    (id > 0): the soft tokens of one image, video frame or audio clip see each other.
+
+    Args:
+      segment_ids: int32[B, T] packed document id of each query; 0 is padding.
+      media_spans: int32[B, T] media span id of each query; 0 outside media.
+      kv_segment_ids, kv_media_spans: int32[B, S] the same for the keys; default:
+        the queries' (self-attention). Key spans default to 0 when only key segments
+        are given (e.g. a KV cache, whose text-only decode steps need no spans).
+      q_indices, kv_indices: int32[B, T] / int32[B, S] index of each query / key in
+        the sequence; default 0, 1, ... A decode step passes its cache write index.
+
+    Examples (B = 1; rows are queries i, columns keys j):
+
+      causal: segment_ids [1 1 1], media_spans [0 0 0]
+        1 0 0
+        1 1 0
+        1 1 1
+
+      two packed segments and one padding token: segment_ids [1 1 2 2 0], spans 0
+        1 0 0 0 0
+        1 1 0 0 0
+        0 0 1 0 0
+        0 0 1 1 0
+        0 0 0 0 0
+
+      an image of three soft tokens between two text tokens:
+      segment_ids [1 1 1 1 1], media_spans [0 1 1 1 0]
+        1 0 0 0 0
+        1 1 1 1 0
+        1 1 1 1 0
+        1 1 1 1 0
+        1 1 1 1 1
+    """
+    if kv_segment_ids is None:
+        kv_segment_ids, kv_media_spans = segment_ids, media_spans
+    elif kv_media_spans is None:
+        kv_media_spans = jnp.zeros_like(kv_segment_ids)
+    batch, num_q = segment_ids.shape
+    num_kv = kv_segment_ids.shape[1]
+    if q_indices is None:
+        q_indices = jnp.broadcast_to(jnp.arange(num_q, dtype=jnp.int32)[None, :], (batch, num_q))
+    if kv_indices is None:
+        kv_indices = jnp.broadcast_to(jnp.arange(num_kv, dtype=jnp.int32)[None, :], (batch, num_kv))
+
+    same_segment = (segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (
+        segment_ids[:, :, None] > 0
+    )  # [B, T, S]
+    causal = kv_indices[:, None, :] <= q_indices[:, :, None]  # [B, T, S]
+    same_span = (media_spans[:, :, None] == kv_media_spans[:, None, :]) & (
+        media_spans[:, :, None] > 0
+    )  # [B, T, S]
+    return same_segment & (causal | same_span)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKV:
+    """Keys and values of one layer: k, v [B, S, K, H] (after RoPE, in compute dtype)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """The decoding state of the whole decoder.
+
+    layers: one LayerKV per decoder layer, each [B, S, K, H] with S = max_len.
+    valid:  bool[B, S], True where a slot holds a real token's keys.
+    index:  int32[B], each row's next write slot, which is also its length and the
+            RoPE position of its next token (prompts are right-padded, so a row's
+            real tokens occupy slots 0 .. index - 1).
+    """
+
+    layers: tuple[LayerKV, ...]
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(
+        cls, *, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+        dtype: jnp.dtype,
+    ) -> KVCache:
+        shape = (batch_size, max_len, num_kv_heads, head_dim)
+        layers = tuple(
+            LayerKV(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)) for _ in range(num_layers)
+        )
+        return cls(
+            layers=layers,
+            valid=jnp.zeros((batch_size, max_len), bool),
+            index=jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.valid.shape[1]
+
+
+jax.tree_util.register_dataclass(LayerKV)
+jax.tree_util.register_dataclass(KVCache)
+
+
+def _implementation(dtype: jnp.dtype, head_dim: int) -> str | None:
+    # cuDNN's fused kernel is the fast path on GPU but takes only 16-bit inputs and
+    # head dimensions that are multiples of 8; XLA's reference path runs elsewhere.
+    return "cudnn" if jax.default_backend() == "gpu" and dtype == jnp.bfloat16 and head_dim % 8 == 0 else None
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v for q[B, T, N, H], k and v [B, S, K, H], mask bool[B, T, S]."""
+    # jax.nn.dot_product_attention promotes bfloat16 with float32 internally, which
+    # strict dtype promotion (our tests' setting) refuses; the promotion is intended there.
+    with jax.numpy_dtype_promotion("standard"):
+        encoded = jax.nn.dot_product_attention(
+            q, k, v,
+            mask=mask[:, None, :, :],  # [B, 1, T, S]
+            scale=q.shape[-1] ** -0.5,
+            implementation=_implementation(q.dtype, q.shape[-1]),
+        )  # [B, T, N, H]
+    # A query that sees no key (padding) gets zeros, whatever the backend does with an
+    # empty softmax: a NaN there would reach real tokens through the next layer's values.
+    sees_any = jnp.any(mask, axis=-1)[:, :, None, None]  # [B, T, 1, 1]
+    return jnp.where(sees_any, encoded, jnp.zeros_like(encoded))
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with K <= N key/value heads and optional RoPE.
+
+    Layout (HF Gemma: q_proj [N*H, D], k_proj/v_proj [K*H, D], o_proj [D, N*H]):
+    q [D, N, H], k and v [D, K, H], o [N, H, D].
+    """
+
+    def __init__(
+        self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int,
+        rope_base: float | None, dtype: jnp.dtype, rngs: nnx.Rngs,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.rope_base = rope_base
+        self.dtype = dtype
+        key = rngs.params
+        self.q = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_heads, head_dim), jnp.float32))
+        self.k = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32))
+        self.v = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32))
+        self.o = nnx.Param(fan_in_init((0, 1), 2)(key(), (num_heads, head_dim, width), jnp.float32))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array,
+        positions: jax.Array | None = None,
+        cache: LayerKV | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerKV]:
+        """Attends x[B, T, D] under mask bool[B, T, S]; returns (out [B, T, D], keys/values).
+
+        Without a cache, S = T and the returned LayerKV holds this chunk's keys and
+        values (prefill stores them). With a cache, row b's T new keys are written at
+        slots cache_index[b] + 0 .. T - 1, attention runs over all S cache slots, and
+        the updated cache is returned.
+        """
+        dtype = self.dtype
+        x = x.astype(dtype)
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dtype))
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dtype))
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dtype))
+        if self.rope_base is not None:
+            if positions is None:
+                raise ValueError("this attention uses RoPE: pass positions int32[B, T]")
+            q = apply_rope(q, positions=positions, base=self.rope_base)
+            k = apply_rope(k, positions=positions, base=self.rope_base)
+
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("attention with a KV cache needs cache_index int32[B]")
+            batch, num_new = x.shape[:2]
+            slots = cache_index[:, None] + jnp.arange(num_new, dtype=jnp.int32)[None, :]  # [B, T]
+            rows = jnp.broadcast_to(jnp.arange(batch)[:, None], slots.shape)  # [B, T]
+            # Writes past the end of the cache are dropped; the sampler stops before.
+            cache = LayerKV(
+                k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
+                v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
+            )  # [B, S, K, H]
+            keys = cache
+        else:
+            keys = LayerKV(k=k, v=v)
+
+        encoded = dot_product_attention(q, keys.k.astype(dtype), keys.v.astype(dtype), mask=mask)  # [B, T, N, H]
+        out = jnp.einsum("BTNH,NHD->BTD", encoded, self.o[...].astype(dtype))
+        return out, keys

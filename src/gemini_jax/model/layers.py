@@ -1,0 +1,138 @@
+"""Building blocks shared by the decoder and the encoders.
+
+Parameters are stored float32 in einsum-friendly shapes that map one-to-one onto the
+public Gemma-1 checkpoint layout (HF `q_proj` [N*H, D] is our `q` [D, N, H] after a
+reshape and transpose, `gate_proj` [F, D] is our `gate` [D, F], and so on). Each
+module casts its parameters to the compute dtype right before its matmul, so a
+bfloat16 model keeps float32 master weights.
+
+Dimension letters: B batch, T sequence, D model width, F MLP width, V vocabulary,
+N query heads, K key/value heads, H head dimension, I/O input/output features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def fan_in_init(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> nnx.Initializer:
+    """LeCun-normal for a weight whose input features span `in_axis` (variance 1 / fan_in)."""
+    return nnx.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+    )
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm with Gemma's zero-centred scale: y = x / rms(x) * (1 + w).
+
+    Storing w (initialised to 0) rather than 1 + w matches the Gemma checkpoints and
+    keeps weight decay pulling the scale towards 1. Statistics are float32 whatever
+    the input dtype: bfloat16 squares of a wide residual stream lose too much.
+    """
+
+    def __init__(self, dim: int, *, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)  # [..., 1]
+        normed = x32 * jax.lax.rsqrt(mean_square + self.eps)  # [..., D]
+        scale = jnp.reshape(1.0 + self.scale[...], (1,) * (x.ndim - 1) + (-1,))  # [1.., D]
+        return (normed * scale).astype(x.dtype)
+
+
+class Embedder(nnx.Module):
+    """Token table E[V, D]: inputs are E[token] * sqrt(D), output logits are x @ E^T (tied)."""
+
+    def __init__(self, vocab_size: int, width: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.width = width
+        self.dtype = dtype
+        # Std 1/sqrt(D): after the sqrt(D) input scale each embedding has unit-size
+        # entries, and tied logits of a normalised hidden state start near unit size.
+        init = nnx.initializers.normal(stddev=1.0 / math.sqrt(width))
+        self.table = nnx.Param(init(rngs.params(), (vocab_size, width), jnp.float32))
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        x = jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
+        # The scale is rounded to the compute dtype first, as Gemma does: the
+        # published checkpoints were trained with exactly that rounding.
+        return x * jnp.asarray(math.sqrt(self.width), self.dtype)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        # float32 logits: a bfloat16 softmax over a large vocabulary is too coarse.
+        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), self.table[...])  # [B, T, V]
+
+
+class Linear(nnx.Module):
+    """x @ W (+ b) over the last axis; used by the encoders, whose layout is our own."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = nnx.Param(fan_in_init(0, 1)(rngs.params(), (in_dim, out_dim), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_dim,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...I,IO->...O", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + jnp.reshape(self.bias[...].astype(self.dtype), (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
+class GeGLU(nnx.Module):
+    """Gated MLP: down(gelu_tanh(x @ gate) * (x @ up)), Gemma's feed-forward."""
+
+    def __init__(self, width: int, mlp_dim: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.gate = nnx.Param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32))
+        self.up = nnx.Param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32))
+        self.down = nnx.Param(fan_in_init(0, 1)(rngs.params(), (mlp_dim, width), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(self.dtype))
+        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(self.dtype))
+        hidden = jax.nn.gelu(gate, approximate=True) * up  # [B, T, F]
+        return jnp.einsum("BTF,FD->BTD", hidden, self.down[...].astype(self.dtype))
+
+
+def apply_rope(x: jax.Array, *, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding of x[B, T, N, H] at integer positions[B, T].
+
+    The head is split into halves (x1, x2) and rotated as
+    [x1 cos - x2 sin, x2 cos + x1 sin] with frequencies base^(-2i/H), the convention
+    of Gemma and its HF port, so checkpoint q/k weights need no permutation.
+    Angles are float32: bfloat16 cannot represent positions above 256 exactly.
+    """
+    head_dim = x.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    half = head_dim // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)  # [H/2]
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, H/2]
+    sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, T, N, H/2] each
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTokens:
+    """An encoder's output: tokens [B, slots, n, D] in decoder width, valid bool[B, slots, n].
+
+    A slot is one image, video frame or audio clip; invalid tokens (padding slots, the
+    unused tail of a short clip) are skipped when soft tokens fill their placeholders.
+    """
+
+    tokens: jax.Array
+    valid: jax.Array
+
+
+jax.tree_util.register_dataclass(SoftTokens)

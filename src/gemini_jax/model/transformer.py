@@ -1,0 +1,87 @@
+"""The pre-norm Transformer block and the decoder stack (Gemma-1 layout).
+
+Block: x + attn(norm(x)), then x + geglu(norm(x)). The vision encoder reuses the
+block without RoPE (its positions are learned 2-D tables) under a bidirectional mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemini_jax.config import ModelConfig
+from gemini_jax.model.attention import Attention, KVCache, LayerKV
+from gemini_jax.model.layers import GeGLU, RMSNorm
+
+
+class Block(nnx.Module):
+    """Pre-norm attention and GeGLU MLP, each with a residual connection."""
+
+    def __init__(
+        self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int, mlp_dim: int,
+        rope_base: float | None, norm_eps: float, dtype: jnp.dtype, rngs: nnx.Rngs,
+    ):
+        self.pre_attn_norm = RMSNorm(width, eps=norm_eps)
+        self.attn = Attention(
+            width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+            rope_base=rope_base, dtype=dtype, rngs=rngs,
+        )
+        self.pre_mlp_norm = RMSNorm(width, eps=norm_eps)
+        self.mlp = GeGLU(width, mlp_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array,
+        positions: jax.Array | None = None,
+        cache: LayerKV | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerKV]:
+        attended, kv = self.attn(
+            self.pre_attn_norm(x), mask=mask, positions=positions, cache=cache, cache_index=cache_index
+        )
+        x = x + attended.astype(x.dtype)  # [B, T, D]
+        x = x + self.mlp(self.pre_mlp_norm(x)).astype(x.dtype)
+        return x, kv
+
+
+class Decoder(nnx.Module):
+    """The decoder stack: `depth` blocks with RoPE, then the final RMSNorm."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        self.blocks = nnx.List([
+            Block(
+                width=config.width, num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
+                head_dim=config.head_dim, mlp_dim=config.mlp_dim, rope_base=config.rope_base,
+                norm_eps=config.norm_eps, dtype=dtype, rngs=rngs,
+            )
+            for _ in range(config.depth)
+        ])
+        self.final_norm = RMSNorm(config.width, eps=config.norm_eps)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, tuple[LayerKV, ...]]:
+        """x[B, T, D] -> (normed hidden [B, T, D], each layer's keys/values).
+
+        Without a cache the keys/values are this chunk's ([B, T, K, H]); with one they
+        are the updated cache layers, written at `cache.index`.
+        """
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(
+                x, mask=mask, positions=positions,
+                cache=None if cache is None else cache.layers[i],
+                cache_index=None if cache is None else cache.index,
+            )
+            kvs.append(kv)
+        return self.final_norm(x), tuple(kvs)

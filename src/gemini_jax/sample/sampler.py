@@ -1,0 +1,119 @@
+"""Text generation: prefill the prompts, then decode against a KV cache, one compiled step.
+
+    sampler = Sampler(model, tokenizer)
+    [answer] = sampler.generate([prompt_example], [SamplingParams(max_new_tokens=16)])
+
+Prompts are encoded with the chat template and right-padded. Their lengths are rounded
+up to a bucket and the batch to a power of two, so a stream of requests reuses a few
+compiled shapes instead of compiling one per prompt. A row stops at <end_of_turn> or
+<eos>; the loop ends when every row has stopped or reached its max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
+from gemini_jax.data.examples import Example
+from gemini_jax.data.pipeline import collate
+from gemini_jax.data.tokenizer import Tokenizer
+from gemini_jax.model import Gemini
+from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_tokens
+
+LENGTH_BUCKET = 32
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return multiple * math.ceil(n / multiple)
+
+
+def _batch_bucket(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(n)))
+
+
+class Sampler:
+    def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None):
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.graphdef, self.state = nnx.split(model)
+        self.media_cache = media_cache
+        self.stop_ids = np.array([tokenizer.end_of_turn_id, tokenizer.eos_id], np.int32)
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
+        self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
+
+    def _prefill_fn(self, state, batch, sampling, seeds, *, max_len):
+        model = nnx.merge(self.graphdef, state)
+        cache = model.init_cache(batch_size=batch["tokens"].shape[0], max_len=max_len)
+        out, cache = model.prefill(batch, cache)
+        last = jnp.maximum(cache.index - 1, 0)  # [B]: each row's last prompt token
+        logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]  # [B, V]
+        tokens = self._sample(logits, seeds, jnp.int32(0), sampling)
+        return tokens, cache
+
+    def _decode_fn(self, state, tokens, cache, step, sampling, seeds):
+        model = nnx.merge(self.graphdef, state)
+        logits, cache = model.decode_step(tokens, cache)
+        return self._sample(logits, seeds, step, sampling), cache
+
+    @staticmethod
+    def _sample(logits, seeds, step, sampling):
+        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seeds)  # [B] keys
+        return sample_tokens(logits, keys, **sampling)
+
+    def encode_prompt(self, prompt: Example) -> dict[str, np.ndarray]:
+        return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,
+                              media_cache=self.media_cache)
+
+    def generate(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[str]:
+        """One answer per prompt (an Example whose last turn is the user's)."""
+        return [self.tokenizer.decode(ids) for ids in self.generate_ids(prompts, params)]
+
+    def generate_ids(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[list[int]]:
+        if not prompts:
+            return []
+        params = list(params) if params is not None else [SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling settings")
+        rows = [self.encode_prompt(p) for p in prompts]
+        lengths = [int(r["segment_ids"].sum()) for r in rows]
+        max_new = max(p.max_new_tokens for p in params)
+        longest = max(lengths)
+        if longest + max_new > self.config.max_seq_len:
+            raise EncodeError(
+                f"prompt of {longest} tokens plus {max_new} new tokens exceeds the model's context of "
+                f"{self.config.max_seq_len} tokens; shorten the prompt or lower max_new_tokens"
+            )
+        seq_len = min(_round_up(longest, LENGTH_BUCKET), self.config.max_seq_len)
+        cache_len = min(_round_up(seq_len + max_new, LENGTH_BUCKET), self.config.max_seq_len)
+        size = _batch_bucket(len(rows))
+        batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size)
+        pad = size - len(rows)
+        sampling = {k: np.pad(v, (0, pad)) for k, v in params_arrays(params).items()}
+        seeds = np.pad(np.array([p.seed for p in params], np.uint32), (0, pad))
+        limits = np.array([p.max_new_tokens for p in params] + [0] * pad)
+
+        tokens, cache = self._prefill(self.state, batch, sampling, seeds, max_len=cache_len)
+        out = np.zeros((size, max_new), np.int32)
+        done = limits == 0
+        length = np.zeros(size, np.int64)
+        for step in range(max_new):
+            current = np.asarray(tokens)
+            out[:, step] = current
+            length = np.where(done, length, step + 1)
+            done |= np.isin(current, self.stop_ids) | (step + 1 >= limits)
+            if done.all():
+                break
+            tokens, cache = self._decode(self.state, tokens, cache, jnp.int32(step + 1), sampling, seeds)
+        answers = []
+        for row in range(len(rows)):
+            ids = out[row, : length[row]].tolist()
+            if ids and ids[-1] in self.stop_ids:
+                ids = ids[:-1]
+            answers.append(ids)
+        return answers

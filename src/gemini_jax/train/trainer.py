@@ -1,0 +1,234 @@
+"""The training loop: a compiled step over (params, optimizer state), checkpoints, metrics.
+
+The model is split once into its graph and its parameters; the step is a pure function of
+arrays, compiled by `jax.jit` once per batch shape (the demo mixes tasks whose batches have
+different shapes, so a handful of compilations happen in the first steps). Parameters and
+optimizer state are donated, so the update happens in place.
+
+Resuming restores parameters, optimizer state and the data iterator's position, so a resumed
+run reproduces the losses of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from gemini_jax import batch as batch_keys
+from gemini_jax.checkpoint import Checkpointer
+from gemini_jax.config import ModelConfig, config_to_dict
+from gemini_jax.model import Gemini
+from gemini_jax.train.metrics import LOSS_PLOT_FILE, MetricsLog, plot_losses
+from gemini_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+
+MODEL_INPUT_KEYS = tuple(k for k in batch_keys.ALL_KEYS if k not in ("targets", "loss_mask"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = 2_000
+    optimizer: OptimizerConfig = OptimizerConfig()
+    log_every: int = 25
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 500
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    model: Gemini
+    step: int
+    final_loss: float
+    tokens_per_second: float
+    wall_seconds: float
+    eval_metrics: dict[str, Any]
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy over the positions whose loss_mask is 1, in float32; and that count."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)  # [B, T]
+    weight = loss_mask.astype(jnp.float32)
+    count = weight.sum()
+    return (losses * weight).sum() / jnp.maximum(count, 1.0), count
+
+
+def with_loss_positions(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds `loss_positions` int32[B, K]: each row's scored positions first, in order.
+
+    K is the most scored tokens of any row, rounded up to a power of two (at least 4) so
+    that a task compiles a few shapes, not one per batch.
+    """
+    loss_mask = np.asarray(batch["loss_mask"])
+    most = int((loss_mask > 0).sum(axis=1).max(initial=1))
+    k = min(loss_mask.shape[1], max(4, 1 << math.ceil(math.log2(max(most, 1)))))
+    order = np.argsort(-(loss_mask > 0).astype(np.int8), axis=1, kind="stable")[:, :k]
+    return {**batch, "loss_positions": order.astype(np.int32)}
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+
+class Trainer:
+    """Owns the model's parameters, the optimizer state and the compiled step."""
+
+    def __init__(self, model: Gemini, optimizer: OptimizerConfig):
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.tx = make_optimizer(optimizer)
+        self.opt_state = self.tx.init(self.params)
+        self.schedule = learning_rate_schedule(optimizer)
+        self._step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+        self._loss_fn = jax.jit(self._loss)
+
+    @property
+    def model(self) -> Gemini:
+        return nnx.merge(self.graphdef, self.params, self.rest)
+
+    def _loss(self, params, batch):
+        model = nnx.merge(self.graphdef, params, self.rest)
+        out = model(model_inputs(batch))
+        # Logits only where the loss looks: answers are a few tokens of each row, and the
+        # vocabulary projection is the costliest matmul of a small model. The full logits
+        # of `out` go unused, so XLA never computes them.
+        positions = batch["loss_positions"]  # [B, K]
+        hidden = jnp.take_along_axis(out.hidden, positions[:, :, None], axis=1)  # [B, K, D]
+        logits = model.embedder.decode(hidden)  # [B, K, V]
+        targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
+        weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
+        return masked_cross_entropy(logits, targets, weights)
+
+    def _step(self, params, opt_state, batch):
+        (loss, count), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.global_norm(grads)}
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
+        return metrics
+
+    def eval_loss(self, batch: Mapping[str, np.ndarray]) -> tuple[float, float]:
+        loss, count = self._loss_fn(self.params, with_loss_positions(batch))
+        return float(loss), float(count)
+
+    def state(self) -> dict[str, Any]:
+        return {"params": nnx.to_pure_dict(self.params), "opt_state": self.opt_state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        nnx.replace_by_pure_dict(self.params, state["params"])
+        self.opt_state = state["opt_state"]
+
+
+def _json_safe(state: Any) -> Any:
+    """Grain iterator states are JSON-able dicts; bytes (if any) become latin-1 strings."""
+    return json.loads(json.dumps(state, default=lambda b: {"__bytes__": b.decode("latin-1")}))
+
+
+def _from_json_safe(state: Any) -> Any:
+    return json.loads(
+        json.dumps(state),
+        object_hook=lambda d: d["__bytes__"].encode("latin-1") if set(d) == {"__bytes__"} else d,
+    )
+
+
+def train(
+    *,
+    config: ModelConfig,
+    run_dir: str | os.PathLike,
+    data: Iterator[Mapping[str, np.ndarray]],
+    train_config: TrainConfig,
+    evaluate: Callable[[Gemini], dict[str, Any]] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Trains (or resumes) the run in `run_dir` for `train_config.steps` steps.
+
+    `data` is an iterator of batches (see batch.py); if it has `get_state`/`set_state` (a Grain
+    iterator) its position is checkpointed. `evaluate(model)` returns metrics to log.
+    `stop_after` ends the loop early at that step (to test resumption) without changing the
+    schedule.
+    """
+    run_dir = Path(run_dir)
+    model = Gemini(config, rngs=nnx.Rngs(train_config.seed))
+    trainer = Trainer(model, train_config.optimizer)
+    checkpointer = Checkpointer(run_dir)
+    log = MetricsLog(run_dir)
+
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, meta = checkpointer.restore(latest, state_like=trainer.state())
+        trainer.load_state(state)
+        if meta.get("data_state") is not None and hasattr(data, "set_state"):
+            data.set_state(_from_json_safe(meta["data_state"]))
+        start = latest
+        log.truncate_after(start)
+    else:
+        log.path.unlink(missing_ok=True)
+
+    def save(step: int) -> None:
+        meta = {
+            "step": step,
+            "model_config": config_to_dict(config),
+            "train_config": json.loads(json.dumps(dataclasses.asdict(train_config))),
+            "data_state": _json_safe(data.get_state()) if hasattr(data, "get_state") else None,
+        }
+        checkpointer.save(step, state=trainer.state(), meta=meta)
+
+    end = min(train_config.steps, stop_after if stop_after is not None else train_config.steps)
+    bar = tqdm(total=train_config.steps, initial=start, disable=not train_config.progress, unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    window_tokens, window_start, total_tokens = 0, time.perf_counter(), 0
+    loss_value, eval_metrics = math.nan, {}
+    pending: list[tuple[int, dict[str, jax.Array], int]] = []
+    for step in range(start + 1, end + 1):
+        batch = next(data)
+        tokens = int(np.count_nonzero(batch["segment_ids"]))
+        metrics = trainer.step(batch)
+        pending.append((step, metrics, tokens))
+        window_tokens += tokens
+        total_tokens += tokens
+        bar.update(1)
+        if step % train_config.log_every == 0 or step == end:
+            # Reading metrics back waits for the device: do it once per log interval only.
+            now = time.perf_counter()
+            rate = window_tokens / max(now - window_start, 1e-9)
+            losses = [float(m["loss"]) for _, m, _ in pending]
+            loss_value = float(np.mean(losses))
+            log.write({
+                "kind": "train", "step": step, "loss": loss_value, "lr": float(trainer.schedule(step)),
+                "grad_norm": float(pending[-1][1]["grad_norm"]), "tokens_per_second": rate,
+                "elapsed_s": now - started,
+            })
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+            pending, window_tokens, window_start = [], 0, now
+        if train_config.eval_every and step % train_config.eval_every == 0 and step != end and evaluate:
+            eval_metrics = evaluate(trainer.model)
+            log.write({"kind": "eval", "step": step, **eval_metrics})
+        if step % train_config.checkpoint_every == 0 or step == end:
+            save(step)
+    bar.close()
+    wall = time.perf_counter() - started
+    checkpointer.wait()
+    checkpointer.close()
+    if evaluate is not None and end == train_config.steps:
+        eval_metrics = evaluate(trainer.model)
+        log.write({"kind": "eval", "step": end, **eval_metrics})
+    plot_losses(log.read(), run_dir / LOSS_PLOT_FILE)
+    return TrainResult(
+        model=trainer.model, step=end, final_loss=loss_value,
+        tokens_per_second=total_tokens / max(wall, 1e-9), wall_seconds=wall, eval_metrics=eval_metrics,
+    )

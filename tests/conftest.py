@@ -1,0 +1,101 @@
+"""Test-wide JAX settings (several CPU devices, strict promotion) and model/media builders."""
+
+import functools
+
+import jax
+
+# Before any other JAX use: later tests shard over these devices on one CPU.
+jax.config.update("jax_num_cpu_devices", 4)
+# Implicit rank broadcasting and silent dtype promotion hide axis and precision bugs.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from gemini_jax.config import ModelConfig, VisionConfig  # noqa: E402
+
+
+def _test_value(path, leaf, rng: np.random.Generator) -> np.ndarray:
+    """A random value for one parameter, at roughly the scale its initialiser would give,
+    with non-zero norm scales and biases so that every parameter matters."""
+    name = path[-2].key  # the path ends in (..., DictKey(name), GetAttrKey("value"))
+    shape = leaf.shape
+    if name == "scale" or name.endswith("bias"):
+        std = 0.1
+    elif name == "table":
+        std = shape[-1] ** -0.5
+    elif name.endswith("queries"):
+        std = 1.0
+    elif name in ("row_embed", "col_embed"):
+        std = 0.3
+    elif name in ("q", "k", "v"):  # [D, heads, H]: the input is axis 0 only
+        std = shape[0] ** -0.5
+    else:  # [..., out]: every other axis is an input (o [N, H, D], kernels, convolutions)
+        std = float(np.prod(shape[:-1])) ** -0.5
+    return (std * rng.standard_normal(shape)).astype(leaf.dtype)
+
+
+@functools.cache
+def _build(config: ModelConfig, seed: int):
+    from gemini_jax.model import Gemini
+
+    # Random values from numpy on the abstract model: the real initialisers compile one
+    # small XLA program per parameter shape, tens of seconds on a shared 2-core box.
+    # (test_model.py builds one model with the real initialisers.)
+    abstract = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(seed)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+    state = jax.tree_util.tree_map_with_path(lambda path, leaf: jax.numpy.asarray(_test_value(path, leaf, rng)), state)
+    return nnx.merge(graphdef, state)
+
+
+@pytest.fixture(scope="session")
+def build_model():
+    """build_model(config, seed=0) -> Gemini with random parameters, cached per
+    (config, seed). Callers must not modify the models they get."""
+    return lambda config, seed=0: _build(config, seed)
+
+
+def make_images(vision: VisionConfig, grids: list[list[tuple[int, int]]], *, num_patches: int,
+                seed: int, num_slots: int | None = None) -> dict[str, np.ndarray]:
+    """Random images with patch grids grids[b][i] = (rows, cols), padded to `num_patches`
+    patches and `num_slots` slots; padding holds random junk that must be ignored."""
+    rng = np.random.default_rng(seed)
+    batch = len(grids)
+    slots = num_slots or max(1, max(len(g) for g in grids))
+    patches = rng.uniform(-1, 1, (batch, slots, num_patches, vision.patch_dim)).astype(np.float32)
+    coords = rng.integers(0, vision.max_grid, (batch, slots, num_patches, 2)).astype(np.int32)
+    mask = np.zeros((batch, slots, num_patches), bool)
+    for b, row in enumerate(grids):
+        for i, (rows, cols) in enumerate(row):
+            n = rows * cols
+            coords[b, i, :n] = np.stack(np.divmod(np.arange(n), cols), axis=-1)
+            mask[b, i, :n] = True
+    return {"patches": patches, "coords": coords, "mask": mask}
+
+
+def make_audio(num_mels: int, num_frames: list[list[int]], *, max_frames: int, seed: int,
+               num_slots: int | None = None) -> dict[str, np.ndarray]:
+    """Random log-mel clips of num_frames[b][c] real frames, padded (with junk) to max_frames."""
+    rng = np.random.default_rng(seed)
+    batch = len(num_frames)
+    slots = num_slots or max(1, max(len(c) for c in num_frames))
+    mels = rng.normal(size=(batch, slots, max_frames, num_mels)).astype(np.float32)
+    mask = np.zeros((batch, slots, max_frames), bool)
+    for b, row in enumerate(num_frames):
+        for c, n in enumerate(row):
+            mask[b, c, :n] = True
+    return {"mels": mels, "mask": mask}
+
+
+@pytest.fixture(scope="session")
+def media():
+    """Builders of random media inputs: media.images(...), media.audio(...)."""
+
+    class Media:
+        images = staticmethod(make_images)
+        audio = staticmethod(make_audio)
+
+    return Media

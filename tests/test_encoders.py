@@ -1,0 +1,121 @@
+"""Vision and audio encoders: variable sizes, soft-token counts, and padding invariance."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gemini_jax.config import get_preset
+
+CONFIG = get_preset("test")
+
+
+@nnx.jit
+def _images(vision, patches, coords, mask):
+    return vision.encode_images(patches, coords, mask)
+
+
+@nnx.jit
+def _frames(vision, patches, coords, mask):
+    return vision.encode_frames(patches, coords, mask)
+
+
+@nnx.jit
+def _audio(audio, mels, mask):
+    return audio(mels, mask)
+
+
+@pytest.fixture(scope="module")
+def model(build_model):
+    return build_model(CONFIG)
+
+
+def test_vision_variable_grids_ignore_padding(model, media):
+    vision = CONFIG.vision
+    grids = [[(2, 3), (3, 4)], [(1, 5)]]  # 6, 12 (= max_patches) and 5 patches; row 1 slot 1 is empty
+    batch = media.images(vision, grids, num_patches=15, seed=1)
+    out = _images(model.vision, batch["patches"], batch["coords"], batch["mask"])
+    assert out.tokens.shape == (2, 2, vision.image_soft_tokens, CONFIG.width)
+    np.testing.assert_array_equal(np.asarray(out.valid[:, :, 0]), [[True, True], [True, False]])
+    assert np.all(np.asarray(out.valid) == np.asarray(out.valid[:, :, :1]))
+
+    for b, i in [(0, 0), (0, 1), (1, 0)]:
+        n = grids[b][i][0] * grids[b][i][1]
+        alone = _images(
+            model.vision, batch["patches"][b:b + 1, i:i + 1, :n], batch["coords"][b:b + 1, i:i + 1, :n],
+            batch["mask"][b:b + 1, i:i + 1, :n],
+        )
+        np.testing.assert_allclose(np.asarray(out.tokens[b, i]), np.asarray(alone.tokens[0, 0]), atol=1e-5)
+    # Different images give different tokens (the comparison above is not vacuous).
+    assert np.abs(np.asarray(out.tokens[0, 0] - out.tokens[1, 0])).max() > 1e-2
+
+
+def test_vision_reads_positions_from_coords(model, media):
+    vision = CONFIG.vision
+    batch = media.images(vision, [[(2, 3)]], num_patches=6, seed=2)
+    base = _images(model.vision, batch["patches"], batch["coords"], batch["mask"]).tokens
+    # The patches are a set located by their coordinates: shuffling them together
+    # with their coordinates changes nothing.
+    perm = np.random.default_rng(0).permutation(6)
+    shuffled = _images(model.vision, batch["patches"][:, :, perm], batch["coords"][:, :, perm], batch["mask"]).tokens
+    np.testing.assert_allclose(np.asarray(shuffled), np.asarray(base), atol=1e-5)
+    # The same patches laid out as a 3 x 2 grid (row and column swapped) are another image.
+    swapped = _images(model.vision, batch["patches"], batch["coords"][..., ::-1], batch["mask"]).tokens
+    assert np.abs(np.asarray(swapped - base)).max() > 1e-3
+    # Both tables matter: shifting the grid by one row, or by one column, changes the image.
+    for shift in ([1, 0], [0, 1]):
+        moved = _images(model.vision, batch["patches"], batch["coords"] + np.int32(shift), batch["mask"]).tokens
+        assert np.abs(np.asarray(moved - base)).max() > 1e-3
+
+
+def test_video_frames_use_their_own_token_count(model, media):
+    vision = CONFIG.vision
+    batch = media.images(vision, [[(2, 3), (2, 3), (2, 2)]], num_patches=vision.frame_max_patches, seed=3)
+    frames = _frames(model.vision, batch["patches"], batch["coords"], batch["mask"])
+    images = _images(model.vision, batch["patches"], batch["coords"], batch["mask"])
+    assert frames.tokens.shape == (1, 3, vision.frame_soft_tokens, CONFIG.width)
+    # Shared encoder, different queries: the frame tokens are not a prefix of the image tokens.
+    n = vision.frame_soft_tokens
+    assert np.abs(np.asarray(frames.tokens - images.tokens[:, :, :n])).max() > 1e-3
+
+
+def test_audio_durations_token_counts_and_padding(model, media):
+    audio = CONFIG.audio
+    samples = [[800, 12_345], [16_000, 5_000]]  # 0.05 s to 1 s
+    frames = [[audio.num_mel_frames(n) for n in row] for row in samples]
+    max_frames = max(max(row) for row in frames) + 7  # every clip has junk padding after it
+    batch = media.audio(audio.num_mels, frames, max_frames=max_frames, seed=4)
+    out = _audio(model.audio, batch["mels"], batch["mask"])
+    per_token = audio.subsampling * audio.pooling
+    assert out.tokens.shape == (2, 2, math.ceil(max_frames / per_token), CONFIG.width)
+
+    for b in range(2):
+        for c in range(2):
+            count = int(np.sum(np.asarray(out.valid[b, c])))
+            assert count == audio.num_soft_tokens(samples[b][c])
+            assert np.all(np.asarray(out.valid[b, c, :count]))  # the valid tokens are a prefix
+            m = frames[b][c]
+            alone = _audio(model.audio, batch["mels"][b:b + 1, c:c + 1, :m], batch["mask"][b:b + 1, c:c + 1, :m])
+            assert alone.tokens.shape[2] == count
+            np.testing.assert_allclose(
+                np.asarray(out.tokens[b, c, :count]), np.asarray(alone.tokens[0, 0]), atol=1e-5
+            )
+
+
+def test_audio_clip_without_frames_is_padding(model, media):
+    audio = CONFIG.audio
+    batch = media.audio(audio.num_mels, [[24, 0]], max_frames=24, seed=5)
+    out = _audio(model.audio, batch["mels"], batch["mask"])
+    np.testing.assert_array_equal(np.asarray(out.valid.sum(axis=-1)), [[3, 0]])
+    assert np.all(np.isfinite(np.asarray(out.tokens)))
+
+
+def test_encoders_reject_wrong_feature_sizes(model):
+    with pytest.raises(ValueError, match="num_mels"):
+        model.audio(jnp.zeros((1, 1, 8, CONFIG.audio.num_mels + 1)), jnp.ones((1, 1, 8), bool))
+    with pytest.raises(ValueError, match="patch_size"):
+        model.vision.encode_images(
+            jnp.zeros((1, 1, 4, 5)), jnp.zeros((1, 1, 4, 2), jnp.int32), jnp.ones((1, 1, 4), bool)
+        )
