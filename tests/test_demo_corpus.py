@@ -156,8 +156,8 @@ def test_failed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 
 
 def test_default_sizes_live_in_demo_v1():
-    assert demo._subdir(DemoSizes()) == "demo-v1"
-    assert demo._subdir(TINY).startswith("demo-v1-") and demo._subdir(TINY) != demo._subdir(MICRO)
+    assert demo._subdir(DemoSizes()) == f"demo-v{demo.VERSION}"
+    assert demo._subdir(TINY).startswith(f"demo-v{demo.VERSION}-") and demo._subdir(TINY) != demo._subdir(MICRO)
 
 
 # ---- shapes -------------------------------------------------------------------------------------

@@ -160,12 +160,12 @@ PRESETS: dict[str, ModelConfig] = {
     # The model the embedded demo trains on 2 CPU cores in minutes.
     "demo": ModelConfig(
         vocab_size=1024,
-        width=96,
-        depth=3,
-        num_heads=4,
+        width=64,
+        depth=2,
+        num_heads=2,
         num_kv_heads=1,
-        head_dim=24,
-        mlp_dim=256,
+        head_dim=32,
+        mlp_dim=192,
         max_seq_len=512,
         vision=VisionConfig(
             patch_size=16, max_patches=16, frame_max_patches=4, max_grid=16, width=64, depth=1,

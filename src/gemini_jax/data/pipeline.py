@@ -250,6 +250,7 @@ def batched(
     max_mel_frames: int | None = None,
     num_threads: int = 2,
     prefetch_batches: int = 2,
+    augment: Callable[[Row, np.random.Generator], Row] | None = None,
 ) -> grain.IterDataset:
     """Batches of encoded rows, each key at one fixed shape.
 
@@ -257,12 +258,15 @@ def batched(
     images gets empty slots, a task without audio gets no audio keys). `max_mel_frames`
     defaults to the frames of the longest clip the config accepts. num_epochs=None
     repeats forever; drop_remainder=False keeps the last short batch, filled with padding
-    rows. A row that exceeds the declared shapes is a DataError.
+    rows. A row that exceeds the declared shapes is a DataError. `augment(row, rng)`
+    changes rows after shuffling, with a generator seeded per row and epoch from `seed`.
     """
     shapes = _media_shapes(seq_len=seq_len, config=config, max_images=max_images, max_frames=max_frames,
                            max_audio_clips=max_audio_clips, max_mel_frames=max_mel_frames)
     # Padding runs in grain's read threads, next to encoding (a skipped record stays None).
     rows = _epochs(ds.map(lambda row: _pad_row(row, shapes)), seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+    if augment is not None:
+        rows = rows.random_map(lambda row, rng: None if row is None else augment(row, rng), seed=seed)
     rows = rows.to_iter_dataset(read_options=_read_options(num_threads))
     batches = rows.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack_rows(batch_size))
     return _prefetch(batches, prefetch_batches)

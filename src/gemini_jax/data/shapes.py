@@ -116,12 +116,14 @@ def sample(rng: np.random.Generator, *, kind: str, frames: int, size: int) -> Cl
         return options[int(rng.integers(len(options)))]
 
     shapes, colours, backgrounds = list(SHAPES), list(COLOURS), list(BACKGROUNDS)
-    low_r, high_r = max(2, size // 10), max(3, size // 6)
+    # Shapes of a sixth to a quarter of the frame: at the 32-pixel default, a shape spans
+    # a good part of a 16-pixel patch, so its kind and its position are both visible.
+    low_r, high_r = max(2, size // 6), max(3, size // 4)
     steps = frames - 1
     if kind == "direction":
         direction = pick(list(DIRECTIONS))
         radius = int(rng.integers(low_r, high_r + 1))
-        speed = int(rng.integers(1, 3))
+        speed = int(rng.integers(2, 4))  # several pixels a frame: the motion crosses patches
         speed = min(speed, max(1, (size - 2 * radius - 2) // steps))
         (ux, uy), travel = DIRECTIONS[direction], speed * steps
         x = _start(rng, radius=radius, size=size, move=ux * travel)
@@ -129,7 +131,7 @@ def sample(rng: np.random.Generator, *, kind: str, frames: int, size: int) -> Cl
         return Motion(pick(shapes), pick(colours), pick(backgrounds), direction, x, y, radius, speed)
     if kind == "order":
         first, second = rng.choice(len(SHAPES), size=2, replace=False)
-        radius = int(rng.integers(low_r, high_r))
+        radius = int(rng.integers(max(2, size // 8), low_r + 1))  # two must fit side by side
         dx, dy = _drift(rng)
         first_frame = int(rng.integers(0, 2))
         second_frame = int(rng.integers(first_frame + 2, frames))

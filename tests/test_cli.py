@@ -1,0 +1,100 @@
+"""End to end on a tiny corpus: train, evaluate, generate from files; and the CLI's clear errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from gemini_jax import cli, demo
+from gemini_jax.config import PRESETS
+from gemini_jax.data.demo import DemoCorpus, DemoSizes
+
+CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
+SIZES = DemoSizes.tiny()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    results = demo.train_and_evaluate(
+        run_dir=str(root / "run"), cache_dir=str(root / "cache"), steps=6, batch_size=4, config=CONFIG,
+        sizes=SIZES, eval_limit=3, progress=False,
+    )
+    return root, results
+
+
+def test_demo_trains_and_reports_every_task(run):
+    root, results = run
+    assert set(results) == {"vqa", "asr", "video", "text"}
+    assert 0.0 <= results["vqa"]["exact_match"] <= 100.0 and results["vqa"]["examples"] == 3
+    assert {"wer", "exact_match_number"} <= set(results["asr"])
+    assert results["text"]["perplexity"] > 1.0
+    saved = json.loads((root / "run" / "results.json").read_text())
+    assert saved["run"]["training_s"] > 0 and saved["run"]["peak_memory_mb"] > 0
+    assert (root / "run" / "loss.png").exists()
+
+
+def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):
+    root, results = run
+    again = demo.evaluate_checkpoint(str(root / "run"), cache_dir=str(root / "cache"), limit=3, progress=False,
+                                     sizes=SIZES, records_path=str(root / "records.jsonl"))
+    assert again == results
+    records = [json.loads(line) for line in (root / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 9 and {"prompt", "output", "reference", "correct"} <= set(records[0])
+
+
+def test_generate_reads_image_audio_and_video_files(run, capsys):
+    root, _ = run
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    media = {
+        "--image": corpus.records("vqa", "test")[0].example.contents[0].parts[0].image,
+        "--audio": corpus.records("asr", "test")[0].example.contents[0].parts[0].audio,
+        "--video": corpus.records("video", "test")[0].example.contents[0].parts[0].video,
+    }
+    for flag, path in media.items():
+        code = cli.main(["generate", "--checkpoint", str(root / "run"), flag, str(path), "--max-new-tokens", "3",
+                         "What is it?"])
+        assert code == 0, flag
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def _error(argv, capsys) -> str:
+    assert cli.main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input_gets_one_clear_line(run, capsys, tmp_path):
+    root, _ = run
+    ckpt = ["--checkpoint", str(root / "run")]
+    assert "missing.png" in _error(["generate", *ckpt, "--image", str(tmp_path / "missing.png"), "hi"], capsys)
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    assert "broken.png" in _error(["generate", *ckpt, "--image", str(tmp_path / "broken.png"), "hi"], capsys)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    assert "broken.wav" in _error(["generate", *ckpt, "--audio", str(tmp_path / "broken.wav"), "hi"], capsys)
+    (tmp_path / "broken.gif").write_bytes(b"GIF89a nonsense")
+    assert "broken.gif" in _error(["generate", *ckpt, "--video", str(tmp_path / "broken.gif"), "hi"], capsys)
+
+    message = _error(["generate", "--checkpoint", str(tmp_path), "hi"], capsys)
+    assert "not a gemini-jax run directory" in message and "config.json" in message
+    assert "does not exist" in _error(["generate", "--checkpoint", str(tmp_path / "nowhere"), "hi"], capsys)
+
+    message = _error(["train", "--preset", "enormous", "--run-dir", str(tmp_path / "r")], capsys)
+    assert "unknown preset 'enormous'" in message and "demo" in message
+
+    assert "context" in _error(["generate", *ckpt, "word " * 400], capsys)
+
+
+def test_audio_at_another_rate_and_in_stereo_is_converted_with_a_note(run, tmp_path, capsys):
+    root, _ = run
+    t = np.arange(22_050) / 22_050
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], axis=1).astype(np.float32)
+    soundfile.write(tmp_path / "stereo.wav", stereo, 22_050)
+    with pytest.warns(UserWarning) as notes:
+        code = cli.main(["generate", "--checkpoint", str(root / "run"), "--audio", str(tmp_path / "stereo.wav"),
+                         "--max-new-tokens", "2", "hi"])
+    assert code == 0
+    text = " ".join(str(n.message) for n in notes)
+    assert "22050" in text and "16000" in text and "channel" in text
