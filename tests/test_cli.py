@@ -57,7 +57,7 @@ def test_generate_reads_image_audio_and_video_files(run, capsys):
         code = cli.main(["generate", "--checkpoint", str(root / "run"), flag, str(path), "--max-new-tokens", "3",
                          "What is it?"])
         assert code == 0, flag
-    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert capsys.readouterr().out.count("\n") >= 3  # one printed answer per command
 
 
 def _error(argv, capsys) -> str:

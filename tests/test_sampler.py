@@ -17,13 +17,13 @@ from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.sampling import SamplingParams, filter_logits, sample_tokens
 
-CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=300)
+CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     corpus = [inspect.getsource(textwrap), "What colour is the shape? A red circle. A blue square.\n" * 30]
-    return train_tokenizer(corpus, vocab_size=300, path=tmp_path_factory.mktemp("tok") / "t.model")
+    return train_tokenizer(corpus, vocab_size=400, path=tmp_path_factory.mktemp("tok") / "t.model")
 
 
 def test_top_k_and_top_p_masks_match_hand_computed_sets():

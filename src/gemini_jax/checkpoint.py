@@ -122,7 +122,7 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
                     item={"params": abstract},
-                    restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": abstract}),
+                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
                     partial_restore=True,
                 )
             ),

@@ -46,7 +46,7 @@ ANSWER_TOKENS = {"vqa": 8, "asr": 24, "video": 8}
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoRecipe:
     preset: str = "demo"
-    steps: int = 6_000
+    steps: int = 9_000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100

@@ -113,9 +113,12 @@ class Trainer:
 
     def _step(self, params, opt_state, batch):
         (loss, count), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.global_norm(grads)}
+        # Optax mixes Python scalars with int32 step counts; it is written for standard
+        # promotion, while our own code also passes under strict promotion (the tests' mode).
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads)}
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
@@ -208,8 +211,10 @@ def train(
             rate = window_tokens / max(now - window_start, 1e-9)
             losses = [float(m["loss"]) for _, m, _ in pending]
             loss_value = float(np.mean(losses))
+            with jax.numpy_dtype_promotion("standard"):
+                lr = float(trainer.schedule(step))
             log.write({
-                "kind": "train", "step": step, "loss": loss_value, "lr": float(trainer.schedule(step)),
+                "kind": "train", "step": step, "loss": loss_value, "lr": lr,
                 "grad_norm": float(pending[-1][1]["grad_norm"]), "tokens_per_second": rate,
                 "elapsed_s": now - started,
             })

@@ -1,0 +1,1 @@
+"""Evaluation: the demo's held-out tasks and log-likelihood scoring."""

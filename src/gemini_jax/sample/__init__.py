@@ -1,0 +1,1 @@
+"""Sampling: choosing tokens and generating text against a KV cache."""

@@ -1,0 +1,1 @@
+"""Training: optimizer, the compiled training loop, metrics and the loss curve."""
