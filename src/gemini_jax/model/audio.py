@@ -18,7 +18,6 @@ D encoder width, E decoder width, G frames per pooled token.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +99,6 @@ class ConvModule(nnx.Module):
         self.pointwise_out = Linear(width, width, use_bias=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        width = x.shape[-1]
         value, gate = jnp.split(self.pointwise_in(self.norm(x)), 2, axis=-1)  # [B, M, D] each
         y = _zero_padding(value * jax.nn.sigmoid(gate), mask)
         # Depthwise convolution over time as a sum of shifted, scaled copies: exact, and
