@@ -328,8 +328,9 @@ def _build_vqa(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]:
 
 def asr_plan(*, train: int, test: int, seed: int = 0) -> dict[str, list[tuple[str, speech.Utterance]]]:
     """(kind, utterance) per split, as a pure function of the counts: five in eight numbers,
-    two digit strings, one phrase (48 phrases need few clips; numbers have 10,000 texts). Test texts never occur in train; every other test clip is
-    spoken by a held-out voice, the rest by train voices."""
+    two digit strings, one phrase (48 phrases need few clips; numbers have 10,000 texts).
+    Test texts never occur in train; every other test clip is spoken by a held-out voice,
+    the rest by train voices."""
     rng = np.random.default_rng(seed)
     numbers = {s: [n for n in range(10_000) if is_test(f"number:{n}") == (s == "test")] for s in SPLITS}
     phrases = {s: [p for p in ASR_PHRASES if is_test(f"phrase:{p}") == (s == "test")] for s in SPLITS}

@@ -18,7 +18,7 @@ from typing import Any
 import jiwer
 import numpy as np
 
-from gemini_jax.data.examples import Content, Example
+from gemini_jax.data.examples import Example
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.sampling import SamplingParams
 
@@ -65,7 +65,6 @@ def answer_questions(
             records.append(Record(
                 task=example.task, prompt=question, output=output, reference=reference,
                 correct=normalize_answer(output) == normalize_answer(reference),
-                kind=getattr(example, "kind", "") or "",
             ))
         if on_batch:
             on_batch(len(chunk))
@@ -107,6 +106,3 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{task:<8} {name:<22} {shown:>10}")
     return "\n".join(lines)
 
-
-def user_prompt(parts: Sequence[Any]) -> Example:
-    return Example(contents=(Content("user", tuple(parts)),))

@@ -18,7 +18,6 @@ D encoder width, E decoder width, G frames per pooled token.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx

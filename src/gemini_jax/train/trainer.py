@@ -124,10 +124,6 @@ class Trainer:
         self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
         return metrics
 
-    def eval_loss(self, batch: Mapping[str, np.ndarray]) -> tuple[float, float]:
-        loss, count = self._loss_fn(self.params, with_loss_positions(batch))
-        return float(loss), float(count)
-
     def state(self) -> dict[str, Any]:
         return {"params": nnx.to_pure_dict(self.params), "opt_state": self.opt_state}
 
