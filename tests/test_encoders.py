@@ -1,7 +1,9 @@
 """Vision and audio encoders: variable sizes, soft-token counts, and padding invariance."""
 
+import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -119,3 +121,54 @@ def test_encoders_reject_wrong_feature_sizes(model):
         model.vision.encode_images(
             jnp.zeros((1, 1, 4, 5)), jnp.zeros((1, 1, 4, 2), jnp.int32), jnp.ones((1, 1, 4), bool)
         )
+
+
+def test_vision_without_pooling_gives_one_token_per_real_patch(build_model, media):
+    config = dataclasses.replace(CONFIG, vision=dataclasses.replace(CONFIG.vision, pooling="none"))
+    model = build_model(config)
+    vision = config.vision
+    assert not hasattr(model.vision, "pool")  # no unused pooling parameters
+    grids = [[(2, 3), (3, 4)], [(1, 5)]]
+    batch = media.images(vision, grids, num_patches=vision.max_patches, seed=6)
+    out = _images(model.vision, batch["patches"], batch["coords"], batch["mask"])
+    assert out.tokens.shape == (2, 2, vision.max_patches, config.width)
+    np.testing.assert_array_equal(np.asarray(out.valid), batch["mask"])
+    assert [vision.num_soft_tokens(r * c) for r, c in grids[0]] == [6, 12]
+    # A real patch's token does not depend on the padding after it.
+    alone = _images(model.vision, batch["patches"][1:, :1, :5], batch["coords"][1:, :1, :5], batch["mask"][1:, :1, :5])
+    np.testing.assert_allclose(np.asarray(out.tokens[1, 0, :5]), np.asarray(alone.tokens[0, 0]), atol=1e-5)
+    # Frames go through the same projection: the same patches give the same tokens.
+    frames = _frames(model.vision, batch["patches"], batch["coords"], batch["mask"])
+    np.testing.assert_allclose(np.asarray(frames.tokens), np.asarray(out.tokens), atol=1e-6)
+
+
+def _conv_stride2_reference(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """3x3 stride-2 'SAME' convolution of x[N, S, S, C] written out (S even: pad one row/column at the end)."""
+    n, s, _, _ = x.shape
+    padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    out = np.zeros((n, s // 2, s // 2, kernel.shape[-1]), np.float64)
+    for i in range(s // 2):
+        for j in range(s // 2):
+            window = padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]  # [N, 3, 3, C]
+            out[:, i, j] = np.einsum("nabc,abco->no", window, kernel)
+    return out + bias
+
+
+def test_patch_stem_matches_a_written_out_convolution(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, stem_channels=(5,))  # patch 4 -> 2x2x5
+    config = dataclasses.replace(CONFIG, vision=vision)
+    model = build_model(config)
+    batch = media.images(vision, [[(2, 3)]], num_patches=6, seed=7)
+    stem = model.vision.patch_embed
+    patches = batch["patches"][0, 0]  # [6, 48]: each patch flattened (row, column, channel)
+    pixels = patches.reshape(6, vision.patch_size, vision.patch_size, 3).astype(np.float64)
+    conv = stem.convs[0]
+    hidden = _conv_stride2_reference(pixels, np.asarray(conv.kernel[...]), np.asarray(conv.bias[...]))
+    hidden = np.asarray(jax.nn.gelu(jnp.asarray(hidden, jnp.float32)))
+    want = hidden.reshape(6, -1) @ np.asarray(stem.proj.kernel[...]) + np.asarray(stem.proj.bias[...])
+    np.testing.assert_allclose(np.asarray(stem(jnp.asarray(patches))), want, atol=1e-4)
+    # Convolutions stay inside their patch: shuffling patches with their coordinates changes nothing.
+    perm = np.random.default_rng(1).permutation(6)
+    base = _images(model.vision, batch["patches"], batch["coords"], batch["mask"]).tokens
+    shuffled = _images(model.vision, batch["patches"][:, :, perm], batch["coords"][:, :, perm], batch["mask"]).tokens
+    np.testing.assert_allclose(np.asarray(shuffled), np.asarray(base), atol=1e-5)

@@ -201,8 +201,8 @@ def test_packed_segments_do_not_interact(model):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_kv_heads", [2, 1], ids=["gqa", "mqa"])
-def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads):
+@pytest.mark.parametrize("num_kv_heads,prefix_lm", [(2, False), (1, False), (1, True)], ids=["gqa", "mqa", "prefix-lm"])
+def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads, prefix_lm):
     config = override(CONFIG, num_kv_heads=num_kv_heads)
     model = build_model(config)
     n_img = CONFIG.vision.image_soft_tokens
@@ -221,6 +221,8 @@ def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads):
     for b, n in enumerate(prompt_lengths):
         full["tokens"][b, :n] = prompt["tokens"][b, :n]
         full["tokens"][b, n:n + steps] = new_tokens[b]
+        if prefix_lm:  # the prompt is one bidirectional span (prompt_attention="bidirectional")
+            prompt["media_spans"][b, :n] = full["media_spans"][b, :n] = 1
     reference = np.asarray(forward(model, with_media(full, images=images)).logits)
 
     cache = model.init_cache(batch_size=2, max_len=16)

@@ -300,3 +300,30 @@ def test_audio_slots_pad_to_the_declared_clip_length(tok, files):
                               max_audio_clips=1, max_mel_frames=40))
     assert batch["audio_mels"].shape == (2, 1, 40, CONFIG.audio.num_mels)
     assert batch["audio_mel_mask"].sum(axis=(1, 2)).tolist() == [25, 10]  # 4000 and 1600 samples / hop 160
+
+
+def test_bidirectional_prompts_make_each_unscored_user_turn_one_span(tok, files):
+    config = dataclasses.replace(CONFIG, prompt_attention="bidirectional")
+    ex = chat(("user", [Part(image=str(files / "wide.png")), Part(text="Hi")]), ("model", [Part(text="Yo")]),
+              ("user", [Part(text="and?")]), ("model", [Part(text="A red circle.")]))
+    row = encode_example(ex, tokenizer=tok, config=config)
+    causal = encode_example(ex, tokenizer=tok, config=CONFIG)
+    np.testing.assert_array_equal(row["tokens"], causal["tokens"])
+    np.testing.assert_array_equal(row["loss_mask"], causal["loss_mask"])
+    tokens, spans = row["tokens"], row["media_spans"]
+    sot = np.flatnonzero(tokens == tok.start_of_turn_id)  # the four turns start here
+    # Turn 1 (with its image) is span 1 up to the start of turn 2; turn 3 is span 2; model turns are causal.
+    assert spans[:sot[0]].tolist() == [0]  # <bos>
+    assert set(spans[sot[0]:sot[1]].tolist()) == {1}
+    assert not spans[sot[1]:sot[2]].any() and not spans[sot[3]:].any()
+    assert set(spans[sot[2]:sot[3]].tolist()) == {2}
+    # No scored target is predicted from inside a span that could see it.
+    assert row["loss_mask"][spans > 0].sum() == 0
+    # A template trained on everything stays causal: its user turns are targets too.
+    every = encode_example(dataclasses.replace(ex, train_on="all"), tokenizer=tok, config=config)
+    np.testing.assert_array_equal(every["media_spans"], encode_example(
+        dataclasses.replace(ex, train_on="all"), tokenizer=tok, config=CONFIG)["media_spans"])
+    # Without pooling, an image takes one placeholder per real patch (20x30 -> 2x4 grid).
+    unpooled = dataclasses.replace(config, vision=dataclasses.replace(config.vision, pooling="none"))
+    row = encode_example(ex, tokenizer=tok, config=unpooled)
+    assert (row["tokens"] == CONFIG.image_token_id).sum() == 8 == row["image_patch_mask"].sum()

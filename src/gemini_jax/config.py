@@ -12,6 +12,8 @@ import math
 from typing import Any, Literal
 
 DType = Literal["float32", "bfloat16"]
+Pooling = Literal["attention", "none"]
+PromptAttention = Literal["causal", "bidirectional"]
 
 # Token ids the tokenizer reserves (see data/tokenizer.py). The model only needs
 # the three placeholder ids; the rest are listed so the layout lives in one place.
@@ -29,10 +31,15 @@ class VisionConfig:
     """A ViT over square patches, for images and for video frames.
 
     An image is resized, keeping its aspect ratio, to the largest size whose patch
-    grid fits in `max_patches` (variable resolution). Learned queries then pool the
-    patch features into a fixed number of soft tokens: `image_soft_tokens` per image
-    and `frame_soft_tokens` per video frame (video frames are many, so they get fewer,
-    like the "media resolution" setting of the Gemini API).
+    grid fits in `max_patches` (variable resolution). With `pooling="attention"`,
+    learned queries pool the patch features into a fixed number of soft tokens:
+    `image_soft_tokens` per image and `frame_soft_tokens` per video frame (video frames
+    are many, so they get fewer, like the "media resolution" setting of the Gemini API).
+    With `pooling="none"` every real patch becomes one soft token (a linear projector,
+    as in PaliGemma), so the count follows the image's grid and the `*_soft_tokens`
+    fields are unused. `stem_channels` puts stride-2 3x3 convolutions (one per entry,
+    with that many channels) inside each patch before its linear embedding: an early
+    convolutional stem, which helps a small ViT see shapes; () embeds raw pixels.
     """
 
     patch_size: int = 16
@@ -46,6 +53,22 @@ class VisionConfig:
     image_soft_tokens: int = 16
     frame_soft_tokens: int = 4
     num_frames: int = 8  # frames sampled uniformly from a video
+    pooling: Pooling = "attention"
+    stem_channels: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.pooling not in ("attention", "none"):
+            raise ConfigError(f"vision.pooling must be 'attention' or 'none', got {self.pooling!r}")
+        object.__setattr__(self, "stem_channels", tuple(self.stem_channels))  # JSON gives a list
+        if self.patch_size % (1 << len(self.stem_channels)):
+            raise ConfigError(f"vision.patch_size {self.patch_size} must be divisible by 2 per stem convolution "
+                              f"(stem_channels={list(self.stem_channels)})")
+
+    def num_soft_tokens(self, num_patches: int, *, frame: bool = False) -> int:
+        """Soft tokens for one image (or video frame) of `num_patches` real patches."""
+        if self.pooling == "none":
+            return num_patches
+        return self.frame_soft_tokens if frame else self.image_soft_tokens
 
     @property
     def patch_dim(self) -> int:
@@ -108,7 +131,12 @@ class AudioConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """A Gemini decoder (the public Gemma-1 layout) with optional media encoders."""
+    """A Gemini decoder (the public Gemma-1 layout) with optional media encoders.
+
+    `prompt_attention="bidirectional"` lets the tokens of each user turn that is not
+    trained on (its text and media) see each other in both directions, a prefix LM as in
+    PaliGemma; model turns stay causal. "causal" keeps only media spans bidirectional.
+    """
 
     vocab_size: int
     width: int
@@ -121,6 +149,7 @@ class ModelConfig:
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     dtype: DType = "float32"  # compute dtype; parameters stay float32
+    prompt_attention: PromptAttention = "causal"
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
     image_token_id: int = IMAGE_TOKEN_ID
@@ -134,6 +163,8 @@ class ModelConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.prompt_attention not in ("causal", "bidirectional"):
+            raise ConfigError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}")
 
     @property
     def text_only(self) -> ModelConfig:

@@ -41,6 +41,7 @@ from gemini_jax.train.trainer import TrainConfig, train
 
 MEDIA_TASKS = ("vqa", "asr", "video")
 ANSWER_TOKENS = {"vqa": 8, "asr": 24, "video": 8}
+TOKENIZER_RECIPE = 2  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,8 +64,8 @@ def _log(message: str) -> None:
 
 
 def prepare_tokenizer(corpus: DemoCorpus, *, vocab_size: int) -> Path:
-    """The demo tokenizer, trained once per corpus and vocabulary size and cached beside it."""
-    path = corpus.root / f"tokenizer-{vocab_size}.model"
+    """The demo tokenizer, trained once per corpus, recipe and vocabulary size and cached beside it."""
+    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}.model"
     if not path.exists():
         train_tokenizer(corpus.tokenizer_corpus(), vocab_size=vocab_size, path=path)
     return path

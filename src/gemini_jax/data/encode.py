@@ -6,9 +6,14 @@ Rendering follows the Gemma chat template:
 
 with media parts written as placeholders the model overwrites with soft tokens:
 
-    image  <start_of_image> <image> x image_soft_tokens <end_of_image>
-    video  <start_of_video> (<frame> x frame_soft_tokens, one span per frame) ... <end_of_video>
-    audio  <start_of_audio> <audio> x num_soft_tokens(samples) <end_of_audio>
+    image  <start_of_image> <image> x vision.num_soft_tokens(patches) <end_of_image>
+    video  <start_of_video> (<frame> x vision.num_soft_tokens(patches, frame=True), one
+           span per frame) ... <end_of_video>
+    audio  <start_of_audio> <audio> x audio.num_soft_tokens(samples) <end_of_audio>
+
+Each media item is one bidirectional span (`media_spans`). With
+`config.prompt_attention="bidirectional"`, a whole user turn that is not trained on
+(<start_of_turn> to its closing newline, media included) is one span instead.
 
 `tokens` is the rendering without its last token and `targets` without its first, so
 position i predicts token i + 1. Loss (train_on="model"): the parts of model turns and
@@ -134,12 +139,20 @@ class _Encoder:
         self.cache = cache
         self.where = where
         self.out = _Rendering()
+        self.turn_span = 0  # nonzero: every token goes into this span (a bidirectional turn)
+
+    def ids(self, ids: list[int], *, counts: bool) -> None:
+        self.out.add(ids, counts=counts, span=self.turn_span)
 
     def text(self, text: str, *, counts: bool) -> None:
-        self.out.add(self.tok.encode(text), counts=counts)
+        self.ids(self.tok.encode(text), counts=counts)
 
     def special(self, name: str, *, counts: bool) -> None:
-        self.out.add([self.tok.special_id(name)], counts=counts)
+        self.ids([self.tok.special_id(name)], counts=counts)
+
+    def placeholders(self, token_id: int, count: int) -> None:
+        """A media item's slots: never targets, bidirectional among themselves (or the turn's span)."""
+        self.out.add([token_id] * count, counts=False, span=self.turn_span or self.out.new_span())
 
     def _cached(self, source: Any, key: tuple, make: Callable[[], Any]) -> Any:
         if self.cache is not None and isinstance(source, (str, os.PathLike)):
@@ -174,7 +187,7 @@ class _Encoder:
             max_grid=vision.max_grid))
         self.out.images.append(patches)
         self.special(START_OF_IMAGE, counts=False)
-        self.out.add([self.config.image_token_id] * vision.image_soft_tokens, counts=False, span=self.out.new_span())
+        self.placeholders(self.config.image_token_id, vision.num_soft_tokens(len(patches.patches)))
         self.special(END_OF_IMAGE, counts=False)
 
     def video(self, source: Any) -> None:
@@ -190,8 +203,7 @@ class _Encoder:
         self.special(START_OF_VIDEO, counts=False)
         for frame in frames:
             self.out.frames.append(frame)
-            self.out.add([self.config.frame_token_id] * vision.frame_soft_tokens, counts=False,
-                         span=self.out.new_span())
+            self.placeholders(self.config.frame_token_id, vision.num_soft_tokens(len(frame.patches), frame=True))
         self.special(END_OF_VIDEO, counts=False)
 
     def audio(self, source: Any) -> None:
@@ -207,32 +219,36 @@ class _Encoder:
         mels, num_samples = self._cached(source, key, make)
         self.out.mels.append(mels)
         self.special(START_OF_AUDIO, counts=False)
-        self.out.add([self.config.audio_token_id] * audio.num_soft_tokens(int(num_samples)), counts=False,
-                     span=self.out.new_span())
+        self.placeholders(self.config.audio_token_id, audio.num_soft_tokens(int(num_samples)))
         self.special(END_OF_AUDIO, counts=False)
 
 
 def _render(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
     tok = enc.tok
-    enc.out.add([tok.bos_id], counts=False)
+    enc.ids([tok.bos_id], counts=False)
     if example.raw_text:
         for turn in example.contents:
             for part in turn.parts:
                 enc.part(part, counts=True)
         if not for_generation:
-            enc.out.add([tok.eos_id], counts=True)
+            enc.ids([tok.eos_id], counts=True)
         return
     template = example.train_on == "all"
+    bidirectional = enc.config.prompt_attention == "bidirectional"
     for turn in example.contents:
         in_loss = template or turn.role == "model"
-        enc.out.add([tok.start_of_turn_id], counts=template)
+        # A turn the model reads but never writes may see itself both ways; a scored one
+        # may not, or its tokens would see the targets they predict.
+        enc.turn_span = enc.out.new_span() if bidirectional and not in_loss else 0
+        enc.ids([tok.start_of_turn_id], counts=template)
         enc.text(f"{turn.role}\n", counts=template)
         for part in turn.parts:
             enc.part(part, counts=in_loss)
-        enc.out.add([tok.end_of_turn_id], counts=in_loss)
+        enc.ids([tok.end_of_turn_id], counts=in_loss)
         enc.text("\n", counts=template)
+        enc.turn_span = 0
     if for_generation:
-        enc.out.add([tok.start_of_turn_id], counts=False)
+        enc.ids([tok.start_of_turn_id], counts=False)
         enc.text("model\n", counts=False)
 
 

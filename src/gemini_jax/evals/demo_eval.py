@@ -87,11 +87,12 @@ def perplexity(loss_sum: float, token_count: float) -> dict[str, float]:
 
 
 def summarize(task: str, records: Sequence[Record], kinds: Sequence[str]) -> dict[str, Any]:
-    """Per-task metrics; ASR also reports exact match per kind of utterance (number, digits, ...)."""
-    if task != "asr":
-        return {"exact_match": exact_match(records), "examples": len(records)}
-    result: dict[str, Any] = {"exact_match": exact_match(records), "wer": word_error_rate(records)}
-    for kind in sorted(set(kinds)):
+    """Per-task metrics, with exact match per kind of question (colour, shape, ...) or of
+    utterance (number, digits, ...); ASR also reports the word error rate."""
+    result: dict[str, Any] = {"exact_match": exact_match(records)}
+    if task == "asr":
+        result["wer"] = word_error_rate(records)
+    for kind in sorted(set(kinds)) if len(set(kinds)) > 1 else ():
         subset = [r for r, k in zip(records, kinds) if k == kind]
         result[f"exact_match_{kind}"] = exact_match(subset)
     result["examples"] = len(records)

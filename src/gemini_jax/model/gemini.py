@@ -93,8 +93,9 @@ def _check_placeholder_counts(batch: Mapping[str, jax.Array], config: ModelConfi
                 per_token = config.audio.subsampling * config.audio.pooling
                 available = np.sum(-(-mask.sum(axis=-1) // per_token), axis=-1)
             else:
-                per_slot = config.vision.image_soft_tokens if name == "image" else config.vision.frame_soft_tokens
-                available = np.any(mask, axis=-1).sum(axis=-1) * per_slot
+                real = mask.sum(axis=-1)  # [B, slots]
+                per_slot = np.vectorize(lambda n: config.vision.num_soft_tokens(int(n), frame=name == "frame"))
+                available = np.where(real > 0, per_slot(real), 0).sum(axis=-1)
         placeholders = np.sum(tokens == placeholder_id, axis=1)
         bad = np.nonzero(placeholders != available)[0]
         if bad.size:

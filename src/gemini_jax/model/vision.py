@@ -1,10 +1,12 @@
-"""The vision encoder: a ViT over variable-resolution patch grids, pooled into soft tokens.
+"""The vision encoder: a ViT over variable-resolution patch grids, turned into soft tokens.
 
-patches -> linear patch embedding + learned row and column position embeddings
+patches -> (optional stride-2 convolutions inside each patch) -> linear patch embedding
+-> + learned row and column position embeddings
 -> `depth` bidirectional pre-norm blocks over the image's real patches
--> learned queries attend over the real patches (attention pooling; images and video
-   frames have their own query tables and share the attention weights)
--> RMSNorm + linear to the decoder width.
+-> pooling="attention": learned queries attend over the real patches (images and video
+   frames have their own query tables and share the attention weights), then RMSNorm;
+   pooling="none": one soft token per real patch
+-> linear to the decoder width.
 
 Variable resolution means a variable number of real patches and any grid shape up to
 `max_grid` rows and columns; padding patches are masked out everywhere, so they never
@@ -52,8 +54,31 @@ class AttentionPool(nnx.Module):
         return jnp.einsum("BQNH,NHD->BQD", pooled, self.o[...].astype(dtype))
 
 
+class PatchStem(nnx.Module):
+    """Stride-2 3x3 convolutions (GELU after each) inside every patch, then a linear map of
+    the flattened result: patches[N, C] -> [N, D]. Padding stays inside the patch, so a
+    patch's embedding never depends on its neighbours (patches may come in any order)."""
+
+    def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.patch_size = config.patch_size
+        channels = (3, *config.stem_channels)
+        self.convs = nnx.List([
+            nnx.Conv(c_in, c_out, kernel_size=(3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
+            for c_in, c_out in zip(channels[:-1], channels[1:])
+        ])
+        side = config.patch_size >> len(config.stem_channels)
+        self.proj = Linear(side * side * channels[-1], config.width, use_bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        n = patches.shape[0]
+        x = patches.reshape(n, self.patch_size, self.patch_size, 3)  # batch.py: (row, column, channel)
+        for conv in self.convs:
+            x = jax.nn.gelu(conv(x))
+        return self.proj(x.reshape(n, -1))
+
+
 class VisionEncoder(nnx.Module):
-    """ViT + attention pooling; `encode_images` and `encode_frames` give SoftTokens."""
+    """ViT (+ attention pooling); `encode_images` and `encode_frames` give SoftTokens."""
 
     def __init__(
         self, config: VisionConfig, *, out_width: int, norm_eps: float, dtype: jnp.dtype,
@@ -61,7 +86,10 @@ class VisionEncoder(nnx.Module):
     ):
         self.config = config
         width = config.width
-        self.patch_embed = Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs)
+        self.patch_embed = (
+            PatchStem(config, dtype=dtype, rngs=rngs) if config.stem_channels
+            else Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs)
+        )
         table_init = nnx.initializers.normal(stddev=0.02)
         self.row_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
         self.col_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
@@ -74,28 +102,30 @@ class VisionEncoder(nnx.Module):
             for _ in range(config.depth)
         ])
         self.encoder_norm = RMSNorm(width, eps=norm_eps)
-        query_init = nnx.initializers.normal(stddev=1.0)
-        self.image_queries = nnx.Param(
-            query_init(rngs.params(), (config.image_soft_tokens, width), jnp.float32)
-        )
-        self.frame_queries = nnx.Param(
-            query_init(rngs.params(), (config.frame_soft_tokens, width), jnp.float32)
-        )
-        self.pool = AttentionPool(
-            width=width, num_heads=config.num_heads, head_dim=config.head_dim, dtype=dtype, rngs=rngs
-        )
-        self.out_norm = RMSNorm(width, eps=norm_eps)
+        if config.pooling == "attention":
+            query_init = nnx.initializers.normal(stddev=1.0)
+            self.image_queries = nnx.Param(
+                query_init(rngs.params(), (config.image_soft_tokens, width), jnp.float32)
+            )
+            self.frame_queries = nnx.Param(
+                query_init(rngs.params(), (config.frame_soft_tokens, width), jnp.float32)
+            )
+            self.pool = AttentionPool(
+                width=width, num_heads=config.num_heads, head_dim=config.head_dim, dtype=dtype, rngs=rngs
+            )
+            self.out_norm = RMSNorm(width, eps=norm_eps)
         self.out_proj = Linear(width, out_width, use_bias=False, dtype=dtype, rngs=rngs)
 
     def encode_images(self, patches: jax.Array, coords: jax.Array, patch_mask: jax.Array) -> SoftTokens:
-        """patches[B, I, P, C], coords int32[B, I, P, 2], patch_mask bool[B, I, P] -> [B, I, Q, E]."""
-        return self._encode(patches, coords, patch_mask, queries=self.image_queries[...])
+        """patches[B, I, P, C], coords int32[B, I, P, 2], patch_mask bool[B, I, P] -> [B, I, Q, E]
+        (Q = P without pooling)."""
+        return self._encode(patches, coords, patch_mask, frames=False)
 
     def encode_frames(self, patches: jax.Array, coords: jax.Array, patch_mask: jax.Array) -> SoftTokens:
         """As `encode_images`, for video frames (their own, usually fewer, soft tokens)."""
-        return self._encode(patches, coords, patch_mask, queries=self.frame_queries[...])
+        return self._encode(patches, coords, patch_mask, frames=True)
 
-    def _encode(self, patches, coords, patch_mask, *, queries: jax.Array) -> SoftTokens:
+    def _encode(self, patches, coords, patch_mask, *, frames: bool) -> SoftTokens:
         batch, slots, num_patches, patch_dim = patches.shape
         if patch_dim != self.config.patch_dim:
             raise ValueError(
@@ -107,7 +137,7 @@ class VisionEncoder(nnx.Module):
         coords = coords.reshape(flat, num_patches, 2)
         mask = patch_mask.reshape(flat, num_patches)
 
-        x = self.patch_embed(patches)  # [BI, P, D]
+        x = self.patch_embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
         rows = jnp.take(self.row_embed[...], coords[..., 0], axis=0, mode="clip")  # [BI, P, D]
         cols = jnp.take(self.col_embed[...], coords[..., 1], axis=0, mode="clip")
         x = x + (rows + cols).astype(x.dtype)
@@ -120,6 +150,10 @@ class VisionEncoder(nnx.Module):
             x, _ = block(x, mask=patch_attn_mask)
         x = self.encoder_norm(x)
 
+        if self.config.pooling == "none":
+            tokens = self.out_proj(x).reshape(batch, slots, num_patches, -1)  # [B, I, P, E]
+            return SoftTokens(tokens=tokens, valid=patch_mask)
+        queries = (self.frame_queries if frames else self.image_queries)[...]
         pooled = self.pool(queries, x, mask)  # [BI, Q, D]
         tokens = self.out_proj(self.out_norm(pooled))  # [BI, Q, E]
         num_queries = queries.shape[0]
