@@ -201,7 +201,10 @@ def test_bad_records_are_skipped_and_counted(tok, files):
     source = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=2)
     batches = list(P.batched(source, batch_size=2, seq_len=48, seed=0, shuffle=False, num_epochs=2, config=CONFIG,
                              max_images=1))
-    assert len(batches) == 6  # 6 good examples x 2 epochs
+    assert len(batches) == 8  # 8 records x 2 epochs, 2 a batch
+    real_rows = sum(int(b["segment_ids"].any(axis=1).sum()) for b in batches)
+    assert real_rows == 12  # each epoch, the 2 bad records are padding rows (no tokens, no loss)
+    assert all(b["loss_mask"][~b["segment_ids"].any(axis=1)].sum() == 0 for b in batches)
     assert source.errors.count == 2  # distinct records, not visits
     assert any("missing.png" in m for m in source.errors.first)
     assert any("context is 48" in m for m in source.errors.first)

@@ -11,7 +11,9 @@ Text (T = sequence length):
   segment_ids   int32[B, T]    packed document id, 1, 2, ...; 0 marks padding
   positions     int32[B, T]    position inside the segment (RoPE), from 0
   media_spans   int32[B, T]    0 outside media; the soft tokens of one image, one video
-                               frame or one audio clip share an id > 0, unique in the row.
+                               frame or one audio clip share an id > 0, unique in the row
+                               (with ModelConfig.prompt_attention="bidirectional", so do
+                               all tokens of an unscored user turn, its media included).
                                Attention is bidirectional inside a span.
 
 Images (I image slots per row, P patches per image; unused slots and patches are masked):

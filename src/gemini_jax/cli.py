@@ -3,6 +3,7 @@
     gemini-jax train                     # the embedded demo: build corpus, train, evaluate
     gemini-jax eval --checkpoint runs/demo --output results.json
     gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
+    gemini-jax presets                   # the model family: shapes and parameter counts
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "presets",
+        help="list the model presets with their shapes and parameter counts",
+        description="Shapes and parameter counts by component (decoder with its embedding, vision and "
+        "audio encoders) of each preset, counted under jax.eval_shape: nothing is allocated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("names", nargs="*", help="presets to show (default: all)")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemini-jax",
@@ -90,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
+    _add_presets(sub)
     return parser
 
 
@@ -118,6 +132,13 @@ def _run(args: argparse.Namespace) -> None:
             batch_size=args.batch_size, records_path=args.records, progress=not args.no_progress,
         )
         _write_json(args.output, results)
+    elif args.command == "presets":
+        from gemini_jax import family
+        from gemini_jax.config import get_preset
+
+        for name in args.names:
+            get_preset(name)  # an unknown name is a ConfigError that lists the presets
+        print(family.main(args.names or None, output_format=args.format))
     elif args.command == "generate":
         print(demo.generate_answer(
             args.checkpoint, prompt=args.prompt, images=args.image, videos=args.video, audios=args.audio,

@@ -47,7 +47,7 @@ TOKENIZER_RECIPE = 2  # DemoCorpus.tokenizer_corpus's version: a change trains a
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoRecipe:
     preset: str = "demo"
-    steps: int = 13_500
+    steps: int = 12_000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100

@@ -9,8 +9,9 @@ Every stream is deterministic for its seed, and `it.get_state()` / `it.set_state
 resume it exactly. Shapes are fixed per task (text padded to seq_len, media to the
 slots the task declares), so a jitted step compiles once per task.
 
-Bad records (a missing file, an example longer than max_len) are skipped and counted by
-the source; past `error_budget` distinct bad records the pipeline raises a DataError
+Bad records (a missing file, an example longer than max_len) are counted by the source
+and never reach the model (in `batched` each leaves an all-padding row, so batches keep
+their size); past `error_budget` distinct bad records the pipeline raises a DataError
 with the count and the first errors.
 """
 
@@ -67,7 +68,7 @@ class _ErrorLog:
 
 
 class EncodedSource(grain.MapDataset):
-    """Records encoded on first access; a bad record reads as None (grain then skips it)."""
+    """Records encoded on first access; a bad record reads as None (a padding row in `batched`)."""
 
     def __init__(self, records: Sequence[Any], *, encode: Callable[[Any], Row], error_budget: int,
                  cache_rows: bool):
@@ -207,12 +208,19 @@ def _pad_row(row: Row, shapes: _Shapes) -> Row:
     return out
 
 
-def _stack_rows(batch_size: int) -> Callable[[Sequence[Row]], Row]:
-    """Stacks rows, filling a short final batch with all-padding rows (segment 0, no loss): one shape."""
+def _stack_rows(batch_size: int, *, template: Row | None = None) -> Callable[[Sequence[Row | None]], Row]:
+    """Stacks rows into exactly `batch_size`, filling the rest with all-padding rows (segment 0,
+    no loss): one shape. A skipped record (None) leaves a padding row in its place; a batch of
+    nothing but skipped records needs `template` (any padded row) for its shapes."""
 
-    def stack(rows: Sequence[Row]) -> Row:
-        return {k: _fit(np.stack([r[k] for r in rows]), (batch_size, *rows[0][k].shape), what=k, hint="")
-                for k in rows[0]}
+    def stack(rows: Sequence[Row | None]) -> Row:
+        rows = [r for r in rows if r is not None]
+        first = rows[0] if rows else template
+        out = {k: np.zeros((batch_size, *v.shape), v.dtype) for k, v in first.items()}
+        for i, row in enumerate(rows):
+            for k, v in row.items():
+                out[k][i] = v
+        return out
 
     return stack
 
@@ -263,12 +271,17 @@ def batched(
     """
     shapes = _media_shapes(seq_len=seq_len, config=config, max_images=max_images, max_frames=max_frames,
                            max_audio_clips=max_audio_clips, max_mel_frames=max_mel_frames)
+    empty = {k: np.zeros(0, np.float32 if k == "loss_mask" else np.int32) for k in B.TEXT_KEYS}
+    template = _pad_row(empty, shapes)  # an all-padding row, for a batch whose records were all bad
     # Padding runs in grain's read threads, next to encoding (a skipped record stays None).
-    rows = _epochs(ds.map(lambda row: _pad_row(row, shapes)), seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+    rows = _epochs(ds.map(lambda row: None if row is None else _pad_row(row, shapes)),
+                   seed=seed, shuffle=shuffle, num_epochs=num_epochs)
     if augment is not None:
         rows = rows.random_map(lambda row, rng: None if row is None else augment(row, rng), seed=seed)
-    rows = rows.to_iter_dataset(read_options=_read_options(num_threads))
-    batches = rows.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack_rows(batch_size))
+    # Whole batches are the unit of grain's reading and prefetching: per-row bookkeeping in
+    # Python threads would cost more than the training step of a small model.
+    batches = rows.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack_rows(batch_size, template=template))
+    batches = batches.to_iter_dataset(read_options=_read_options(num_threads))
     return _prefetch(batches, prefetch_batches)
 
 
