@@ -184,16 +184,18 @@ class DemoCorpus:
         return [record.example for record in self.records(task, split)]
 
     def tokenizer_corpus(self) -> Iterator[str]:
-        """Raw text for tokenizer training, as the model will read it and as often: the training
-        documents; every training example's turns (role line, prompt, answer), each as many
-        times as it occurs, so that BPE merges the words the tasks repeat; and one line holding
-        every answer word of both splits, so the tokenizer knows each word a model may have to
-        write (no test prompt or transcript is included)."""
+        """Raw text for tokenizer training: the training documents, every training prompt and
+        answer, and one line holding every answer word of both splits, so the tokenizer knows
+        each word a model may have to write (no test prompt or transcript is included)."""
         for record in self.records("text", "train"):
             yield record.meta["text"]
+        seen = set()
         for task in ("vqa", "asr", "video"):
             for record in self.records(task, "train"):
-                yield from ("user\n", record.meta["prompt"], "model\n", record.meta["answer"])
+                for line in (record.meta["prompt"], record.meta["answer"]):
+                    if line not in seen:
+                        seen.add(line)
+                        yield line
         words = {w for task in ("vqa", "asr", "video") for split in SPLITS for r in self.records(task, split)
                  for w in r.meta["answer"].split()}
         yield " ".join(sorted(words))
