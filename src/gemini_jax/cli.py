@@ -4,6 +4,8 @@
     gemini-jax eval --checkpoint runs/demo --output results.json
     gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
     gemini-jax presets                   # the model family: shapes and parameter counts
+    gemini-jax convert --from-hf gemma-2b --to runs/gemma-2b     # a Hugging Face Gemma-1 checkpoint
+    gemini-jax convert --from runs/gemma-2b --to-hf gemma-2b-hf  # and back
 """
 
 from __future__ import annotations
@@ -94,6 +96,46 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="import a Hugging Face Gemma-1 checkpoint as a run directory, or export a run to one",
+        description="Import: --from-hf DIR --to RUN_DIR reads a Hugging Face Gemma-1 directory (config.json "
+        "of a GemmaForCausalLM, model.safetensors or sharded model-*-of-*.safetensors with "
+        "model.safetensors.index.json, tokenizer.model) and writes a text-only run directory whose "
+        "checkpoint step 0 holds the weights in float32. Export: --from RUN_DIR --to-hf DIR writes a "
+        "text-only, causal run as a Hugging Face directory (config.json, float32 model.safetensors, "
+        "tokenizer.model) that transformers' GemmaForCausalLM.from_pretrained loads. Weights are read "
+        "with safetensors only, never pickle.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--from-hf", metavar="DIR", default=None, help="a Hugging Face Gemma-1 directory to import")
+    p.add_argument("--to", metavar="RUN_DIR", default=None,
+                   help="with --from-hf: the run directory to create (new or empty)")
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", default=None,
+                   help="a run directory to export (text-only models with causal prompts)")
+    p.add_argument("--to-hf", metavar="DIR", default=None,
+                   help="with --from: the Hugging Face directory to write (new or empty)")
+    p.add_argument("--step", type=int, default=None,
+                   help="with --from: the checkpoint step to export; None: the latest")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="with --from-hf: the imported run's compute dtype (parameters are stored float32)")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from gemini_jax.convert.gemma import ConversionError, export_gemma, import_gemma
+
+    if args.from_hf is not None and args.to is not None and args.from_run is None and args.to_hf is None:
+        config = import_gemma(args.from_hf, args.to, dtype=args.dtype)
+        print(f"imported {args.from_hf} -> {args.to}: Gemma-1 decoder, {config.depth} layers, "
+              f"width {config.width}, vocabulary {config.vocab_size}")
+    elif args.from_run is not None and args.to_hf is not None and args.from_hf is None and args.to is None:
+        step = export_gemma(args.from_run, args.to_hf, step=args.step)
+        print(f"exported {args.from_run} (step {step}) -> {args.to_hf}")
+    else:
+        raise ConversionError("give either --from-hf DIR --to RUN_DIR (import) or --from RUN_DIR --to-hf DIR (export)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemini-jax",
@@ -104,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_generate(sub)
     _add_presets(sub)
+    _add_convert(sub)
     return parser
 
 
@@ -114,6 +157,9 @@ def _write_json(path: str | None, results: dict) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.command == "convert":  # needs neither the demo nor its data stack
+        _convert(args)
+        return
     # Imported here so that `--help` answers at once, without loading JAX.
     from gemini_jax import demo
 
@@ -151,6 +197,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input: printed as one clear line, not a traceback."""
     from gemini_jax.checkpoint import CheckpointError
     from gemini_jax.config import ConfigError
+    from gemini_jax.convert.gemma import ConversionError
     from gemini_jax.data.encode import EncodeError
     from gemini_jax.data.examples import ExampleError
     from gemini_jax.data.media import MediaError
@@ -158,8 +205,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gemini_jax.data.speech import SpeechError
     from gemini_jax.data.tokenizer import TokenizerError
 
-    return (CheckpointError, ConfigError, EncodeError, ExampleError, MediaError, DataError, SpeechError,
-            TokenizerError)
+    return (CheckpointError, ConfigError, ConversionError, EncodeError, ExampleError, MediaError, DataError,
+            SpeechError, TokenizerError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Conversion between other checkpoint formats and gemini-jax run directories."""
