@@ -38,8 +38,8 @@ class VisionConfig:
     With `pooling="none"` every real patch becomes one soft token (a linear projector,
     as in PaliGemma), so the count follows the image's grid and the `*_soft_tokens`
     fields are unused. `stem_channels` puts stride-2 3x3 convolutions (one per entry,
-    with that many channels) inside each patch before its linear embedding: an early
-    convolutional stem, which helps a small ViT see shapes; () embeds raw pixels.
+    with that many channels) inside each patch before its linear embedding, an early
+    convolutional stem (Xiao et al. 2021); () embeds raw pixels.
     """
 
     patch_size: int = 16

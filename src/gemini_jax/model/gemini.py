@@ -94,7 +94,8 @@ def _check_placeholder_counts(batch: Mapping[str, jax.Array], config: ModelConfi
                 available = np.sum(-(-mask.sum(axis=-1) // per_token), axis=-1)
             else:
                 real = mask.sum(axis=-1)  # [B, slots]
-                per_slot = np.vectorize(lambda n: config.vision.num_soft_tokens(int(n), frame=name == "frame"))
+                per_slot = np.vectorize(lambda n: config.vision.num_soft_tokens(int(n), frame=name == "frame"),
+                                        otypes=[np.int64])
                 available = np.where(real > 0, per_slot(real), 0).sum(axis=-1)
         placeholders = np.sum(tokens == placeholder_id, axis=1)
         bad = np.nonzero(placeholders != available)[0]
