@@ -51,6 +51,23 @@ def _build(config: ModelConfig, seed: int):
     return nnx.merge(graphdef, state)
 
 
+def _decoder_params(c: ModelConfig) -> int:
+    """The decoder's size written out from the layout (tied embedding, Gemma-1 blocks)."""
+    per_layer = (
+        c.width * c.num_heads * c.head_dim * 2  # q and o
+        + 2 * c.width * c.num_kv_heads * c.head_dim  # k and v
+        + 3 * c.width * c.mlp_dim  # gate, up, down
+        + 2 * c.width  # two norms
+    )
+    return c.vocab_size * c.width + c.depth * per_layer + c.width
+
+
+@pytest.fixture(scope="session")
+def decoder_params():
+    """decoder_params(config) -> the decoder's parameter count, from the formula (not the model)."""
+    return _decoder_params
+
+
 @pytest.fixture(scope="session")
 def build_model():
     """build_model(config, seed=0) -> Gemini with random parameters, cached per

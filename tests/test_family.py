@@ -11,26 +11,15 @@ from gemini_jax.config import PRESETS, REPORTED_PARAMS
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "presets.md"
 
 
-def _decoder_params(c) -> int:
-    """The decoder's size written out from the layout (tied embedding, Gemma-1 blocks)."""
-    per_layer = (
-        c.width * c.num_heads * c.head_dim * 2  # q and o
-        + 2 * c.width * c.num_kv_heads * c.head_dim  # k and v
-        + 3 * c.width * c.mlp_dim  # gate, up, down
-        + 2 * c.width  # two norms
-    )
-    return c.vocab_size * c.width + c.depth * per_layer + c.width
-
-
 @pytest.fixture(scope="module")
 def rows():
     return {name: family.describe(name, config) for name, config in PRESETS.items()}
 
 
-def test_every_preset_builds_abstractly_with_the_expected_decoder(rows):
+def test_every_preset_builds_abstractly_with_the_expected_decoder(rows, decoder_params):
     for name, config in PRESETS.items():
         row = rows[name]
-        assert row["decoder"] == _decoder_params(config), name
+        assert row["decoder"] == decoder_params(config), name
         assert row["total"] == row["decoder"] + row["vision_params"] + row["audio_params"], name
         assert row["vision_params"] > 0 and row["audio_params"] > 0, name
 

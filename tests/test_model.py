@@ -254,28 +254,18 @@ def test_bfloat16_runs_and_is_close_to_float32(build_model, model, media):
     assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.8
 
 
-def _decoder_params(c) -> int:
-    per_layer = (
-        c.width * c.num_heads * c.head_dim * 2  # q and o
-        + 2 * c.width * c.num_kv_heads * c.head_dim  # k and v
-        + 3 * c.width * c.mlp_dim  # gate, up, down
-        + 2 * c.width  # two norms
-    )
-    return c.vocab_size * c.width + c.depth * per_layer + c.width
-
-
-def test_count_params_against_built_models_and_formula(model):
+def test_count_params_against_built_models_and_formula(model, decoder_params):
     counts = count_params(CONFIG)
     sizes = {
         name: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
         for name, module in (("vision", model.vision), ("audio", model.audio))
     }
     total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert counts == {"decoder": _decoder_params(CONFIG), **sizes, "total": total}
+    assert counts == {"decoder": decoder_params(CONFIG), **sizes, "total": total}
 
     demo = get_preset("demo")
     demo_counts = count_params(demo)
-    assert demo_counts["decoder"] == _decoder_params(demo)
+    assert demo_counts["decoder"] == decoder_params(demo)
     assert demo_counts["total"] == sum(demo_counts[k] for k in ("decoder", "vision", "audio"))
     assert min(demo_counts["vision"], demo_counts["audio"]) > 0
 
