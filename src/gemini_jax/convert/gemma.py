@@ -322,6 +322,12 @@ def _weight_files(hf_dir: Path) -> list[Path]:
     )
 
 
+def _require_new_or_empty(path: Path, advice: str) -> None:
+    """Conversions never write over anything: the target must not exist or be an empty directory."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConversionError(f"{str(path)!r} already exists and is not an empty directory; {advice}")
+
+
 def _safetensors_error(path: Path, error: Exception) -> ConversionError:
     return ConversionError(f"{path}: cannot read this safetensors file, it may be truncated or damaged ({error})")
 
@@ -383,9 +389,7 @@ def import_gemma(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if not hf_dir.is_dir():
         raise ConversionError(f"Hugging Face directory {str(hf_dir)!r} does not exist")
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise ConversionError(f"{str(run_dir)!r} already exists and is not an empty directory; "
-                              f"import into a new run directory")
+    _require_new_or_empty(run_dir, "import into a new run directory")
     config_path = hf_dir / CONFIG_FILE
     config = _config_from_hf(_read_json(config_path), source=config_path, dtype=dtype)
     _check_tokenizer(hf_dir / TOKENIZER_FILE, vocab_size=config.vocab_size)
@@ -427,9 +431,7 @@ def export_gemma(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step:
     cannot express them.
     """
     run_dir, hf_dir = Path(run_dir), Path(hf_dir)
-    if hf_dir.exists() and (not hf_dir.is_dir() or any(hf_dir.iterdir())):
-        raise ConversionError(f"{str(hf_dir)!r} already exists and is not an empty directory; "
-                              f"export into a new directory")
+    _require_new_or_empty(hf_dir, "export into a new directory")
     config = checkpoint.read_config(run_dir)
     _refuse_unexpressible(config, source=run_dir / checkpoint.CONFIG_FILE)
     model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
