@@ -47,7 +47,7 @@ TOKENIZER_RECIPE = 1  # DemoCorpus.tokenizer_corpus's version: a change trains a
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoRecipe:
     preset: str = "demo"
-    steps: int = 9_000
+    steps: int = 10_000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
@@ -57,7 +57,18 @@ class DemoRecipe:
     weights: tuple[tuple[str, float], ...] = (("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5))
     text_seq_len: int = 128
     text_batch_size: int = 16  # a text batch scores every token: 16 x 128 costs about a 32-row VQA batch
+    # A first stage of training sees only the image questions of these kinds, for this share
+    # of the steps. On the full mixture from the start, the vision encoder settles on colour,
+    # which every question kind rewards early, and loses the shape information it had at
+    # initialisation: shape answers stayed at chance (43% on three shapes) after 9,000 steps.
+    # An encoder that has learned shape first keeps it while colour and the rest are learned.
+    vision_stage_kinds: tuple[str, ...] = ("shape",)
+    vision_stage_fraction: float = 0.09
     seed: int = 0
+
+    @property
+    def vision_stage_steps(self) -> int:
+        return int(self.steps * self.vision_stage_fraction) if self.vision_stage_kinds else 0
 
 
 def _log(message: str) -> None:
@@ -88,13 +99,19 @@ def _task_shapes(examples: Sequence[Example], *, tokenizer: Tokenizer, config: M
     return shapes
 
 
-def _training_groups(corpus: DemoCorpus, task: str) -> dict[str, list[Example]]:
-    """A task's training examples in groups of similar shape, longest examples first.
+def _training_groups(corpus: DemoCorpus, task: str, *, kinds: Sequence[str] | None = None
+                     ) -> dict[str, list[Example]]:
+    """A task's training examples (of `kinds`, default all) in groups of similar shape, longest
+    examples first.
 
     Speech is split at the median duration: padding every clip to the longest one would
     more than double the audio encoder's work (clips last 0.3 to 2.9 s).
     """
     records = corpus.records(task, "train")
+    if kinds is not None:
+        records = [r for r in records if r.kind in kinds]
+        if not records:
+            raise ValueError(f"no {task} training examples of kinds {list(kinds)}")
     if task != "asr":
         by_answer = sorted(records, key=lambda r: -len(r.meta["answer"]))
         return {task: [r.example for r in by_answer]}
@@ -104,34 +121,52 @@ def _training_groups(corpus: DemoCorpus, task: str) -> dict[str, list[Example]]:
             f"{task}-short": [r.example for r in by_duration[half:]]}
 
 
+def _task_streams(corpus: DemoCorpus, task: str, *, tokenizer: Tokenizer, config: ModelConfig,
+                  recipe: DemoRecipe, media_cache: MediaCache, kinds: Sequence[str] | None = None,
+                  ) -> dict[str, tuple[Any, int]]:
+    """{group name: (batch stream, number of examples)} for one media task."""
+    streams = {}
+    for name, examples in _training_groups(corpus, task, kinds=kinds).items():
+        shapes = _task_shapes(examples, tokenizer=tokenizer, config=config, media_cache=media_cache)
+        source = pipeline.encoded_source(
+            examples, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
+            error_budget=len(examples) // 100, cache_rows=True,
+        )
+        augment = SpecAugment() if task == "asr" else None
+        # One read thread per stream: rows are cached after their first epoch, and more
+        # threads would only take the two cores from the training step.
+        streams[name] = (pipeline.batched(source, batch_size=recipe.batch_size, seed=recipe.seed, config=config,
+                                          augment=augment, num_threads=1, prefetch_batches=1, **shapes),
+                         len(examples))
+    return streams
+
+
 def demo_data(corpus: DemoCorpus, *, tokenizer: Tokenizer, config: ModelConfig, recipe: DemoRecipe):
     """The training stream: batches of one task (and one shape group) each, interleaved by the
-    recipe's weights; a task's weight is shared among its groups by their sizes."""
+    recipe's weights (a task's weight is shared among its groups by their sizes), after the
+    recipe's vision stage."""
     media_cache = MediaCache(max_bytes=2 << 30)
     weights = dict(recipe.weights)
     streams, stream_weights = {}, {}
     for task in [t for t in MEDIA_TASKS if t in weights]:
-        groups = _training_groups(corpus, task)
-        total = sum(len(g) for g in groups.values())
-        for name, examples in groups.items():
-            shapes = _task_shapes(examples, tokenizer=tokenizer, config=config, media_cache=media_cache)
-            source = pipeline.encoded_source(
-                examples, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
-                error_budget=len(examples) // 100, cache_rows=True,
-            )
-            augment = SpecAugment() if task == "asr" else None
-            # One read thread per stream: rows are cached after their first epoch, and more
-            # threads would only take the two cores from the training step.
-            streams[name] = pipeline.batched(source, batch_size=recipe.batch_size, seed=recipe.seed, config=config,
-                                             augment=augment, num_threads=1, prefetch_batches=1, **shapes)
-            stream_weights[name] = weights[task] * len(examples) / total
+        groups = _task_streams(corpus, task, tokenizer=tokenizer, config=config, recipe=recipe,
+                               media_cache=media_cache)
+        total = sum(n for _, n in groups.values())
+        for name, (stream, n) in groups.items():
+            streams[name] = stream
+            stream_weights[name] = weights[task] * n / total
     if "text" in weights:
         streams["text"] = pipeline.packed_text(
             corpus.examples("text", "train"), tokenizer=tokenizer, seq_len=recipe.text_seq_len,
             batch_size=recipe.text_batch_size, seed=recipe.seed, num_threads=1, prefetch_batches=1,
         )
         stream_weights["text"] = weights["text"]
-    return iter(pipeline.mixture(streams, weights=stream_weights))
+    mixed = pipeline.mixture(streams, weights=stream_weights)
+    if not (recipe.vision_stage_steps and "vqa" in weights):
+        return iter(mixed)
+    (first, _), = _task_streams(corpus, "vqa", tokenizer=tokenizer, config=config, recipe=recipe,
+                                media_cache=media_cache, kinds=recipe.vision_stage_kinds).values()
+    return iter(pipeline.staged([(first, recipe.vision_stage_steps), (mixed, None)]))
 
 
 def evaluate(model: Gemini, tokenizer: Tokenizer, corpus: DemoCorpus, *, tasks: Sequence[str] = demo_eval.TASKS,

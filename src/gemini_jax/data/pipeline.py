@@ -4,6 +4,7 @@
     train = batched(source, batch_size=32, seq_len=256, seed=0, config=cfg, max_images=1)
     text = packed_text(documents, tokenizer=tok, seq_len=256, batch_size=32, seed=0)
     stream = iter(mixture([train, text], weights=[3, 1]))
+    staged_stream = iter(staged([(warmup, 500), (mixture(...), None)]))  # a staged mixture
 
 Every stream is deterministic for its seed, and `it.get_state()` / `it.set_state(s)`
 resume it exactly. Shapes are fixed per task (text padded to seq_len, media to the
@@ -352,6 +353,53 @@ def mixture(
         raise DataError(f"need one positive weight per dataset, got {values} for {len(datasets)} datasets")
     parents = [datasets[n] for n in names] if names is not None else list(datasets)
     return grain.IterDataset.mix(parents, values)
+
+
+class _StagedIterator(grain.DatasetIterator):
+    def __init__(self, parents: list[grain.DatasetIterator], counts: list[int]):
+        super().__init__(parents)
+        self._iterators = parents
+        self._counts = counts  # elements per stage but the last, which never ends
+        self._stage = 0
+        self._taken = 0
+
+    def __next__(self) -> Row:
+        while self._stage < len(self._counts) and self._taken >= self._counts[self._stage]:
+            self._stage, self._taken = self._stage + 1, 0
+        self._taken += 1
+        return next(self._iterators[self._stage])
+
+    def get_state(self) -> dict[str, Any]:
+        return {"stage": self._stage, "taken": self._taken, "stages": [it.get_state() for it in self._iterators]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for iterator, inner in zip(self._iterators, state["stages"], strict=True):
+            iterator.set_state(inner)
+        self._stage, self._taken = state["stage"], state["taken"]
+
+
+class _Staged(grain.IterDataset):
+    def __init__(self, parents: list[grain.IterDataset], counts: list[int]):
+        super().__init__(parents)
+        self._stages = parents
+        self._counts = counts
+
+    def __iter__(self) -> _StagedIterator:
+        return _StagedIterator([iter(p) for p in self._stages], self._counts)
+
+
+def staged(stages: Sequence[tuple[grain.IterDataset, int | None]]) -> grain.IterDataset:
+    """Stages in turn: `count` batches from each (a training curriculum), the last one without
+    end (its count is None). The state holds the stage, the batches taken from it and every
+    stage's own state, so a resumed run continues exactly where it stopped."""
+    if not stages:
+        raise DataError("staged() needs at least one stage")
+    *bounded, (_, last) = stages
+    counts = [count for _, count in bounded]
+    if last is not None or any(not isinstance(c, int) or c < 0 for c in counts):
+        raise DataError(f"every stage but the last needs a count >= 0 and the last None; got "
+                        f"{[c for _, c in stages]}")
+    return _Staged([ds for ds, _ in stages], counts)
 
 
 def collate(rows: Sequence[Row], *, seq_len: int, config: ModelConfig, batch_size: int | None = None) -> Row:
