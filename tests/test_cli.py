@@ -10,6 +10,7 @@ import soundfile
 from gemini_jax import cli, demo
 from gemini_jax.config import PRESETS
 from gemini_jax.data.demo import DemoCorpus, DemoSizes
+from gemini_jax.data.tokenizer import Tokenizer
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 SIZES = DemoSizes.tiny()
@@ -34,6 +35,26 @@ def test_demo_trains_and_reports_every_task(run):
     saved = json.loads((root / "run" / "results.json").read_text())
     assert saved["run"]["training_s"] > 0 and saved["run"]["peak_memory_mb"] > 0
     assert (root / "run" / "loss.png").exists()
+
+
+def test_training_stream_starts_with_the_vision_stage(run):
+    root, _ = run
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
+    recipe = demo.DemoRecipe(steps=50, batch_size=4, vision_stage_kinds=("shape",))
+    assert demo.DemoRecipe().vision_stage_steps == 0  # off in the demo
+    assert recipe.vision_stage_steps == 4
+    data = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
+
+    def answers(batch):
+        return {tokenizer.decode([int(t) for t in row[mask > 0]]).removesuffix("<end_of_turn>").strip()
+                for row, mask in zip(batch["targets"], batch["loss_mask"]) if mask.any()}
+
+    for _ in range(recipe.vision_stage_steps):
+        assert answers(next(data)) <= {"circle", "rectangle", "triangle"}
+    after = [next(data) for _ in range(12)]
+    assert any("audio_mels" in b for b in after) and any("frame_patches" in b for b in after)
+    assert any(answers(b) & {"yes", "no"} for b in after if "image_patches" in b)
 
 
 def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):

@@ -293,6 +293,24 @@ def test_mixture_draws_whole_batches_by_weight_and_resumes(tok, files):
         P.mixture({"qa": make_batches(tok, files, seed=0)}, weights={"other": 1})
 
 
+def test_staged_stream_gives_each_stage_its_count_and_resumes_across_the_switch(tok, files):
+    def run():
+        text = P.packed_text(DOCS, tokenizer=tok, seq_len=16, batch_size=2, seed=0)
+        return iter(P.staged([(text, 3), (make_batches(tok, files, seed=0), None)]))
+
+    batches = take(run(), 8)
+    assert ["image_patches" in b for b in batches] == [False] * 3 + [True] * 5
+    for stop in (2, 3, 5):  # before, at and after the switch
+        it = run()
+        take(it, stop)
+        state = it.get_state()
+        again = run()
+        again.set_state(state)
+        assert_same_batches(take(again, 8 - stop), batches[stop:])
+    with pytest.raises(P.DataError, match="the last None"):
+        P.staged([(make_batches(tok, files, seed=0), 2)])
+
+
 def test_audio_slots_pad_to_the_declared_clip_length(tok, files):
     examples = [
         chat(("user", [Part(audio=str(files / "speech.wav"))]), ("model", [Part(text="ok")])),
