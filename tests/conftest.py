@@ -116,3 +116,23 @@ def media():
         audio = staticmethod(make_audio)
 
     return Media
+
+
+def train_gemma_like_tokenizer(texts, *, vocab_size: int, path):
+    """A SentencePiece model laid out as Gemma's: pad 0, eos 1, bos 2, unk 3, unused pieces,
+    then the turn markers (at 10 and 11, not at our 4 and 5), and no media pieces."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        hard_vocab_limit=False, byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=[f"<unused{i}>" for i in range(6)] + ["<start_of_turn>", "<end_of_turn>"],
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path

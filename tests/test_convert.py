@@ -12,13 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_gemma_like_tokenizer
 from flax import nnx
+from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from gemini_jax import checkpoint, cli
+from gemini_jax import checkpoint, cli, demo
 from gemini_jax.config import PRESETS
 from gemini_jax.convert.gemma import ConversionError, export_gemma, import_gemma
-from gemini_jax.data.tokenizer import train_tokenizer
+from gemini_jax.data.encode import EncodeError
+from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 
 torch = pytest.importorskip("torch")
@@ -111,8 +114,9 @@ def tokenizer_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.model"
     texts = ["the quick brown fox jumps over the lazy dog, again and again\n" * 30,
              "def add(x, y):\n    return x + y  # 12345\n" * 30]
-    tokenizer = train_tokenizer(texts, vocab_size=320, path=path)
-    assert tokenizer.vocab_size <= SHAPES["vocab_size"]
+    # Laid out as Gemma's own (turn markers at other ids than ours, no media pieces).
+    train_gemma_like_tokenizer(texts, vocab_size=320, path=path)
+    assert Tokenizer.load(path).vocab_size <= SHAPES["vocab_size"]
     return path
 
 
@@ -168,6 +172,29 @@ def test_greedy_generation_matches_transformers(converted):
         ours.append(int(token[0]))
     np.testing.assert_array_equal(np.array(ours), theirs)
     assert len(set(ours)) > 8  # a real continuation, not one token repeated
+
+
+def test_generate_on_an_imported_checkpoint_matches_transformers(converted, tmp_path):
+    """`gemini-jax generate` on the imported run: its chat-template prompt, greedy, stopping at
+    end of turn, gives the text of transformers' greedy continuation of the same ids."""
+    tok = Tokenizer.load(converted.run_dir / "tokenizer.model")
+    question = "def add(x, y):"
+    prompt = [tok.bos_id, tok.start_of_turn_id, *tok.encode("user\n"), *tok.encode(question), tok.end_of_turn_id,
+              *tok.encode("\n"), tok.start_of_turn_id, *tok.encode("model\n")]
+    steps = 24
+    # The checkpoint's table is padded past the tokenizer: neither side may pick those ids.
+    assert tok.vocab_size < SHAPES["vocab_size"]
+    padding = list(range(tok.vocab_size, SHAPES["vocab_size"]))
+    with torch.no_grad():
+        theirs = converted.hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=steps,
+                                       eos_token_id=[tok.end_of_turn_id, tok.eos_id], pad_token_id=tok.pad_id,
+                                       suppress_tokens=padding)
+    continuation = [t for t in theirs.numpy()[0, len(prompt):].tolist() if t not in (tok.end_of_turn_id, tok.eos_id)]
+    ours = demo.generate_answer(str(converted.run_dir), prompt=question, max_new_tokens=steps)
+    assert len(continuation) > 3 and ours == tok.decode(continuation)
+    Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
+    with pytest.raises(EncodeError, match="vision"):
+        demo.generate_answer(str(converted.run_dir), prompt="what is it?", images=[str(tmp_path / "image.png")])
 
 
 def test_export_then_import_is_bit_exact_and_loads_in_transformers(converted, tmp_path):

@@ -109,3 +109,25 @@ def test_long_lines_are_not_dropped_from_training(tmp_path):
     line = "zebra " * 7000
     tok = T.train_tokenizer([line], vocab_size=320, path=tmp_path / "t.model")
     assert len(tok.encode("zebra")) <= 2
+
+
+def test_a_text_only_tokenizer_with_other_ids_loads_and_refuses_media(tmp_path):
+    from conftest import train_gemma_like_tokenizer
+
+    tok = T.Tokenizer.load(train_gemma_like_tokenizer(CORPUS, vocab_size=400, path=tmp_path / "gemma.model"))
+    assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.start_of_turn_id, tok.end_of_turn_id) == (0, 1, 2, 10, 11)
+    assert not tok.has_media
+    text = "def f(x):\n    return x  # done\n"
+    assert tok.decode(tok.encode(text)) == text
+    with pytest.raises(T.TokenizerError, match="gemma.model has no <image> piece: it is a text-only tokenizer"):
+        tok.image_id
+    assert T.Tokenizer.load(tmp_path / "gemma.model").__getstate__()["source"].endswith("gemma.model")
+
+
+def test_a_tokenizer_without_turn_markers_is_refused(tmp_path):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_prefix=str(tmp_path / "plain"),
+                                   vocab_size=300, hard_vocab_limit=False, byte_fallback=True, minloglevel=2)
+    with pytest.raises(T.TokenizerError, match=r"plain.model: the model lacks the reserved piece\(s\) \['<pad>', "):
+        T.Tokenizer.load(tmp_path / "plain.model")

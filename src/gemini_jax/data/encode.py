@@ -122,6 +122,8 @@ def check_compatible(tokenizer: Tokenizer, config: ModelConfig) -> None:
     if tokenizer.vocab_size > config.vocab_size:
         raise EncodeError(
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is {config.vocab_size}")
+    if not tokenizer.has_media:  # text only: a media part fails when it asks for its placeholder
+        return
     pairs = {
         "image": (tokenizer.image_id, config.image_token_id),
         "frame": (tokenizer.frame_id, config.frame_token_id),

@@ -1,8 +1,13 @@
 """A SentencePiece BPE tokenizer with the reserved ids of `config.py`.
 
-Layout: pad 0, eos 1, bos 2, unk 3, then the user-defined symbols below from id 4
-(turn markers, the three media placeholders, the media begin/end markers), then
-256 byte pieces (byte fallback: no text is ever unknown), then learned pieces.
+Layout (what `train_tokenizer` makes): pad 0, eos 1, bos 2, unk 3, then the user-defined
+symbols below from id 4 (turn markers, the three media placeholders, the media begin/end
+markers), then 256 byte pieces (byte fallback: no text is ever unknown), then learned pieces.
+
+Special pieces are found by name, so other tokenizers load too: one needs pad, eos, bos,
+unk and the two turn markers; the media pieces are optional. A text-only tokenizer (an
+imported Gemma one: turn markers at 106 and 107, no media pieces) encodes and decodes text
+and chat turns, and says so clearly when asked for a media placeholder.
 
 Whitespace is kept exactly (no normalisation, no dummy prefix, whitespace-only
 pieces allowed), so Python source round-trips with its indentation and newlines,
@@ -42,11 +47,7 @@ SPECIAL_TOKENS = (
 PLACEHOLDERS = (IMAGE, FRAME, AUDIO)
 MEDIA_MARKERS = (START_OF_IMAGE, END_OF_IMAGE, START_OF_VIDEO, END_OF_VIDEO, START_OF_AUDIO, END_OF_AUDIO)
 
-_EXPECTED_IDS = {
-    PAD: C.PAD_ID, EOS: C.EOS_ID, BOS: C.BOS_ID, UNK: C.UNK_ID,
-    START_OF_TURN: C.START_OF_TURN_ID, END_OF_TURN: C.END_OF_TURN_ID,
-    IMAGE: C.IMAGE_TOKEN_ID, FRAME: C.FRAME_TOKEN_ID, AUDIO: C.AUDIO_TOKEN_ID,
-}
+REQUIRED = (PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN)
 
 # SentencePiece skips training sentences longer than this many bytes; documents are
 # cut at line boundaries into pieces no longer than this.
@@ -64,8 +65,12 @@ class Tokenizer:
     def __init__(self, processor: spm.SentencePieceProcessor, *, source: str = "<memory>"):
         self._sp = processor
         self._source = source
-        self._check_reserved_ids()
-        self._placeholder_ids = frozenset(self.special_id(s) for s in PLACEHOLDERS)
+        missing = [piece for piece in REQUIRED if not self._has_piece(piece)]
+        if missing:
+            raise TokenizerError(
+                f"{source}: the model lacks the reserved piece(s) {missing}; a tokenizer needs {list(REQUIRED)} "
+                f"(train_tokenizer makes them, with the media pieces {list(PLACEHOLDERS + MEDIA_MARKERS)})")
+        self._placeholder_ids = frozenset(self._sp.piece_to_id(p) for p in PLACEHOLDERS if self._has_piece(p))
 
     @classmethod
     def from_bytes(cls, model: bytes, *, source: str = "<memory>") -> Tokenizer:
@@ -83,14 +88,13 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer file {str(path)!r} does not exist (expected a SentencePiece .model file)")
         return cls.from_bytes(path.read_bytes(), source=str(path))
 
-    def _check_reserved_ids(self) -> None:
-        for piece in (PAD, EOS, BOS, UNK, *SPECIAL_TOKENS):
-            if self._sp.piece_to_id(piece) == self._sp.unk_id() and piece != UNK:
-                raise TokenizerError(
-                    f"{self._source}: the model lacks the reserved piece {piece}; train it with train_tokenizer")
-        wrong = {p: self._sp.piece_to_id(p) for p, i in _EXPECTED_IDS.items() if self._sp.piece_to_id(p) != i}
-        if wrong:
-            raise TokenizerError(f"{self._source}: reserved pieces have ids {wrong}, config.py expects {_EXPECTED_IDS}")
+    def _has_piece(self, piece: str) -> bool:
+        return piece == UNK or self._sp.piece_to_id(piece) != self._sp.unk_id()
+
+    @property
+    def has_media(self) -> bool:
+        """Whether the tokenizer has every media placeholder and marker (ours do)."""
+        return all(self._has_piece(p) for p in PLACEHOLDERS + MEDIA_MARKERS)
 
     def __getstate__(self) -> dict:
         return {"model": self._sp.serialized_model_proto(), "source": self._source}
@@ -144,6 +148,10 @@ class Tokenizer:
         piece = name if name.startswith("<") else f"<{name}>"
         if piece not in (PAD, EOS, BOS, UNK, *SPECIAL_TOKENS):
             raise TokenizerError(f"unknown special token {name!r}; known: {[PAD, EOS, BOS, UNK, *SPECIAL_TOKENS]}")
+        if not self._has_piece(piece):
+            raise TokenizerError(
+                f"{self._source} has no {piece} piece: it is a text-only tokenizer (such as an imported Gemma "
+                f"one) and cannot encode image, video or audio parts")
         return self._sp.piece_to_id(piece)
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:

@@ -61,8 +61,11 @@ class Sampler:
         logits, cache = model.decode_step(tokens, cache)
         return self._sample(logits, seeds, step, sampling), cache
 
-    @staticmethod
-    def _sample(logits, seeds, step, sampling):
+    def _sample(self, logits, seeds, step, sampling):
+        # An embedding table may be padded past the tokenizer (an imported checkpoint's often
+        # is): ids the tokenizer cannot decode are never sampled.
+        if self.tokenizer.vocab_size < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < self.tokenizer.vocab_size, logits, -jnp.inf)
         keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seeds)  # [B] keys
         return sample_tokens(logits, keys, **sampling)
 
