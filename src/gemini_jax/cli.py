@@ -99,17 +99,20 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="import a Hugging Face Gemma-1 checkpoint as a run directory, or export a run to one",
-        description="Import: --from-hf DIR --to RUN_DIR reads a Hugging Face Gemma-1 directory (config.json "
-        "of a GemmaForCausalLM, model.safetensors or sharded model-*-of-*.safetensors with "
-        "model.safetensors.index.json, tokenizer.model) and writes a text-only run directory whose "
-        "checkpoint step 0 holds the weights in float32. Export: --from RUN_DIR --to-hf DIR writes a "
+        help="import a Hugging Face Gemma-1 or PaliGemma checkpoint as a run directory, or export a run to "
+        "Gemma-1",
+        description="Import: --from-hf DIR --to RUN_DIR reads a Hugging Face Gemma-1 or PaliGemma-1 directory "
+        "(config.json of a GemmaForCausalLM or PaliGemmaForConditionalGeneration, chosen by its architectures, "
+        "model.safetensors or sharded model-*-of-*.safetensors with "
+        "model.safetensors.index.json, tokenizer.model) and writes a run directory (text-only for Gemma, "
+        "with a SigLIP vision encoder for PaliGemma) whose checkpoint step 0 holds the weights in float32. Export: --from RUN_DIR --to-hf DIR writes a "
         "text-only, causal run as a Hugging Face directory (config.json, float32 model.safetensors, "
         "tokenizer.model) that transformers' GemmaForCausalLM.from_pretrained loads. Weights are read "
         "with safetensors only, never pickle.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--from-hf", metavar="DIR", default=None, help="a Hugging Face Gemma-1 directory to import")
+    p.add_argument("--from-hf", metavar="DIR", default=None,
+                   help="a Hugging Face Gemma-1 or PaliGemma-1 directory to import")
     p.add_argument("--to", metavar="RUN_DIR", default=None,
                    help="with --from-hf: the run directory to create (new or empty)")
     p.add_argument("--from", dest="from_run", metavar="RUN_DIR", default=None,
@@ -123,12 +126,14 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from gemini_jax.convert.gemma import ConversionError, export_gemma, import_gemma
+    from gemini_jax.convert.gemma import ConversionError, export_gemma
+    from gemini_jax.convert.paligemma import import_hf
 
     if args.from_hf is not None and args.to is not None and args.from_run is None and args.to_hf is None:
-        config = import_gemma(args.from_hf, args.to, dtype=args.dtype)
+        config = import_hf(args.from_hf, args.to, dtype=args.dtype)
+        vision = "" if config.vision is None else f", SigLIP vision encoder ({config.vision.depth} layers)"
         print(f"imported {args.from_hf} -> {args.to}: Gemma-1 decoder, {config.depth} layers, "
-              f"width {config.width}, vocabulary {config.vocab_size}")
+              f"width {config.width}, vocabulary {config.vocab_size}{vision}")
     elif args.from_run is not None and args.to_hf is not None and args.from_hf is None and args.to is None:
         step = export_gemma(args.from_run, args.to_hf, step=args.step)
         print(f"exported {args.from_run} (step {step}) -> {args.to_hf}")

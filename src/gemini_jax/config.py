@@ -14,6 +14,8 @@ from typing import Any, Literal
 DType = Literal["float32", "bfloat16"]
 Pooling = Literal["attention", "none"]
 PromptAttention = Literal["causal", "bidirectional"]
+VisionBlock = Literal["vit", "siglip"]
+PositionEmbedding = Literal["factorized", "learned"]
 
 # Token ids the tokenizer reserves (see data/tokenizer.py). The model only needs
 # the three placeholder ids; the rest are listed so the layout lives in one place.
@@ -40,6 +42,15 @@ class VisionConfig:
     fields are unused. `stem_channels` puts stride-2 3x3 convolutions (one per entry,
     with that many channels) inside each patch before its linear embedding, an early
     convolutional stem (Xiao et al. 2021); () embeds raw pixels.
+
+    The remaining options describe imported SigLIP towers (PaliGemma) and keep our own
+    ViT when left at their defaults. `block="siglip"`: LayerNorm (with bias) blocks,
+    attention with biases and a fc1 -> tanh-GELU -> fc2 MLP, and a final LayerNorm,
+    instead of RMSNorm blocks with a GeGLU MLP. `position_embedding="learned"`: one table
+    of max_grid * max_grid entries indexed by row * max_grid + column (for a fixed square
+    grid of max_grid rows this is SigLIP's absolute table) instead of row + column tables.
+    `norm_eps` None uses the decoder's; `projector_bias` adds a bias to the projection
+    to the decoder width (PaliGemma's multi_modal_projector has one).
     """
 
     patch_size: int = 16
@@ -55,10 +66,26 @@ class VisionConfig:
     num_frames: int = 8  # frames sampled uniformly from a video
     pooling: Pooling = "attention"
     stem_channels: tuple[int, ...] = ()
+    block: VisionBlock = "vit"
+    position_embedding: PositionEmbedding = "factorized"
+    norm_eps: float | None = None
+    projector_bias: bool = False
 
     def __post_init__(self):
         if self.pooling not in ("attention", "none"):
             raise ConfigError(f"vision.pooling must be 'attention' or 'none', got {self.pooling!r}")
+        if self.block not in ("vit", "siglip"):
+            raise ConfigError(f"vision.block must be 'vit' or 'siglip', got {self.block!r}")
+        if self.position_embedding not in ("factorized", "learned"):
+            raise ConfigError(f"vision.position_embedding must be 'factorized' or 'learned', "
+                              f"got {self.position_embedding!r}")
+        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ConfigError(f"vision.norm_eps must be a positive number or None, got {self.norm_eps!r}")
+        if not isinstance(self.projector_bias, bool):
+            raise ConfigError(f"vision.projector_bias must be true or false, got {self.projector_bias!r}")
+        if self.block == "siglip" and self.width % self.num_heads:
+            raise ConfigError(f"vision.width ({self.width}) must be a multiple of vision.num_heads "
+                              f"({self.num_heads}) for block='siglip' (head dimension = width / heads)")
         object.__setattr__(self, "stem_channels", tuple(self.stem_channels))  # JSON gives a list
         if self.patch_size % (1 << len(self.stem_channels)):
             raise ConfigError(f"vision.patch_size {self.patch_size} must be divisible by 2 per stem convolution "

@@ -107,14 +107,15 @@ def _heads_out(heads: int, head_dim: int, width: int) -> tuple[Callable, Callabl
     )
 
 
-def _tensors(config: ModelConfig) -> list[_Tensor]:
-    """Every tensor of a GemmaForCausalLM with `config`'s shapes, in checkpoint order."""
+def _tensors(config: ModelConfig, prefix: str = "model.") -> list[_Tensor]:
+    """Every tensor of a GemmaForCausalLM with `config`'s shapes, in checkpoint order.
+    `prefix` is where the Gemma model sits (PaliGemma's is "language_model.model.")."""
     D, F, V = config.width, config.mlp_dim, config.vocab_size
     N, K, H = config.num_heads, config.num_kv_heads, config.head_dim
     same, transposed = (_same, _same), (_transposed, _transposed)
-    tensors = [_Tensor("model.embed_tokens.weight", ("embedder", "table"), (V, D), *same)]
+    tensors = [_Tensor(prefix + "embed_tokens.weight", ("embedder", "table"), (V, D), *same)]
     for i in range(config.depth):
-        hf, ours = f"model.layers.{i}.", ("decoder", "blocks", i)
+        hf, ours = f"{prefix}layers.{i}.", ("decoder", "blocks", i)
         tensors += [
             _Tensor(hf + "input_layernorm.weight", (*ours, "pre_attn_norm", "scale"), (D,), *same),
             _Tensor(hf + "self_attn.q_proj.weight", (*ours, "attn", "q"), (N * H, D), *_heads_in(N, H, D)),
@@ -126,7 +127,7 @@ def _tensors(config: ModelConfig) -> list[_Tensor]:
             _Tensor(hf + "mlp.up_proj.weight", (*ours, "mlp", "up"), (F, D), *transposed),
             _Tensor(hf + "mlp.down_proj.weight", (*ours, "mlp", "down"), (D, F), *transposed),
         ]
-    tensors.append(_Tensor("model.norm.weight", ("decoder", "final_norm", "scale"), (D,), *same))
+    tensors.append(_Tensor(prefix + "norm.weight", ("decoder", "final_norm", "scale"), (D,), *same))
     return tensors
 
 
@@ -159,6 +160,15 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
                      f"or model_type {MODEL_TYPE!r} (Gemma-1)")
     if model_type not in (None, MODEL_TYPE):
         raise refuse(f"model_type {model_type!r} is not Gemma-1; accepted: {MODEL_TYPE!r}")
+    if values.get("use_bidirectional_attention"):
+        raise refuse("use_bidirectional_attention is true; this decoder is causal")
+    return _decoder_config_from_hf(values, refuse=refuse, dtype=dtype)
+
+
+def _decoder_config_from_hf(
+    values: dict[str, Any], *, refuse: Callable[[str], ConversionError], dtype: str, **extra: Any
+) -> ModelConfig:
+    """Our ModelConfig for the fields of a Gemma-1 text config (`extra` adds ModelConfig fields)."""
 
     def integer(key: str, default: int | None = None) -> int:
         value = values.get(key, default)
@@ -179,8 +189,6 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
         raise refuse("attention_bias is true; Gemma-1 and this model have no attention biases")
     if values.get("tie_word_embeddings", True) is False:
         raise refuse("tie_word_embeddings is false; this model's output layer is its embedding (tied)")
-    if values.get("use_bidirectional_attention"):
-        raise refuse("use_bidirectional_attention is true; this decoder is causal")
 
     rope_base = values.get("rope_theta")
     for key in ("rope_scaling", "rope_parameters"):  # transformers 4.x / 5.x
@@ -215,6 +223,7 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
             rope_base=float(rope_base),
             norm_eps=float(norm_eps),
             dtype=dtype,
+            **extra,
         )
     except ConfigError as e:
         raise refuse(str(e)) from None
@@ -332,26 +341,35 @@ def _safetensors_error(path: Path, error: Exception) -> ConversionError:
     return ConversionError(f"{path}: cannot read this safetensors file, it may be truncated or damaged ({error})")
 
 
-def _read_tensors(files: list[Path], expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def _read_tensors(
+    files: list[Path], expected: dict[str, tuple[int, ...]], *, model: str = f"Gemma-1 {ARCHITECTURE}",
+    embedding: str = "model.embed_tokens.weight", rename: Callable[[str], str | None] = _same,
+) -> dict[str, np.ndarray]:
     """Every expected tensor as float32, after checking all names, dtypes and shapes in the
-    headers first, so a bad tensor is reported before gigabytes are read."""
+    headers first, so a bad tensor is reported before gigabytes are read. `rename` maps a
+    file's tensor names onto the expected ones (older layouts), or to None for tensors the
+    model never uses, which are skipped; errors name tensors as stored.
+    `TIED_HEAD`, if present, must equal `embedding` and is dropped."""
     where: dict[str, Path] = {}
     for path in files:
         try:
             with safe_open(path, framework="np") as f:
-                for name in f.keys():
-                    tensor = f.get_slice(name)
+                for stored in f.keys():
+                    name = rename(stored)
+                    if name is None:
+                        continue
+                    tensor = f.get_slice(stored)
                     dtype, shape = tensor.get_dtype(), tuple(tensor.get_shape())
                     if name not in expected:
                         raise ConversionError(
-                            f"{path}: unexpected tensor {name!r}: a Gemma-1 {ARCHITECTURE} as config.json "
+                            f"{path}: unexpected tensor {stored!r}: a {model} as config.json "
                             f"describes it has no such tensor (a bias, an extra layer, another architecture?)"
                         )
                     if dtype not in FLOAT_DTYPES:
                         accepted = ", ".join(f"{code} ({numpy_name})" for code, numpy_name in FLOAT_DTYPES.items())
-                        raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}; accepted: {accepted}")
+                        raise ConversionError(f"{path}: tensor {stored!r} has dtype {dtype}; accepted: {accepted}")
                     if shape != expected[name]:
-                        raise ConversionError(f"{path}: tensor {name!r} has shape {list(shape)}, expected "
+                        raise ConversionError(f"{path}: tensor {stored!r} has shape {list(shape)}, expected "
                                               f"{list(expected[name])} from config.json")
                     where[name] = path
         except SafetensorError as e:
@@ -366,13 +384,14 @@ def _read_tensors(files: list[Path], expected: dict[str, tuple[int, ...]]) -> di
         try:
             # safetensors gives bfloat16 as ml_dtypes' numpy dtype, which widens exactly.
             with safe_open(path, framework="np") as f:
-                for name in f.keys():
-                    tensors[name] = np.asarray(f.get_tensor(name)).astype(np.float32)
+                for stored in f.keys():
+                    if (name := rename(stored)) is not None:
+                        tensors[name] = np.asarray(f.get_tensor(stored)).astype(np.float32)
         except SafetensorError as e:
             raise _safetensors_error(path, e) from None
     head = tensors.pop(TIED_HEAD, None)
-    if head is not None and not np.array_equal(head, tensors["model.embed_tokens.weight"]):
-        raise ConversionError(f"{where[TIED_HEAD]}: {TIED_HEAD!r} differs from model.embed_tokens.weight; "
+    if head is not None and not np.array_equal(head, tensors[embedding]):
+        raise ConversionError(f"{where[TIED_HEAD]}: {TIED_HEAD!r} differs from {embedding}; "
                               f"this model ties its output layer to the embedding, so it cannot hold both")
     return tensors
 
@@ -398,6 +417,15 @@ def import_gemma(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype
     expected = {spec.hf_name: spec.hf_shape for spec in specs}
     expected[TIED_HEAD] = (config.vocab_size, config.width)
     tensors = _read_tensors(_weight_files(hf_dir), expected)
+    _write_run(run_dir, config=config, specs=specs, tensors=tensors, hf_dir=hf_dir,
+               source=f"huggingface {ARCHITECTURE}")
+    return config
+
+
+def _write_run(run_dir: Path, *, config: ModelConfig, specs: list[_Tensor], tensors: dict[str, np.ndarray],
+               hf_dir: Path, source: str) -> None:
+    """Fills every parameter of `config`'s model from `tensors` (emptied on the way) and writes
+    the run: config, the directory's tokenizer.model and an Orbax checkpoint at step 0."""
     by_path = {spec.path: spec for spec in specs}
 
     def fill(key_path: tuple, like: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -412,11 +440,10 @@ def import_gemma(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype
     saver = checkpoint.Checkpointer(run_dir, async_save=False)
     saver.save(0, state={"params": params}, meta={
         "step": 0, "model_config": config_to_dict(config),
-        "source": {"format": f"huggingface {ARCHITECTURE}", "path": str(hf_dir.absolute())},
+        "source": {"format": source, "path": str(hf_dir.absolute())},
     })
     saver.wait()
     saver.close()
-    return config
 
 
 # -- writing -----------------------------------------------------------------------------------

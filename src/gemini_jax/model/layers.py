@@ -48,6 +48,27 @@ class RMSNorm(nnx.Module):
         return (normed * scale).astype(x.dtype)
 
 
+class LayerNorm(nnx.Module):
+    """Standard LayerNorm, y = (x - mean) / std * scale + bias, for SigLIP-style encoders.
+
+    Unlike RMSNorm the scale is stored as itself (initialised to 1), as SigLIP
+    checkpoints store it. Statistics are float32, as in RMSNorm.
+    """
+
+    def __init__(self, dim: int, *, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)  # [..., 1]
+        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(variance + self.eps)  # [..., D]
+        shape = (1,) * (x.ndim - 1) + (-1,)
+        return (normed * jnp.reshape(self.scale[...], shape) + jnp.reshape(self.bias[...], shape)).astype(x.dtype)
+
+
 class Embedder(nnx.Module):
     """Token table E[V, D]: inputs are E[token] * sqrt(D), output logits are x @ E^T (tied)."""
 

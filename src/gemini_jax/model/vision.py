@@ -1,8 +1,9 @@
 """The vision encoder: a ViT over variable-resolution patch grids, turned into soft tokens.
 
 patches -> (optional stride-2 convolutions inside each patch) -> linear patch embedding
--> + learned row and column position embeddings
--> `depth` bidirectional pre-norm blocks over the image's real patches
+-> + learned row and column position embeddings (or one learned table over grid cells)
+-> `depth` bidirectional pre-norm blocks over the image's real patches (our RMSNorm/GeGLU
+   blocks, or SigLIP's LayerNorm/GELU blocks with biases, for imported towers)
 -> pooling="attention": learned queries attend over the real patches (images and video
    frames have their own query tables and share the attention weights), then RMSNorm;
    pooling="none": one soft token per real patch
@@ -24,7 +25,7 @@ from flax import nnx
 
 from gemini_jax.config import VisionConfig
 from gemini_jax.model.attention import attention_mask, dot_product_attention
-from gemini_jax.model.layers import Linear, RMSNorm, SoftTokens, fan_in_init
+from gemini_jax.model.layers import LayerNorm, Linear, RMSNorm, SoftTokens, fan_in_init
 from gemini_jax.model.transformer import Block
 
 
@@ -52,6 +53,41 @@ class AttentionPool(nnx.Module):
         pool_mask = jnp.broadcast_to(mask[:, None, :], (batch, num_queries, mask.shape[1]))  # [B, Q, P]
         pooled = dot_product_attention(q, k, v, mask=pool_mask)  # [B, Q, N, H]
         return jnp.einsum("BQNH,NHD->BQD", pooled, self.o[...].astype(dtype))
+
+
+class SiglipBlock(nnx.Module):
+    """SigLIP's encoder layer: x + o(attn(q, k, v of LN(x))), then x + fc2(gelu_tanh(fc1(LN(x)))).
+
+    Every projection has a bias, which our Attention does not carry, so q, k, v and o are
+    plain Linear maps [D, D] whose output columns are the heads side by side (the
+    checkpoints' layout); head dimension = D / N.
+    """
+
+    def __init__(self, *, width: int, num_heads: int, mlp_dim: int, norm_eps: float, dtype: jnp.dtype,
+                 rngs: nnx.Rngs):
+        self.num_heads = num_heads
+
+        def linear(i: int, o: int) -> Linear:
+            return Linear(i, o, use_bias=True, dtype=dtype, rngs=rngs)
+
+        self.pre_attn_norm = LayerNorm(width, eps=norm_eps)
+        self.q, self.k, self.v, self.o = (linear(width, width) for _ in range(4))
+        self.pre_mlp_norm = LayerNorm(width, eps=norm_eps)
+        self.fc1 = linear(width, mlp_dim)
+        self.fc2 = linear(mlp_dim, width)
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array) -> tuple[jax.Array, None]:
+        """x[B, P, D] under mask bool[B, P, P]; returns (x, None) like Block's (x, keys/values)."""
+        batch, length, width = x.shape
+        h = self.pre_attn_norm(x)
+
+        def heads(y: jax.Array) -> jax.Array:  # [B, P, D] -> [B, P, N, H]
+            return y.reshape(batch, length, self.num_heads, width // self.num_heads)
+
+        attended = dot_product_attention(heads(self.q(h)), heads(self.k(h)), heads(self.v(h)), mask=mask)
+        x = x + self.o(attended.reshape(batch, length, width)).astype(x.dtype)
+        h = jax.nn.gelu(self.fc1(self.pre_mlp_norm(x)), approximate=True)  # [B, P, F]
+        return x + self.fc2(h).astype(x.dtype), None
 
 
 class PatchStem(nnx.Module):
@@ -91,17 +127,30 @@ class VisionEncoder(nnx.Module):
             else Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs)
         )
         table_init = nnx.initializers.normal(stddev=0.02)
-        self.row_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
-        self.col_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
-        self.blocks = nnx.List([
-            Block(
-                width=width, num_heads=config.num_heads, num_kv_heads=config.num_heads,
-                head_dim=config.head_dim, mlp_dim=config.mlp_dim, rope_base=None,
-                norm_eps=norm_eps, dtype=dtype, rngs=rngs,
-            )
-            for _ in range(config.depth)
-        ])
-        self.encoder_norm = RMSNorm(width, eps=norm_eps)
+        if config.position_embedding == "learned":
+            cells = config.max_grid * config.max_grid
+            self.pos_embed = nnx.Param(table_init(rngs.params(), (cells, width), jnp.float32))
+        else:
+            self.row_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
+            self.col_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
+        norm_eps = norm_eps if config.norm_eps is None else config.norm_eps
+        if config.block == "siglip":
+            self.blocks = nnx.List([
+                SiglipBlock(width=width, num_heads=config.num_heads, mlp_dim=config.mlp_dim, norm_eps=norm_eps,
+                            dtype=dtype, rngs=rngs)
+                for _ in range(config.depth)
+            ])
+            self.encoder_norm = LayerNorm(width, eps=norm_eps)  # SigLIP's post_layernorm
+        else:
+            self.blocks = nnx.List([
+                Block(
+                    width=width, num_heads=config.num_heads, num_kv_heads=config.num_heads,
+                    head_dim=config.head_dim, mlp_dim=config.mlp_dim, rope_base=None,
+                    norm_eps=norm_eps, dtype=dtype, rngs=rngs,
+                )
+                for _ in range(config.depth)
+            ])
+            self.encoder_norm = RMSNorm(width, eps=norm_eps)
         if config.pooling == "attention":
             query_init = nnx.initializers.normal(stddev=1.0)
             self.image_queries = nnx.Param(
@@ -114,7 +163,7 @@ class VisionEncoder(nnx.Module):
                 width=width, num_heads=config.num_heads, head_dim=config.head_dim, dtype=dtype, rngs=rngs
             )
             self.out_norm = RMSNorm(width, eps=norm_eps)
-        self.out_proj = Linear(width, out_width, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out_proj = Linear(width, out_width, use_bias=config.projector_bias, dtype=dtype, rngs=rngs)
 
     def encode_images(self, patches: jax.Array, coords: jax.Array, patch_mask: jax.Array) -> SoftTokens:
         """patches[B, I, P, C], coords int32[B, I, P, 2], patch_mask bool[B, I, P] -> [B, I, Q, E]
@@ -138,9 +187,13 @@ class VisionEncoder(nnx.Module):
         mask = patch_mask.reshape(flat, num_patches)
 
         x = self.patch_embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
-        rows = jnp.take(self.row_embed[...], coords[..., 0], axis=0, mode="clip")  # [BI, P, D]
-        cols = jnp.take(self.col_embed[...], coords[..., 1], axis=0, mode="clip")
-        x = x + (rows + cols).astype(x.dtype)
+        if self.config.position_embedding == "learned":
+            cells = coords[..., 0] * self.config.max_grid + coords[..., 1]  # [BI, P], row-major
+            x = x + jnp.take(self.pos_embed[...], cells, axis=0, mode="clip").astype(x.dtype)
+        else:
+            rows = jnp.take(self.row_embed[...], coords[..., 0], axis=0, mode="clip")  # [BI, P, D]
+            cols = jnp.take(self.col_embed[...], coords[..., 1], axis=0, mode="clip")
+            x = x + (rows + cols).astype(x.dtype)
 
         # One segment and one media span over the real patches: fully bidirectional
         # among them, and padding patches are neither seen nor see anything.
