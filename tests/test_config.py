@@ -35,3 +35,19 @@ def test_inconsistent_values_are_refused():
         dataclasses.replace(PRESETS["demo"], num_heads=3, num_kv_heads=2)
     with pytest.raises(ConfigError, match="dtype must be"):
         override(PRESETS["demo"], dtype="float16")
+
+
+def test_prompt_format_and_fixed_grid_round_trip_and_are_checked():
+    config = override(PRESETS["test"], prompt_format="prefix",
+                      vision=dataclasses.replace(PRESETS["test"].vision, keep_aspect_ratio=False))
+    data = config_to_dict(config)
+    assert (data["prompt_format"], data["vision"]["keep_aspect_ratio"]) == ("prefix", False)
+    assert config_from_dict(data) == config
+    # A config.json written before these fields reads back with the old behaviour.
+    del data["prompt_format"], data["vision"]["keep_aspect_ratio"]
+    old = config_from_dict(data)
+    assert (old.prompt_format, old.vision.keep_aspect_ratio) == ("chat", True)
+    with pytest.raises(ConfigError, match=r"prompt_format must be one of \['chat', 'prefix'\], got 'paligemma'"):
+        override(PRESETS["demo"], prompt_format="paligemma")
+    with pytest.raises(ConfigError, match="keep_aspect_ratio must be true or false"):
+        dataclasses.replace(PRESETS["demo"].vision, keep_aspect_ratio="no")

@@ -66,6 +66,23 @@ def test_patches_of_a_resized_image():
     assert np.all(means[:, 2] < -0.9) and np.all(means[:, 3] > 0.9)
 
 
+def test_fixed_grid_stretches_any_image_to_the_square_grid():
+    """keep_aspect_ratio=False (PaliGemma): every image fills the full square grid, resized
+    exactly as PaliGemma's processor does (bicubic to the square size, ratio dropped)."""
+    image = np.random.default_rng(0).integers(0, 256, (30, 90, 3), dtype=np.uint8)
+    out = media.image_patches(image, patch_size=4, max_patches=9, max_grid=3, keep_aspect_ratio=False)
+    assert out.patches.shape == (9, 48)
+    assert out.coords.tolist() == [[r, c] for r in range(3) for c in range(3)]
+    stretched = np.asarray(Image.fromarray(image).resize((12, 12), Image.Resampling.BICUBIC))
+    expected = (stretched.astype(np.float32) / 127.5 - 1.0).reshape(3, 4, 3, 4, 3).transpose(0, 2, 1, 3, 4)
+    np.testing.assert_array_equal(out.patches, expected.reshape(9, 48))
+    # The budget and max_grid still bound the square; keeping the ratio would give 1x3 here.
+    assert media.image_patches(image, patch_size=4, max_patches=5, keep_aspect_ratio=False).patches.shape[0] == 4
+    assert media.image_patches(image, patch_size=4, max_patches=16, max_grid=3,
+                               keep_aspect_ratio=False).patches.shape[0] == 9
+    assert media.image_patches(image, patch_size=4, max_patches=9, max_grid=3).patches.shape[0] == 3
+
+
 def test_load_image_converts_to_rgb(tmp_path):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     Image.fromarray(grey, mode="L").save(tmp_path / "grey.png")

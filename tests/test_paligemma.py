@@ -279,3 +279,102 @@ def test_convert_command_dispatches_on_the_architecture(converted, tmp_path, cap
         import_hf(other, tmp_path / "run2")
     assert cli.main(["convert", "--from-hf", str(other), "--to", str(tmp_path / "run3")]) == 2
     assert "PaliGemmaForConditionalGeneration" in capsys.readouterr().err
+
+
+# -- `gemini-jax generate` on an imported run --------------------------------------------------
+
+
+def _prefix_ids(tokenizer_path: Path, prompt: str, *, images: int = 1) -> list[int]:
+    """PaliGemmaProcessor's input ids, built independently of our encoder: <image> x n per
+    image, <bos>, then "prompt\\n" tokenized as one string (the processor's text)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    return [IMAGE_TOKEN] * (GRID * GRID * images) + [sp.bos_id()] + sp.encode(prompt + "\n")
+
+
+def _save_png(path: Path, height: int, width: int, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def _stretched(image: np.ndarray) -> np.ndarray:
+    """The processor's resize to image_size x image_size (bicubic, aspect ratio dropped)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+
+
+# (image shape, prompt): seeds and prompts whose greedy answers run past 3 tokens with no pad/unk.
+GENERATE_CASES = {"non-square": ((30, 61), "caption en"), "square": ((IMAGE_SIZE, IMAGE_SIZE), "describe the photo")}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATE_CASES))
+def test_generate_command_matches_transformers(converted, tokenizer_path, tmp_path, capsys, case):
+    """`gemini-jax generate` on the imported run gives transformers' greedy answer: same prompt
+    layout (PaliGemmaProcessor's), same stretched pixels, stop at eos."""
+    from gemini_jax import demo
+    from gemini_jax.data.encode import encode_example
+    from gemini_jax.data.examples import Content, Example, Part
+    from gemini_jax.data.tokenizer import Tokenizer
+
+    shape, prompt = GENERATE_CASES[case]
+    image = _save_png(tmp_path / "image.png", *shape, seed=sum(shape) + 1)
+    steps = 12
+    config = converted.model.config
+    assert (config.prompt_format, config.vision.keep_aspect_ratio) == ("prefix", False)
+
+    # Our prompt is the processor's, token for token, and all of it is one bidirectional span.
+    ids = _prefix_ids(tokenizer_path, prompt)
+    tokenizer = Tokenizer.load(checkpoint.tokenizer_path(converted.run_dir))
+    example = Example(contents=(Content("user", (Part(image=str(tmp_path / "image.png")), Part(text=prompt))),))
+    row = encode_example(example, tokenizer=tokenizer, config=config, for_generation=True)
+    np.testing.assert_array_equal(row["tokens"], ids)
+    assert len(set(row["media_spans"].tolist())) == 1 and row["media_spans"][0] > 0
+    assert row["image_patches"].shape[1] == GRID * GRID  # the full grid, whatever the shape
+
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+              "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),  # 0: the prefix
+              "pixel_values": hf_pixels(_stretched(image)[None])}
+    with torch.no_grad():  # greedy, stopping at eos, never an id the tokenizer cannot decode
+        theirs = converted.hf.generate(
+            **inputs, do_sample=False, max_new_tokens=steps, eos_token_id=tokenizer.eos_id, pad_token_id=0,
+            suppress_tokens=list(range(tokenizer.vocab_size, TEXT["vocab_size"])))
+    theirs = theirs[0, len(ids):].tolist()
+    if theirs and theirs[-1] == tokenizer.eos_id:
+        theirs = theirs[:-1]
+    assert len(theirs) > 3  # a real answer, not an immediate eos
+
+    ours = demo.generate_answer(str(converted.run_dir), prompt=prompt, images=[str(tmp_path / "image.png")],
+                                max_new_tokens=steps)
+    assert ours == tokenizer.decode(theirs)
+    assert cli.main(["generate", "--checkpoint", str(converted.run_dir), "--image",
+                     str(tmp_path / "image.png"), "--max-new-tokens", str(steps), prompt]) == 0
+    assert capsys.readouterr().out == ours + "\n"
+
+
+def test_prefix_format_training_rows_score_the_answer(converted, tokenizer_path, tmp_path):
+    """A prefix-format example is the prompt, then the answer and <eos>, which alone are targets."""
+    from gemini_jax.data.encode import EncodeError, encode_example
+    from gemini_jax.data.examples import Content, Example, Part
+    from gemini_jax.data.tokenizer import Tokenizer
+
+    _save_png(tmp_path / "image.png", 20, 50, seed=3)
+    tokenizer = Tokenizer.load(checkpoint.tokenizer_path(converted.run_dir))
+    config = converted.model.config
+    user = Content("user", (Part(text="caption en"), Part(image=str(tmp_path / "image.png"))))
+    row = encode_example(Example(contents=(user, Content("model", (Part(text="a cat on a mat"),)))),
+                         tokenizer=tokenizer, config=config)
+    prompt = _prefix_ids(tokenizer_path, "caption en")  # the image goes first, as the processor puts it
+    answer = tokenizer.encode("a cat on a mat") + [tokenizer.eos_id]
+    np.testing.assert_array_equal(np.append(row["tokens"], row["targets"][-1]), prompt + answer)
+    np.testing.assert_array_equal(row["loss_mask"], [0.0] * (len(prompt) - 1) + [1.0] * len(answer))
+    spans = row["media_spans"]
+    assert (spans[: len(prompt)] == spans[0]).all() and spans[0] > 0 and not spans[len(prompt):].any()
+
+    two_turns = Example(contents=(user, Content("model", (Part(text="a"),)), user))
+    with pytest.raises(EncodeError, match="one user turn"):
+        encode_example(two_turns, tokenizer=tokenizer, config=config, for_generation=True)

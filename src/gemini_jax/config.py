@@ -14,6 +14,8 @@ from typing import Any, Literal
 DType = Literal["float32", "bfloat16"]
 Pooling = Literal["attention", "none"]
 PromptAttention = Literal["causal", "bidirectional"]
+PromptFormat = Literal["chat", "prefix"]
+PROMPT_FORMATS = ("chat", "prefix")
 VisionBlock = Literal["vit", "siglip"]
 PositionEmbedding = Literal["factorized", "learned"]
 
@@ -51,6 +53,9 @@ class VisionConfig:
     grid of max_grid rows this is SigLIP's absolute table) instead of row + column tables.
     `norm_eps` None uses the decoder's; `projector_bias` adds a bias to the projection
     to the decoder width (PaliGemma's multi_modal_projector has one).
+    `keep_aspect_ratio=False` stretches every image (and frame) to the full square grid of
+    min(max_grid, floor(sqrt(max_patches))) patches a side, as PaliGemma's processor resizes
+    to its square image_size: a SigLIP tower with a fixed grid was never shown anything else.
     """
 
     patch_size: int = 16
@@ -70,8 +75,11 @@ class VisionConfig:
     position_embedding: PositionEmbedding = "factorized"
     norm_eps: float | None = None
     projector_bias: bool = False
+    keep_aspect_ratio: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.keep_aspect_ratio, bool):
+            raise ConfigError(f"vision.keep_aspect_ratio must be true or false, got {self.keep_aspect_ratio!r}")
         if self.pooling not in ("attention", "none"):
             raise ConfigError(f"vision.pooling must be 'attention' or 'none', got {self.pooling!r}")
         if self.block not in ("vit", "siglip"):
@@ -163,6 +171,11 @@ class ModelConfig:
     `prompt_attention="bidirectional"` lets the tokens of each user turn that is not
     trained on (its text and media) see each other in both directions, a prefix LM as in
     PaliGemma; model turns stay causal. "causal" keeps only media spans bidirectional.
+
+    `prompt_format` is how data/encode.py renders a conversation: "chat" is the Gemma chat
+    template (our models); "prefix" is PaliGemma's layout, `<image> x n <bos> prompt \\n`
+    then the answer and <eos>, with the whole prompt one bidirectional span (the layout an
+    imported PaliGemma checkpoint was trained on; it knows no turn markers).
     """
 
     vocab_size: int
@@ -177,6 +190,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     dtype: DType = "float32"  # compute dtype; parameters stay float32
     prompt_attention: PromptAttention = "causal"
+    prompt_format: PromptFormat = "chat"
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
     image_token_id: int = IMAGE_TOKEN_ID
@@ -192,6 +206,8 @@ class ModelConfig:
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.prompt_attention not in ("causal", "bidirectional"):
             raise ConfigError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}")
 
     @property
     def text_only(self) -> ModelConfig:

@@ -24,7 +24,10 @@ size, g = image_size / p patches per side, E decoder width):
 The conv's kernel is reordered to (row, column, channel), the order batch.py flattens a
 patch in, so a Linear over our patches computes the stride-p convolution. SigLIP numbers
 its patches row-major and PaliGemma always resizes to a square image_size, so the grid is
-fixed at g x g and the learned table indexed by row * g + column is SigLIP's table.
+fixed at g x g and the learned table indexed by row * g + column is SigLIP's table
+(keep_aspect_ratio=False: every image is stretched to that grid, as the processor does).
+Prompts use prompt_format="prefix": `<image> x g*g <bos> prompt \n`, the whole of it one
+bidirectional prefix, and the answer ends at <eos> (PaliGemmaProcessor's layout).
 
 Positions: HF PaliGemma numbers tokens from 1, we from 0; RoPE depends only on the
 distance between positions, so the two give the same attention.
@@ -159,13 +162,17 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
             width=v["hidden_size"], depth=v["num_hidden_layers"], num_heads=v["num_attention_heads"],
             mlp_dim=v["intermediate_size"], pooling="none", block="siglip", position_embedding="learned",
             norm_eps=float(eps), projector_bias=True,
+            # PaliGemma's processor stretches every image to image_size x image_size; the
+            # tower's learned position table knows only that full square grid.
+            keep_aspect_ratio=False,
         )
     except ConfigError as e:
         raise refuse(str(e)) from None
     # PaliGemma lets the image and the prompt see each other (a prefix LM); the text config's
-    # use_bidirectional_attention is that, not a bidirectional decoder.
+    # use_bidirectional_attention is that, not a bidirectional decoder. Its prompts are
+    # `<image> x n <bos> prompt \n`, not the chat template (prompt_format="prefix").
     return _decoder_config_from_hf(text, refuse=refuse, dtype=dtype, prompt_attention="bidirectional",
-                                   vision=vision_config, image_token_id=image_token)
+                                   prompt_format="prefix", vision=vision_config, image_token_id=image_token)
 
 
 def _vision_tensors(config: ModelConfig) -> list[_Tensor]:

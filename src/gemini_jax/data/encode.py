@@ -20,6 +20,9 @@ position i predicts token i + 1. Loss (train_on="model"): the parts of model tur
 their <end_of_turn>, the stop token the sampler waits for; train_on="all": every text
 target, template included. Media placeholders and markers are never targets: the model
 reads media, it does not write it. Raw-text examples are <bos> text <eos>, all counted.
+
+Models with `config.prompt_format="prefix"` (imported PaliGemma) are rendered in
+PaliGemma's layout instead; see `_render_prefix`.
 """
 
 from __future__ import annotations
@@ -183,14 +186,17 @@ class _Encoder:
 
     def image(self, source: Any) -> None:
         vision = self._vision("an image")
-        key = ("image", vision.patch_size, vision.max_patches, vision.max_grid)
+        key = ("image", vision.patch_size, vision.max_patches, vision.max_grid, vision.keep_aspect_ratio)
         patches = self._cached(source, key, lambda: media.image_patches(
             media.load_image(source), patch_size=vision.patch_size, max_patches=vision.max_patches,
-            max_grid=vision.max_grid))
+            max_grid=vision.max_grid, keep_aspect_ratio=vision.keep_aspect_ratio))
         self.out.images.append(patches)
-        self.special(START_OF_IMAGE, counts=False)
+        prefix = self.config.prompt_format == "prefix"  # PaliGemma: bare placeholders, no markers
+        if not prefix:
+            self.special(START_OF_IMAGE, counts=False)
         self.placeholders(self.config.image_token_id, vision.num_soft_tokens(len(patches.patches)))
-        self.special(END_OF_IMAGE, counts=False)
+        if not prefix:
+            self.special(END_OF_IMAGE, counts=False)
 
     def video(self, source: Any) -> None:
         vision = self._vision("a video")
@@ -198,9 +204,11 @@ class _Encoder:
         def make() -> list[media.Patches]:
             frames = media.load_video(source, num_frames=vision.num_frames)  # [F, H, W, 3]
             return [media.image_patches(f, patch_size=vision.patch_size, max_patches=vision.frame_max_patches,
-                                        max_grid=vision.max_grid) for f in frames]
+                                        max_grid=vision.max_grid, keep_aspect_ratio=vision.keep_aspect_ratio)
+                    for f in frames]
 
-        key = ("video", vision.patch_size, vision.frame_max_patches, vision.max_grid, vision.num_frames)
+        key = ("video", vision.patch_size, vision.frame_max_patches, vision.max_grid, vision.num_frames,
+               vision.keep_aspect_ratio)
         frames = self._cached(source, key, make)
         self.special(START_OF_VIDEO, counts=False)
         for frame in frames:
@@ -225,7 +233,50 @@ class _Encoder:
         self.special(END_OF_AUDIO, counts=False)
 
 
+def _render_prefix(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
+    """PaliGemma's layout (prompt_format="prefix"), as PaliGemmaProcessor builds it:
+
+        <image> x n (every image) <bos> {user text}\\n {model text}<eos>
+
+    The prompt (images, bos, text, newline) is one bidirectional span; the answer is
+    causal and, with its <eos>, the loss (train_on="all" too: there is no template to
+    learn). The layout has one question and one answer, so only a user turn (then, for
+    training, one model turn) can be rendered; anything else is refused, not guessed at.
+    """
+    where, turns = enc.where, example.contents
+    roles = [turn.role for turn in turns]
+    expected = ["user"] if for_generation else ["user", "model"]
+    if example.raw_text or roles != expected:
+        got = "raw text" if example.raw_text else f"turns {roles}"
+        raise EncodeError(f"{where}: a prompt_format='prefix' model (PaliGemma) takes one user turn"
+                          f"{'' if for_generation else ' and one model turn'}; got {got}")
+    user = turns[0]
+    media_parts = [p for p in user.parts if p.kind != "text"]
+    if any(p.kind != "image" for p in media_parts):
+        raise EncodeError(f"{where}: a prompt_format='prefix' model takes images and text only; got "
+                          f"{sorted({p.kind for p in media_parts})}")
+    texts = [p.text for t in turns for p in t.parts if p.kind == "text"]
+    if not all(isinstance(t, str) for t in texts):
+        raise ExampleError(f"{where}: a text part holds {[type(t).__name__ for t in texts]}, not str")
+    enc.turn_span = enc.out.new_span()
+    for part in media_parts:  # the processor puts every image first, whatever the order
+        enc.part(part, counts=False)
+    enc.ids([enc.tok.bos_id], counts=False)
+    # One string, as the processor tokenizes "prompt\n" (a split could change the pieces).
+    enc.part(Part(text="".join(p.text for p in user.parts if p.kind == "text") + "\n"), counts=False)
+    enc.turn_span = 0
+    if not for_generation:
+        answer = turns[1]
+        if any(p.kind != "text" for p in answer.parts):
+            raise EncodeError(f"{where}: the model turn of a prompt_format='prefix' example must be text only")
+        enc.part(Part(text="".join(p.text for p in answer.parts)), counts=True)
+        enc.ids([enc.tok.eos_id], counts=True)
+
+
 def _render(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
+    if enc.config.prompt_format == "prefix":
+        _render_prefix(example, enc, for_generation=for_generation)
+        return
     tok = enc.tok
     enc.ids([tok.bos_id], counts=False)
     if example.raw_text:

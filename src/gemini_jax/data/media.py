@@ -2,7 +2,8 @@
 
 - images: any Pillow format (or bytes, a PIL image, a uint8 array) -> RGB uint8 -> resized,
   keeping the aspect ratio, to the largest patch grid within a patch budget (variable
-  resolution, as Pix2Struct/NaViT) -> flattened patches in [-1, 1] with their grid coordinates;
+  resolution, as Pix2Struct/NaViT; or stretched to a fixed square grid) -> flattened
+  patches in [-1, 1] with their grid coordinates;
 - audio: WAV/FLAC/OGG (soundfile) or `examples.Audio` -> mono float32 at 16 kHz (downmixed and
   resampled with a warning) -> log-mel frames, one per 10 ms hop;
 - video: frames sampled uniformly from an animated GIF/WebP/PNG or a uint8[F, H, W, 3] array.
@@ -122,17 +123,25 @@ def patch_grid(*, height: int, width: int, max_patches: int, max_grid: int | Non
     return rows, cols
 
 
-def image_patches(image: np.ndarray, *, patch_size: int, max_patches: int, max_grid: int | None = None) -> Patches:
+def image_patches(image: np.ndarray, *, patch_size: int, max_patches: int, max_grid: int | None = None,
+                  keep_aspect_ratio: bool = True) -> Patches:
     """Resizes uint8[H, W, 3] onto its patch grid and flattens the patches.
 
     Patches come in row-major grid order; each is flattened (row, column, channel)
     as batch.py says. Small images are enlarged: the encoder sees a full budget.
+    `keep_aspect_ratio=False` stretches any image to the largest square grid within the
+    budget (a fixed-grid encoder such as PaliGemma's SigLIP, whose processor does the same).
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise MediaError(
             f"image_patches expects uint8[H, W, 3] (load_image gives one), got {image.dtype}{list(image.shape)}")
     height, width, _ = image.shape
-    rows, cols = patch_grid(height=height, width=width, max_patches=max_patches, max_grid=max_grid)
+    if keep_aspect_ratio:
+        rows, cols = patch_grid(height=height, width=width, max_patches=max_patches, max_grid=max_grid)
+    else:
+        if max_patches < 1:
+            raise MediaError(f"max_patches must be at least 1, got {max_patches}")
+        rows = cols = min(math.isqrt(max_patches), max_patches if max_grid is None else max_grid)
     size = (cols * patch_size, rows * patch_size)  # PIL sizes are (width, height)
     if (width, height) != size:
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))

@@ -3,10 +3,11 @@
     sampler = Sampler(model, tokenizer)
     [answer] = sampler.generate([prompt_example], [SamplingParams(max_new_tokens=16)])
 
-Prompts are encoded with the chat template and right-padded. Their lengths are rounded
-up to a bucket and the batch to a power of two, so a stream of requests reuses a few
-compiled shapes instead of compiling one per prompt. A row stops at <end_of_turn> or
-<eos>; the loop ends when every row has stopped or reached its max_new_tokens.
+Prompts are encoded with the model's prompt format (the chat template, or PaliGemma's
+prefix layout) and right-padded. Their lengths are rounded up to a bucket and the batch to
+a power of two, so a stream of requests reuses a few compiled shapes instead of compiling
+one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for the prefix format);
+the loop ends when every row has stopped or reached its max_new_tokens.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class Sampler:
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(model)
         self.media_cache = media_cache
-        self.stop_ids = np.array([tokenizer.end_of_turn_id, tokenizer.eos_id], np.int32)
+        # A chat model ends its turn with <end_of_turn>; a prefix-format one (PaliGemma) was
+        # trained to end its answer with <eos> only, and <end_of_turn> is ordinary text to it.
+        stops = [tokenizer.eos_id] if model.config.prompt_format == "prefix" else [
+            tokenizer.end_of_turn_id, tokenizer.eos_id]
+        self.stop_ids = np.array(stops, np.int32)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
         self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
 
