@@ -52,9 +52,15 @@ def test_training_stream_starts_with_the_vision_stage(run):
 
     for _ in range(recipe.vision_stage_steps):
         assert answers(next(data)) <= {"circle", "rectangle", "triangle"}
-    after = [next(data) for _ in range(12)]
+    after = [next(data) for _ in range(20)]
     assert any("audio_mels" in b for b in after) and any("frame_patches" in b for b in after)
     assert any(answers(b) & {"yes", "no"} for b in after if "image_patches" in b)
+    # The stage's questions keep their own stream afterwards: whole batches of shape answers.
+    assert any(answers(b) <= {"circle", "rectangle", "triangle"} for b in after if "image_patches" in b)
+    without = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG,
+                             recipe=dataclasses.replace(recipe, vision_stage_weight=0.0))
+    later = [next(without) for _ in range(recipe.vision_stage_steps + 20)][recipe.vision_stage_steps:]
+    assert not any(answers(b) <= {"circle", "rectangle", "triangle"} for b in later if "image_patches" in b)
 
 
 def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):
