@@ -223,12 +223,13 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
                        steps: int | None = None, batch_size: int | None = None, learning_rate: float | None = None,
                        dtype: str | None = None, seed: int = 0, eval_every: int = 0, eval_limit: int | None = None,
                        evaluate_at_end: bool = True, progress: bool = True, config: ModelConfig | None = None,
-                       sizes: DemoSizes = DemoSizes()) -> dict[str, Any]:
+                       sizes: DemoSizes = DemoSizes(), recipe: DemoRecipe | None = None) -> dict[str, Any]:
     """`gemini-jax train`: the whole demo. Returns the final evaluation (and prints its table).
 
-    `config` replaces the preset and `sizes` the corpus sizes (both for quick runs and tests).
+    `config` replaces the preset and `sizes` the corpus sizes (both for quick runs and tests);
+    `recipe` replaces the default recipe (then `preset` and `seed` are the recipe's).
     """
-    recipe = DemoRecipe(preset=preset, seed=seed)
+    recipe = recipe or DemoRecipe(preset=preset, seed=seed)
     recipe = dataclasses.replace(
         recipe, **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("learning_rate", learning_rate))
                    if v is not None})
