@@ -136,3 +136,24 @@ def train_gemma_like_tokenizer(texts, *, vocab_size: int, path):
     )
     path.write_bytes(model.getvalue())
     return path
+
+
+def save_hf(model, directory, *, tokenizer):
+    """A transformers model saved as a Hugging Face directory with `tokenizer` as its tokenizer.model."""
+    import shutil
+
+    model.save_pretrained(directory)
+    assert (directory / "model.safetensors").is_file()
+    shutil.copy(tokenizer, directory / "tokenizer.model")
+    return model
+
+
+def load_run(run_dir):
+    """The model of a run directory, its parameters from the latest checkpoint."""
+    from gemini_jax import checkpoint
+    from gemini_jax.model import Gemini
+
+    config = checkpoint.read_config(run_dir)
+    model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
+    checkpoint.load_params(run_dir, model)
+    return model

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_gemma_like_tokenizer
+from conftest import load_run, save_hf, train_gemma_like_tokenizer
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -82,17 +82,7 @@ def make_hf(directory: Path, *, tokenizer: Path, seed: int = 0):
     torch.manual_seed(seed)
     model = transformers.PaliGemmaForConditionalGeneration(config).eval()
     randomize(model, seed)
-    model.save_pretrained(directory)
-    assert (directory / "model.safetensors").is_file()
-    shutil.copy(tokenizer, directory / "tokenizer.model")
-    return model
-
-
-def load_run(run_dir: Path) -> Gemini:
-    config = checkpoint.read_config(run_dir)
-    model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
-    checkpoint.load_params(run_dir, model)
-    return model
+    return save_hf(model, directory, tokenizer=tokenizer)
 
 
 def random_images(count: int, seed: int) -> np.ndarray:

@@ -405,20 +405,33 @@ def import_gemma(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype
     parameters in float32; `dtype` is the run's compute dtype. Nothing is written unless
     every input checks out. Raises ConversionError naming the bad file or tensor.
     """
+    return _import_run(hf_dir, run_dir, dtype=dtype, config_from_hf=_config_from_hf, tensors_for=_tensors,
+                       architecture=ARCHITECTURE, model=f"Gemma-1 {ARCHITECTURE}")
+
+
+def _import_run(
+    hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype: str,
+    config_from_hf: Callable[..., ModelConfig], tensors_for: Callable[[ModelConfig], list[_Tensor]],
+    architecture: str, model: str, embedding: str = "model.embed_tokens.weight",
+    rename: Callable[[str], str | None] = _same,
+) -> ModelConfig:
+    """The import every architecture shares: check the directory, the config (read by
+    `config_from_hf`) and the tokenizer, read the tensors `tensors_for(config)` names, then
+    write the run. Nothing is written unless every input checks out."""
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if not hf_dir.is_dir():
         raise ConversionError(f"Hugging Face directory {str(hf_dir)!r} does not exist")
     _require_new_or_empty(run_dir, "import into a new run directory")
     config_path = hf_dir / CONFIG_FILE
-    config = _config_from_hf(_read_json(config_path), source=config_path, dtype=dtype)
+    config = config_from_hf(_read_json(config_path), source=config_path, dtype=dtype)
     _check_tokenizer(hf_dir / TOKENIZER_FILE, vocab_size=config.vocab_size)
 
-    specs = _tensors(config)
+    specs = tensors_for(config)
     expected = {spec.hf_name: spec.hf_shape for spec in specs}
     expected[TIED_HEAD] = (config.vocab_size, config.width)
-    tensors = _read_tensors(_weight_files(hf_dir), expected)
+    tensors = _read_tensors(_weight_files(hf_dir), expected, model=model, embedding=embedding, rename=rename)
     _write_run(run_dir, config=config, specs=specs, tensors=tensors, hf_dir=hf_dir,
-               source=f"huggingface {ARCHITECTURE}")
+               source=f"huggingface {architecture}")
     return config
 
 

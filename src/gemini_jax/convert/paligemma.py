@@ -47,20 +47,14 @@ from typing import Any
 from gemini_jax.config import ConfigError, ModelConfig, VisionConfig
 from gemini_jax.convert.gemma import (
     CONFIG_FILE,
-    TIED_HEAD,
-    TOKENIZER_FILE,
     ConversionError,
-    _check_tokenizer,
     _decoder_config_from_hf,
+    _import_run,
     _read_json,
-    _read_tensors,
-    _require_new_or_empty,
     _same,
     _Tensor,
     _tensors,
     _transposed,
-    _weight_files,
-    _write_run,
 )
 
 ARCHITECTURE = "PaliGemmaForConditionalGeneration"
@@ -225,22 +219,12 @@ def import_paligemma(
     float32. Nothing is written unless every input checks out; a ConversionError names
     the bad file or tensor.
     """
-    hf_dir, run_dir = Path(hf_dir), Path(run_dir)
-    if not hf_dir.is_dir():
-        raise ConversionError(f"Hugging Face directory {str(hf_dir)!r} does not exist")
-    _require_new_or_empty(run_dir, "import into a new run directory")
-    config_path = hf_dir / CONFIG_FILE
-    config = _config_from_hf(_read_json(config_path), source=config_path, dtype=dtype)
-    _check_tokenizer(hf_dir / TOKENIZER_FILE, vocab_size=config.vocab_size)
-
-    specs = _tensors(config, prefix=DECODER_PREFIX) + _vision_tensors(config)
-    expected = {spec.hf_name: spec.hf_shape for spec in specs}
-    expected[TIED_HEAD] = (config.vocab_size, config.width)
-    tensors = _read_tensors(_weight_files(hf_dir), expected, model=f"PaliGemma-1 {ARCHITECTURE}",
-                            embedding=DECODER_PREFIX + "embed_tokens.weight", rename=_rename)
-    _write_run(run_dir, config=config, specs=specs, tensors=tensors, hf_dir=hf_dir,
-               source=f"huggingface {ARCHITECTURE}")
-    return config
+    return _import_run(
+        hf_dir, run_dir, dtype=dtype, config_from_hf=_config_from_hf,
+        tensors_for=lambda config: _tensors(config, prefix=DECODER_PREFIX) + _vision_tensors(config),
+        architecture=ARCHITECTURE, model=f"PaliGemma-1 {ARCHITECTURE}",
+        embedding=DECODER_PREFIX + "embed_tokens.weight", rename=_rename,
+    )
 
 
 def import_hf(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype: str = "float32") -> ModelConfig:
