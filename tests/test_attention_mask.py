@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemini_jax.model.attention import attention_mask
+from gemini_jax.model.mask import attention_mask
 
 
 def _mask(segment_ids, media_spans, **kw):

@@ -14,6 +14,8 @@ from typing import Any, Literal
 DType = Literal["float32", "bfloat16"]
 Pooling = Literal["attention", "none"]
 PromptAttention = Literal["causal", "bidirectional"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "blockwise"]
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
 PromptFormat = Literal["chat", "prefix"]
 PROMPT_FORMATS = ("chat", "prefix")
 VisionBlock = Literal["vit", "siglip"]
@@ -176,6 +178,14 @@ class ModelConfig:
     template (our models); "prefix" is PaliGemma's layout, `<image> x n <bos> prompt \\n`
     then the answer and <eos>, with the whole prompt one bidirectional span (the layout an
     imported PaliGemma checkpoint was trained on; it knows no turn markers).
+
+    `attention_impl` is how the decoder attends in training, scoring and prefill (a
+    decode step always uses the dense path over its cache): "auto" builds the dense
+    [B, T, T] mask and lets `jax.nn.dot_product_attention` take cuDNN's fused kernel on
+    GPU (bfloat16, head_dim a multiple of 8) and XLA elsewhere; "xla" and "cudnn" force
+    one of those two; "blockwise" never builds a [T, T] matrix (model/blockwise.py), so
+    memory grows linearly with the length: the choice for long contexts on CPU/TPU.
+    `attention_block` is its query and key block size (shorter sequences are one block).
     """
 
     vocab_size: int
@@ -191,6 +201,8 @@ class ModelConfig:
     dtype: DType = "float32"  # compute dtype; parameters stay float32
     prompt_attention: PromptAttention = "causal"
     prompt_format: PromptFormat = "chat"
+    attention_impl: AttentionImpl = "auto"
+    attention_block: int = 512
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
     image_token_id: int = IMAGE_TOKEN_ID
@@ -208,6 +220,12 @@ class ModelConfig:
             raise ConfigError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(
+                f"attention_impl must be one of {list(ATTENTION_IMPLS)}, got {self.attention_impl!r}"
+            )
+        if not (isinstance(self.attention_block, int) and self.attention_block > 0):
+            raise ConfigError(f"attention_block must be a positive integer, got {self.attention_block!r}")
 
     @property
     def text_only(self) -> ModelConfig:

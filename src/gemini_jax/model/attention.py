@@ -1,4 +1,4 @@
-"""Attention: the one mask function, the KV cache, and multi-query / grouped-query attention.
+"""Attention: the KV cache, and multi-query / grouped-query attention (dense or blockwise).
 
 Dimension letters: B batch, T queries, S keys, D width, N query heads, K key/value
 heads (K = 1 is multi-query attention, the Gemini report's choice), H head dimension.
@@ -12,75 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gemini_jax.config import AttentionImpl
+from gemini_jax.model.blockwise import blockwise_attention
 from gemini_jax.model.layers import apply_rope, fan_in_init
-
-
-def attention_mask(
-    *,
-    segment_ids: jax.Array,
-    media_spans: jax.Array,
-    kv_segment_ids: jax.Array | None = None,
-    kv_media_spans: jax.Array | None = None,
-    q_indices: jax.Array | None = None,
-    kv_indices: jax.Array | None = None,
-) -> jax.Array:
-    """Which keys each query may attend to: bool[B, T, S].
-
-    Query i sees key j iff both lie in the same packed segment (segment id > 0, so
-    padding sees nothing and is seen by nothing) and either j comes no later than i
-    (causal, compared by index in the sequence) or i and j lie in the same media span
-    (id > 0): the soft tokens of one image, video frame or audio clip see each other.
-
-    Args:
-      segment_ids: int32[B, T] packed document id of each query; 0 is padding.
-      media_spans: int32[B, T] media span id of each query; 0 outside media.
-      kv_segment_ids, kv_media_spans: int32[B, S] the same for the keys; default:
-        the queries' (self-attention). Key spans default to 0 when only key segments
-        are given (e.g. a KV cache, whose text-only decode steps need no spans).
-      q_indices, kv_indices: int32[B, T] / int32[B, S] index of each query / key in
-        the sequence; default 0, 1, ... A decode step passes its cache write index.
-
-    Examples (B = 1; rows are queries i, columns keys j):
-
-      causal: segment_ids [1 1 1], media_spans [0 0 0]
-        1 0 0
-        1 1 0
-        1 1 1
-
-      two packed segments and one padding token: segment_ids [1 1 2 2 0], spans 0
-        1 0 0 0 0
-        1 1 0 0 0
-        0 0 1 0 0
-        0 0 1 1 0
-        0 0 0 0 0
-
-      an image of three soft tokens between two text tokens:
-      segment_ids [1 1 1 1 1], media_spans [0 1 1 1 0]
-        1 0 0 0 0
-        1 1 1 1 0
-        1 1 1 1 0
-        1 1 1 1 0
-        1 1 1 1 1
-    """
-    if kv_segment_ids is None:
-        kv_segment_ids, kv_media_spans = segment_ids, media_spans
-    elif kv_media_spans is None:
-        kv_media_spans = jnp.zeros_like(kv_segment_ids)
-    batch, num_q = segment_ids.shape
-    num_kv = kv_segment_ids.shape[1]
-    if q_indices is None:
-        q_indices = jnp.broadcast_to(jnp.arange(num_q, dtype=jnp.int32)[None, :], (batch, num_q))
-    if kv_indices is None:
-        kv_indices = jnp.broadcast_to(jnp.arange(num_kv, dtype=jnp.int32)[None, :], (batch, num_kv))
-
-    same_segment = (segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (
-        segment_ids[:, :, None] > 0
-    )  # [B, T, S]
-    causal = kv_indices[:, None, :] <= q_indices[:, :, None]  # [B, T, S]
-    same_span = (media_spans[:, :, None] == kv_media_spans[:, None, :]) & (
-        media_spans[:, :, None] > 0
-    )  # [B, T, S]
-    return same_segment & (causal | same_span)
+from gemini_jax.model.mask import SegmentMask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +71,19 @@ def _implementation(dtype: jnp.dtype, head_dim: int) -> str | None:
     return "cudnn" if jax.default_backend() == "gpu" and dtype == jnp.bfloat16 and head_dim % 8 == 0 else None
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(H)) v for q[B, T, N, H], k and v [B, S, K, H], mask bool[B, T, S]."""
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array, implementation: AttentionImpl = "auto",
+) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v for q[B, T, N, H], k and v [B, S, K, H], mask bool[B, T, S].
+
+    implementation: "auto" (cuDNN where `_implementation` allows it, else XLA), "xla" or
+    "cudnn" (which raises where cuDNN cannot run, rather than falling back).
+    """
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention implementation 'cudnn' needs a GPU, this backend is {jax.default_backend()!r}; "
+            f"use 'auto', 'xla' or 'blockwise'"
+        )
     # jax.nn.dot_product_attention promotes bfloat16 with float32 internally, which
     # strict dtype promotion (our tests' setting) refuses; the promotion is intended there.
     with jax.numpy_dtype_promotion("standard"):
@@ -145,7 +91,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax
             q, k, v,
             mask=mask[:, None, :, :],  # [B, 1, T, S]
             scale=q.shape[-1] ** -0.5,
-            implementation=_implementation(q.dtype, q.shape[-1]),
+            implementation=(
+                _implementation(q.dtype, q.shape[-1]) if implementation == "auto" else implementation
+            ),
         )  # [B, T, N, H]
     # A query that sees no key (padding) gets zeros, whatever the backend does with an
     # empty softmax: a NaN there would reach real tokens through the next layer's values.
@@ -162,11 +110,14 @@ class Attention(nnx.Module):
 
     def __init__(
         self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int,
-        rope_base: float | None, dtype: jnp.dtype, rngs: nnx.Rngs,
+        rope_base: float | None, dtype: jnp.dtype, rngs: nnx.Rngs, implementation: AttentionImpl = "auto",
+        block_size: int = 512,
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.rope_base = rope_base
+        self.implementation = implementation
+        self.block_size = block_size  # blockwise attention's query and key block
         self.dtype = dtype
         key = rngs.params
         self.q = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_heads, head_dim), jnp.float32))
@@ -178,12 +129,15 @@ class Attention(nnx.Module):
         self,
         x: jax.Array,
         *,
-        mask: jax.Array,
+        mask: jax.Array | SegmentMask,
         positions: jax.Array | None = None,
         cache: LayerKV | None = None,
         cache_index: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerKV]:
         """Attends x[B, T, D] under mask bool[B, T, S]; returns (out [B, T, D], keys/values).
+
+        A SegmentMask (self-attention, no cache) lets implementation "blockwise" attend
+        without a [T, T] mask or score matrix; other implementations build it densely.
 
         Without a cache, S = T and the returned LayerKV holds this chunk's keys and
         values (prefill stores them). With a cache, row b's T new keys are written at
@@ -216,6 +170,17 @@ class Attention(nnx.Module):
         else:
             keys = LayerKV(k=k, v=v)
 
-        encoded = dot_product_attention(q, keys.k.astype(dtype), keys.v.astype(dtype), mask=mask)  # [B, T, N, H]
+        if isinstance(mask, SegmentMask) and cache is None and self.implementation == "blockwise":
+            encoded = blockwise_attention(
+                q, k.astype(dtype), v.astype(dtype), segment_ids=mask.segment_ids, media_spans=mask.media_spans,
+                q_block=self.block_size, kv_block=self.block_size,
+            )  # [B, T, N, H]
+        else:
+            dense = mask.dense() if isinstance(mask, SegmentMask) else mask  # [B, T, S]
+            # A decode step (with a cache) takes the default path whatever the choice.
+            implementation = "auto" if cache is not None or self.implementation == "blockwise" else self.implementation
+            encoded = dot_product_attention(
+                q, keys.k.astype(dtype), keys.v.astype(dtype), mask=dense, implementation=implementation,
+            )  # [B, T, N, H]
         out = jnp.einsum("BTNH,NHD->BTD", encoded, self.o[...].astype(dtype))
         return out, keys

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemini_jax.config import AudioConfig
-from gemini_jax.model.attention import Attention, attention_mask
+from gemini_jax.model.attention import Attention
 from gemini_jax.model.layers import Linear, RMSNorm, SoftTokens, fan_in_init
+from gemini_jax.model.mask import attention_mask
 
 
 def _zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:

@@ -28,9 +28,10 @@ from flax import nnx
 
 from gemini_jax.batch import AUDIO_KEYS, FRAME_KEYS, IMAGE_KEYS
 from gemini_jax.config import ModelConfig
-from gemini_jax.model.attention import KVCache, LayerKV, attention_mask
+from gemini_jax.model.attention import KVCache, LayerKV
 from gemini_jax.model.audio import AudioEncoder
 from gemini_jax.model.layers import Embedder, SoftTokens
+from gemini_jax.model.mask import SegmentMask, attention_mask
 from gemini_jax.model.transformer import Decoder
 from gemini_jax.model.vision import VisionEncoder
 
@@ -211,13 +212,18 @@ class Gemini(nnx.Module):
         self._check_text(batch, ("tokens",))
         return self._embed(batch)[0]
 
+    def _self_attention_mask(self, batch: Mapping[str, jax.Array]) -> jax.Array | SegmentMask:
+        """The decoder's mask over the whole batch: bool[B, T, T], or for blockwise attention
+        the ids it is computed from, so that no [T, T] array is ever built."""
+        segments = SegmentMask(segment_ids=batch["segment_ids"], media_spans=batch["media_spans"])
+        return segments if self.config.attention_impl == "blockwise" else segments.dense()
+
     # -- training / scoring ---------------------------------------------------------------
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> ModelOutput:
         self._check_text(batch, _DECODER_KEYS)
         x, intermediates = self._embed(batch)
-        mask = attention_mask(segment_ids=batch["segment_ids"], media_spans=batch["media_spans"])  # [B, T, T]
-        hidden, _ = self.decoder(x, mask=mask, positions=batch["positions"])
+        hidden, _ = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
         return ModelOutput(logits=self.embedder.decode(hidden), hidden=hidden, intermediates=intermediates)
 
     # -- decoding ---------------------------------------------------------------------------
@@ -252,8 +258,7 @@ class Gemini(nnx.Module):
                 raise ValueError("prefill needs right-padded prompts: segment_ids > 0 must be a prefix of each row")
 
         x, intermediates = self._embed(batch)
-        mask = attention_mask(segment_ids=segment_ids, media_spans=batch["media_spans"])  # [B, T, T]
-        hidden, kvs = self.decoder(x, mask=mask, positions=batch["positions"])
+        hidden, kvs = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
         layers = tuple(
             LayerKV(
                 k=old.k.at[:, :length].set(new.k.astype(old.k.dtype)),

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax.config import ModelConfig
+from gemini_jax.config import AttentionImpl, ModelConfig
 from gemini_jax.model.attention import Attention, KVCache, LayerKV
 from gemini_jax.model.layers import GeGLU, RMSNorm
+from gemini_jax.model.mask import SegmentMask
 
 
 class Block(nnx.Module):
@@ -21,11 +22,13 @@ class Block(nnx.Module):
     def __init__(
         self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int, mlp_dim: int,
         rope_base: float | None, norm_eps: float, dtype: jnp.dtype, rngs: nnx.Rngs,
+        attention_impl: AttentionImpl = "auto", attention_block: int = 512,
     ):
         self.pre_attn_norm = RMSNorm(width, eps=norm_eps)
         self.attn = Attention(
             width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-            rope_base=rope_base, dtype=dtype, rngs=rngs,
+            rope_base=rope_base, dtype=dtype, rngs=rngs, implementation=attention_impl,
+            block_size=attention_block,
         )
         self.pre_mlp_norm = RMSNorm(width, eps=norm_eps)
         self.mlp = GeGLU(width, mlp_dim, dtype=dtype, rngs=rngs)
@@ -34,7 +37,7 @@ class Block(nnx.Module):
         self,
         x: jax.Array,
         *,
-        mask: jax.Array,
+        mask: jax.Array | SegmentMask,
         positions: jax.Array | None = None,
         cache: LayerKV | None = None,
         cache_index: jax.Array | None = None,
@@ -57,7 +60,8 @@ class Decoder(nnx.Module):
             Block(
                 width=config.width, num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
                 head_dim=config.head_dim, mlp_dim=config.mlp_dim, rope_base=config.rope_base,
-                norm_eps=config.norm_eps, dtype=dtype, rngs=rngs,
+                norm_eps=config.norm_eps, dtype=dtype, rngs=rngs, attention_impl=config.attention_impl,
+                attention_block=config.attention_block,
             )
             for _ in range(config.depth)
         ])
@@ -67,7 +71,7 @@ class Decoder(nnx.Module):
         self,
         x: jax.Array,
         *,
-        mask: jax.Array,
+        mask: jax.Array | SegmentMask,
         positions: jax.Array,
         cache: KVCache | None = None,
     ) -> tuple[jax.Array, tuple[LayerKV, ...]]:

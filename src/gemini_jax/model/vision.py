@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemini_jax.config import VisionConfig
-from gemini_jax.model.attention import attention_mask, dot_product_attention
+from gemini_jax.model.attention import dot_product_attention
 from gemini_jax.model.layers import LayerNorm, Linear, RMSNorm, SoftTokens, fan_in_init
+from gemini_jax.model.mask import attention_mask
 from gemini_jax.model.transformer import Block
 
 
