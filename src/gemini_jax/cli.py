@@ -2,6 +2,7 @@
 
     gemini-jax train                     # the embedded demo: build corpus, train, evaluate
     gemini-jax eval --checkpoint runs/demo --output results.json
+    gemini-jax eval --checkpoint runs/demo --tasks mmlu,gsm8k --data-dir ~/benchmarks --limit 100
     gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
     gemini-jax presets                   # the model family: shapes and parameter counts
     gemini-jax convert --from-hf gemma-2b --to runs/gemma-2b     # a Hugging Face Gemma-1 checkpoint
@@ -46,22 +47,73 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
+BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
+                   "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint on the demo's held-out test sets",
-        description="Prints a per-task table (exact match for easy-VQA, transcription and video "
-        "questions; word error rate; perplexity of held-out standard-library code).",
+        help="evaluate a checkpoint on benchmarks (--data-dir) or on the demo's held-out test sets",
+        description="Benchmarks: --tasks mmlu,gsm8k,... --data-dir DIR reads each task from DIR/<task>/ in the "
+        "benchmark's published layout (see gemini_jax/evals/tasks/) and asks it with the Gemini report's "
+        "protocol (k-shot multiple choice by log-likelihood, greedy or maj@k generation, pass@k for code, 0-shot "
+        "greedy for images, audio and video). Without benchmark tasks: the demo's held-out test sets (exact "
+        "match for easy-VQA, transcription and video questions; word error rate; perplexity of held-out "
+        "standard-library code). Prints a table of {task: {metric: value}}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
-    p.add_argument("--cache-dir", default=None, help="the demo corpus cache (as for train)")
-    p.add_argument("--tasks", default="vqa,asr,video,text", help="comma-separated subset of vqa,asr,video,text")
-    p.add_argument("--limit", type=int, default=None, help="at most this many test examples per task")
-    p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
+                   + ",".join(DEMO_TASKS) + "); default: all demo sets")
+    p.add_argument("--data-dir", default=None,
+                   help="benchmarks: the folder holding one sub-folder per task (humaneval needs none)")
+    p.add_argument("--cache-dir", default=None, help="demo sets: the demo corpus cache (as for train)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many examples per task")
+    p.add_argument("--shots", type=int, default=None,
+                   help="benchmarks: k for the k-shot tasks (default: each task's, e.g. 5 for MMLU, 8 for GSM8K); 0-shot "
+                   "tasks (images, audio, video, HellaSwag, WMT, HumanEval) ignore it")
+    p.add_argument("--samples", type=int, default=1,
+                   help="benchmarks: samples per question; >1 gives maj@k answers and pass@k for code")
+    p.add_argument("--temperature", type=float, default=0.7, help="benchmarks: sampling temperature when --samples > 1")
+    p.add_argument("--seed", type=int, default=0, help="benchmarks: sampling seed (sample i uses seed + i)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts decoded or scored together (default: 16 for benchmarks, 256 for the demo sets)")
     p.add_argument("--output", default=None, help="write the results as JSON: {task: {metric: value}}")
     p.add_argument("--records", default=None, help="write every example's prompt, output and score as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from gemini_jax.evals.tasks import TaskDataError
+
+    tasks = [t.strip() for t in (args.tasks or ",".join(DEMO_TASKS)).split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in DEMO_TASKS + BENCHMARK_TASKS]
+    if unknown:
+        raise TaskDataError(f"unknown task(s) {', '.join(unknown)}; known benchmarks: {', '.join(BENCHMARK_TASKS)}; "
+                            f"demo sets: {', '.join(DEMO_TASKS)}")
+    demo_tasks = [t for t in tasks if t in DEMO_TASKS]
+    if demo_tasks and len(demo_tasks) < len(tasks):
+        raise TaskDataError(f"evaluate the demo sets ({', '.join(demo_tasks)}) and benchmarks in separate runs")
+    if demo_tasks:
+        from gemini_jax import demo
+
+        results = demo.evaluate_checkpoint(
+            args.checkpoint, cache_dir=args.cache_dir, tasks=tasks, limit=args.limit,
+            batch_size=args.batch_size or 256, records_path=args.records, progress=not args.no_progress,
+        )
+    else:
+        from gemini_jax.evals import benchmark
+        from gemini_jax.evals.tasks import Settings
+
+        settings = Settings(shots=args.shots, samples=args.samples, temperature=args.temperature, limit=args.limit,
+                            seed=args.seed)
+        results = benchmark.evaluate_checkpoint(
+            args.checkpoint, tasks=tasks, data_dir=args.data_dir, settings=settings,
+            batch_size=args.batch_size or 16, records_path=args.records, progress=not args.no_progress)
+    _write_json(args.output, results)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -177,12 +229,7 @@ def _run(args: argparse.Namespace) -> None:
         )
         _write_json(args.output, results)
     elif args.command == "eval":
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        results = demo.evaluate_checkpoint(
-            args.checkpoint, cache_dir=args.cache_dir, tasks=tasks, limit=args.limit,
-            batch_size=args.batch_size, records_path=args.records, progress=not args.no_progress,
-        )
-        _write_json(args.output, results)
+        _eval(args)
     elif args.command == "presets":
         from gemini_jax import family
         from gemini_jax.config import get_preset
@@ -209,9 +256,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gemini_jax.data.pipeline import DataError
     from gemini_jax.data.speech import SpeechError
     from gemini_jax.data.tokenizer import TokenizerError
+    from gemini_jax.evals.tasks.base import TaskDataError
 
     return (CheckpointError, ConfigError, ConversionError, EncodeError, ExampleError, MediaError, DataError,
-            SpeechError, TokenizerError)
+            SpeechError, TokenizerError, TaskDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,228 @@
+"""Image, audio and video benchmarks, 0-shot greedy and "pixel only" (no OCR text given): the
+prompt is one user turn, the media first, then the question and an instruction to answer
+briefly. Paths in the files are relative to --data-dir/<task>/.
+
+  vqav2           *questions*.json {"data_subtype", "questions": [{image_id, question, question_id}]}
+                  and *annotations*.json {"annotations": [{question_id, answers: [{answer}]}]};
+                  images <data_subtype>/COCO_<data_subtype>_<image_id:012d>.jpg; VQA accuracy
+  textvqa         *.json {"data": [{question, image_id, answers}]}, images train_images/<image_id>.jpg;
+                  VQA accuracy
+  docvqa          *.json {"data": [{questionId, question, image, answers}]}; ANLS
+  infographicvqa  *.json {"data": [{questionId, question, image_local_name, answers}]}, images in
+                  images/; ANLS
+  chartqa         *.json [{imgname, query, label}], images in png/; relaxed accuracy
+  ai2d            questions/<image>.json {imageName, questions: {text: {answerTexts, correctAnswer,
+                  questionId}}}, images in images/; lettered choices, exact match on the letter
+  mmmu            *.jsonl {id, question, options (a list, or its Python spelling as on the Hub),
+                  answer, image_1..image_7, question_type}; "<image n>" in the text places image n
+  asr_manifest    *.json / *.jsonl NeMo manifests {audio_filepath, text}; WER
+  videoqa         *.jsonl {video, question, answer (a string or a list)}; exact match
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from gemini_jax.data.examples import Content, Example, Part
+from gemini_jax.evals.protocols import LETTERS, multiple_choice_question
+from gemini_jax.evals.tasks.base import (
+    Item,
+    Task,
+    TaskData,
+    TaskDataError,
+    field,
+    files,
+    media_file,
+    read_json,
+    read_jsonl,
+    strings,
+)
+
+SHORT = "Answer the question using a single word or phrase."
+LETTER = "Answer with the option's letter from the given choices directly."
+
+
+def user_turn(*parts: Part) -> Example:
+    return Example(contents=(Content("user", parts),))
+
+
+def _question(image: str, question: str, instruction: str = SHORT) -> Example:
+    return user_turn(Part(image=image), Part(text=f"{question}\n{instruction}"))
+
+
+def _data_list(path: Path, key: str = "data") -> list:
+    data = read_json(path, f'an object with a "{key}" list')
+    return field(data, key, list, str(path))
+
+
+def load_vqav2(folder: Path) -> TaskData:
+    [questions_file] = files(folder, "*questions*.json", "a VQAv2 questions file")[:1]
+    [annotations_file] = files(folder, "*annotations*.json", "a VQAv2 annotations file")[:1]
+    questions = read_json(questions_file, 'a VQAv2 {"data_subtype", "questions"} object')
+    subtype = field(questions, "data_subtype", str, str(questions_file))
+    answers = {}
+    for i, a in enumerate(_data_list(annotations_file, "annotations")):
+        where = f"{annotations_file}: annotations[{i}]"
+        human = [field(x, "answer", str, f"{where}: answers[{j}]")
+                 for j, x in enumerate(field(a, "answers", list, where))]
+        answers[field(a, "question_id", int, where)] = tuple(human)
+    items = []
+    for i, q in enumerate(field(questions, "questions", list, str(questions_file))):
+        where = f"{questions_file}: questions[{i}]"
+        qid, image_id = field(q, "question_id", int, where), field(q, "image_id", int, where)
+        if qid not in answers:
+            raise TaskDataError(f"{where}: question_id {qid} has no entry in {annotations_file}")
+        image = media_file(folder, f"{subtype}/COCO_{subtype}_{image_id:012d}.jpg", where, "image_id")
+        items.append(Item(id=str(qid), prompt=_question(image, field(q, "question", str, where)), golds=answers[qid]))
+    return TaskData(items=items)
+
+
+def _vqa_records(folder: Path, image_field: str, image_dir: str, *, suffix: str = "",
+                 id_field: str = "questionId") -> list[Item]:
+    items = []
+    for path in files(folder, "*.json", 'a {"data": [...]} question file'):
+        for i, record in enumerate(_data_list(path)):
+            where = f"{path}: data[{i}]"
+            name = f"{image_dir}{field(record, image_field, str, where)}{suffix}"
+            image = media_file(folder, name, where, image_field)
+            items.append(Item(id=str(record.get(id_field, f"{path.stem}/{i}")),
+                              prompt=_question(image, field(record, "question", str, where)),
+                              golds=strings(record, "answers", where)))
+    return items
+
+
+def load_textvqa(folder: Path) -> TaskData:
+    return TaskData(items=_vqa_records(folder, "image_id", "train_images/", suffix=".jpg", id_field="question_id"))
+
+
+def load_docvqa(folder: Path) -> TaskData:
+    return TaskData(items=_vqa_records(folder, "image", ""))
+
+
+def load_infographicvqa(folder: Path) -> TaskData:
+    return TaskData(items=_vqa_records(folder, "image_local_name", "images/"))
+
+
+def load_chartqa(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder, "*.json", "ChartQA files: a list of {imgname, query, label}"):
+        records = read_json(path, "a list of {imgname, query, label}")
+        if not isinstance(records, list):
+            raise TaskDataError(f"{path}: expected a list of {{imgname, query, label}}, got {type(records).__name__}")
+        for i, record in enumerate(records):
+            where = f"{path}: [{i}]"
+            image = media_file(folder, f"png/{field(record, 'imgname', str, where)}", where, "imgname")
+            items.append(Item(id=f"{path.stem}/{i}", prompt=_question(image, field(record, "query", str, where)),
+                              golds=strings(record, "label", where)))
+    return TaskData(items=items)
+
+
+def _choice_item(id: str, parts: list[Part], question: str, choices: list[str], answer: int) -> Item:
+    text = f"{multiple_choice_question(question, choices)}\n{LETTER}"
+    return Item(id=id, prompt=user_turn(*parts, Part(text=text)), golds=(LETTERS[answer],),
+                choices=tuple(LETTERS[: len(choices)]), label=answer)
+
+
+def load_ai2d(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder / "questions", "*.json", "AI2D question files {imageName, questions}"):
+        record = read_json(path, "an AI2D {imageName, questions} object")
+        image = media_file(folder, f"images/{field(record, 'imageName', str, str(path))}", str(path), "imageName")
+        for text, q in field(record, "questions", dict, str(path)).items():
+            where = f"{path}: questions[{text!r}]"
+            choices = list(strings(q, "answerTexts", where))
+            answer = field(q, "correctAnswer", int, where)
+            if not 0 <= answer < len(choices):
+                raise TaskDataError(f"{where}: field 'correctAnswer' is {answer}, expected an index into answerTexts")
+            items.append(_choice_item(str(q.get("questionId", where)), [Part(image=image)], text, choices, answer))
+    return TaskData(items=items)
+
+
+_IMAGE_TAG = re.compile(r"<image (\d)>")
+
+
+def _mmmu_parts(text: str, images: dict[int, str], where: str) -> list[Part]:
+    """Text with "<image n>" tags as interleaved parts; images the text never names go first."""
+    parts: list[Part] = []
+    named = {int(n) for n in _IMAGE_TAG.findall(text)}
+    parts += [Part(image=images[n]) for n in sorted(images) if n not in named]
+    for i, piece in enumerate(_IMAGE_TAG.split(text)):
+        if i % 2:
+            if int(piece) not in images:
+                raise TaskDataError(f"{where}: the text names <image {piece}> but field 'image_{piece}' is empty")
+            parts.append(Part(image=images[int(piece)]))
+        elif piece.strip():
+            parts.append(Part(text=piece))
+    return parts
+
+
+def load_mmmu(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder, "*.jsonl", "MMMU jsonl files"):
+        for where, record in read_jsonl(path, "MMMU {id, question, options, answer, image_1, ...}"):
+            images = {n: media_file(folder, record[f"image_{n}"], where, f"image_{n}")
+                      for n in range(1, 8) if isinstance(record.get(f"image_{n}"), str) and record[f"image_{n}"]}
+            question, answer = field(record, "question", str, where), field(record, "answer", str, where)
+            options = field(record, "options", (list, str), where)
+            if isinstance(options, str):
+                try:
+                    options = ast.literal_eval(options)
+                except (ValueError, SyntaxError):
+                    raise TaskDataError(f"{where}: field 'options' is not a list of strings: {options!r:.60}") from None
+            item_id = str(record.get("id", f"{path.stem}/{len(items)}"))
+            if record.get("question_type", "multiple-choice") == "multiple-choice":
+                if answer not in LETTERS[: len(options)]:
+                    raise TaskDataError(f"{where}: field 'answer' is {answer!r}, expected a letter among the "
+                                        f"{len(options)} options")
+                text = f"{multiple_choice_question(question, [str(o) for o in options])}\n{LETTER}"
+                items.append(Item(id=item_id, prompt=user_turn(*_mmmu_parts(text, images, where)), golds=(answer,),
+                                  choices=tuple(LETTERS[: len(options)]), label=LETTERS.index(answer)))
+            else:
+                text = f"{question}\n{SHORT}"
+                items.append(Item(id=item_id, prompt=user_turn(*_mmmu_parts(text, images, where)), golds=(answer,)))
+    return TaskData(items=items)
+
+
+def load_asr(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder, "*.json*", "NeMo manifests (one {audio_filepath, text} object per line)"):
+        for where, record in read_jsonl(path, "NeMo manifest {audio_filepath, text}"):
+            audio = media_file(folder, field(record, "audio_filepath", str, where), where, "audio_filepath")
+            items.append(Item(id=where, prompt=user_turn(Part(audio=audio), Part(text="Transcribe this audio.")),
+                              golds=(field(record, "text", str, where),)))
+    return TaskData(items=items)
+
+
+def load_videoqa(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder, "*.jsonl", "video QA jsonl files of {video, question, answer}"):
+        for where, record in read_jsonl(path, "video QA {video, question, answer}"):
+            video = media_file(folder, field(record, "video", str, where), where, "video")
+            text = f"{field(record, 'question', str, where)}\n{SHORT}"
+            items.append(Item(id=where, prompt=user_turn(Part(video=video), Part(text=text)),
+                              golds=strings(record, "answer", where)))
+    return TaskData(items=items)
+
+
+def _image_task(name: str, description: str, load, metric: str) -> Task:
+    return Task(name, description, load, "generate", (metric,), max_tokens=16, folder=name)
+
+
+TASKS = [
+    _image_task("vqav2", "natural-image questions, VQA accuracy over 10 human answers", load_vqav2, "vqa_accuracy"),
+    _image_task("textvqa", "questions about text in natural images, VQA accuracy", load_textvqa, "vqa_accuracy"),
+    _image_task("docvqa", "questions about document scans, ANLS", load_docvqa, "anls"),
+    _image_task("infographicvqa", "questions about infographics, ANLS", load_infographicvqa, "anls"),
+    _image_task("chartqa", "questions about charts, relaxed accuracy (5% on numbers)", load_chartqa,
+                "relaxed_accuracy"),
+    Task("ai2d", "science diagrams, lettered multiple choice read from the greedy answer", load_ai2d, "generate",
+         ("exact_match",), max_tokens=8, folder="ai2d"),
+    Task("mmmu", "college-level multimodal questions, lettered choice or short answer", load_mmmu, "generate",
+         ("exact_match",), max_tokens=16, folder="mmmu"),
+    Task("asr_manifest", "speech recognition from a NeMo manifest, word error rate", load_asr, "corpus", ("wer",),
+         max_tokens=128, folder="asr_manifest"),
+    Task("videoqa", "questions about videos, exact match", load_videoqa, "generate", ("exact_match",),
+         max_tokens=16, folder="videoqa"),
+]
