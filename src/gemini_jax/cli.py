@@ -4,6 +4,7 @@
     gemini-jax eval --checkpoint runs/demo --output results.json
     gemini-jax eval --checkpoint runs/demo --tasks mmlu,gsm8k --data-dir ~/benchmarks --limit 100
     gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
+    gemini-jax serve --checkpoint runs/demo --port 8000   # OpenAI-compatible chat API
     gemini-jax presets                   # the model family: shapes and parameter counts
     gemini-jax convert --from-hf gemma-2b --to runs/gemma-2b     # a Hugging Face Gemma-1 checkpoint
     gemini-jax convert --from runs/gemma-2b --to-hf gemma-2b-hf  # and back
@@ -136,6 +137,28 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)",
+        description="POST /v1/chat/completions (messages with text, base64 images and WAV audio; "
+        "stream: true for server-sent events), GET /health, GET /metrics. Requests share the "
+        "decode slots and join the batch at its next step.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--slots", type=int, default=8, help="requests decoded together (rows of the KV cache)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a slot; more are refused with 429")
+    p.add_argument("--max-request-bytes", type=int, default=8 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="cache positions per slot, prompt + answer (default: the model's context)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $GEMINI_JAX_API_KEY if set, else none)")
+
+
 def _add_presets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "presets",
@@ -202,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
+    _add_serve(sub)
     _add_presets(sub)
     _add_convert(sub)
     return parser
@@ -216,6 +240,15 @@ def _write_json(path: str | None, results: dict) -> None:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "convert":  # needs neither the demo nor its data stack
         _convert(args)
+        return
+    if args.command == "serve":  # needs no training code
+        import os
+
+        from gemini_jax.sample.server import serve
+
+        serve(args.checkpoint, host=args.host, port=args.port, slots=args.slots, max_queue=args.max_queue,
+              max_request_bytes=args.max_request_bytes, max_len=args.max_len,
+              api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
         return
     # Imported here so that `--help` answers at once, without loading JAX.
     from gemini_jax import demo

@@ -5,8 +5,9 @@
         Content(role="model", parts=[Part(text="A cat.")]),
     ])
 
-A part holds exactly one of text, image, audio or video. Media may be a file path or
-already-decoded data: an image as uint8[H, W, 3], audio as `Audio` (float32 samples and
+A part holds exactly one of text, image, audio or video. Media may be a file path, the
+file's bytes (an uploaded image or WAV: no temporary file), or already-decoded data: an
+image as uint8[H, W, 3], audio as `Audio` (float32 samples and
 their rate), a video as uint8[F, H, W, 3]. `from_json` reads the API's JSON spelling
 (`{"role": ..., "parts": [{"text": ...}, {"image": "path"}]}`), paths relative to a base.
 """
@@ -34,7 +35,7 @@ class Audio:
     sample_rate: int
 
 
-MediaSource = str | os.PathLike | np.ndarray | Audio
+MediaSource = str | os.PathLike | bytes | np.ndarray | Audio
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@
   keeping the aspect ratio, to the largest patch grid within a patch budget (variable
   resolution, as Pix2Struct/NaViT; or stretched to a fixed square grid) -> flattened
   patches in [-1, 1] with their grid coordinates;
-- audio: WAV/FLAC/OGG (soundfile) or `examples.Audio` -> mono float32 at 16 kHz (downmixed and
+- audio: WAV/FLAC/OGG (soundfile; a file or its bytes) or `examples.Audio` -> mono float32 at 16 kHz (downmixed and
   resampled with a warning) -> log-mel frames, one per 10 ms hop;
 - video: frames sampled uniformly from an animated GIF/WebP/PNG or a uint8[F, H, W, 3] array.
 
@@ -31,7 +31,7 @@ from gemini_jax.data.examples import Audio
 IMAGE_FORMATS = (
     "an image file Pillow reads (PNG, JPEG, GIF, WebP, BMP, ...), bytes, a PIL image or uint8[H, W(, 1|3|4)]"
 )
-AUDIO_FORMATS = "a WAV/FLAC/OGG file (soundfile) or examples.Audio(samples float32[N] or [N, channels], sample_rate)"
+AUDIO_FORMATS = "a WAV/FLAC/OGG file or its bytes (soundfile), or examples.Audio(samples float32[N] or [N, channels], sample_rate)"
 VIDEO_FORMATS = "an animated GIF, WebP or PNG (APNG) file, or uint8[F, H, W, 3]"
 
 
@@ -154,7 +154,7 @@ def image_patches(image: np.ndarray, *, patch_size: int, max_patches: int, max_g
     return Patches(patches=np.ascontiguousarray(patches), coords=coords)
 
 
-def _audio_samples(source: str | os.PathLike | Audio) -> tuple[np.ndarray, int]:
+def _audio_samples(source: str | os.PathLike | bytes | Audio) -> tuple[np.ndarray, int]:
     """float32[N, channels] and the rate, as stored."""
     if isinstance(source, Audio):
         samples = np.asarray(source.samples)
@@ -168,8 +168,8 @@ def _audio_samples(source: str | os.PathLike | Audio) -> tuple[np.ndarray, int]:
         if not isinstance(source.sample_rate, (int, np.integer)) or source.sample_rate <= 0:
             raise MediaError(f"audio sample_rate must be a positive int, got {source.sample_rate!r}")
         return samples.astype(np.float32).reshape(samples.shape[0], -1), int(source.sample_rate)
-    if isinstance(source, (str, os.PathLike)):
-        data = _open_file(source, AUDIO_FORMATS)
+    if isinstance(source, (str, os.PathLike, bytes)):
+        data = _open_file(source, AUDIO_FORMATS) if not isinstance(source, bytes) else source
         try:
             samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
@@ -180,7 +180,7 @@ def _audio_samples(source: str | os.PathLike | Audio) -> tuple[np.ndarray, int]:
 
 
 def load_audio(
-    source: str | os.PathLike | Audio, *, sample_rate: int = 16_000, max_seconds: float | None = None
+    source: str | os.PathLike | bytes | Audio, *, sample_rate: int = 16_000, max_seconds: float | None = None
 ) -> np.ndarray:
     """A clip as mono float32[N] at `sample_rate`; other channel counts and rates are converted with a warning."""
     name = _name(source)

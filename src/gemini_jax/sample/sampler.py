@@ -8,6 +8,10 @@ prefix layout) and right-padded. Their lengths are rounded up to a bucket and th
 a power of two, so a stream of requests reuses a few compiled shapes instead of compiling
 one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for the prefix format);
 the loop ends when every row has stopped or reached its max_new_tokens.
+
+This is the static batch (evaluation: all prompts known up front). Requests that arrive over
+time go to engine.Engine, whose slots they join and leave at any step; both draw a request's
+tokens with the same keys, so they give the same answers.
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
 from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
-from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_tokens
+from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_next
 
 LENGTH_BUCKET = 32
+
+
+def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
+    """The ids that end an answer. A chat model ends its turn with <end_of_turn>; a prefix-format
+    one (PaliGemma) was trained to end its answer with <eos> only, and <end_of_turn> is ordinary
+    text to it."""
+    if config.prompt_format == "prefix":
+        return [tokenizer.eos_id]
+    return [tokenizer.end_of_turn_id, tokenizer.eos_id]
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -44,11 +58,7 @@ class Sampler:
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(model)
         self.media_cache = media_cache
-        # A chat model ends its turn with <end_of_turn>; a prefix-format one (PaliGemma) was
-        # trained to end its answer with <eos> only, and <end_of_turn> is ordinary text to it.
-        stops = [tokenizer.eos_id] if model.config.prompt_format == "prefix" else [
-            tokenizer.end_of_turn_id, tokenizer.eos_id]
-        self.stop_ids = np.array(stops, np.int32)
+        self.stop_ids = np.array(stop_token_ids(model.config, tokenizer), np.int32)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
         self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
 
@@ -67,12 +77,9 @@ class Sampler:
         return self._sample(logits, seeds, step, sampling), cache
 
     def _sample(self, logits, seeds, step, sampling):
-        # An embedding table may be padded past the tokenizer (an imported checkpoint's often
-        # is): ids the tokenizer cannot decode are never sampled.
-        if self.tokenizer.vocab_size < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < self.tokenizer.vocab_size, logits, -jnp.inf)
-        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seeds)  # [B] keys
-        return sample_tokens(logits, keys, **sampling)
+        steps = jnp.full(seeds.shape, step, jnp.int32)  # one step for every row: they advance together
+        return sample_next(logits, seeds=seeds, steps=steps, sampling=sampling,
+                           vocab_size=self.tokenizer.vocab_size)
 
     def encode_prompt(self, prompt: Example) -> dict[str, np.ndarray]:
         return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,

@@ -65,6 +65,22 @@ def sample_tokens(
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
+def sample_next(
+    logits: jax.Array, *, seeds: jax.Array, steps: jax.Array, sampling: dict[str, jax.Array], vocab_size: int
+) -> jax.Array:
+    """int32[B] next tokens from logits [B, V], row b drawn with key fold_in(key(seeds[b]), steps[b]).
+
+    The key depends only on the request's own seed and its own step (0 for the token after
+    the prompt), never on its row or on the other rows, so a request's sample is the same
+    alone or in any batch. Ids past `vocab_size` (an embedding table padded beyond the
+    tokenizer, as imported checkpoints often are) are never drawn: nothing could decode them.
+    """
+    if vocab_size < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+    keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(seeds, steps)  # [B] keys
+    return sample_tokens(logits, keys, **sampling)
+
+
 def params_arrays(params: list[SamplingParams]) -> dict[str, np.ndarray]:
     return {
         "temperature": np.array([p.temperature for p in params], np.float32),

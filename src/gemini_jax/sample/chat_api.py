@@ -1,0 +1,246 @@
+"""The OpenAI chat-completions request and response formats, read into our Example and SamplingParams.
+
+Accepted (POST /v1/chat/completions):
+
+    {"messages": [{"role": "system" | "user" | "assistant", "content": "text" | [part, ...]}, ...],
+     "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 64, "seed": 0,
+     "stop": "str" | ["str", ...], "stream": false, "model": "any"}
+
+with parts {"type": "text", "text": ...}, {"type": "image_url", "image_url": {"url":
+"data:image/png;base64,..."}} and {"type": "input_audio", "input_audio": {"data": base64,
+"format": "wav"}}. `top_k` is our extension. Gemini has no system role: as Gemma's chat
+template does, system text opens the next user turn. Images come only as data: URLs; the
+server fetches nothing. Media are decoded here, so a bad upload is refused with the field
+that holds it before it costs any model time; their preprocessing is the data pipeline's own.
+
+Every refusal is an APIError whose body follows OpenAI's: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import secrets
+import time
+from typing import Any
+
+from gemini_jax.data import media
+from gemini_jax.data.examples import Audio, Content, Example, Part
+from gemini_jax.sample.sampling import SamplingParams
+
+ROLES = {"user": "user", "assistant": "model", "system": "system"}
+AUDIO_FORMATS = ("wav", "flac", "ogg")
+MAX_STOP_STRINGS = 4
+
+
+class APIError(Exception):
+    """A refused request: HTTP status, a message naming what is wrong, and the field it is in."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    example: Example
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int | None  # None: as many as the context and the server's default allow
+    seed: int
+    stop: tuple[str, ...]
+    stream: bool
+    model: str | None
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_new_tokens=max_tokens, seed=self.seed)
+
+
+def _bad(message: str, param: str, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def _b64(data: Any, param: str) -> bytes:
+    if not isinstance(data, str) or not data:
+        raise _bad(f"{param} must be a non-empty base64 string", param)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _bad(f"{param} is not valid base64 ({e})", param, "invalid_base64") from None
+
+
+def _image_part(part: dict[str, Any], param: str) -> Part:
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    param = f"{param}.image_url.url"
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise _bad(f"{param} must be a data: URL (data:image/png;base64,...); this server fetches nothing", param)
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise _bad(f"{param} must be a base64 data: URL (data:image/...;base64,...)", param)
+    try:
+        pixels = media.load_image(_b64(payload, param))  # uint8[H, W, 3]: decoded once, here
+    except media.MediaError as e:
+        raise _bad(f"{param} does not decode as an image: {e}", param, "invalid_image") from None
+    return Part(image=pixels)
+
+
+def _audio_part(part: dict[str, Any], param: str) -> Part:
+    audio = part.get("input_audio")
+    param = f"{param}.input_audio"
+    if not isinstance(audio, dict):
+        raise _bad(f'{param} must be {{"data": base64, "format": "wav"}}', param)
+    if audio.get("format", "wav") not in AUDIO_FORMATS:
+        raise _bad(f"{param}.format must be one of {AUDIO_FORMATS}, got {audio.get('format')!r}", f"{param}.format")
+    try:
+        samples = media.load_audio(_b64(audio.get("data"), f"{param}.data"))  # float32[N] at 16 kHz
+    except media.MediaError as e:
+        raise _bad(f"{param}.data does not decode as audio: {e}", f"{param}.data", "invalid_audio") from None
+    return Part(audio=Audio(samples=samples, sample_rate=16_000))
+
+
+def _parts(content: Any, param: str) -> list[Part]:
+    if isinstance(content, str):
+        return [Part(text=content)]
+    if not isinstance(content, list) or not content:
+        raise _bad(f"{param} must be a string or a non-empty list of parts", param)
+    parts = []
+    for j, part in enumerate(content):
+        where = f"{param}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.text must be a string", f"{where}.text")
+            parts.append(Part(text=part["text"]))
+        elif kind == "image_url":
+            parts.append(_image_part(part, where))
+        elif kind == "input_audio":
+            parts.append(_audio_part(part, where))
+        else:
+            raise _bad(f"{where}.type must be 'text', 'image_url' or 'input_audio', got {kind!r}", f"{where}.type")
+    return parts
+
+
+def _messages(messages: Any) -> Example:
+    if messages is None:
+        raise _bad("missing required field 'messages'", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list of {role, content}", "messages")
+    contents: list[Content] = []
+    system: list[Part] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad(f"{where} must be an object with 'role' and 'content'", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise _bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}", f"{where}.role")
+        if "content" not in message:
+            raise _bad(f"{where} has no 'content'", f"{where}.content")
+        parts = _parts(message["content"], f"{where}.content")
+        if role == "system":
+            system += [*parts, Part(text="\n\n")]
+        elif role == "user":
+            contents.append(Content("user", tuple(system + parts)))
+            system = []
+        else:
+            contents.append(Content("model", tuple(parts)))
+    if system:  # only system text, or system text after the last user turn
+        contents.append(Content("user", tuple(system[:-1])))
+    return Example(contents=tuple(contents))
+
+
+def _number(body: dict, name: str, default: float, *, low: float, high: float | None = None,
+            low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"'{name}' must be a number, got {value!r}", name)
+    if value < low or (low_open and value == low) or (high is not None and value > high):
+        bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+        raise _bad(f"'{name}' must be in {bound}, got {value}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, *, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _bad(f"'{name}' must be an integer in [{low}, {high if high is not None else 'inf'}], got {value!r}",
+                   name)
+    return value
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise _bad(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_STRINGS} of them", "stop")
+    return tuple(stops)
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """The request body (JSON bytes) -> ChatRequest, or an APIError naming the bad field."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    if body.get("n", 1) != 1:
+        raise _bad("only n = 1 is supported", "n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad(f"'stream' must be true or false, got {stream!r}", "stream")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string", "model")
+    max_tokens = _integer(body, "max_tokens", low=1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_completion_tokens", low=1)
+    seed = _integer(body, "seed", low=0, high=2**32 - 1)
+    return ChatRequest(
+        example=_messages(body.get("messages")),
+        temperature=_number(body, "temperature", 1.0, low=0.0),  # OpenAI's default: sample
+        top_p=_number(body, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
+        top_k=_integer(body, "top_k", low=0) or 0,
+        max_tokens=max_tokens,
+        seed=secrets.randbits(32) if seed is None else seed,
+        stop=_stop(body.get("stop")),
+        stream=stream,
+        model=model,
+    )
+
+
+def completion_body(*, request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+                    completion_tokens: int) -> dict[str, Any]:
+    return {
+        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def chunk_body(*, request_id: str, model: str, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }

@@ -1,0 +1,285 @@
+"""`gemini-jax serve`: an OpenAI-compatible chat API over the continuous-batching engine.
+
+    gemini-jax serve --checkpoint runs/demo --port 8000 --slots 8
+    curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+         -d '{"messages": [{"role": "user", "content": "What colour is the shape?"}], "temperature": 0}'
+
+Routes: POST /v1/chat/completions (stream: true answers with server-sent events, `data: {chunk}`
+lines ending in `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (JSON, or Prometheus
+text with ?format=prometheus).
+
+The engine runs in one background thread; a request's handler encodes its prompt (media
+decoding included) in a worker thread, submits it, and waits on an asyncio queue that the
+engine feeds after each step. So requests join the batch at its next step, and the event loop
+never blocks on the model. Admission is bounded: once every slot is busy and `max_queue`
+requests wait, a new one is refused with 429 at once rather than left to time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gemini_jax.data.encode import EncodeError
+from gemini_jax.data.examples import ExampleError
+from gemini_jax.data.media import MediaError
+from gemini_jax.data.tokenizer import TokenizerError
+from gemini_jax.sample.chat_api import APIError, ChatRequest, chunk_body, completion_body, parse_chat_request
+from gemini_jax.sample.engine import Engine, Event, QueueFull
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    model_name: str = "gemini-jax"
+    api_key: str | None = None  # None: no authentication
+    max_request_bytes: int = 8 << 20  # a few images fit; a video would not (none is accepted over HTTP)
+    default_max_tokens: int = 256  # when a request gives no max_tokens (also capped by the context)
+
+
+@dataclasses.dataclass
+class _Counters:
+    requests_served: int = 0
+    requests_refused: int = 0  # 429
+    requests_rejected: int = 0  # other 4xx
+    requests_failed: int = 0  # 5xx
+    prompt_tokens: int = 0
+    tokens_generated: int = 0
+
+
+def _error(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                       code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ChatServer:
+    """The HTTP handlers around one Engine; `app` is the ASGI application."""
+
+    def __init__(self, engine: Engine, config: ServerConfig = ServerConfig()):
+        self.engine = engine
+        self.config = config
+        self.counters = _Counters()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.engine.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(self.engine.close)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                            status_code=exc.status_code)
+
+    def _authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           type="authentication_error", code="invalid_api_key")
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except APIError as e:
+            return _error(e)
+        return JSONResponse({"object": "list", "data": [{"id": self.config.model_name, "object": "model",
+                                                         "owned_by": "gemini-jax"}]})
+
+    def metrics_values(self) -> dict[str, int]:
+        engine = self.engine
+        return {**dataclasses.asdict(self.counters), "queue_depth": engine.queue_depth,
+                "active_slots": engine.active_slots, "slots": engine.slots, "decode_steps": engine.stats.decode_steps}
+
+    async def metrics(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except APIError as e:
+            return _error(e)
+        values = self.metrics_values()
+        if request.query_params.get("format") == "prometheus":
+            lines = [f"gemini_jax_{name} {value}" for name, value in values.items()]
+            return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        return JSONResponse(values)
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            chat = parse_chat_request(await _read_body(request, self.config.max_request_bytes))
+            submitted, events = await self._submit(chat)
+        except APIError as e:
+            if e.status == 429:
+                self.counters.requests_refused += 1
+            elif e.status < 500:
+                self.counters.requests_rejected += 1
+            return _error(e)
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        model = chat.model or self.config.model_name
+        if chat.stream:
+            return StreamingResponse(self._stream(submitted, events, request_id, model),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            async for event in self._events(submitted, events):
+                if event.finish_reason == "error":
+                    self.counters.requests_failed += 1
+                    return _error(APIError(500, f"generation failed: {event.error}", type="server_error"))
+        finally:
+            submitted.cancel()  # a no-op once finished; frees the slot if the client went away
+        completion = submitted.result()
+        self._count(submitted)
+        return JSONResponse(completion_body(
+            request_id=request_id, model=model, text=completion.text, finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens, completion_tokens=len(completion.token_ids)))
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    async def _submit(self, chat: ChatRequest):
+        """Encodes (in a worker thread: media decoding is CPU work) and queues the prompt."""
+        engine = self.engine
+        try:
+            row = await run_in_threadpool(engine.encode, chat.example)
+        except EncodeError as e:
+            code = "context_length_exceeded" if "context" in str(e) else None
+            raise APIError(400, str(e), param="messages", code=code) from None
+        except (ExampleError, MediaError, TokenizerError) as e:
+            raise APIError(400, str(e), param="messages") from None
+        length = int(row["tokens"].shape[0])
+        room = engine.max_len - length
+        if chat.max_tokens is None:
+            if room < 1:
+                raise APIError(400, f"the prompt is {length} tokens and fills the context of {engine.max_len}",
+                               param="messages", code="context_length_exceeded")
+            max_tokens = min(self.config.default_max_tokens, room)
+        elif chat.max_tokens > room:
+            raise APIError(400, f"the prompt is {length} tokens; with max_tokens {chat.max_tokens} it exceeds the "
+                           f"context of {engine.max_len} tokens (at most {max(room, 0)} new tokens fit)",
+                           param="max_tokens", code="context_length_exceeded")
+        else:
+            max_tokens = chat.max_tokens
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        try:
+            submitted = engine.submit(row, chat.sampling(max_tokens), stop=chat.stop,
+                                      on_event=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        except QueueFull as e:
+            raise APIError(429, f"the server is busy ({e}); retry later", type="rate_limit_error",
+                           code="queue_full") from None
+        return submitted, events
+
+    @staticmethod
+    async def _events(submitted, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+        while True:
+            event = await events.get()
+            yield event
+            if event.finished:
+                return
+
+    def _count(self, submitted) -> None:
+        self.counters.requests_served += 1
+        self.counters.prompt_tokens += submitted.prompt_tokens
+        self.counters.tokens_generated += len(submitted.token_ids)
+
+    async def _stream(self, submitted, events: asyncio.Queue[Event], request_id: str, model: str
+                      ) -> AsyncIterator[str]:
+        def sse(body: dict[str, Any]) -> str:
+            return f"data: {json.dumps(body)}\n\n"
+
+        try:
+            yield sse(chunk_body(request_id=request_id, model=model, delta={"role": "assistant"},
+                                 finish_reason=None))
+            async for event in self._events(submitted, events):
+                if event.finish_reason == "error":
+                    self.counters.requests_failed += 1
+                    yield sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
+                    break
+                if event.delta:
+                    yield sse(chunk_body(request_id=request_id, model=model, delta={"content": event.delta},
+                                         finish_reason=None))
+                if event.finished:
+                    self._count(submitted)
+                    yield sse(chunk_body(request_id=request_id, model=model, delta={},
+                                         finish_reason=event.finish_reason))
+            yield "data: [DONE]\n\n"
+        finally:
+            submitted.cancel()
+
+
+def load_run(run_dir: str):
+    """(model, tokenizer) of a run directory. Not demo.load: serving must not import training code."""
+    from flax import nnx
+
+    from gemini_jax import checkpoint
+    from gemini_jax.data.tokenizer import Tokenizer
+    from gemini_jax.model import Gemini
+
+    config = checkpoint.read_config(run_dir)
+    tokenizer = Tokenizer.load(checkpoint.tokenizer_path(run_dir))
+    model = Gemini(config, rngs=nnx.Rngs(0))
+    checkpoint.load_params(run_dir, model)
+    return model, tokenizer
+
+
+def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 8, max_queue: int = 64,
+          max_request_bytes: int = 8 << 20, api_key: str | None = None, max_len: int | None = None) -> None:
+    """Loads a run directory's model and serves it until interrupted."""
+    import uvicorn
+
+    from gemini_jax.config import ConfigError
+
+    if max_request_bytes < 1:
+        raise ConfigError(f"--max-request-bytes must be at least 1, got {max_request_bytes}")
+    model, tokenizer = load_run(run_dir)
+    try:
+        engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
+    except ValueError as e:  # the flags: slots, queue, cache length
+        raise ConfigError(f"serve: {e}") from None
+    name = run_dir.rstrip("/").split("/")[-1] or "gemini-jax"
+    server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes))
+    uvicorn.run(server.app, host=host, port=port, log_level="info")
