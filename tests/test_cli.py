@@ -37,30 +37,45 @@ def test_demo_trains_and_reports_every_task(run):
     assert (root / "run" / "loss.png").exists()
 
 
-def test_training_stream_starts_with_the_vision_stage(run):
+def test_training_stream_follows_the_recipe_stages(run):
     root, _ = run
     corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
     tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
-    recipe = demo.DemoRecipe(steps=50, batch_size=4, vision_stage_kinds=("shape",))
-    assert demo.DemoRecipe().vision_stage_steps == 0  # off in the demo
-    assert recipe.vision_stage_steps == 4
+    shapes = {"circle", "rectangle", "triangle"}
+    recipe = demo.DemoRecipe(steps=50, batch_size=4, stages=(("vqa:shape", 0.1), ("asr", 0.1)),
+                             weights=(("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0)))
+    assert recipe.stage_steps() == [5, 5] and demo.DemoRecipe().stage_steps() == [900, 900]
     data = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
 
     def answers(batch):
         return {tokenizer.decode([int(t) for t in row[mask > 0]]).removesuffix("<end_of_turn>").strip()
                 for row, mask in zip(batch["targets"], batch["loss_mask"]) if mask.any()}
 
-    for _ in range(recipe.vision_stage_steps):
-        assert answers(next(data)) <= {"circle", "rectangle", "triangle"}
+    assert all("image_patches" in b and answers(b) <= shapes for b in (next(data) for _ in range(5)))
+    assert all("audio_mels" in next(data) for _ in range(5))
     after = [next(data) for _ in range(20)]
-    assert any("audio_mels" in b for b in after) and any("frame_patches" in b for b in after)
+    assert any("frame_patches" in b for b in after)
     assert any(answers(b) & {"yes", "no"} for b in after if "image_patches" in b)
-    # The stage's questions keep their own stream afterwards: whole batches of shape answers.
-    assert any(answers(b) <= {"circle", "rectangle", "triangle"} for b in after if "image_patches" in b)
-    without = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG,
-                             recipe=dataclasses.replace(recipe, vision_stage_weight=0.0))
-    later = [next(without) for _ in range(recipe.vision_stage_steps + 20)][recipe.vision_stage_steps:]
-    assert not any(answers(b) <= {"circle", "rectangle", "triangle"} for b in later if "image_patches" in b)
+    # "vqa:shape" keeps its own stream afterwards: whole batches of shape answers.
+    assert any(answers(b) <= shapes for b in after if "image_patches" in b)
+    unstaged = demo.DemoRecipe(batch_size=4, stages=(), weights=(("vqa", 3.0), ("asr", 3.0), ("video", 2.0)))
+    plain = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=unstaged)
+    assert not any(answers(b) <= shapes for b in (next(plain) for _ in range(30)) if "image_patches" in b)
+
+
+@pytest.mark.parametrize("name", ["speech", "vqa:", "text:code", "asr:number+"])
+def test_unknown_recipe_streams_are_refused(run, name):
+    root, _ = run
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
+    recipe = demo.DemoRecipe(batch_size=4, weights=(("vqa", 1.0), (name, 1.0)))
+    with pytest.raises(ValueError, match="demo stream"):
+        demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
+
+
+def test_recipe_stages_must_leave_steps_for_the_mixture():
+    with pytest.raises(ValueError, match="summing below 1"):
+        demo.DemoRecipe(stages=(("vqa:shape", 0.6), ("asr", 0.4)))
 
 
 def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):

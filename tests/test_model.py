@@ -201,6 +201,19 @@ def test_packed_segments_do_not_interact(model):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_recomputes_without_changing_gradients(build_model, model, policy):
+    rematted = build_model(override(CONFIG, remat=policy))  # same seed: the same parameters
+    batch = text_batch([[("text", 7)], [("text", 4)]], length=8, seed=11)
+
+    @nnx.jit
+    def grads(m):
+        return nnx.grad(lambda m: jnp.mean(jnp.square(m(batch).hidden)))(m)
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 nnx.state(grads(rematted), nnx.Param), nnx.state(grads(model), nnx.Param))
+
+
 @pytest.mark.parametrize("num_kv_heads,prefix_lm", [(2, False), (1, False), (1, True)], ids=["gqa", "mqa", "prefix-lm"])
 def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads, prefix_lm):
     config = override(CONFIG, num_kv_heads=num_kv_heads)

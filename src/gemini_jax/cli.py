@@ -46,6 +46,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                   help="shard training over all devices of all processes on a (data, fsdp, tensor) mesh; "
+                   "the product must equal the device count (default: one device, no mesh)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's address (with --num-processes and --process-id); without "
+                   "them a SLURM, MPI or Cloud TPU launcher is detected from its environment")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-host: processes in the run")
+    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index, from 0")
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
@@ -250,11 +258,23 @@ def _run(args: argparse.Namespace) -> None:
               max_request_bytes=args.max_request_bytes, max_len=args.max_len,
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
         return
+    if args.command == "train":
+        from gemini_jax.train import distributed
+        from gemini_jax.sharding import MeshShape, make_mesh
+
+        # Before anything else uses JAX (the demo's imports included): joining a cluster
+        # must come before the first backend call.
+        mesh = None if args.mesh is None else MeshShape.parse(args.mesh)
+        distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
+        if mesh is not None:
+            make_mesh(mesh)  # a mesh that does not fit the devices fails now, not after the corpus is built
     # Imported here so that `--help` answers at once, without loading JAX.
     from gemini_jax import demo
 
     if args.command == "train":
         results = demo.train_and_evaluate(
+            mesh=mesh,
             run_dir=args.run_dir, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, dtype=args.dtype, seed=args.seed,
             eval_every=args.eval_every, eval_limit=args.eval_limit, evaluate_at_end=not args.no_eval,

@@ -15,6 +15,8 @@ DType = Literal["float32", "bfloat16"]
 Pooling = Literal["attention", "none"]
 PromptAttention = Literal["causal", "bidirectional"]
 AttentionImpl = Literal["auto", "xla", "cudnn", "blockwise"]
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
 PromptFormat = Literal["chat", "prefix"]
 PROMPT_FORMATS = ("chat", "prefix")
@@ -186,6 +188,11 @@ class ModelConfig:
     one of those two; "blockwise" never builds a [T, T] matrix (model/blockwise.py), so
     memory grows linearly with the length: the choice for long contexts on CPU/TPU.
     `attention_block` is its query and key block size (shorter sequences are one block).
+
+    `remat` recomputes each decoder block's activations in the backward pass instead of
+    keeping them (training only): "none" keeps all, "full" keeps only the block's input,
+    "dots" keeps matmul outputs, "dots_no_batch" keeps those without a batch dimension
+    (weights-shaped products), JAX's `checkpoint_policies` of those names.
     """
 
     vocab_size: int
@@ -203,6 +210,7 @@ class ModelConfig:
     prompt_format: PromptFormat = "chat"
     attention_impl: AttentionImpl = "auto"
     attention_block: int = 512
+    remat: RematPolicy = "none"
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
     image_token_id: int = IMAGE_TOKEN_ID
@@ -224,6 +232,8 @@ class ModelConfig:
             raise ConfigError(
                 f"attention_impl must be one of {list(ATTENTION_IMPLS)}, got {self.attention_impl!r}"
             )
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}")
         if not (isinstance(self.attention_block, int) and self.attention_block > 0):
             raise ConfigError(f"attention_block must be a positive integer, got {self.attention_block!r}")
 

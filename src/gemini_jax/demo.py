@@ -1,11 +1,12 @@
 """The embedded demo, end to end: corpus -> tokenizer -> one model trained on a task mixture -> evaluation.
 
-    gemini-jax train        # this recipe with its defaults; about 17 minutes on 2 CPU cores
+    gemini-jax train        # this recipe with its defaults; about 18 minutes on 2 CPU cores
 
 One multimodal model learns four tasks at once: easy-VQA questions about images, transcription
 of synthesized speech, questions about short videos, and language modelling of Python code.
-Batches hold one task each (so each task keeps its own compact shapes) and the tasks are
-interleaved by weight. The recipe's numbers were chosen by measurement on 2 cores: small
+Training starts with short stages of one task each (speech, then shape questions), then
+interleaves the tasks by weight. Batches hold one task each (so each task keeps its own compact
+shapes). The recipe's numbers were chosen by measurement on 2 cores: small
 matrices and many updates learn more per minute there than a wider model.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from flax import nnx
 
 from gemini_jax import checkpoint
-from gemini_jax.config import ModelConfig, get_preset, override
+from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
 from gemini_jax.data import pipeline
 from gemini_jax.data.augment import SpecAugment
 from gemini_jax.data.demo import DemoCorpus, DemoSizes
@@ -36,7 +37,9 @@ from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.train import distributed
 from gemini_jax.train.optimizer import OptimizerConfig
+from gemini_jax.sharding import MeshShape
 from gemini_jax.train.trainer import TrainConfig, train
 
 MEDIA_TASKS = ("vqa", "asr", "video")
@@ -47,32 +50,38 @@ TOKENIZER_RECIPE = 1  # DemoCorpus.tokenizer_corpus's version: a change trains a
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoRecipe:
     preset: str = "demo"
-    steps: int = 9_000
+    steps: int = 10_000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    # Share of batches per task. Speech learns to align late and suddenly, and its exact match
-    # swings with the share it gets (25% to 95% in measured runs), so it keeps a large one.
-    weights: tuple[tuple[str, float], ...] = (("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5))
+    # Share of batches per stream. A stream is a task ("vqa") or some kinds of a task's examples
+    # ("vqa:shape", "video:order+size"), drawn as a stream of its own beside the task's.
+    weights: tuple[tuple[str, float], ...] = (
+        ("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))
     text_seq_len: int = 128
     text_batch_size: int = 16  # a text batch scores every token: 16 x 128 costs about a 32-row VQA batch
-    # An optional first stage that sees only the image questions of these kinds, for this
-    # share of the steps; afterwards they stay in the mixture as their own stream at
-    # `vision_stage_weight`. Why: on the full mixture from the start, the vision encoder
-    # settles on colour (which every question kind rewards early) and loses the shape
-    # information it had at initialisation, so shape answers stay near chance (43%). Measured
-    # on the full demo (10,000 steps, 900 of them shape-only): with the shape stream kept at
-    # weight 1, VQA 96.7% (shape 95.5%); without it shape fell back to 43%. Both runs lost
-    # speech alignment (numbers 34% and 54%), so the demo leaves the stage off for now.
-    vision_stage_kinds: tuple[str, ...] = ()
-    vision_stage_fraction: float = 0.09
-    vision_stage_weight: float = 1.0
+    # Stages before the mixture: (stream, share of the steps), each stream trained alone in
+    # turn; what a stage taught is kept while its stream keeps a share in `weights`. Why (all
+    # measured on 2 cores):
+    # - speech aligns in about 900 steps when it is trained alone from initialisation (spoken
+    #   numbers 90% exact, loss 0.11), but far more slowly after any other training (loss 0.9
+    #   after 900 speech steps that followed 900 of shape questions), and beside the other
+    #   tasks from the start it aligned in some runs (95%) and not in others (25-35%);
+    # - on the mixture from the start the vision encoder settles on colour, which every
+    #   question kind rewards early, and loses the shape information it had at initialisation,
+    #   so shape answers stay at chance (43%); shape questions alone teach it (82% after 900
+    #   steps, here after the speech stage).
+    stages: tuple[tuple[str, float], ...] = (("asr", 0.09), ("vqa:shape", 0.09))
     seed: int = 0
 
-    @property
-    def vision_stage_steps(self) -> int:
-        return int(self.steps * self.vision_stage_fraction) if self.vision_stage_kinds else 0
+    def __post_init__(self):
+        shares = [share for _, share in self.stages]
+        if any(not 0 < share < 1 for share in shares) or sum(shares) >= 1:
+            raise ValueError(f"DemoRecipe.stages need shares of the steps in (0, 1) summing below 1, got {shares}")
+
+    def stage_steps(self) -> list[int]:
+        return [int(self.steps * share) for _, share in self.stages]
 
 
 def _log(message: str) -> None:
@@ -125,6 +134,14 @@ def _training_groups(corpus: DemoCorpus, task: str, *, kinds: Sequence[str] | No
             f"{task}-short": [r.example for r in by_duration[half:]]}
 
 
+def _local(global_batch: int) -> int:
+    """This process's rows of a global batch (every process reads its own records)."""
+    _, count = distributed.data_shard()
+    if global_batch % count:
+        raise ConfigError(f"batch size {global_batch} must be a multiple of the {count} processes")
+    return global_batch // count
+
+
 def _task_streams(corpus: DemoCorpus, task: str, *, tokenizer: Tokenizer, config: ModelConfig,
                   recipe: DemoRecipe, media_cache: MediaCache, kinds: Sequence[str] | None = None,
                   ) -> dict[str, tuple[Any, int]]:
@@ -139,46 +156,64 @@ def _task_streams(corpus: DemoCorpus, task: str, *, tokenizer: Tokenizer, config
         augment = SpecAugment() if task == "asr" else None
         # One read thread per stream: rows are cached after their first epoch, and more
         # threads would only take the two cores from the training step.
-        streams[name] = (pipeline.batched(source, batch_size=recipe.batch_size, seed=recipe.seed, config=config,
-                                          augment=augment, num_threads=1, prefetch_batches=1, **shapes),
+        streams[name] = (pipeline.batched(source, batch_size=_local(recipe.batch_size), seed=recipe.seed,
+                                          config=config, augment=augment, num_threads=1, prefetch_batches=1,
+                                          shard=distributed.data_shard(), **shapes),
                          len(examples))
     return streams
 
 
-def demo_data(corpus: DemoCorpus, *, tokenizer: Tokenizer, config: ModelConfig, recipe: DemoRecipe):
-    """The training stream: batches of one task (and one shape group) each, interleaved by the
-    recipe's weights (a task's weight is shared among its groups by their sizes), after the
-    recipe's vision stage."""
-    media_cache = MediaCache(max_bytes=2 << 30)
-    weights = dict(recipe.weights)
+def _stream_spec(name: str) -> tuple[str, tuple[str, ...] | None]:
+    """"vqa" -> ("vqa", None); "video:order+size" -> ("video", ("order", "size"))."""
+    task, colon, kinds = name.partition(":")
+    if task not in (*MEDIA_TASKS, "text") or (colon and (task == "text" or "" in kinds.split("+"))):
+        raise ValueError(f"unknown demo stream {name!r}: use a task ({', '.join((*MEDIA_TASKS, 'text'))}) "
+                         f"or a media task and some of its kinds, e.g. 'vqa:shape' or 'video:order+size'")
+    return task, tuple(kinds.split("+")) if kinds else None
+
+
+def _weighted_streams(corpus: DemoCorpus, weights: Sequence[tuple[str, float]], *, tokenizer: Tokenizer,
+                      config: ModelConfig, recipe: DemoRecipe, media_cache: MediaCache):
+    """({stream name: batches}, {stream name: weight}) for a recipe's (name, weight) pairs; a
+    media stream's weight is shared among its shape groups by their sizes."""
+    names = [name for name, _ in weights]
+    if len(set(names)) != len(names):
+        raise ValueError(f"demo stream weights name a stream twice: {names}")
     streams, stream_weights = {}, {}
-    for task in [t for t in MEDIA_TASKS if t in weights]:
+    for name, weight in weights:
+        task, kinds = _stream_spec(name)
+        if task == "text":
+            streams[name] = pipeline.packed_text(
+                corpus.examples("text", "train"), tokenizer=tokenizer, seq_len=recipe.text_seq_len,
+                batch_size=_local(recipe.text_batch_size), seed=recipe.seed, num_threads=1, prefetch_batches=1,
+                shard=distributed.data_shard(),
+            )
+            stream_weights[name] = weight
+            continue
         groups = _task_streams(corpus, task, tokenizer=tokenizer, config=config, recipe=recipe,
-                               media_cache=media_cache)
+                               media_cache=media_cache, kinds=kinds)
         total = sum(n for _, n in groups.values())
-        for name, (stream, n) in groups.items():
-            streams[name] = stream
-            stream_weights[name] = weights[task] * n / total
-    if "text" in weights:
-        streams["text"] = pipeline.packed_text(
-            corpus.examples("text", "train"), tokenizer=tokenizer, seq_len=recipe.text_seq_len,
-            batch_size=recipe.text_batch_size, seed=recipe.seed, num_threads=1, prefetch_batches=1,
-        )
-        stream_weights["text"] = weights["text"]
-    if not (recipe.vision_stage_steps and "vqa" in weights):
-        return iter(pipeline.mixture(streams, weights=stream_weights))
+        for group, (stream, n) in groups.items():
+            key = name + group[len(task):]  # "asr-long", "vqa:shape"
+            streams[key] = stream
+            stream_weights[key] = weight * n / total
+    return streams, stream_weights
 
-    def stage_stream():
-        (stream, _), = _task_streams(corpus, "vqa", tokenizer=tokenizer, config=config, recipe=recipe,
-                                     media_cache=media_cache, kinds=recipe.vision_stage_kinds).values()
-        return stream
 
-    first = stage_stream()
-    if recipe.vision_stage_weight > 0:  # the stage's questions keep their own share afterwards
-        streams["vqa-stage-kinds"] = stage_stream()
-        stream_weights["vqa-stage-kinds"] = recipe.vision_stage_weight
-    mixed = pipeline.mixture(streams, weights=stream_weights)
-    return iter(pipeline.staged([(first, recipe.vision_stage_steps), (mixed, None)]))
+def demo_data(corpus: DemoCorpus, *, tokenizer: Tokenizer, config: ModelConfig, recipe: DemoRecipe):
+    """The training stream: the recipe's stages in turn, then batches of one stream (and one
+    shape group) each, interleaved by the recipe's weights."""
+    media_cache = MediaCache(max_bytes=2 << 30)
+
+    def mixed(weights):
+        streams, stream_weights = _weighted_streams(corpus, weights, tokenizer=tokenizer, config=config,
+                                                    recipe=recipe, media_cache=media_cache)
+        return pipeline.mixture(streams, weights=stream_weights)
+
+    stages = [(mixed([(name, 1.0)]), steps) for (name, _), steps in zip(recipe.stages, recipe.stage_steps())]
+    if not stages:
+        return iter(mixed(recipe.weights))
+    return iter(pipeline.staged([*stages, (mixed(recipe.weights), None)]))
 
 
 def evaluate(model: Gemini, tokenizer: Tokenizer, corpus: DemoCorpus, *, tasks: Sequence[str] = demo_eval.TASKS,
@@ -223,11 +258,13 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
                        steps: int | None = None, batch_size: int | None = None, learning_rate: float | None = None,
                        dtype: str | None = None, seed: int = 0, eval_every: int = 0, eval_limit: int | None = None,
                        evaluate_at_end: bool = True, progress: bool = True, config: ModelConfig | None = None,
-                       sizes: DemoSizes = DemoSizes(), recipe: DemoRecipe | None = None) -> dict[str, Any]:
+                       sizes: DemoSizes = DemoSizes(), recipe: DemoRecipe | None = None,
+                       mesh: MeshShape | None = None) -> dict[str, Any]:
     """`gemini-jax train`: the whole demo. Returns the final evaluation (and prints its table).
 
     `config` replaces the preset and `sizes` the corpus sizes (both for quick runs and tests);
     `recipe` replaces the default recipe (then `preset` and `seed` are the recipe's).
+    `mesh` shards training over all devices (sharding.py); None trains on one.
     """
     recipe = recipe or DemoRecipe(preset=preset, seed=seed)
     recipe = dataclasses.replace(
@@ -252,7 +289,7 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     data = demo_data(corpus, tokenizer=tokenizer, config=config, recipe=recipe)
     timings["data_setup_s"] = time.perf_counter() - start
     train_config = TrainConfig(
-        steps=recipe.steps, seed=recipe.seed, eval_every=eval_every, progress=progress,
+        steps=recipe.steps, seed=recipe.seed, eval_every=eval_every, progress=progress, mesh=mesh,
         checkpoint_every=max(1, recipe.steps // 4),
         optimizer=OptimizerConfig(
             learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps, total_steps=recipe.steps,

@@ -226,6 +226,16 @@ def _stack_rows(batch_size: int, *, template: Row | None = None) -> Callable[[Se
     return stack
 
 
+def _shard(ds: grain.MapDataset, shard: tuple[int, int]) -> grain.MapDataset:
+    """Records index, index + count, ...: each process of a multi-host run reads its own."""
+    index, count = shard
+    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+        raise DataError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    if count > len(ds):
+        raise DataError(f"{len(ds)} records cannot be split among {count} processes")
+    return ds if count == 1 else ds[index::count]
+
+
 def _epochs(ds: grain.MapDataset, *, seed: int, shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
     if shuffle:
         ds = ds.shuffle(seed=seed)  # reshuffled every epoch by repeat
@@ -260,6 +270,7 @@ def batched(
     num_threads: int = 2,
     prefetch_batches: int = 2,
     augment: Callable[[Row, np.random.Generator], Row] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """Batches of encoded rows, each key at one fixed shape.
 
@@ -269,7 +280,10 @@ def batched(
     repeats forever; drop_remainder=False keeps the last short batch, filled with padding
     rows. A row that exceeds the declared shapes is a DataError. `augment(row, rng)`
     changes rows after shuffling, with a generator seeded per row and epoch from `seed`.
+    `shard=(i, n)` reads only records i, i + n, i + 2n, ...: process i of n in a multi-host
+    run, whose batch_size is then its share of the global batch.
     """
+    ds = _shard(ds, shard)
     shapes = _media_shapes(seq_len=seq_len, config=config, max_images=max_images, max_frames=max_frames,
                            max_audio_clips=max_audio_clips, max_mel_frames=max_mel_frames)
     empty = {k: np.zeros(0, np.float32 if k == "loss_mask" else np.int32) for k in B.TEXT_KEYS}
@@ -316,17 +330,18 @@ def packed_text(
     error_budget: int = 10,
     num_threads: int = 2,
     prefetch_batches: int = 2,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """Plain documents (`<bos> text <eos>`) packed into rows of exactly seq_len tokens.
 
     Concatenate-then-split (grain's ConcatThenSplitIterDataset): no padding and no
     truncation; a document longer than the room left continues in the next row as a
     new segment. Targets are computed per document before packing and attention stays
-    inside a segment, so documents never see each other.
+    inside a segment, so documents never see each other. `shard` as in `batched`.
     """
     source = EncodedSource(documents, encode=lambda d: encode_document(d, tokenizer=tokenizer),
                            error_budget=error_budget, cache_rows=False)
-    docs = _epochs(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+    docs = _epochs(_shard(source, shard), seed=seed, shuffle=shuffle, num_epochs=num_epochs)
     docs = docs.to_iter_dataset(read_options=_read_options(num_threads))
     packed = grain.experimental.ConcatThenSplitIterDataset(
         docs, length_struct={"tokens": seq_len, "targets": seq_len, "loss_mask": seq_len})

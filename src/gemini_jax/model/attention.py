@@ -14,7 +14,7 @@ from flax import nnx
 
 from gemini_jax.config import AttentionImpl
 from gemini_jax.model.blockwise import blockwise_attention
-from gemini_jax.model.layers import apply_rope, fan_in_init
+from gemini_jax.model.layers import apply_rope, fan_in_init, param
 from gemini_jax.model.mask import SegmentMask
 
 
@@ -120,10 +120,15 @@ class Attention(nnx.Module):
         self.block_size = block_size  # blockwise attention's query and key block
         self.dtype = dtype
         key = rngs.params
-        self.q = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_heads, head_dim), jnp.float32))
-        self.k = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32))
-        self.v = nnx.Param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32))
-        self.o = nnx.Param(fan_in_init((0, 1), 2)(key(), (num_heads, head_dim, width), jnp.float32))
+        kv = "heads" if num_kv_heads == num_heads else "kv_heads"  # multi-head: K = N splits like N
+        self.q = param(fan_in_init(0, (1, 2))(key(), (width, num_heads, head_dim), jnp.float32),
+                       "embed", "heads", "head_dim")
+        self.k = param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32),
+                       "embed", kv, "head_dim")
+        self.v = param(fan_in_init(0, (1, 2))(key(), (width, num_kv_heads, head_dim), jnp.float32),
+                       "embed", kv, "head_dim")
+        self.o = param(fan_in_init((0, 1), 2)(key(), (num_heads, head_dim, width), jnp.float32),
+                       "heads", "head_dim", "embed")
 
     def __call__(
         self,

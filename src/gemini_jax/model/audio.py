@@ -24,7 +24,7 @@ from flax import nnx
 
 from gemini_jax.config import AudioConfig
 from gemini_jax.model.attention import Attention
-from gemini_jax.model.layers import Linear, RMSNorm, SoftTokens, fan_in_init
+from gemini_jax.model.layers import Linear, RMSNorm, SoftTokens, fan_in_init, param
 from gemini_jax.model.mask import attention_mask
 
 
@@ -41,11 +41,13 @@ class ConvSubsampling(nnx.Module):
     def __init__(self, *, num_mels: int, width: int, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.dtype = dtype
         channels = width
-        self.conv1 = nnx.Param(fan_in_init((0, 1), 2)(rngs.params(), (3, num_mels, channels), jnp.float32))
-        self.conv1_bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-        self.conv2 = nnx.Param(fan_in_init((0, 1), 2)(rngs.params(), (3, channels, channels), jnp.float32))
-        self.conv2_bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-        self.proj = Linear(channels, width, use_bias=True, dtype=dtype, rngs=rngs)
+        self.conv1 = param(fan_in_init((0, 1), 2)(rngs.params(), (3, num_mels, channels), jnp.float32),
+                           "conv", "mels", "conv")
+        self.conv1_bias = param(jnp.zeros((channels,), jnp.float32), "norm")
+        self.conv2 = param(fan_in_init((0, 1), 2)(rngs.params(), (3, channels, channels), jnp.float32),
+                           "conv", "conv", "conv")
+        self.conv2_bias = param(jnp.zeros((channels,), jnp.float32), "norm")
+        self.proj = Linear(channels, width, use_bias=True, dtype=dtype, rngs=rngs, axes=("conv", "embed"))
 
     def _conv(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param) -> jax.Array:
         # Kernel 3, stride 2, one frame of zero padding on each side (fixed, not 'SAME',
@@ -79,7 +81,7 @@ class FeedForward(nnx.Module):
     def __init__(self, *, width: int, mlp_dim: int, norm_eps: float, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.norm = RMSNorm(width, eps=norm_eps)
         self.up = Linear(width, mlp_dim, use_bias=True, dtype=dtype, rngs=rngs)
-        self.down = Linear(mlp_dim, width, use_bias=True, dtype=dtype, rngs=rngs)
+        self.down = Linear(mlp_dim, width, use_bias=True, dtype=dtype, rngs=rngs, axes=("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down(jax.nn.silu(self.up(self.norm(x))))
@@ -92,11 +94,12 @@ class ConvModule(nnx.Module):
         self.dtype = dtype
         self.kernel_size = kernel_size
         self.norm = RMSNorm(width, eps=norm_eps)
-        self.pointwise_in = Linear(width, 2 * width, use_bias=True, dtype=dtype, rngs=rngs)
-        self.depthwise = nnx.Param(fan_in_init(0, 2)(rngs.params(), (kernel_size, 1, width), jnp.float32))
-        self.depthwise_bias = nnx.Param(jnp.zeros((width,), jnp.float32))
+        self.pointwise_in = Linear(width, 2 * width, use_bias=True, dtype=dtype, rngs=rngs, axes=("embed", "conv"))
+        self.depthwise = param(fan_in_init(0, 2)(rngs.params(), (kernel_size, 1, width), jnp.float32),
+                               "conv", None, "conv")
+        self.depthwise_bias = param(jnp.zeros((width,), jnp.float32), "norm")
         self.conv_norm = RMSNorm(width, eps=norm_eps)
-        self.pointwise_out = Linear(width, width, use_bias=True, dtype=dtype, rngs=rngs)
+        self.pointwise_out = Linear(width, width, use_bias=True, dtype=dtype, rngs=rngs, axes=("conv", "embed"))
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         value, gate = jnp.split(self.pointwise_in(self.norm(x)), 2, axis=-1)  # [B, M, D] each
@@ -152,7 +155,7 @@ class AudioEncoder(nnx.Module):
             for _ in range(config.depth)
         ])
         self.out_norm = RMSNorm(config.width, eps=norm_eps)
-        self.out_proj = Linear(config.width, out_width, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out_proj = Linear(config.width, out_width, use_bias=False, dtype=dtype, rngs=rngs, axes=("embed", "embed"))
 
     def __call__(self, mels: jax.Array, mel_mask: jax.Array) -> SoftTokens:
         """mels[B, C, M, F], mel_mask bool[B, C, M] (a prefix per clip) -> [B, C, ceil(M/8), E]."""

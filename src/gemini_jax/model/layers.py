@@ -21,6 +21,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def param(value: jax.Array, *names: str | None) -> nnx.Param:
+    """A parameter carrying the logical name of each axis (see sharding.py's RULES).
+
+    The names are metadata only (`eager_sharding=False`): building a model needs no mesh,
+    and the trainer alone turns names into shardings when it is given one.
+    """
+    if len(names) != jnp.ndim(value):
+        raise ValueError(f"{len(names)} axis names {names} for a parameter of shape {jnp.shape(value)}")
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
 def fan_in_init(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> nnx.Initializer:
     """LeCun-normal for a weight whose input features span `in_axis` (variance 1 / fan_in)."""
     return nnx.initializers.variance_scaling(
@@ -38,7 +49,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, *, eps: float):
         self.eps = eps
-        self.scale = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.scale = param(jnp.zeros((dim,), jnp.float32), "norm")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -57,8 +68,8 @@ class LayerNorm(nnx.Module):
 
     def __init__(self, dim: int, *, eps: float):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.scale = param(jnp.ones((dim,), jnp.float32), "norm")
+        self.bias = param(jnp.zeros((dim,), jnp.float32), "norm")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -78,7 +89,7 @@ class Embedder(nnx.Module):
         # Std 1/sqrt(D): after the sqrt(D) input scale each embedding has unit-size
         # entries, and tied logits of a normalised hidden state start near unit size.
         init = nnx.initializers.normal(stddev=1.0 / math.sqrt(width))
-        self.table = nnx.Param(init(rngs.params(), (vocab_size, width), jnp.float32))
+        self.table = param(init(rngs.params(), (vocab_size, width), jnp.float32), "vocab", "embed")
 
     def encode(self, tokens: jax.Array) -> jax.Array:
         x = jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
@@ -92,12 +103,17 @@ class Embedder(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """x @ W (+ b) over the last axis; used by the encoders, whose layout is our own."""
+    """x @ W (+ b) over the last axis; used by the encoders, whose layout is our own.
 
-    def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
+    `axes` are the logical names of the input and output features (sharding.py);
+    the bias takes the output's.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs,
+                 axes: tuple[str | None, str | None] = ("embed", "mlp")):
         self.dtype = dtype
-        self.kernel = nnx.Param(fan_in_init(0, 1)(rngs.params(), (in_dim, out_dim), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_dim,), jnp.float32)) if use_bias else None
+        self.kernel = param(fan_in_init(0, 1)(rngs.params(), (in_dim, out_dim), jnp.float32), *axes)
+        self.bias = param(jnp.zeros((out_dim,), jnp.float32), axes[1]) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum("...I,IO->...O", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
@@ -111,9 +127,9 @@ class GeGLU(nnx.Module):
 
     def __init__(self, width: int, mlp_dim: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.gate = nnx.Param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32))
-        self.up = nnx.Param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32))
-        self.down = nnx.Param(fan_in_init(0, 1)(rngs.params(), (mlp_dim, width), jnp.float32))
+        self.gate = param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32), "embed", "mlp")
+        self.up = param(fan_in_init(0, 1)(rngs.params(), (width, mlp_dim), jnp.float32), "embed", "mlp")
+        self.down = param(fan_in_init(0, 1)(rngs.params(), (mlp_dim, width), jnp.float32), "mlp", "embed")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)

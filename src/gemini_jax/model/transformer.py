@@ -14,6 +14,7 @@ from gemini_jax.config import AttentionImpl, ModelConfig
 from gemini_jax.model.attention import Attention, KVCache, LayerKV
 from gemini_jax.model.layers import GeGLU, RMSNorm
 from gemini_jax.model.mask import SegmentMask
+from gemini_jax.sharding import constrain
 
 
 class Block(nnx.Module):
@@ -50,6 +51,14 @@ class Block(nnx.Module):
         return x, kv
 
 
+# Remat policy name (ModelConfig.remat) -> what jax.checkpoint may keep; "full" keeps nothing.
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class Decoder(nnx.Module):
     """The decoder stack: `depth` blocks with RoPE, then the final RMSNorm."""
 
@@ -81,11 +90,23 @@ class Decoder(nnx.Module):
         are the updated cache layers, written at `cache.index`.
         """
         kvs = []
-        for i, block in enumerate(self.blocks):
-            x, kv = block(
-                x, mask=mask, positions=positions,
-                cache=None if cache is None else cache.layers[i],
-                cache_index=None if cache is None else cache.index,
+        rematted = None
+        if self.config.remat != "none" and cache is None:  # a decode step has nothing to recompute
+            rematted = nnx.remat(
+                lambda block, x: block(x, mask=mask, positions=positions), policy=_REMAT_POLICIES[self.config.remat]
             )
+        for i, block in enumerate(self.blocks):
+            # The residual stream at each block boundary: rows over (data, fsdp), whole width
+            # on every tensor shard. A no-op unless the trainer set a multi-device mesh.
+            x = constrain(x, ("batch", "length", "act_embed"))
+            if rematted is not None:
+                x, kv = rematted(block, x)
+            else:
+                x, kv = block(
+                    x, mask=mask, positions=positions,
+                    cache=None if cache is None else cache.layers[i],
+                    cache_index=None if cache is None else cache.index,
+                )
             kvs.append(kv)
+        x = constrain(x, ("batch", "length", "act_embed"))
         return self.final_norm(x), tuple(kvs)

@@ -25,9 +25,21 @@ from flax import nnx
 
 from gemini_jax.config import VisionConfig
 from gemini_jax.model.attention import dot_product_attention
-from gemini_jax.model.layers import LayerNorm, Linear, RMSNorm, SoftTokens, fan_in_init
+from gemini_jax.model.layers import (
+    LayerNorm,
+    Linear,
+    RMSNorm,
+    SoftTokens,
+    fan_in_init,
+    param,
+)
 from gemini_jax.model.mask import attention_mask
 from gemini_jax.model.transformer import Block
+
+
+def _names(*names: str) -> dict[str, object]:
+    """Variable metadata for Flax's own layers: logical axis names, as `layers.param` stores them."""
+    return {"out_sharding": names, "eager_sharding": False}
 
 
 class AttentionPool(nnx.Module):
@@ -37,10 +49,12 @@ class AttentionPool(nnx.Module):
         self.dtype = dtype
         key = rngs.params
         shape = (width, num_heads, head_dim)
-        self.q = nnx.Param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32))
-        self.k = nnx.Param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32))
-        self.v = nnx.Param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32))
-        self.o = nnx.Param(fan_in_init((0, 1), 2)(key(), (num_heads, head_dim, width), jnp.float32))
+        names = ("embed", "heads", "head_dim")
+        self.q = param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32), *names)
+        self.k = param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32), *names)
+        self.v = param(fan_in_init(0, (1, 2))(key(), shape, jnp.float32), *names)
+        self.o = param(fan_in_init((0, 1), 2)(key(), (num_heads, head_dim, width), jnp.float32),
+                       "heads", "head_dim", "embed")
 
     def __call__(self, queries: jax.Array, features: jax.Array, mask: jax.Array) -> jax.Array:
         dtype = self.dtype
@@ -68,14 +82,16 @@ class SiglipBlock(nnx.Module):
                  rngs: nnx.Rngs):
         self.num_heads = num_heads
 
-        def linear(i: int, o: int) -> Linear:
-            return Linear(i, o, use_bias=True, dtype=dtype, rngs=rngs)
+        def linear(i: int, o: int, axes: tuple[str, str]) -> Linear:
+            return Linear(i, o, use_bias=True, dtype=dtype, rngs=rngs, axes=axes)
 
         self.pre_attn_norm = LayerNorm(width, eps=norm_eps)
-        self.q, self.k, self.v, self.o = (linear(width, width) for _ in range(4))
+        # Output columns of q, k, v are the heads side by side: split like heads.
+        self.q, self.k, self.v = (linear(width, width, ("embed", "heads")) for _ in range(3))
+        self.o = linear(width, width, ("heads", "embed"))
         self.pre_mlp_norm = LayerNorm(width, eps=norm_eps)
-        self.fc1 = linear(width, mlp_dim)
-        self.fc2 = linear(mlp_dim, width)
+        self.fc1 = linear(width, mlp_dim, ("embed", "mlp"))
+        self.fc2 = linear(mlp_dim, width, ("mlp", "embed"))
 
     def __call__(self, x: jax.Array, *, mask: jax.Array) -> tuple[jax.Array, None]:
         """x[B, P, D] under mask bool[B, P, P]; returns (x, None) like Block's (x, keys/values)."""
@@ -100,11 +116,13 @@ class PatchStem(nnx.Module):
         self.patch_size = config.patch_size
         channels = (3, *config.stem_channels)
         self.convs = nnx.List([
-            nnx.Conv(c_in, c_out, kernel_size=(3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
+            nnx.Conv(c_in, c_out, kernel_size=(3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs,
+                     kernel_metadata=_names("conv", "conv", "conv", "conv"), bias_metadata=_names("conv"))
             for c_in, c_out in zip(channels[:-1], channels[1:])
         ])
         side = config.patch_size >> len(config.stem_channels)
-        self.proj = Linear(side * side * channels[-1], config.width, use_bias=True, dtype=dtype, rngs=rngs)
+        self.proj = Linear(side * side * channels[-1], config.width, use_bias=True, dtype=dtype, rngs=rngs,
+                           axes=("patch", "embed"))
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         n = patches.shape[0]
@@ -125,15 +143,16 @@ class VisionEncoder(nnx.Module):
         width = config.width
         self.patch_embed = (
             PatchStem(config, dtype=dtype, rngs=rngs) if config.stem_channels
-            else Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs)
+            else Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs, axes=("patch", "embed"))
         )
         table_init = nnx.initializers.normal(stddev=0.02)
         if config.position_embedding == "learned":
             cells = config.max_grid * config.max_grid
-            self.pos_embed = nnx.Param(table_init(rngs.params(), (cells, width), jnp.float32))
+            self.pos_embed = param(table_init(rngs.params(), (cells, width), jnp.float32), "position", "embed")
         else:
-            self.row_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
-            self.col_embed = nnx.Param(table_init(rngs.params(), (config.max_grid, width), jnp.float32))
+            grid = (config.max_grid, width)
+            self.row_embed = param(table_init(rngs.params(), grid, jnp.float32), "position", "embed")
+            self.col_embed = param(table_init(rngs.params(), grid, jnp.float32), "position", "embed")
         norm_eps = norm_eps if config.norm_eps is None else config.norm_eps
         if config.block == "siglip":
             self.blocks = nnx.List([
@@ -154,17 +173,18 @@ class VisionEncoder(nnx.Module):
             self.encoder_norm = RMSNorm(width, eps=norm_eps)
         if config.pooling == "attention":
             query_init = nnx.initializers.normal(stddev=1.0)
-            self.image_queries = nnx.Param(
-                query_init(rngs.params(), (config.image_soft_tokens, width), jnp.float32)
+            self.image_queries = param(
+                query_init(rngs.params(), (config.image_soft_tokens, width), jnp.float32), "queries", "embed"
             )
-            self.frame_queries = nnx.Param(
-                query_init(rngs.params(), (config.frame_soft_tokens, width), jnp.float32)
+            self.frame_queries = param(
+                query_init(rngs.params(), (config.frame_soft_tokens, width), jnp.float32), "queries", "embed"
             )
             self.pool = AttentionPool(
                 width=width, num_heads=config.num_heads, head_dim=config.head_dim, dtype=dtype, rngs=rngs
             )
             self.out_norm = RMSNorm(width, eps=norm_eps)
-        self.out_proj = Linear(width, out_width, use_bias=config.projector_bias, dtype=dtype, rngs=rngs)
+        self.out_proj = Linear(width, out_width, use_bias=config.projector_bias, dtype=dtype, rngs=rngs,
+                               axes=("embed", "embed"))
 
     def encode_images(self, patches: jax.Array, coords: jax.Array, patch_mask: jax.Array) -> SoftTokens:
         """patches[B, I, P, C], coords int32[B, I, P, 2], patch_mask bool[B, I, P] -> [B, I, Q, E]

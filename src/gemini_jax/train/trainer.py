@@ -31,6 +31,7 @@ from gemini_jax import batch as batch_keys
 from gemini_jax.checkpoint import Checkpointer
 from gemini_jax.config import ModelConfig, config_to_dict
 from gemini_jax.model import Gemini
+from gemini_jax import sharding
 from gemini_jax.train.metrics import LOSS_PLOT_FILE, MetricsLog, plot_losses
 from gemini_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
@@ -46,6 +47,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     progress: bool = True
+    # None: one device, no mesh (the path of old). A MeshShape shards over every device of
+    # every process (sharding.py); `data` then yields this process's share of each batch.
+    mesh: sharding.MeshShape | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +70,22 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.A
     return (losses * weight).sum() / jnp.maximum(count, 1.0), count
 
 
-def with_loss_positions(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def loss_positions_width(loss_mask: np.ndarray) -> int:
+    """K of `with_loss_positions`: the most scored tokens of any row, rounded up to a power of
+    two (at least 4) so that a task compiles a few shapes, not one per batch."""
+    loss_mask = np.asarray(loss_mask)
+    most = int((loss_mask > 0).sum(axis=1).max(initial=1))
+    return min(loss_mask.shape[1], max(4, 1 << math.ceil(math.log2(max(most, 1)))))
+
+
+def with_loss_positions(batch: Mapping[str, np.ndarray], *, width: int | None = None) -> dict[str, np.ndarray]:
     """Adds `loss_positions` int32[B, K]: each row's scored positions first, in order.
 
-    K is the most scored tokens of any row, rounded up to a power of two (at least 4) so
-    that a task compiles a few shapes, not one per batch.
+    K is `width`, by default `loss_positions_width` of this batch (processes that each hold
+    part of a global batch must agree on one K: see `Trainer.step`).
     """
     loss_mask = np.asarray(batch["loss_mask"])
-    most = int((loss_mask > 0).sum(axis=1).max(initial=1))
-    k = min(loss_mask.shape[1], max(4, 1 << math.ceil(math.log2(max(most, 1)))))
+    k = loss_positions_width(loss_mask) if width is None else width
     order = np.argsort(-(loss_mask > 0).astype(np.int8), axis=1, kind="stable")[:, :k]
     return {**batch, "loss_positions": order.astype(np.int32)}
 
@@ -84,14 +95,39 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Trainer:
-    """Owns the model's parameters, the optimizer state and the compiled step."""
+    """Owns the model's parameters, the optimizer state and the compiled step.
 
-    def __init__(self, model: Gemini, optimizer: OptimizerConfig):
+    Without a mesh everything lives on the default device, exactly as before sharding
+    existed. With one, parameters are placed by their logical names (sharding.RULES), Adam's
+    moments follow their parameters, batches are split over (data, fsdp), and the step is
+    traced under the mesh so the decoder's block-boundary constraints apply.
+    """
+
+    def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None):
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(optimizer)
-        self.opt_state = self.tx.init(self.params)
         self.schedule = learning_rate_schedule(optimizer)
-        self._step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+        self.mesh = mesh
+        if mesh is None:
+            self.opt_state = self.tx.init(self.params)
+            self._step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+        else:
+            # A model from nnx.eval_shape holds ShapeDtypeStructs: then nothing is allocated,
+            # and the step can only be lowered (`lower`), e.g. for a mesh bigger than this host.
+            abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(self.params))
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self.param_shardings = sharding.param_shardings(self.params, mesh)
+            opt_like = jax.eval_shape(self.tx.init, self.params)
+            self.opt_shardings = sharding.shardings_like(opt_like, self.params, self.param_shardings, mesh)
+            if abstract:
+                self.params = sharding.with_shardings(self.params, self.param_shardings)
+                self.opt_state = sharding.with_shardings(opt_like, self.opt_shardings)
+            else:
+                self.params = sharding.place(self.params, self.param_shardings)
+                self.rest = sharding.place(self.rest, jax.tree.map(lambda _: replicated, self.rest))
+                self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
+            self._step_fn = jax.jit(self._step, donate_argnums=(0, 1),
+                                    out_shardings=(self.param_shardings, self.opt_shardings, replicated))
         self._loss_fn = jax.jit(self._loss)
 
     @property
@@ -121,8 +157,29 @@ class Trainer:
         return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads)}
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
+        """One update on `batch`: the whole batch, or with a mesh this process's rows of it."""
+        if self.mesh is None:
+            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
+            return metrics
+        width = loss_positions_width(batch["loss_mask"])
+        if jax.process_count() > 1:  # every process must build the same global shape
+            from jax.experimental import multihost_utils
+
+            width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
+        global_batch = sharding.global_batch(with_loss_positions(batch, width=width), self.mesh)
+        with jax.set_mesh(self.mesh):
+            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, global_batch)
         return metrics
+
+    def lower(self, batch: Mapping[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+        """The step lowered for a global batch of ShapeDtypeStructs (loss_positions included),
+        without running it: a cheap proof that the sharded step is well formed. Needs a mesh."""
+        if self.mesh is None:
+            raise ValueError("Trainer.lower needs a trainer built with a mesh")
+        shardings = {k: sharding.batch_sharding(self.mesh, len(v.shape)) for k, v in batch.items()}
+        batch = sharding.with_shardings(dict(batch), shardings)
+        with jax.set_mesh(self.mesh):
+            return self._step_fn.lower(self.params, self.opt_state, batch)
 
     def state(self) -> dict[str, Any]:
         return {"params": nnx.to_pure_dict(self.params), "opt_state": self.opt_state}
@@ -162,9 +219,13 @@ def train(
     """
     run_dir = Path(run_dir)
     model = Gemini(config, rngs=nnx.Rngs(train_config.seed))
-    trainer = Trainer(model, train_config.optimizer)
+    mesh = None if train_config.mesh is None else sharding.make_mesh(train_config.mesh)
+    trainer = Trainer(model, train_config.optimizer, mesh=mesh)
     checkpointer = Checkpointer(run_dir)
     log = MetricsLog(run_dir)
+    # In a multi-host run every process trains; process 0 alone writes metrics and the plot
+    # (Orbax coordinates the checkpoint writes itself).
+    main = jax.process_index() == 0
 
     start = 0
     latest = checkpointer.latest_step()
@@ -174,8 +235,9 @@ def train(
         if meta.get("data_state") is not None and hasattr(data, "set_state"):
             data.set_state(_from_json_safe(meta["data_state"]))
         start = latest
-        log.truncate_after(start)
-    else:
+        if main:
+            log.truncate_after(start)
+    elif main:
         log.path.unlink(missing_ok=True)
 
     def save(step: int) -> None:
@@ -188,7 +250,7 @@ def train(
         checkpointer.save(step, state=trainer.state(), meta=meta)
 
     end = min(train_config.steps, stop_after if stop_after is not None else train_config.steps)
-    bar = tqdm(total=train_config.steps, initial=start, disable=not train_config.progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=train_config.steps, initial=start, disable=not (train_config.progress and main), unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     window_tokens, window_start, total_tokens = 0, time.perf_counter(), 0
     loss_value, eval_metrics = math.nan, {}
@@ -209,16 +271,18 @@ def train(
             loss_value = float(np.mean(losses))
             with jax.numpy_dtype_promotion("standard"):
                 lr = float(trainer.schedule(step))
-            log.write({
-                "kind": "train", "step": step, "loss": loss_value, "lr": lr,
-                "grad_norm": float(pending[-1][1]["grad_norm"]), "tokens_per_second": rate,
-                "elapsed_s": now - started,
-            })
+            grad_norm = float(pending[-1][1]["grad_norm"])
+            if main:
+                log.write({
+                    "kind": "train", "step": step, "loss": loss_value, "lr": lr,
+                    "grad_norm": grad_norm, "tokens_per_second": rate, "elapsed_s": now - started,
+                })
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
             pending, window_tokens, window_start = [], 0, now
         if train_config.eval_every and step % train_config.eval_every == 0 and step != end and evaluate:
             eval_metrics = evaluate(trainer.model)
-            log.write({"kind": "eval", "step": step, **eval_metrics})
+            if main:
+                log.write({"kind": "eval", "step": step, **eval_metrics})
         if step % train_config.checkpoint_every == 0 or step == end:
             save(step)
     bar.close()
@@ -227,8 +291,10 @@ def train(
     checkpointer.close()
     if evaluate is not None and end == train_config.steps:
         eval_metrics = evaluate(trainer.model)
-        log.write({"kind": "eval", "step": end, **eval_metrics})
-    plot_losses(log.read(), run_dir / LOSS_PLOT_FILE)
+        if main:
+            log.write({"kind": "eval", "step": end, **eval_metrics})
+    if main:
+        plot_losses(log.read(), run_dir / LOSS_PLOT_FILE)
     return TrainResult(
         model=trainer.model, step=end, final_loss=loss_value,
         tokens_per_second=total_tokens / max(wall, 1e-9), wall_seconds=wall, eval_metrics=eval_metrics,
