@@ -40,9 +40,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gemini_jax import sharding
 from gemini_jax.config import REMAT_POLICIES, ModelConfig, get_preset, override
 from gemini_jax.model import Gemini
-from gemini_jax import sharding
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer
 

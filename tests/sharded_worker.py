@@ -147,9 +147,9 @@ def lower(devices: int, preset: str, mesh_text: str, batch: int, seq_len: int) -
     import numpy as np
     from flax import nnx
 
+    from gemini_jax import sharding
     from gemini_jax.config import get_preset
     from gemini_jax.model import Gemini
-    from gemini_jax import sharding
     from gemini_jax.train.optimizer import OptimizerConfig
     from gemini_jax.train.trainer import Trainer
 

@@ -4,7 +4,14 @@ import dataclasses
 
 import pytest
 
-from gemini_jax.config import PRESETS, ConfigError, config_from_dict, config_to_dict, get_preset, override
+from gemini_jax.config import (
+    PRESETS,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    get_preset,
+    override,
+)
 
 
 def test_presets_round_trip_through_plain_data():

@@ -18,10 +18,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from gemini_jax import sharding
 from gemini_jax.config import PRESETS, ConfigError
 from gemini_jax.data.pipeline import DataError, _shard
 from gemini_jax.model import Gemini
-from gemini_jax import sharding
 from gemini_jax.train import distributed
 
 WORKER = Path(__file__).with_name("sharded_worker.py")

@@ -16,7 +16,14 @@ from gemini_jax.data import pipeline
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import TrainConfig, Trainer, masked_cross_entropy, model_inputs, train, with_loss_positions
+from gemini_jax.train.trainer import (
+    TrainConfig,
+    Trainer,
+    masked_cross_entropy,
+    model_inputs,
+    train,
+    with_loss_positions,
+)
 
 CONFIG = dataclasses.replace(PRESETS["test"].text_only, vocab_size=400)
 

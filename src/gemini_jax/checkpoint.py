@@ -5,6 +5,8 @@
       tokenizer.model    the SentencePiece model the run used
       checkpoints/<step>/state   Orbax: {"params": ..., "opt_state": ...}
       checkpoints/<step>/meta    JSON: step, data iterator state, training settings
+      quantization.json  only in a quantized run (`gemini-jax quantize`): bits, group size;
+                         its checkpoint then holds {"params": ...} with packed codes and scales
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 during a save leaves the previous step usable. Inference restores the parameters only.
@@ -23,10 +25,13 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gemini_jax.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
+from gemini_jax.model import quant
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINTS_DIR = "checkpoints"
+QUANTIZATION_FILE = "quantization.json"
+QUANTIZATION_FORMAT = "gemini-jax/int-groupwise-v1"
 
 
 class CheckpointError(ValueError):
@@ -53,6 +58,38 @@ def read_config(run_dir: str | os.PathLike) -> ModelConfig:
         return config_from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"{path}: not a valid model config: {e}") from None
+
+
+def read_quantization(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's quantization record (bits, group_size, ...), or None for a float run."""
+    path = Path(run_dir) / QUANTIZATION_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != QUANTIZATION_FORMAT:
+            raise ValueError(f"format {record.get('format')!r}, expected {QUANTIZATION_FORMAT!r}")
+        int(record["bits"]), int(record["group_size"])
+        names = record.get("quantized", [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError("'quantized' must be a list of weight names")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a valid quantization record: {e}") from None
+    return record
+
+
+def write_quantization(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    _atomic_write(Path(run_dir) / QUANTIZATION_FILE,
+                  json.dumps({"format": QUANTIZATION_FORMAT, **record}, indent=2).encode())
+
+
+def check_trainable(run_dir: str | os.PathLike) -> None:
+    """Training refuses a quantized run: its integer codes have no gradient and no optimizer state."""
+    if (Path(run_dir) / QUANTIZATION_FILE).exists():
+        raise CheckpointError(
+            f"{str(run_dir)!r} is a quantized run (it has {QUANTIZATION_FILE}): it can be used for generate, "
+            f"eval and serve, not for training; train or fine-tune the float run it was made from"
+        )
 
 
 def tokenizer_path(run_dir: str | os.PathLike) -> Path:
@@ -108,14 +145,27 @@ class Checkpointer:
 
 
 def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | None = None) -> int:
-    """Restores a run's parameters into `model` (built from the run's config); returns the step."""
+    """Restores a run's parameters into `model` (built from the run's config); returns the step.
+
+    A quantized run (see `read_quantization`) is loaded transparently: the model's dense
+    weights become QuantizedWeights first (shapes only), then its codes and scales are restored.
+    """
     _check_run_dir(run_dir)
+    quantization = read_quantization(run_dir)
     manager = ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{str(run_dir)!r} holds no completed checkpoint under {CHECKPOINTS_DIR}/")
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+    if quantization is not None:
+        try:
+            like = quant.quantized_params_like(model, group_size=int(quantization["group_size"]),
+                                               bits=int(quantization["bits"]), names=quantization.get("quantized"))
+        except quant.QuantizationError as e:
+            raise CheckpointError(f"{str(run_dir)!r}: its quantization record does not fit its config: {e}") from None
+        abstract = quant.storage_like(like)
+    else:
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
     try:
         restored = manager.restore(
             step,
@@ -129,8 +179,11 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
         )
     except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
         raise CheckpointError(f"cannot restore step {step} from {str(run_dir)!r}: {e}") from None
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, restored.state["params"])
-    nnx.update(model, state)
+    if quantization is not None:
+        quant.set_params(model, quant.from_storage(restored.state["params"], like))
+    else:
+        state = nnx.state(model, nnx.Param)
+        nnx.replace_by_pure_dict(state, restored.state["params"])
+        nnx.update(model, state)
     manager.close()
     return step

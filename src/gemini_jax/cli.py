@@ -8,6 +8,7 @@
     gemini-jax presets                   # the model family: shapes and parameter counts
     gemini-jax convert --from-hf gemma-2b --to runs/gemma-2b     # a Hugging Face Gemma-1 checkpoint
     gemini-jax convert --from runs/gemma-2b --to-hf gemma-2b-hf  # and back
+    gemini-jax quantize --checkpoint runs/demo --out runs/demo-int4   # int4 weights for generate/eval/serve
 """
 
 from __future__ import annotations
@@ -224,6 +225,31 @@ def _convert(args: argparse.Namespace) -> None:
         raise ConversionError("give either --from-hf DIR --to RUN_DIR (import) or --from RUN_DIR --to-hf DIR (export)")
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write a weight-only int4 (or int8) copy of a run for generate, eval and serve",
+        description="Quantizes the dense weights (decoder attention and MLP, the tied embedding, and the "
+        "encoders' dense layers whose input size the group size divides) with one symmetric scale per group of "
+        "--group-size consecutive input features. The new run directory records its quantization "
+        "(quantization.json); generate, eval and serve load it as they load a float run, and decoding "
+        "dequantizes inside the compiled step. Training refuses it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="the float run directory to quantize")
+    p.add_argument("--out", required=True, help="the quantized run directory to create (new or empty)")
+    p.add_argument("--group-size", type=int, default=32, help="input features sharing one scale")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4, help="bits per weight")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint step to quantize (default: the latest)")
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from gemini_jax.sample.quantize import quantize_run
+
+    report = quantize_run(args.checkpoint, args.out, group_size=args.group_size, bits=args.bits, step=args.step)
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemini-jax",
@@ -236,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_presets(sub)
     _add_convert(sub)
+    _add_quantize(sub)
     return parser
 
 
@@ -249,6 +276,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "convert":  # needs neither the demo nor its data stack
         _convert(args)
         return
+    if args.command == "quantize":
+        _quantize(args)
+        return
     if args.command == "serve":  # needs no training code
         import os
 
@@ -259,8 +289,8 @@ def _run(args: argparse.Namespace) -> None:
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
         return
     if args.command == "train":
-        from gemini_jax.train import distributed
         from gemini_jax.sharding import MeshShape, make_mesh
+        from gemini_jax.train import distributed
 
         # Before anything else uses JAX (the demo's imports included): joining a cluster
         # must come before the first backend call.
@@ -310,9 +340,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gemini_jax.data.speech import SpeechError
     from gemini_jax.data.tokenizer import TokenizerError
     from gemini_jax.evals.tasks.base import TaskDataError
+    from gemini_jax.model.quant import QuantizationError
 
     return (CheckpointError, ConfigError, ConversionError, EncodeError, ExampleError, MediaError, DataError,
-            SpeechError, TokenizerError, TaskDataError)
+            SpeechError, TokenizerError, TaskDataError, QuantizationError)
 
 
 def main(argv: list[str] | None = None) -> int:

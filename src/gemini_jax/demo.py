@@ -37,9 +37,9 @@ from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sharding import MeshShape
 from gemini_jax.train import distributed
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.sharding import MeshShape
 from gemini_jax.train.trainer import TrainConfig, train
 
 MEDIA_TASKS = ("vqa", "asr", "video")
@@ -266,6 +266,7 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     `recipe` replaces the default recipe (then `preset` and `seed` are the recipe's).
     `mesh` shards training over all devices (sharding.py); None trains on one.
     """
+    checkpoint.check_trainable(run_dir)  # before anything is written into it
     recipe = recipe or DemoRecipe(preset=preset, seed=seed)
     recipe = dataclasses.replace(
         recipe, **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("learning_rate", learning_rate))

@@ -44,7 +44,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from gemini_jax import checkpoint
-from gemini_jax.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, ModelConfig, config_to_dict
+from gemini_jax.config import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    ConfigError,
+    ModelConfig,
+    config_to_dict,
+)
 from gemini_jax.model import Gemini
 
 CONFIG_FILE = "config.json"
@@ -474,6 +481,8 @@ def export_gemma(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step:
     _require_new_or_empty(hf_dir, "export into a new directory")
     config = checkpoint.read_config(run_dir)
     _refuse_unexpressible(config, source=run_dir / checkpoint.CONFIG_FILE)
+    if checkpoint.read_quantization(run_dir) is not None:
+        raise ConversionError(f"{str(run_dir)!r} is a quantized run; export the float run it was made from")
     model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
     step = checkpoint.load_params(run_dir, model, step=step)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -40,7 +40,13 @@ from gemini_jax.config import ModelConfig
 from gemini_jax.data import media
 from gemini_jax.data.examples import Example, ExampleError, Part
 from gemini_jax.data.tokenizer import (
-    END_OF_AUDIO, END_OF_IMAGE, END_OF_VIDEO, START_OF_AUDIO, START_OF_IMAGE, START_OF_VIDEO, Tokenizer,
+    END_OF_AUDIO,
+    END_OF_IMAGE,
+    END_OF_VIDEO,
+    START_OF_AUDIO,
+    START_OF_IMAGE,
+    START_OF_VIDEO,
+    Tokenizer,
 )
 
 

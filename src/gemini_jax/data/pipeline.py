@@ -29,7 +29,13 @@ import numpy as np
 from gemini_jax import batch as B
 from gemini_jax.config import ModelConfig
 from gemini_jax.data import media
-from gemini_jax.data.encode import EncodeError, MediaCache, check_compatible, encode_document, encode_example
+from gemini_jax.data.encode import (
+    EncodeError,
+    MediaCache,
+    check_compatible,
+    encode_document,
+    encode_example,
+)
 from gemini_jax.data.examples import Example, ExampleError
 from gemini_jax.data.tokenizer import Tokenizer
 

@@ -16,6 +16,7 @@ from gemini_jax.config import AttentionImpl
 from gemini_jax.model.blockwise import blockwise_attention
 from gemini_jax.model.layers import apply_rope, fan_in_init, param
 from gemini_jax.model.mask import SegmentMask
+from gemini_jax.model.quant import read_weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +152,9 @@ class Attention(nnx.Module):
         """
         dtype = self.dtype
         x = x.astype(dtype)
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dtype))
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dtype))
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dtype))
+        q = jnp.einsum("BTD,DNH->BTNH", x, read_weight(self.q, dtype))
+        k = jnp.einsum("BTD,DKH->BTKH", x, read_weight(self.k, dtype))
+        v = jnp.einsum("BTD,DKH->BTKH", x, read_weight(self.v, dtype))
         if self.rope_base is not None:
             if positions is None:
                 raise ValueError("this attention uses RoPE: pass positions int32[B, T]")
@@ -187,5 +188,5 @@ class Attention(nnx.Module):
             encoded = dot_product_attention(
                 q, keys.k.astype(dtype), keys.v.astype(dtype), mask=dense, implementation=implementation,
             )  # [B, T, N, H]
-        out = jnp.einsum("BTNH,NHD->BTD", encoded, self.o[...].astype(dtype))
+        out = jnp.einsum("BTNH,NHD->BTD", encoded, read_weight(self.o, dtype))
         return out, keys

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gemini_jax.model.quant import QuantizedWeight, read_weight
+
 
 def param(value: jax.Array, *names: str | None) -> nnx.Param:
     """A parameter carrying the logical name of each axis (see sharding.py's RULES).
@@ -92,14 +94,26 @@ class Embedder(nnx.Module):
         self.table = param(init(rngs.params(), (vocab_size, width), jnp.float32), "vocab", "embed")
 
     def encode(self, tokens: jax.Array) -> jax.Array:
-        x = jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
+        table = self.table.get_value()
+        if isinstance(table, QuantizedWeight):  # dequantize only the looked-up rows
+            x = table.take(tokens).dequantize(self.dtype)  # [B, T, D]
+        else:
+            x = jnp.take(table, tokens, axis=0).astype(self.dtype)  # [B, T, D]
         # The scale is rounded to the compute dtype first, as Gemma does: the
         # published checkpoints were trained with exactly that rounding.
         return x * jnp.asarray(math.sqrt(self.width), self.dtype)
 
     def decode(self, x: jax.Array) -> jax.Array:
         # float32 logits: a bfloat16 softmax over a large vocabulary is too coarse.
-        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), self.table[...])  # [B, T, V]
+        table = self.table.get_value()
+        if isinstance(table, QuantizedWeight):
+            table = table.dequantize(self.dtype)
+        if table.dtype != jnp.float32:
+            # A quantized or 16-bit serving copy: multiplied in its own dtype, accumulated in
+            # float32. Promoting a 256K x 2048 table to float32 would cost 2 GB per decode step.
+            return jnp.einsum("BTD,VD->BTV", x.astype(table.dtype), table,
+                              preferred_element_type=jnp.float32)  # [B, T, V]
+        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), table)  # [B, T, V]
 
 
 class Linear(nnx.Module):
@@ -116,7 +130,7 @@ class Linear(nnx.Module):
         self.bias = param(jnp.zeros((out_dim,), jnp.float32), axes[1]) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum("...I,IO->...O", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = jnp.einsum("...I,IO->...O", x.astype(self.dtype), read_weight(self.kernel, self.dtype))
         if self.bias is not None:
             y = y + jnp.reshape(self.bias[...].astype(self.dtype), (1,) * (y.ndim - 1) + (-1,))
         return y
@@ -133,10 +147,10 @@ class GeGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(self.dtype))
-        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(self.dtype))
+        gate = jnp.einsum("BTD,DF->BTF", x, read_weight(self.gate, self.dtype))
+        up = jnp.einsum("BTD,DF->BTF", x, read_weight(self.up, self.dtype))
         hidden = jax.nn.gelu(gate, approximate=True) * up  # [B, T, F]
-        return jnp.einsum("BTF,FD->BTD", hidden, self.down[...].astype(self.dtype))
+        return jnp.einsum("BTF,FD->BTD", hidden, read_weight(self.down, self.dtype))
 
 
 def apply_rope(x: jax.Array, *, positions: jax.Array, base: float) -> jax.Array:

@@ -34,6 +34,7 @@ from gemini_jax.model.layers import (
     param,
 )
 from gemini_jax.model.mask import attention_mask
+from gemini_jax.model.quant import read_weight
 from gemini_jax.model.transformer import Block
 
 
@@ -60,14 +61,14 @@ class AttentionPool(nnx.Module):
         dtype = self.dtype
         batch = features.shape[0]
         features = features.astype(dtype)
-        q = jnp.einsum("QD,DNH->QNH", queries.astype(dtype), self.q[...].astype(dtype))
+        q = jnp.einsum("QD,DNH->QNH", queries.astype(dtype), read_weight(self.q, dtype))
         q = jnp.broadcast_to(q[None], (batch, *q.shape))  # [B, Q, N, H]
-        k = jnp.einsum("BPD,DNH->BPNH", features, self.k[...].astype(dtype))
-        v = jnp.einsum("BPD,DNH->BPNH", features, self.v[...].astype(dtype))
+        k = jnp.einsum("BPD,DNH->BPNH", features, read_weight(self.k, dtype))
+        v = jnp.einsum("BPD,DNH->BPNH", features, read_weight(self.v, dtype))
         num_queries = queries.shape[0]
         pool_mask = jnp.broadcast_to(mask[:, None, :], (batch, num_queries, mask.shape[1]))  # [B, Q, P]
         pooled = dot_product_attention(q, k, v, mask=pool_mask)  # [B, Q, N, H]
-        return jnp.einsum("BQNH,NHD->BQD", pooled, self.o[...].astype(dtype))
+        return jnp.einsum("BQNH,NHD->BQD", pooled, read_weight(self.o, dtype))
 
 
 class SiglipBlock(nnx.Module):

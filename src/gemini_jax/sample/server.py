@@ -30,14 +30,25 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from gemini_jax.data.encode import EncodeError
 from gemini_jax.data.examples import ExampleError
 from gemini_jax.data.media import MediaError
 from gemini_jax.data.tokenizer import TokenizerError
-from gemini_jax.sample.chat_api import APIError, ChatRequest, chunk_body, completion_body, parse_chat_request
+from gemini_jax.sample.chat_api import (
+    APIError,
+    ChatRequest,
+    chunk_body,
+    completion_body,
+    parse_chat_request,
+)
 from gemini_jax.sample.engine import Engine, Event, QueueFull
 
 

@@ -28,12 +28,16 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from gemini_jax import batch as batch_keys
-from gemini_jax.checkpoint import Checkpointer
+from gemini_jax import sharding
+from gemini_jax.checkpoint import Checkpointer, check_trainable
 from gemini_jax.config import ModelConfig, config_to_dict
 from gemini_jax.model import Gemini
-from gemini_jax import sharding
 from gemini_jax.train.metrics import LOSS_PLOT_FILE, MetricsLog, plot_losses
-from gemini_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from gemini_jax.train.optimizer import (
+    OptimizerConfig,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 MODEL_INPUT_KEYS = tuple(k for k in batch_keys.ALL_KEYS if k not in ("targets", "loss_mask"))
 
@@ -218,6 +222,7 @@ def train(
     schedule.
     """
     run_dir = Path(run_dir)
+    check_trainable(run_dir)
     model = Gemini(config, rngs=nnx.Rngs(train_config.seed))
     mesh = None if train_config.mesh is None else sharding.make_mesh(train_config.mesh)
     trainer = Trainer(model, train_config.optimizer, mesh=mesh)

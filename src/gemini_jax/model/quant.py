@@ -1,0 +1,273 @@
+"""Weight-only integer quantization: group-wise symmetric scales, dequantized inside the step.
+
+    quantize_model(model, group_size=32, bits=4)   # in place: dense weights -> QuantizedWeight
+    w = read_weight(module.q, dtype)               # what every layer does with a weight
+
+A weight W is cut into groups of `group_size` consecutive entries along one of its input
+(contraction) axes; each group g keeps one scale s_g = max|W_g| / q_max (q_max = 7 for 4 bits)
+and codes c = round(W / s_g) in [-q_max, q_max], so that |W - c * s_g| <= s_g / 2. Scales along
+the contraction axis (not the output axis) are what GPTQ, AWQ and llama.cpp use: an outlier
+row of the input only coarsens its own groups.
+
+In memory codes are `jnp.int4` (or int8), not packed bytes: XLA then knows their width and may
+fuse the int4 -> bf16 conversion into the GPU matmul, so that a decode step reads half a byte
+per weight (to be measured on a GPU with benchmarks/decode.py; on CPU an int4 array takes one
+byte per value in memory). In a
+checkpoint they are packed two per uint8 (`to_storage`): Orbax writes an int4 array one byte
+per value (measured: the same bytes as int8), so explicit packing is what gets the file to
+~0.56 bytes per parameter at group 32 (0.5 for the codes + 2 / 32 for the bf16 scales).
+
+Why not qwix: its PTQ provider finds weights by intercepting `jnp.einsum`/`dot_general`
+during a traced forward pass (which here needs image, audio and video inputs to reach every
+layer), does not cover the tied embedding's `jnp.take` lookup, wraps only the methods it
+intercepts (our sampler calls `prefill` and `decode_step` on a merged graph), and saves its
+int4 arrays unpacked. The few functions below do what we need for our own einsum layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Collection
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+SCALE_DTYPE = jnp.bfloat16
+_CODE_DTYPES = {4: jnp.int4, 8: jnp.int8}
+
+
+class QuantizationError(ValueError):
+    """A weight or setting that cannot be quantized as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """codes int4|int8 [shape of W]; scales bf16 [the same, group axis divided by group size].
+
+    The group axis is the one axis where codes and scales differ in size (group size >= 2),
+    so a gathered slice (an embedding lookup) stays a valid QuantizedWeight.
+    """
+
+    codes: jax.Array
+    scales: jax.Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @property
+    def group_axis(self) -> int:
+        [axis] = [i for i, (c, s) in enumerate(zip(self.codes.shape, self.scales.shape)) if c != s]
+        return axis
+
+    def dequantize(self, dtype: jnp.dtype) -> jax.Array:
+        axis = self.group_axis
+        groups = self.scales.shape[axis]
+        split = self.shape[:axis] + (groups, self.shape[axis] // groups) + self.shape[axis + 1:]
+        codes = self.codes.astype(dtype).reshape(split)  # [..., G, g, ...]
+        scales = jnp.expand_dims(self.scales.astype(dtype), axis + 1)  # [..., G, 1, ...]
+        return (codes * scales).reshape(self.shape)
+
+    def take(self, indices: jax.Array) -> QuantizedWeight:
+        """Rows `indices` of a weight grouped along a later axis (the embedding lookup)."""
+        if self.group_axis == 0:
+            raise QuantizationError("take() needs groups along a later axis than the gathered one")
+        return QuantizedWeight(jnp.take(self.codes, indices, axis=0), jnp.take(self.scales, indices, axis=0))
+
+
+jax.tree_util.register_dataclass(QuantizedWeight)
+
+
+def read_weight(variable: nnx.Variable, dtype: jnp.dtype) -> jax.Array:
+    """A layer's weight in the compute dtype: a float parameter cast, a quantized one dequantized.
+
+    Called inside the compiled step, so only the codes and scales cross memory; the
+    dequantized copy is a temporary that XLA may fuse into the following matmul.
+    """
+    value = variable.get_value()
+    if isinstance(value, QuantizedWeight):
+        return value.dequantize(dtype)
+    return value.astype(dtype)
+
+
+def check_settings(*, group_size: int, bits: int) -> None:
+    if bits not in _CODE_DTYPES:
+        raise QuantizationError(f"bits must be one of {sorted(_CODE_DTYPES)}, got {bits}")
+    if group_size < 2:
+        raise QuantizationError(f"group size must be at least 2, got {group_size}")
+
+
+def _indivisible(shape: tuple[int, ...], axis: int, group_size: int) -> str:
+    dim = shape[axis]
+    return (f"group size {group_size} does not divide axis {axis} of a weight of shape {shape} (size {dim}); "
+            f"choose a group size that divides it (e.g. {math.gcd(dim, group_size)})")
+
+
+def quantize_array(w: jax.Array, *, axis: int, group_size: int, bits: int = 4) -> QuantizedWeight:
+    """Symmetric group-wise quantization of w along `axis` (see the module docstring)."""
+    check_settings(group_size=group_size, bits=bits)
+    axis = axis % w.ndim
+    dim = w.shape[axis]
+    if dim % group_size:
+        raise QuantizationError(_indivisible(tuple(w.shape), axis, group_size))
+    q_max = 2 ** (bits - 1) - 1
+    shape = tuple(w.shape)
+    split = shape[:axis] + (dim // group_size, group_size) + shape[axis + 1:]
+    grouped = w.astype(jnp.float32).reshape(split)  # [..., G, g, ...]
+    scales = (jnp.max(jnp.abs(grouped), axis=axis + 1) / q_max).astype(SCALE_DTYPE)  # [..., G, ...]
+    # Codes are computed against the stored (rounded) scale, so the error bound holds for it.
+    divisor = jnp.expand_dims(scales.astype(jnp.float32), axis + 1)
+    divisor = jnp.where(divisor == 0, 1.0, divisor)  # an all-zero group: codes 0, scale 0
+    codes = jnp.clip(jnp.round(grouped / divisor), -q_max, q_max).astype(jnp.int8).reshape(shape)
+    return QuantizedWeight(codes=codes.astype(_CODE_DTYPES[bits]), scales=scales)
+
+
+# One compiled program per weight shape: eager dispatch compiles each of its dozen ops instead.
+_quantize_jit = jax.jit(quantize_array, static_argnames=("axis", "group_size", "bits"))
+
+# Which parameter of which module class is quantized, and along which input axis its groups run.
+# q/k/v [D, N|K, H] contract D; o [N, H, D] contracts (N, H): groups run along H;
+# the tied table [V, D] contracts D when it makes logits (and is gathered along V).
+_RULES: dict[str, dict[str, int]] = {
+    "Attention": {"q": 0, "k": 0, "v": 0, "o": 1},
+    "GeGLU": {"gate": 0, "up": 0, "down": 0},
+    "Linear": {"kernel": 0},
+    "Embedder": {"table": 1},
+    "AttentionPool": {"q": 0, "k": 0, "v": 0, "o": 1},  # the vision encoder's pooling
+}
+_DECODER_PREFIXES = ("embedder", "decoder")
+
+
+def quantize_model(model: nnx.Module, *, group_size: int, bits: int = 4,
+                   names: Collection[str] | None = None) -> dict[str, Any]:
+    """Replaces the dense weights of `model` (in place) with QuantizedWeights; returns a report
+    {"quantized": [names], "kept_float": [names]}.
+
+    Decoder and embedding weights must divide by the group size (a clear error otherwise);
+    an encoder weight that does not is kept in float and listed under "kept_float", since the
+    encoders run once per prompt and are a small share of the bytes. `names` (a saved run's
+    "quantized" list) quantizes exactly those weights, so a run reads back as it was written
+    even if these rules change later.
+    """
+    check_settings(group_size=group_size, bits=bits)
+    wanted = None if names is None else set(names)
+    quantized, kept = [], []
+    for path, module in nnx.iter_graph(model):
+        rules = _RULES.get(type(module).__name__)
+        if not rules:
+            continue
+        name = ".".join(str(p) for p in path)
+        for attr, axis in rules.items():
+            full = f"{name}.{attr}"
+            variable = getattr(module, attr)
+            value = variable.get_value()
+            if isinstance(value, QuantizedWeight):
+                raise QuantizationError(f"{full} is already quantized")
+            indivisible = value.shape[axis] % group_size != 0
+            if indivisible and (name.startswith(_DECODER_PREFIXES) or (wanted and full in wanted)):
+                raise QuantizationError(f"{full}: {_indivisible(tuple(value.shape), axis, group_size)}")
+            if indivisible or (wanted is not None and full not in wanted):
+                kept.append(full)
+                continue
+            variable.set_value(_quantize_jit(value, axis=axis, group_size=group_size, bits=bits))
+            quantized.append(full)
+    if wanted is not None and wanted - set(quantized):
+        raise QuantizationError(f"weights {sorted(wanted - set(quantized))} are not dense weights of this model")
+    return {"quantized": quantized, "kept_float": kept}
+
+
+def _is_quantized(x: Any) -> bool:
+    return isinstance(x, QuantizedWeight)
+
+
+def to_storage(params: Any) -> Any:
+    """A params tree with QuantizedWeights -> plain dicts Orbax writes compactly: int4 codes
+    packed two per uint8 (flat: code 2i in the low nibble, 2i + 1 in the high one)."""
+    def store(x):
+        if not _is_quantized(x):
+            return x
+        codes = x.codes
+        if codes.dtype == jnp.int4:
+            codes = pack_int4(codes)
+        return {"codes": codes, "scales": x.scales}
+    return jax.tree.map(store, params, is_leaf=_is_quantized)
+
+
+def storage_like(params: Any) -> Any:
+    """The abstract storage tree (ShapeDtypeStructs) of an abstract params tree."""
+    def like(x):
+        if not _is_quantized(x):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype)
+        codes = x.codes
+        if codes.dtype == jnp.int4:
+            codes = jax.ShapeDtypeStruct((math.prod(codes.shape) // 2,), jnp.uint8)
+        return {"codes": jax.ShapeDtypeStruct(codes.shape, codes.dtype),
+                "scales": jax.ShapeDtypeStruct(x.scales.shape, x.scales.dtype)}
+    return jax.tree.map(like, params, is_leaf=_is_quantized)
+
+
+def from_storage(stored: Any, like: Any) -> Any:
+    """Inverse of `to_storage`, given the (abstract) params tree that says which leaves are quantized."""
+    def load(x, stored_leaf):
+        if not _is_quantized(x):
+            return stored_leaf
+        codes = stored_leaf["codes"]
+        if x.codes.dtype == jnp.int4:
+            codes = unpack_int4(codes, shape=x.codes.shape)
+        return QuantizedWeight(codes=codes, scales=stored_leaf["scales"])
+    return jax.tree.map(load, like, stored, is_leaf=_is_quantized)
+
+
+def pack_int4(codes: jax.Array) -> jax.Array:
+    """int4[...] (even size) -> uint8[size / 2], two's-complement nibbles."""
+    if math.prod(codes.shape) % 2:
+        raise QuantizationError(f"cannot pack an odd number of int4 values (shape {tuple(codes.shape)})")
+    nibbles = codes.astype(jnp.int8).reshape(-1, 2).astype(jnp.uint8) & 0xF  # [n/2, 2]
+    return nibbles[:, 0] | (nibbles[:, 1] << 4)
+
+
+def unpack_int4(packed: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
+    """uint8[n / 2] -> int4[shape]: inverse of `pack_int4`."""
+    nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1).astype(jnp.int8)  # [n/2, 2], 0..15
+    signed = jnp.where(nibbles >= 8, nibbles - 16, nibbles)  # two's complement
+    return signed.reshape(shape).astype(jnp.int4)
+
+
+def quantized_params_like(model: nnx.Module, *, group_size: int, bits: int,
+                          names: Collection[str] | None = None) -> Any:
+    """The params (a pure dict, QuantizedWeight leaves) that quantizing `model` would give, as
+    ShapeDtypeStructs: computed under eval_shape, so nothing is allocated or quantized."""
+    graphdef, state = nnx.split(model)
+
+    def quantized(state):
+        copy = nnx.merge(graphdef, state)
+        quantize_model(copy, group_size=group_size, bits=bits, names=names)
+        return nnx.to_pure_dict(nnx.state(copy, nnx.Param))
+
+    return jax.eval_shape(quantized, state)
+
+
+def set_params(model: nnx.Module, params: Any) -> None:
+    """Writes a pure-dict params tree (QuantizedWeight leaves allowed) into `model`'s Params."""
+    variables = {tuple(path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)}
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_quantized)
+    for keys, value in flat:
+        path = tuple(k.key for k in keys)
+        if path not in variables:
+            raise QuantizationError(f"parameter {'.'.join(map(str, path))} is not in the model")
+        variables[path].set_value(value)
+
+
+def param_count(tree: Any) -> int:
+    """Parameters of a tree (float or quantized): a QuantizedWeight counts its codes only."""
+    leaves = jax.tree.leaves(tree, is_leaf=_is_quantized)
+    return sum(math.prod(x.shape) for x in leaves)
+
+
+def numpy_nbytes(tree: Any) -> int:
+    """Bytes of a storage tree as Orbax would write them uncompressed."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

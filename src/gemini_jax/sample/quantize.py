@@ -1,0 +1,79 @@
+"""`gemini-jax quantize`: a float run directory -> a weight-only int4 (or int8) run directory.
+
+    gemini-jax quantize --checkpoint runs/demo --out runs/demo-int4 --group-size 32 --bits 4
+    gemini-jax eval --checkpoint runs/demo-int4          # generate, eval and serve read it as is
+
+The new run holds the same config.json and tokenizer.model, a quantization.json that says how
+it was quantized (so loading never guesses), and one checkpoint step with the parameters only
+(no optimizer state: a quantized run is for inference; training refuses it). Which weights
+are quantized and how is `gemini_jax.model.quant`'s business; this module handles the files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+
+from gemini_jax import checkpoint
+from gemini_jax.model import Gemini, quant
+
+
+def directory_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files under `path` (what the checkpoint costs on disk, before block rounding)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def quantize_run(source: str | os.PathLike, out: str | os.PathLike, *, group_size: int = 32, bits: int = 4,
+                 step: int | None = None) -> dict[str, Any]:
+    """Writes the quantized copy of run `source` (its latest step, or `step`) to `out`; returns a report
+    with the parameter count and the bytes per parameter of the saved checkpoint."""
+    source, out = Path(source), Path(out)
+    if checkpoint.read_quantization(source) is not None:
+        raise checkpoint.CheckpointError(f"{str(source)!r} is already quantized; quantize the float run it came from")
+    if out.exists() and any(out.iterdir()):
+        raise checkpoint.CheckpointError(f"output directory {str(out)!r} exists and is not empty")
+    config = checkpoint.read_config(source)
+    # Shapes only, then the restore allocates each parameter once (no random initialisation).
+    model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
+    step = checkpoint.load_params(source, model, step=step)
+    float_params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    float_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), float_params)
+    count = quant.param_count(float_params)
+    float_bytes = quant.numpy_nbytes(float_params)
+    del float_params
+
+    report = quant.quantize_model(model, group_size=group_size, bits=bits)
+    stored = quant.to_storage(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    checkpoint.write_run_files(out, config=config, tokenizer_path=checkpoint.tokenizer_path(source))
+    # The record goes first: a crash before the checkpoint completes leaves a run that says
+    # "no completed checkpoint" rather than one that would be read as float.
+    record = {"bits": bits, "group_size": group_size, "scale_dtype": jax.numpy.dtype(quant.SCALE_DTYPE).name,
+              "source": str(source.absolute()), "source_step": step,
+              "quantized": report["quantized"], "kept_float": report["kept_float"]}
+    checkpoint.write_quantization(out, record)
+    saver = checkpoint.Checkpointer(out, max_to_keep=1, async_save=False)
+    try:
+        saver.save(step, state={"params": stored}, meta={"step": step, "quantization": {"bits": bits,
+                                                                                        "group_size": group_size}})
+        saver.wait()
+    finally:
+        saver.close()
+    saved = directory_bytes(out / checkpoint.CHECKPOINTS_DIR / str(step))
+    return {
+        "out": str(out), "step": step, "bits": bits, "group_size": group_size, "parameters": count,
+        "quantized_weights": len(report["quantized"]), "kept_float": report["kept_float"],
+        "checkpoint_bytes": saved, "bytes_per_param": saved / count,
+        "float32_bytes_per_param": float_bytes / count,
+        "payload_bytes_per_param": quant.numpy_nbytes(stored) / count,
+        # What a decode step reads: the decoder and the tied embedding (the encoders run once per prompt).
+        "decoder_payload_bytes_per_param": (
+            sum(quant.numpy_nbytes(stored[k]) for k in ("embedder", "decoder"))
+            / sum(quant.param_count(float_shapes[k]) for k in ("embedder", "decoder"))
+        ),
+    }
+
