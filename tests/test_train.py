@@ -58,6 +58,23 @@ def test_loss_positions_give_the_full_masked_loss(build_model, tok, documents):
     assert positions.shape[1] < batch["loss_mask"].shape[1]  # fewer logits than tokens
 
 
+def test_an_update_with_non_finite_gradients_is_skipped_and_counted(build_model, tok, documents):
+    trainer = Trainer(build_model(CONFIG), OptimizerConfig(warmup_steps=1))
+    stream = text_stream(documents, tok)
+    before = jax.tree.map(np.array, trainer.params)
+    poisoned = next(stream)
+    poisoned["loss_mask"] = poisoned["loss_mask"].copy()
+    poisoned["loss_mask"][0, np.argmax(poisoned["loss_mask"][0] > 0)] = np.nan
+    metrics = trainer.step(poisoned)
+    assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_updates"]) == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, trainer.params), before)
+    for _ in range(2):  # the schedule's first learning rate is 0: the second update moves
+        metrics = trainer.step(next(stream))
+    assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped_updates"]) == 1
+    changed = jax.tree.map(lambda a, b: not np.array_equal(np.array(a), b), trainer.params, before)
+    assert any(jax.tree.leaves(changed))
+
+
 def test_a_short_run_lowers_the_loss(tmp_path, tok, documents):
     config = TrainConfig(steps=40, log_every=10, checkpoint_every=100, progress=False,
                          optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=5, total_steps=40))

@@ -1,4 +1,5 @@
-"""AdamW with linear warmup, cosine decay and global-norm clipping (Optax)."""
+"""AdamW with linear warmup, cosine decay and global-norm clipping (Optax), and updates with
+non-finite gradients skipped."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.98  # shorter memory than 0.999: steadier for short, noisy runs
     clip_norm: float = 1.0
+    # An update whose gradients hold a NaN or an infinity is skipped (parameters and Adam's
+    # moments stay as they were) and counted (`skipped_updates`). After this many in a row
+    # it is applied after all, so a run that cannot recover fails visibly instead of idling.
+    max_consecutive_skips: int = 20
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
@@ -37,7 +42,7 @@ def _decay_mask(params):
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    return optax.chain(
+    adamw = optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(
             learning_rate_schedule(config),
@@ -47,3 +52,9 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
             mask=_decay_mask,
         ),
     )
+    return optax.apply_if_finite(adamw, max_consecutive_errors=config.max_consecutive_skips)
+
+
+def skipped_updates(opt_state: optax.ApplyIfFiniteState) -> jax.Array:
+    """How many updates `make_optimizer`'s optimizer has skipped for non-finite gradients."""
+    return opt_state.total_notfinite

@@ -37,6 +37,7 @@ from gemini_jax.train.optimizer import (
     OptimizerConfig,
     learning_rate_schedule,
     make_optimizer,
+    skipped_updates,
 )
 
 MODEL_INPUT_KEYS = tuple(k for k in batch_keys.ALL_KEYS if k not in ("targets", "loss_mask"))
@@ -158,7 +159,8 @@ class Trainer:
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads),
+                                   "skipped_updates": skipped_updates(opt_state)}
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """One update on `batch`: the whole batch, or with a mesh this process's rows of it."""
@@ -277,10 +279,12 @@ def train(
             with jax.numpy_dtype_promotion("standard"):
                 lr = float(trainer.schedule(step))
             grad_norm = float(pending[-1][1]["grad_norm"])
+            skipped = int(pending[-1][1]["skipped_updates"])  # since the run began (checkpointed)
             if main:
                 log.write({
                     "kind": "train", "step": step, "loss": loss_value, "lr": lr,
-                    "grad_norm": grad_norm, "tokens_per_second": rate, "elapsed_s": now - started,
+                    "grad_norm": grad_norm, "skipped_updates": skipped, "tokens_per_second": rate,
+                    "elapsed_s": now - started,
                 })
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
             pending, window_tokens, window_start = [], 0, now
