@@ -138,6 +138,22 @@ def train_gemma_like_tokenizer(texts, *, vocab_size: int, path):
     return path
 
 
+def greedy_continuation(model, batch, steps: int) -> list[int]:
+    """`steps` greedy token ids after a one-row prompt batch, through prefill and cached decode steps."""
+    import jax.numpy as jnp
+
+    cache = model.init_cache(batch_size=1, max_len=batch["tokens"].shape[1] + steps)
+    out, cache = nnx.jit(lambda m, b, c: m.prefill(b, c))(model, batch, cache)
+    decode = nnx.jit(lambda m, t, c: m.decode_step(t, c))
+    token = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)  # [1]
+    ids = [int(token[0])]
+    for _ in range(steps - 1):
+        logits, cache = decode(model, token, cache)
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        ids.append(int(token[0]))
+    return ids
+
+
 def save_hf(model, directory, *, tokenizer):
     """A transformers model saved as a Hugging Face directory with `tokenizer` as its tokenizer.model."""
     import shutil

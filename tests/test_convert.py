@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_run, save_hf, train_gemma_like_tokenizer
+from conftest import greedy_continuation, load_run, save_hf, train_gemma_like_tokenizer
 from flax import nnx
 from PIL import Image
 from safetensors.numpy import load_file, save_file
@@ -150,16 +149,7 @@ def test_greedy_generation_matches_transformers(converted):
     theirs = theirs.numpy()[0, prompt.shape[1]:]
     assert theirs.shape == (steps,)
 
-    model = converted.model
-    cache = model.init_cache(batch_size=1, max_len=prompt.shape[1] + steps)
-    out, cache = nnx.jit(lambda m, b, c: m.prefill(b, c))(model, text_batch(prompt), cache)
-    decode = nnx.jit(lambda m, t, c: m.decode_step(t, c))
-    token = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)  # [1]
-    ours = [int(token[0])]
-    for _ in range(steps - 1):
-        logits, cache = decode(model, token, cache)
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        ours.append(int(token[0]))
+    ours = greedy_continuation(converted.model, text_batch(prompt), steps)
     np.testing.assert_array_equal(np.array(ours), theirs)
     assert len(set(ours)) > 8  # a real continuation, not one token repeated
 
