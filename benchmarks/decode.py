@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax.config import ModelConfig, get_preset
+from gemini_jax.config import ModelConfig, get_preset, override
 from gemini_jax.model import Gemini, quant
 
 H100_COPY_BANDWIDTH = 3.02e12  # bytes/s, device-to-device copy (bytes read + written), GPU.md
@@ -108,13 +108,24 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=H100_COPY_BANDWIDTH,
                         help="memory bandwidth in bytes/s for the roofline (default: the H100's measured copy)")
     parser.add_argument("--variants", default="float,int4", help="comma-separated: float, int4")
+    parser.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
+                        help="attention over the cache (auto: XLA, the faster for decode steps on the H100; cudnn forces the kernel)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                        help="override an integer ModelConfig field of the preset, e.g. --set mlp_dim=16384 "
+                             "(nano-1 with Gemma-2B's MLP is the Gemma-2B shape); repeatable")
     args = parser.parse_args()
 
-    config = dataclasses.replace(get_preset(args.preset), vision=None, audio=None)
+    changes = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if not value.lstrip("-").isdigit():
+            parser.error(f"--set expects FIELD=INT, got {item!r}")
+        changes[field] = int(value)
+    config = override(get_preset(args.preset).text_only, attention_impl=args.attention, **changes)
     dtype = jnp.dtype(config.dtype)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     results: dict[str, Any] = {
-        "preset": args.preset, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+        "preset": args.preset, "overrides": changes, "attention": args.attention, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
         "jax": jax.__version__, "compute_dtype": dtype.name, "prompt_len": args.prompt_len, "steps": args.steps,
         "bandwidth_bytes_per_s": args.bandwidth, "variants": {},
     }

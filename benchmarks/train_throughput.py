@@ -41,10 +41,17 @@ import numpy as np
 from flax import nnx
 
 from gemini_jax import sharding
-from gemini_jax.config import REMAT_POLICIES, ModelConfig, get_preset, override
+from gemini_jax.config import (
+    ATTENTION_IMPLS,
+    REMAT_POLICIES,
+    ModelConfig,
+    get_preset,
+    override,
+)
 from gemini_jax.model import Gemini
+from gemini_jax.train.loss import logits_chunk_tokens
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer
+from gemini_jax.train.trainer import Trainer, with_loss_positions
 
 H100_DENSE_BF16 = 989e12
 
@@ -92,16 +99,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after one untimed compiling step)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype (default: preset's)")
     parser.add_argument("--remat", choices=REMAT_POLICIES, default="none", help="decoder block remat policy")
+    parser.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                        help="attention implementation (auto: cuDNN on GPU in bfloat16, XLA elsewhere)")
+    parser.add_argument("--logits-chunk", type=int, default=None,
+                        help="tokens per vocabulary-projection chunk of the loss (default: train/loss.py's)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the loss alone and the loss with its gradients (no optimizer), "
+                             "to see where a step's time goes")
     parser.add_argument("--mesh", default=None, help="data=D,fsdp=F,tensor=T over all devices (default: one device)")
     parser.add_argument("--peak-flops", type=float, default=H100_DENSE_BF16,
                         help="peak FLOP/s of one device, the MFU denominator (default: H100 dense bf16)")
     args = parser.parse_args()
 
-    config = override(get_preset(args.preset).text_only, remat=args.remat,
+    config = override(get_preset(args.preset).text_only, remat=args.remat, attention_impl=args.attention,
+                      max_seq_len=max(args.seq_len, get_preset(args.preset).max_seq_len),
                       **({"dtype": args.dtype} if args.dtype else {}))
     mesh = None if args.mesh is None else sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
     devices = 1 if mesh is None else mesh.size
-    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(), mesh=mesh)
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(), mesh=mesh,
+                      logits_chunk_tokens=args.logits_chunk)
     batch = lm_batch(config, batch=args.batch, seq_len=args.seq_len)
 
     start = time.perf_counter()
@@ -113,17 +129,33 @@ def main() -> None:
     jax.block_until_ready((trainer.params, metrics))
     seconds = time.perf_counter() - start
 
+    breakdown = {}
+    if args.breakdown:  # after the timed steps: these programs hold their own buffers
+        prepared = with_loss_positions(batch) if mesh is None else None
+        if prepared is None:
+            parser.error("--breakdown times one device only (no --mesh)")
+        grad_fn = jax.jit(jax.value_and_grad(trainer._loss, has_aux=True))
+        for name, fn in (("loss_forward_s", trainer._loss_fn), ("loss_and_gradients_s", grad_fn)):
+            jax.block_until_ready(fn(trainer.params, prepared))
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                out = fn(trainer.params, prepared)
+            jax.block_until_ready(out)
+            breakdown[name] = (time.perf_counter() - start) / args.steps
+            del out
+
     flops = flops_per_token(config, args.seq_len)
     tokens = args.batch * args.seq_len * args.steps
     tflops = flops["train"] * tokens / seconds / 1e12
     print(json.dumps({
-        "preset": args.preset, "dtype": config.dtype, "remat": args.remat, "seq_len": args.seq_len,
+        "preset": args.preset, "dtype": config.dtype, "remat": args.remat, "attention": args.attention,
+        "logits_chunk_tokens": args.logits_chunk or logits_chunk_tokens(config.vocab_size), "seq_len": args.seq_len,
         "batch": args.batch, "steps": args.steps, "mesh": str(args.mesh or "none"), "devices": devices,
         "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
         "tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, "compile_s": compile_s,
         "model_tflops_per_s": tflops, "mfu": tflops * 1e12 / (args.peak_flops * devices),
         "peak_flops_per_device": args.peak_flops, "train_flops_per_token": flops["train"],
-        "loss": float(metrics["loss"]), **peak_memory(),
+        "loss": float(metrics["loss"]), **breakdown, **peak_memory(),
     }, indent=2))
 
 

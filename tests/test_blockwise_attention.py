@@ -200,7 +200,8 @@ def _same_params(model, config):
 def test_model_blockwise_matches_default(build_model):
     """Same logits and loss gradients with attention_impl="blockwise" (small blocks, so
     that the sequence spans several) as with the default dense path."""
-    config = PRESETS["test"].text_only
+    # Bidirectional prompts: a text-only model that honours the batch's spans.
+    config = dataclasses.replace(PRESETS["test"].text_only, prompt_attention="bidirectional")
     dense = build_model(config)
     blockwise = _same_params(dense, dataclasses.replace(config, attention_impl="blockwise", attention_block=8))
     batch = _text_batch(config, 27)
@@ -248,3 +249,54 @@ def test_prefill_blockwise_matches_default(build_model):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
         else:  # the cache's valid slots and write index
             np.testing.assert_array_equal(got, want)
+
+
+def test_causal_model_ignores_spans_on_every_path(build_model):
+    """A model with no encoders and causal prompts attends causally (`SegmentMask.causal`,
+    which lets cuDNN skip the keys above the diagonal): spans in its batch are ignored alike
+    by the dense and the blockwise path, and the logits equal the spanless batch's."""
+    config = PRESETS["test"].text_only  # prompt_attention="causal"
+    dense = build_model(config)
+    blockwise = _same_params(dense, dataclasses.replace(config, attention_impl="blockwise", attention_block=8))
+    batch = _text_batch(config, 27)  # packed, padded, with a bidirectional span
+    spanless = {**batch, "media_spans": jnp.zeros_like(batch["media_spans"])}
+    want = dense(spanless).logits
+    np.testing.assert_allclose(dense(batch).logits, want, atol=1e-6)
+    np.testing.assert_allclose(blockwise(batch).logits, want, atol=1e-5, rtol=1e-5)
+    # The same model with bidirectional prompts honours the span: different logits.
+    honouring = _same_params(dense, dataclasses.replace(config, prompt_attention="bidirectional"))
+    assert not np.allclose(honouring(batch).logits, want, atol=1e-3)
+    np.testing.assert_allclose(honouring(spanless).logits, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", ["one_document", "packed"])
+def test_causal_self_attention_matches_naive(rows):
+    """Both branches of the causal path: rows of one document (attended by length, the
+    mask-free kernel on GPU) and packed rows (attended under the mask), values and
+    gradients; padding queries give zeros."""
+    from gemini_jax.model.attention import causal_self_attention, one_document_per_row
+    from gemini_jax.model.mask import SegmentMask
+
+    q, k, v, w = _inputs(2, 13, 4, 1, head_dim=8)
+    if rows == "one_document":
+        segments = jnp.asarray([[3] * 13, [1] * 9 + [0] * 4], jnp.int32)
+    else:
+        segments = jnp.asarray([[1] * 6 + [2] * 7, [1] * 9 + [0] * 4], jnp.int32)
+    assert bool(one_document_per_row(segments)) == (rows == "one_document")
+    spans = jnp.zeros_like(segments)
+    mask = attention_mask(segment_ids=segments, media_spans=spans)
+
+    def loss(attend, q, k, v):
+        return jnp.sum(attend(q, k, v) * w)
+
+    def fast(q, k, v):
+        return causal_self_attention(q, k, v, segments=SegmentMask(segments, spans, causal=True))
+
+    got, got_grads = jax.value_and_grad(lambda *a: loss(fast, *a), argnums=(0, 1, 2))(q, k, v)
+    want, want_grads = jax.value_and_grad(lambda *a: loss(lambda *b: naive_attention(*b, mask), *a),
+                                          argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, r in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    out = fast(q, k, v)
+    np.testing.assert_array_equal(out[1, 9:], 0.0)

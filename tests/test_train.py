@@ -58,8 +58,22 @@ def test_loss_positions_give_the_full_masked_loss(build_model, tok, documents):
     assert positions.shape[1] < batch["loss_mask"].shape[1]  # fewer logits than tokens
 
 
+def test_vocabulary_chunked_loss_trains_like_the_plain_one(tok, documents):
+    """Two updates with the loss projected 7 tokens at a time (train/loss.py's fused
+    gradients) and in one piece: the same losses and parameters."""
+    stream = list(zip(range(2), text_stream(documents, tok)))
+    results = []
+    for chunk in (None, 7):  # each trainer donates its own freshly made (identical) parameters
+        trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1), logits_chunk_tokens=chunk)
+        losses = [float(trainer.step(batch)["loss"]) for _, batch in stream]
+        results.append((losses, jax.tree.map(np.array, trainer.params)))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[1][1], results[0][1])
+
+
 def test_an_update_with_non_finite_gradients_is_skipped_and_counted(build_model, tok, documents):
-    trainer = Trainer(build_model(CONFIG), OptimizerConfig(warmup_steps=1))
+    # Its own parameters: the trainer donates them, and build_model's are shared by other tests.
+    trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1))
     stream = text_stream(documents, tok)
     before = jax.tree.map(np.array, trainer.params)
     poisoned = next(stream)

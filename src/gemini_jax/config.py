@@ -181,12 +181,13 @@ class ModelConfig:
     then the answer and <eos>, with the whole prompt one bidirectional span (the layout an
     imported PaliGemma checkpoint was trained on; it knows no turn markers).
 
-    `attention_impl` is how the decoder attends in training, scoring and prefill (a
-    decode step always uses the dense path over its cache): "auto" builds the dense
-    [B, T, T] mask and lets `jax.nn.dot_product_attention` take cuDNN's fused kernel on
-    GPU (bfloat16, head_dim a multiple of 8) and XLA elsewhere; "xla" and "cudnn" force
-    one of those two; "blockwise" never builds a [T, T] matrix (model/blockwise.py), so
-    memory grows linearly with the length: the choice for long contexts on CPU/TPU.
+    `attention_impl` is how the decoder attends in training, scoring and prefill: "auto"
+    takes cuDNN's fused kernel on GPU (bfloat16, head_dim a multiple of 8) and XLA
+    elsewhere, given each row's length when rows hold one document of a causal model (no
+    mask read), else the dense [B, T, T] mask; "xla" and "cudnn" force one of those two;
+    "blockwise" never builds a [T, T] matrix (model/blockwise.py), so memory grows
+    linearly with the length: the choice for long contexts on CPU/TPU. A decode step
+    attends over its cache with XLA unless "cudnn" is forced.
     `attention_block` is its query and key block size (shorter sequences are one block).
 
     `remat` recomputes each decoder block's activations in the backward pass instead of

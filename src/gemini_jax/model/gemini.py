@@ -212,11 +212,17 @@ class Gemini(nnx.Module):
         self._check_text(batch, ("tokens",))
         return self._embed(batch)[0]
 
-    def _self_attention_mask(self, batch: Mapping[str, jax.Array]) -> jax.Array | SegmentMask:
-        """The decoder's mask over the whole batch: bool[B, T, T], or for blockwise attention
-        the ids it is computed from, so that no [T, T] array is ever built."""
-        segments = SegmentMask(segment_ids=batch["segment_ids"], media_spans=batch["media_spans"])
-        return segments if self.config.attention_impl == "blockwise" else segments.dense()
+    def _self_attention_mask(self, batch: Mapping[str, jax.Array]) -> SegmentMask:
+        """The decoder's mask over the whole batch, as the ids it is computed from: blockwise
+        attention never builds the [T, T] array, the other implementations build it per layer
+        (XLA computes it once)."""
+        config = self.config
+        # Without encoders and with causal prompts nothing is bidirectional (data/encode.py
+        # writes no spans for such a model), and the mask says so statically: spans given
+        # anyway are ignored, by every attention implementation alike.
+        causal = config.vision is None and config.audio is None and config.prompt_attention == "causal"
+        spans = jnp.zeros_like(batch["media_spans"]) if causal else batch["media_spans"]
+        return SegmentMask(segment_ids=batch["segment_ids"], media_spans=spans, causal=causal)
 
     # -- training / scoring ---------------------------------------------------------------
 

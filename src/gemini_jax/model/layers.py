@@ -104,16 +104,25 @@ class Embedder(nnx.Module):
         return x * jnp.asarray(math.sqrt(self.width), self.dtype)
 
     def decode(self, x: jax.Array) -> jax.Array:
-        # float32 logits: a bfloat16 softmax over a large vocabulary is too coarse.
-        table = self.table.get_value()
-        if isinstance(table, QuantizedWeight):
-            table = table.dequantize(self.dtype)
-        if table.dtype != jnp.float32:
-            # A quantized or 16-bit serving copy: multiplied in its own dtype, accumulated in
-            # float32. Promoting a 256K x 2048 table to float32 would cost 2 GB per decode step.
-            return jnp.einsum("BTD,VD->BTV", x.astype(table.dtype), table,
-                              preferred_element_type=jnp.float32)  # [B, T, V]
-        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), table)  # [B, T, V]
+        return tied_logits(self.table.get_value(), x, dtype=self.dtype)
+
+
+def tied_logits(table: jax.Array | QuantizedWeight, x: jax.Array, *, dtype: jnp.dtype) -> jax.Array:
+    """float32 logits x[B, T, D] @ table[V, D]^T in compute dtype `dtype`: a bfloat16 softmax
+    over a large vocabulary is too coarse, so 16-bit products accumulate in float32."""
+    if isinstance(table, QuantizedWeight):
+        table = table.dequantize(dtype)
+    if table.dtype == jnp.float32 and dtype != jnp.float32:
+        # bfloat16 compute over float32 master weights: the vocabulary projection is the
+        # largest matmul of a small model, and a float32 one runs at a fraction of the
+        # tensor cores' bfloat16 rate.
+        table = table.astype(dtype)
+    if table.dtype != jnp.float32:
+        # (A 16-bit serving copy is never promoted: a 256K x 2048 table in float32 would
+        # cost 2 GB per decode step.)
+        return jnp.einsum("BTD,VD->BTV", x.astype(table.dtype), table,
+                          preferred_element_type=jnp.float32)  # [B, T, V]
+    return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), table)  # [B, T, V]
 
 
 class Linear(nnx.Module):

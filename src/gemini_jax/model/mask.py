@@ -84,13 +84,19 @@ def attention_mask(
 class SegmentMask:
     """A self-attention mask given by what it is computed from: segment_ids and
     media_spans int32[B, T] (see `attention_mask`). Blockwise attention computes its
-    mask block by block from these; every other path builds `dense()` bool[B, T, T]."""
+    mask block by block from these; every other path builds `dense()` bool[B, T, T].
+
+    `causal` (static) promises that no query sees a later key: the model has no media
+    and no bidirectional prompts, so `media_spans` is all zero. cuDNN's kernel then skips
+    the key blocks above the diagonal, half of the work, instead of reading them masked.
+    """
 
     segment_ids: jax.Array
     media_spans: jax.Array
+    causal: bool = False
 
     def dense(self) -> jax.Array:
         return attention_mask(segment_ids=self.segment_ids, media_spans=self.media_spans)
 
 
-jax.tree_util.register_dataclass(SegmentMask)
+jax.tree_util.register_dataclass(SegmentMask, data_fields=["segment_ids", "media_spans"], meta_fields=["causal"])

@@ -12,6 +12,7 @@ run reproduces the losses of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from gemini_jax import sharding
 from gemini_jax.checkpoint import Checkpointer, check_trainable
 from gemini_jax.config import ModelConfig, config_to_dict
 from gemini_jax.model import Gemini
+from gemini_jax.model.layers import tied_logits
+from gemini_jax.train.loss import cross_entropy, masked_cross_entropy  # noqa: F401 (re-exported)
 from gemini_jax.train.metrics import LOSS_PLOT_FILE, MetricsLog, plot_losses
 from gemini_jax.train.optimizer import (
     OptimizerConfig,
@@ -67,14 +70,6 @@ class TrainResult:
     eval_metrics: dict[str, Any]
 
 
-def masked_cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over the positions whose loss_mask is 1, in float32; and that count."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)  # [B, T]
-    weight = loss_mask.astype(jnp.float32)
-    count = weight.sum()
-    return (losses * weight).sum() / jnp.maximum(count, 1.0), count
-
-
 def loss_positions_width(loss_mask: np.ndarray) -> int:
     """K of `with_loss_positions`: the most scored tokens of any row, rounded up to a power of
     two (at least 4) so that a task compiles a few shapes, not one per batch."""
@@ -108,8 +103,12 @@ class Trainer:
     traced under the mesh so the decoder's block-boundary constraints apply.
     """
 
-    def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None):
+    def __init__(
+        self, model: Gemini, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None,
+        logits_chunk_tokens: int | None = None,
+    ):
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.logits_chunk_tokens = logits_chunk_tokens  # None: train/loss.py's default for the vocabulary
         self.tx = make_optimizer(optimizer)
         self.schedule = learning_rate_schedule(optimizer)
         self.mesh = mesh
@@ -144,13 +143,21 @@ class Trainer:
         out = model(model_inputs(batch))
         # Logits only where the loss looks: answers are a few tokens of each row, and the
         # vocabulary projection is the costliest matmul of a small model. The full logits
-        # of `out` go unused, so XLA never computes them.
+        # of `out` go unused, so XLA never computes them; a large vocabulary is projected
+        # a chunk of tokens at a time (train/loss.py).
         positions = batch["loss_positions"]  # [B, K]
-        hidden = jnp.take_along_axis(out.hidden, positions[:, :, None], axis=1)  # [B, K, D]
-        logits = model.embedder.decode(hidden)  # [B, K, V]
-        targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
-        weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
-        return masked_cross_entropy(logits, targets, weights)
+        if positions.shape[1] == out.hidden.shape[1]:
+            # Every position may be scored (language modelling): the masked sum needs no
+            # reordering, and a gather (a scatter in the backward pass) of the whole hidden
+            # state would only cost time.
+            hidden, targets, weights = out.hidden, batch["targets"], batch["loss_mask"]
+        else:
+            hidden = jnp.take_along_axis(out.hidden, positions[:, :, None], axis=1)  # [B, K, D]
+            targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
+            weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
+        project = functools.partial(tied_logits, dtype=model.embedder.dtype)
+        return cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
+                             chunk_tokens=self.logits_chunk_tokens)
 
     def _step(self, params, opt_state, batch):
         (loss, count), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
