@@ -1,7 +1,8 @@
 """A child process for tests/test_sharding.py: it needs a device count of its own, which JAX
 fixes at start-up (the test process already has conftest's 4).
 
-    python tests/sharded_worker.py compare --devices 8            # single vs data=2,fsdp=2,tensor=2
+    python tests/sharded_worker.py compare --devices 8            # single vs data=2,fsdp=2,tensor=2;
+                                                                  # then recovery from an in-memory replica
     python tests/sharded_worker.py process --port P --process-id I  # one of 2 processes x 4 devices
     python tests/sharded_worker.py lower --devices 64 --preset nano-1,nano-2 --mesh data=4,fsdp=8,tensor=2
 
@@ -113,7 +114,48 @@ def compare(devices: int, mesh_text: str) -> dict:
     sharded, trainer = _train(mesh)
     specs = {jax.tree_util.keystr(p): str(s.spec)
              for p, s in jax.tree_util.tree_flatten_with_path(trainer.param_shardings)[0]}
-    return {"single": single, "sharded": sharded, "devices": len(jax.devices()), "specs": specs}
+    return {"single": single, "sharded": sharded, "devices": len(jax.devices()), "specs": specs,
+            "replica": _recover_from_replica(trainer)}
+
+
+def _recover_from_replica(trainer, extra_steps: int = 3) -> dict:
+    """Goes on from the sharded run's end for a few steps; then deletes the primary state, recovers
+    it from the in-memory replica taken at the end, and takes the same steps again. Also reports
+    where each array's replica sits against its primary."""
+    import jax
+
+    from gemini_jax.config import PRESETS
+    from gemini_jax.train.replica import Replica
+
+    config = PRESETS["test"]
+    replica = Replica()
+    replica.refresh(trainer, step=STEPS)
+    primary = jax.tree.map(lambda x: x.sharding, trainer.state())
+    copy = replica.arrays()
+
+    def go_on():
+        return [float(trainer.step(synthetic_batch(config, STEPS + i))["loss"]) for i in range(extra_steps)]
+
+    continued = go_on()
+    for array in jax.tree.leaves(trainer.state()):
+        array.delete()  # as if the devices' memory were lost
+    step, _ = replica.recover(trainer)
+    recovered = go_on()
+
+    leaves = []
+    for p, r in zip(jax.tree.leaves(primary), jax.tree.leaves(copy), strict=True):
+        shape = r.shape
+        p_slices, r_slices = p.devices_indices_map(shape), r.sharding.devices_indices_map(shape)
+        leaves.append({
+            "spec": str(p.spec),
+            "slices": len({str(index) for index in p_slices.values()}),
+            # mesh positions whose device differs between the primary and the replica
+            "moved_positions": int((p.mesh.devices != r.sharding.mesh.devices).sum()),
+            "positions": int(p.mesh.devices.size),
+            # devices that hold the same slice in both copies
+            "same_slice_devices": sum(str(p_slices[d]) == str(r_slices[d]) for d in p_slices),
+        })
+    return {"step": step, "continued": continued, "recovered": recovered, "leaves": leaves}
 
 
 def process(port: int, process_id: int, num_processes: int = 2, local_devices: int = 4) -> dict:

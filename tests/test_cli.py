@@ -125,6 +125,7 @@ def test_bad_input_gets_one_clear_line(run, capsys, tmp_path):
 
     message = _error(["train", "--preset", "enormous", "--run-dir", str(tmp_path / "r")], capsys)
     assert "unknown preset 'enormous'" in message and "demo" in message
+    assert "--replica-every" in _error(["train", "--replica-every", "-1", "--run-dir", str(tmp_path / "r")], capsys)
 
     assert "context" in _error(["generate", *ckpt, "word " * 400], capsys)
 

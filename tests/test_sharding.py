@@ -141,6 +141,19 @@ def test_data_fsdp_tensor_mesh_gives_the_single_device_losses(compared):
     assert compared["specs"]["['decoder']['blocks'][0]['mlp']['gate'].value"] == "P('fsdp', 'tensor')"
 
 
+@pytest.mark.slow
+def test_the_in_memory_replica_sits_on_other_devices_and_recovers_exactly(compared):
+    replica = compared["replica"]
+    # Deleting the primary state and recovering it from the replica gives the very same steps.
+    assert replica["step"] == 20 and replica["recovered"] == replica["continued"]
+    leaves = replica["leaves"]
+    # Every mesh position of every array has its copy on another device ...
+    assert all(leaf["moved_positions"] == leaf["positions"] == 8 for leaf in leaves)
+    # ... so no device holds both copies of a slice of an array split four ways (fsdp x tensor).
+    split = [leaf for leaf in leaves if leaf["slices"] == 4]
+    assert split and all(leaf["same_slice_devices"] == 0 for leaf in split)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

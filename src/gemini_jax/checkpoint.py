@@ -8,8 +8,12 @@
       quantization.json  only in a quantized run (`gemini-jax quantize`): bits, group size;
                          its checkpoint then holds {"params": ...} with packed codes and scales
 
-Orbax writes each step into a temporary directory and renames it when complete, so a crash
-during a save leaves the previous step usable. Inference restores the parameters only.
+Saves are asynchronous: `Checkpointer.save` returns once the arrays are copied off the
+devices, and training goes on while a background thread writes them; the next save (or
+`wait`) waits for the write in flight. Each step is written into a temporary directory
+(`<step>.orbax-checkpoint-tmp*`) that is renamed to `<step>` only when complete, so a crash
+or kill -9 during a save leaves the previous step usable; `latest_step` sees finished steps
+only, and the next Checkpointer deletes the leftover. Inference restores the parameters only.
 It lives outside `train/` so that serving and evaluation need no training code.
 """
 
@@ -117,11 +121,13 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=True,  # what a save cut short by a crash left behind
             ),
         )
 
     def latest_step(self) -> int | None:
+        """The newest finished step (never one whose save is still in flight or was cut short)."""
         return self._manager.latest_step()
 
     def save(self, step: int, *, state: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -50,11 +50,40 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                    help="shard training over all devices of all processes on a (data, fsdp, tensor) mesh; "
                    "the product must equal the device count (default: one device, no mesh)")
+    p.add_argument("--replica-every", type=int, default=0, metavar="N",
+                   help="every N steps, copy the training state (parameters, optimizer state, data position) "
+                   "in memory onto other devices (host memory on one device); a step that fails with a runtime "
+                   "error then restarts from that copy instead of from storage. It costs the state's memory "
+                   "again and does not survive the process dying (checkpoints do). 0: off")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-host: process 0's address (with --num-processes and --process-id); without "
                    "them a SLURM, MPI or Cloud TPU launcher is detected from its environment")
     p.add_argument("--num-processes", type=int, default=None, help="multi-host: processes in the run")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index, from 0")
+    p.add_argument("--sdc-check-every", type=_non_negative_int, default=0, metavar="N",
+                   help="every N steps compute the step twice from the same state and batch and compare the "
+                   "gradients and updated state bit for bit; a difference (silent data corruption: faulty "
+                   "hardware) stops the run, naming the step and the array, and is recorded in "
+                   "metrics.jsonl. A checked step costs twice the compute and two more copies of the "
+                   "parameters and optimizer state. It also sets XLA_FLAGS=--xla_gpu_deterministic_ops=true, "
+                   "without which GPU replays differ, and which slows GPU scatter-adds in every step (0: never)")
+    p.add_argument("--loss-spike-factor", type=_spike_factor, default=0.0, metavar="F",
+                   help="skip (and count as spike_skips in metrics.jsonl) an update whose loss exceeds F times "
+                   "the running mean of recent losses, after the first 100 steps; F must exceed 1 (0: off)")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _spike_factor(text: str) -> float:
+    value = float(text)
+    if not (value == 0 or value > 1):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or above 1, got {text}")
+    return value
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
@@ -289,8 +318,19 @@ def _run(args: argparse.Namespace) -> None:
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
         return
     if args.command == "train":
+        import os
+
+        from gemini_jax.config import ConfigError
         from gemini_jax.sharding import MeshShape, make_mesh
         from gemini_jax.train import distributed
+        from gemini_jax.train.replay import GPU_DETERMINISM_FLAG
+
+        if args.sdc_check_every and GPU_DETERMINISM_FLAG not in os.environ.get("XLA_FLAGS", ""):
+            # Read when the backend starts (below): replays on GPU agree only with it.
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {GPU_DETERMINISM_FLAG}".strip()
+
+        if args.replica_every < 0:
+            raise ConfigError(f"--replica-every must be 0 (off) or a number of steps, got {args.replica_every}")
 
         # Before anything else uses JAX (the demo's imports included): joining a cluster
         # must come before the first backend call.
@@ -308,7 +348,8 @@ def _run(args: argparse.Namespace) -> None:
             run_dir=args.run_dir, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, dtype=args.dtype, seed=args.seed,
             eval_every=args.eval_every, eval_limit=args.eval_limit, evaluate_at_end=not args.no_eval,
-            progress=not args.no_progress,
+            progress=not args.no_progress, sdc_check_every=args.sdc_check_every,
+            loss_spike_factor=args.loss_spike_factor, replica_every=args.replica_every,
         )
         _write_json(args.output, results)
     elif args.command == "eval":

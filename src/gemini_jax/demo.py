@@ -259,12 +259,15 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
                        dtype: str | None = None, seed: int = 0, eval_every: int = 0, eval_limit: int | None = None,
                        evaluate_at_end: bool = True, progress: bool = True, config: ModelConfig | None = None,
                        sizes: DemoSizes = DemoSizes(), recipe: DemoRecipe | None = None,
-                       mesh: MeshShape | None = None) -> dict[str, Any]:
+                       mesh: MeshShape | None = None, sdc_check_every: int = 0,
+                       loss_spike_factor: float = 0.0, replica_every: int = 0) -> dict[str, Any]:
     """`gemini-jax train`: the whole demo. Returns the final evaluation (and prints its table).
 
     `config` replaces the preset and `sizes` the corpus sizes (both for quick runs and tests);
     `recipe` replaces the default recipe (then `preset` and `seed` are the recipe's).
     `mesh` shards training over all devices (sharding.py); None trains on one.
+    `sdc_check_every` and `loss_spike_factor` are TrainConfig's and OptimizerConfig's guards;
+    `replica_every` keeps an in-memory copy of the state to restart from (train/replica.py).
     """
     checkpoint.check_trainable(run_dir)  # before anything is written into it
     recipe = recipe or DemoRecipe(preset=preset, seed=seed)
@@ -291,10 +294,11 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     timings["data_setup_s"] = time.perf_counter() - start
     train_config = TrainConfig(
         steps=recipe.steps, seed=recipe.seed, eval_every=eval_every, progress=progress, mesh=mesh,
-        checkpoint_every=max(1, recipe.steps // 4),
+        checkpoint_every=max(1, recipe.steps // 4), sdc_check_every=sdc_check_every,
+        replica_every=replica_every,
         optimizer=OptimizerConfig(
             learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps, total_steps=recipe.steps,
-            weight_decay=recipe.weight_decay,
+            weight_decay=recipe.weight_decay, loss_spike_factor=loss_spike_factor,
         ),
     )
     quick = (lambda m: evaluate(m, tokenizer, corpus, limit=200, progress=False)) if eval_every else None

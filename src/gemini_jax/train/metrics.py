@@ -23,12 +23,24 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # a last line cut short by a kill mid-write
+            if line.strip():
+                records.append(json.loads(line))
+        return records
 
     def truncate_after(self, step: int) -> None:
-        """Drops records past `step`, so a resumed run does not log the same steps twice."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        """Drops records past `step`, so a resumed run does not log the same steps twice.
+
+        Silent-data-corruption reports (kind "sdc") stay: they describe the hardware, and
+        the steps they name are usually the ones a resumed run repeats."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step or r.get("kind") == "sdc"]
+        # Written aside and renamed: a kill during the rewrite keeps the old log whole.
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike) -> None:

@@ -6,11 +6,16 @@ different shapes, so a handful of compilations happen in the first steps). Param
 optimizer state are donated, so the update happens in place.
 
 Resuming restores parameters, optimizer state and the data iterator's position, so a resumed
-run reproduces the losses of an uninterrupted one.
+run reproduces the losses of an uninterrupted one, after a clean stop or a kill -9 alike
+(checkpoints are atomic: see checkpoint.py). The step draws no random numbers (no dropout);
+the data pipeline's shuffling and augmentation are seeded and part of the iterator's state.
+With `replica_every`, a step that fails with a runtime error restarts from an in-memory copy
+of the state instead (replica.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -41,7 +46,15 @@ from gemini_jax.train.optimizer import (
     learning_rate_schedule,
     make_optimizer,
     skipped_updates,
+    spike_skips,
 )
+from gemini_jax.train.replay import (
+    SilentDataCorruptionError,
+    check_replay,
+    fingerprint,
+    require_deterministic_backend,
+)
+from gemini_jax.train.replica import Replica
 
 MODEL_INPUT_KEYS = tuple(k for k in batch_keys.ALL_KEYS if k not in ("targets", "loss_mask"))
 
@@ -58,6 +71,12 @@ class TrainConfig:
     # None: one device, no mesh (the path of old). A MeshShape shards over every device of
     # every process (sharding.py); `data` then yields this process's share of each batch.
     mesh: sharding.MeshShape | None = None
+    # Every this many steps the step is computed twice and the results compared bit for bit
+    # (replay.py); a difference raises SilentDataCorruptionError. 0: never.
+    sdc_check_every: int = 0
+    # Steps between refreshes of the in-memory copy of the state (replica.py) that a step
+    # failing with a runtime error restarts from, without reading storage; 0: no copy.
+    replica_every: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +134,8 @@ class Trainer:
         if mesh is None:
             self.opt_state = self.tx.init(self.params)
             self._step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+            self._gradients_fn = jax.jit(self._gradients)
+            self._checked_update_fn = jax.jit(self._checked_update)
         else:
             # A model from nnx.eval_shape holds ShapeDtypeStructs: then nothing is allocated,
             # and the step can only be lowered (`lower`), e.g. for a mesh bigger than this host.
@@ -132,6 +153,9 @@ class Trainer:
                 self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
             self._step_fn = jax.jit(self._step, donate_argnums=(0, 1),
                                     out_shardings=(self.param_shardings, self.opt_shardings, replicated))
+            self._gradients_fn = jax.jit(self._gradients, out_shardings=(replicated, self.param_shardings))
+            self._checked_update_fn = jax.jit(
+                self._checked_update, out_shardings=(self.param_shardings, self.opt_shardings, replicated, replicated))
         self._loss_fn = jax.jit(self._loss)
 
     @property
@@ -159,29 +183,74 @@ class Trainer:
         return cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
                              chunk_tokens=self.logits_chunk_tokens)
 
-    def _step(self, params, opt_state, batch):
-        (loss, count), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
+    def _gradients(self, params, batch):
+        return jax.value_and_grad(self._loss, has_aux=True)(params, batch)  # ((loss, count), grads)
+
+    def _update(self, params, opt_state, loss_and_count, grads):
+        loss, count = loss_and_count
         # Optax mixes Python scalars with int32 step counts; it is written for standard
         # promotion, while our own code also passes under strict promotion (the tests' mode).
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = self.tx.update(grads, opt_state, params)
+            updates, opt_state = self.tx.update(grads, opt_state, params, value=loss)
             params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads),
-                                   "skipped_updates": skipped_updates(opt_state)}
+                                   "skipped_updates": skipped_updates(opt_state),
+                                   "spike_skips": spike_skips(opt_state)}
 
-    def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """One update on `batch`: the whole batch, or with a mesh this process's rows of it."""
+    def _step(self, params, opt_state, batch):
+        return self._update(params, opt_state, *self._gradients(params, batch))
+
+    def _checked_update(self, params, opt_state, loss_and_count, grads):
+        params, opt_state, metrics = self._update(params, opt_state, loss_and_count, grads)
+        prints = {"gradients": fingerprint(grads), "params": fingerprint(params), "opt_state": fingerprint(opt_state)}
+        return params, opt_state, metrics, prints
+
+    def _device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
         if self.mesh is None:
-            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, with_loss_positions(batch))
-            return metrics
+            return with_loss_positions(batch)
         width = loss_positions_width(batch["loss_mask"])
         if jax.process_count() > 1:  # every process must build the same global shape
             from jax.experimental import multihost_utils
 
             width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
-        global_batch = sharding.global_batch(with_loss_positions(batch, width=width), self.mesh)
-        with jax.set_mesh(self.mesh):
-            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, global_batch)
+        return sharding.global_batch(with_loss_positions(batch, width=width), self.mesh)
+
+    def _in_mesh(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """One update on `batch`: the whole batch, or with a mesh this process's rows of it."""
+        batch = self._device_batch(batch)
+        with self._in_mesh():
+            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, batch)
+        return metrics
+
+    def checked_step(self, batch: Mapping[str, np.ndarray], *, step: int,
+                     corrupt: Callable[[Any], Any] | None = None) -> dict[str, jax.Array]:
+        """`step` (the update on `batch`), computed twice from the same arrays and compared bit
+        for bit (replay.py): raises SilentDataCorruptionError, leaving the state as it was,
+        when the two disagree. `corrupt(grads) -> grads` alters the second run's gradients
+        (tests: an injected fault).
+
+        Both runs use the same two compiled programs, gradients then update, neither of
+        which donates its inputs, since the second run needs them again. While it runs, the
+        inputs and both runs' outputs are alive: two more copies of the parameters and
+        optimizer state than a normal step holds (with AdamW, 6 floats per parameter), and a
+        checked step costs twice the compute.
+        (Gradients cross between the two programs, so a test injects its fault there without
+        compiling a third.)
+        """
+        require_deterministic_backend()
+        batch = self._device_batch(batch)
+        with self._in_mesh():
+            params, opt_state, metrics, first = self._checked_update_fn(
+                self.params, self.opt_state, *self._gradients_fn(self.params, batch))
+            loss_and_count, grads = self._gradients_fn(self.params, batch)
+            if corrupt is not None:
+                grads = corrupt(grads)
+            *_, replayed = self._checked_update_fn(self.params, self.opt_state, loss_and_count, grads)
+        check_replay(step, first, replayed)
+        self.params, self.opt_state = params, opt_state
         return metrics
 
     def lower(self, batch: Mapping[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
@@ -234,6 +303,8 @@ def train(
     check_trainable(run_dir)
     model = Gemini(config, rngs=nnx.Rngs(train_config.seed))
     mesh = None if train_config.mesh is None else sharding.make_mesh(train_config.mesh)
+    if train_config.sdc_check_every:
+        require_deterministic_backend()  # now, not at the first checked step
     trainer = Trainer(model, train_config.optimizer, mesh=mesh)
     checkpointer = Checkpointer(run_dir)
     log = MetricsLog(run_dir)
@@ -269,10 +340,21 @@ def train(
     window_tokens, window_start, total_tokens = 0, time.perf_counter(), 0
     loss_value, eval_metrics = math.nan, {}
     pending: list[tuple[int, dict[str, jax.Array], int]] = []
-    for step in range(start + 1, end + 1):
+
+    # One step's work is a function so that a failure anywhere in it can rewind the loop.
+    def run_step(step: int) -> None:
+        nonlocal pending, window_tokens, window_start, total_tokens, loss_value, eval_metrics
         batch = next(data)
         tokens = int(np.count_nonzero(batch["segment_ids"]))
-        metrics = trainer.step(batch)
+        try:
+            if train_config.sdc_check_every and step % train_config.sdc_check_every == 0:
+                metrics = trainer.checked_step(batch, step=step)
+            else:
+                metrics = trainer.step(batch)
+        except SilentDataCorruptionError as error:
+            if main:
+                log.write({"kind": "sdc", **error.record()})
+            raise
         pending.append((step, metrics, tokens))
         window_tokens += tokens
         total_tokens += tokens
@@ -287,10 +369,11 @@ def train(
                 lr = float(trainer.schedule(step))
             grad_norm = float(pending[-1][1]["grad_norm"])
             skipped = int(pending[-1][1]["skipped_updates"])  # since the run began (checkpointed)
+            spikes = int(pending[-1][1]["spike_skips"])  # likewise
             if main:
                 log.write({
-                    "kind": "train", "step": step, "loss": loss_value, "lr": lr,
-                    "grad_norm": grad_norm, "skipped_updates": skipped, "tokens_per_second": rate,
+                    "kind": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                    "skipped_updates": skipped, "spike_skips": spikes, "tokens_per_second": rate,
                     "elapsed_s": now - started,
                 })
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
@@ -301,6 +384,34 @@ def train(
                 log.write({"kind": "eval", "step": step, **eval_metrics})
         if step % train_config.checkpoint_every == 0 or step == end:
             save(step)
+        if replica is not None and step % train_config.replica_every == 0:
+            replica.refresh(trainer, step=step, data_state=data.get_state() if hasattr(data, "get_state") else None)
+
+    replica = Replica() if train_config.replica_every else None
+    recovered_from: int | None = None
+    step = start
+    while step < end:
+        step += 1
+        try:
+            run_step(step)
+        except jax.errors.JaxRuntimeError:
+            # A failed step (a device fault, a lost primary copy) surfaces here, at the step or
+            # when its metrics are read. Restart from the in-memory copy, once per copy: a
+            # failure that comes back before a fresh copy is not transient and propagates.
+            if replica is None or replica.step is None or replica.step == recovered_from:
+                raise
+            recovering = time.perf_counter()
+            step, data_state = replica.recover(trainer)
+            if data_state is not None:
+                data.set_state(data_state)
+            recovered_from = step
+            pending, window_tokens, window_start = [], 0, time.perf_counter()
+            bar.n = step
+            bar.refresh()
+            if main:
+                log.truncate_after(step)
+                log.write({"kind": "recovery", "step": step, "source": "in-memory replica",
+                           "seconds": time.perf_counter() - recovering})
     bar.close()
     wall = time.perf_counter() - started
     checkpointer.wait()
