@@ -17,6 +17,22 @@ from flax import nnx  # noqa: E402
 from gemini_jax.config import ModelConfig, VisionConfig  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, for the whole session: each new Trainer, model or
+    worker process compiles its programs afresh (the longest part of most tests on a small
+    machine), and with the cache the same program compiles once. Returns its directory, for
+    worker processes (JAX_COMPILATION_CACHE_DIR)."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.mktemp("jax_cache")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cc.reset_cache()  # the cache is set up once per process: from these settings now
+    return path
+
+
 def _test_value(path, leaf, rng: np.random.Generator) -> np.ndarray:
     """A random value for one parameter, at roughly the scale its initialiser would give,
     with non-zero norm scales and biases so that every parameter matters."""

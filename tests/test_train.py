@@ -37,26 +37,6 @@ from gemini_jax.train.trainer import (
 CONFIG = model_config()
 WORKER = Path(__file__).with_name("train_worker.py")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, for this module only. Every train() builds a new
-    Trainer whose step would compile afresh (the longest part of a short run on a small machine);
-    with the cache the later ones, and train_worker.py's processes, load the first one's."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.mktemp("jax_cache")
-    previous = {name: getattr(jax.config, name) for name in CACHE_SETTINGS}
-    for name, value in zip(CACHE_SETTINGS, (str(path), 0, -1), strict=True):
-        jax.config.update(name, value)
-    cc.reset_cache()  # the cache is set up once per process: from these settings now
-    yield path
-    for name, value in previous.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")
