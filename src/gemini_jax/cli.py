@@ -9,6 +9,7 @@
     gemini-jax convert --from-hf gemma-2b --to runs/gemma-2b     # a Hugging Face Gemma-1 checkpoint
     gemini-jax convert --from runs/gemma-2b --to-hf gemma-2b-hf  # and back
     gemini-jax quantize --checkpoint runs/demo --out runs/demo-int4   # int4 weights for generate/eval/serve
+    gemini-jax distill --teacher runs/demo --student-preset demo-half  # a half-size student of a run
 """
 
 from __future__ import annotations
@@ -84,6 +85,41 @@ def _spike_factor(text: str) -> float:
     if not (value == 0 or value > 1):
         raise argparse.ArgumentTypeError(f"must be 0 (off) or above 1, got {text}")
     return value
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="train a student preset on the demo corpus from a trained teacher run, then evaluate it",
+        description="Trains the student as `gemini-jax train --preset STUDENT` does (same corpus, data stream, "
+        "seed, schedule and final evaluation) with the teacher run's tokenizer, on the loss "
+        "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy at the scored tokens, where _T is "
+        "the softmax at temperature T. The teacher is frozen and runs in the same compiled step. Teacher and "
+        "student must share the vocabulary and the teacher's encoders with their input settings. Re-running "
+        "with the same --run-dir (and the same teacher) resumes from its last checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--teacher", required=True, metavar="RUN_DIR",
+                   help="the teacher: a run directory written by `gemini-jax train` (its latest checkpoint)")
+    p.add_argument("--student-preset", default="demo-half",
+                   help="the student's model preset (see `gemini-jax presets`); demo-half is half of demo")
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="softmax temperature T of both distributions in the KL term (> 0; higher is softer)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="the KL term's share of the loss, in [0, 1]; 0 is plain training on the targets")
+    p.add_argument("--run-dir", default="runs/distill",
+                   help="where the student's checkpoints, metrics.jsonl, loss.png and distillation.json go")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the demo recipe's)")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the student's initialisation and data order")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="at most this many test examples per task in the final evaluation (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
@@ -286,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_distill(sub)
     _add_eval(sub)
     _add_generate(sub)
     _add_serve(sub)
@@ -350,6 +387,17 @@ def _run(args: argparse.Namespace) -> None:
             eval_every=args.eval_every, eval_limit=args.eval_limit, evaluate_at_end=not args.no_eval,
             progress=not args.no_progress, sdc_check_every=args.sdc_check_every,
             loss_spike_factor=args.loss_spike_factor, replica_every=args.replica_every,
+        )
+        _write_json(args.output, results)
+    elif args.command == "distill":
+        from gemini_jax.train.distill import DistillConfig
+
+        results = demo.distill_and_evaluate(
+            teacher=args.teacher, student_preset=args.student_preset, run_dir=args.run_dir,
+            distill_config=DistillConfig(temperature=args.temperature, alpha=args.alpha),
+            cache_dir=args.cache_dir, steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, seed=args.seed, eval_limit=args.eval_limit,
+            evaluate_at_end=not args.no_eval, progress=not args.no_progress,
         )
         _write_json(args.output, results)
     elif args.command == "eval":

@@ -278,6 +278,17 @@ PRESETS: dict[str, ModelConfig] = {
                           max_seconds=8.0),
     ),
 }
+# A student for `gemini-jax distill --teacher runs/demo`: `demo` with every width 64 -> 40
+# (decoder 2 heads x 20; every MLP keeps its ratio to its width) at the same depth, since two
+# layers are already few: 203k parameters against 438k (decoder with its embedding 79.6k of
+# 164k, vision 57.0k of 114k, audio 66.3k of 160k, as `gemini-jax presets` counts them).
+# Everything the data pipeline reads (vocabulary, patches, soft tokens, mel frames) stays
+# `demo`'s, so both models read the very same batches.
+PRESETS["demo-half"] = dataclasses.replace(
+    PRESETS["demo"], width=40, head_dim=20, mlp_dim=120,
+    vision=dataclasses.replace(PRESETS["demo"].vision, width=40, mlp_dim=80),
+    audio=dataclasses.replace(PRESETS["demo"].audio, width=40, mlp_dim=80),
+)
 
 # -- The Gemini family at the report's sizes -----------------------------------------------
 #

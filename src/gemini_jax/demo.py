@@ -13,12 +13,13 @@ matrices and many updates learn more per minute there than a wider model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.sampling import SamplingParams
 from gemini_jax.sharding import MeshShape
-from gemini_jax.train import distributed
+from gemini_jax.train import distill, distributed
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import TrainConfig, train
+from gemini_jax.train.trainer import TrainConfig, Trainer, train
 
 MEDIA_TASKS = ("vqa", "asr", "video")
 ANSWER_TOKENS = {"vqa": 8, "asr": 24, "video": 8}
@@ -260,7 +261,9 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
                        evaluate_at_end: bool = True, progress: bool = True, config: ModelConfig | None = None,
                        sizes: DemoSizes = DemoSizes(), recipe: DemoRecipe | None = None,
                        mesh: MeshShape | None = None, sdc_check_every: int = 0,
-                       loss_spike_factor: float = 0.0, replica_every: int = 0) -> dict[str, Any]:
+                       loss_spike_factor: float = 0.0, replica_every: int = 0,
+                       tokenizer_file: str | Path | None = None,
+                       make_trainer: Callable[..., Trainer] = Trainer) -> dict[str, Any]:
     """`gemini-jax train`: the whole demo. Returns the final evaluation (and prints its table).
 
     `config` replaces the preset and `sizes` the corpus sizes (both for quick runs and tests);
@@ -268,6 +271,8 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     `mesh` shards training over all devices (sharding.py); None trains on one.
     `sdc_check_every` and `loss_spike_factor` are TrainConfig's and OptimizerConfig's guards;
     `replica_every` keeps an in-memory copy of the state to restart from (train/replica.py).
+    `tokenizer_file` replaces the demo's own tokenizer and `make_trainer` the Trainer (both
+    for `distill_and_evaluate`).
     """
     checkpoint.check_trainable(run_dir)  # before anything is written into it
     recipe = recipe or DemoRecipe(preset=preset, seed=seed)
@@ -284,7 +289,7 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     timings["corpus_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    tokenizer_file = prepare_tokenizer(corpus, vocab_size=config.vocab_size)
+    tokenizer_file = tokenizer_file or prepare_tokenizer(corpus, vocab_size=config.vocab_size)
     tokenizer = Tokenizer.load(tokenizer_file)
     timings["tokenizer_s"] = time.perf_counter() - start
     checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
@@ -302,7 +307,8 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
         ),
     )
     quick = (lambda m: evaluate(m, tokenizer, corpus, limit=200, progress=False)) if eval_every else None
-    result = train(config=config, run_dir=run_dir, data=data, train_config=train_config, evaluate=quick)
+    result = train(config=config, run_dir=run_dir, data=data, train_config=train_config, evaluate=quick,
+                   make_trainer=make_trainer)
     timings["training_s"] = result.wall_seconds
     _log(f"trained {result.step} steps in {result.wall_seconds:.0f} s, "
          f"{result.tokens_per_second:,.0f} tokens/s, final loss {result.final_loss:.4f}")
@@ -320,6 +326,31 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     summary = {**results, "run": timings}
     Path(run_dir, "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
+
+
+def distill_and_evaluate(*, teacher: str, student_preset: str = "demo-half", run_dir: str = "runs/distill",
+                         distill_config: distill.DistillConfig | None = None,
+                         config: ModelConfig | None = None, **options: Any) -> dict[str, Any]:
+    """`gemini-jax distill`: `train_and_evaluate` of the student preset (or `config`) with the
+    teacher run's tokenizer and the distillation loss.
+
+    Everything else is `gemini-jax train --preset <student>`'s: the same data stream, seed,
+    schedule and final evaluation, so a distilled and a scratch student compare step for
+    step. `options` are train_and_evaluate's (steps, batch_size, cache_dir, ...).
+    """
+    distill_config = distill_config or distill.DistillConfig()
+    teacher_model = distill.load_teacher(teacher)
+    config = config or get_preset(student_preset)
+    distill.check_compatible(teacher=teacher_model.config, student=config)
+    checkpoint.check_trainable(run_dir)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    # Only the student is checkpointed: this records what it learned from.
+    record = {"teacher": str(teacher), **dataclasses.asdict(distill_config)}
+    Path(run_dir, "distillation.json").write_text(json.dumps(record, indent=2) + "\n")
+    return train_and_evaluate(
+        run_dir=run_dir, preset=student_preset, config=config, tokenizer_file=checkpoint.tokenizer_path(teacher),
+        make_trainer=functools.partial(distill.DistillTrainer, teacher=teacher_model, distill=distill_config),
+        **options)
 
 
 def load(run_dir: str) -> tuple[Gemini, Tokenizer]:

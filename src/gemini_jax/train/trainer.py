@@ -291,13 +291,15 @@ def train(
     train_config: TrainConfig,
     evaluate: Callable[[Gemini], dict[str, Any]] | None = None,
     stop_after: int | None = None,
+    make_trainer: Callable[..., Trainer] = Trainer,
 ) -> TrainResult:
     """Trains (or resumes) the run in `run_dir` for `train_config.steps` steps.
 
     `data` is an iterator of batches (see batch.py); if it has `get_state`/`set_state` (a Grain
     iterator) its position is checkpointed. `evaluate(model)` returns metrics to log.
     `stop_after` ends the loop early at that step (to test resumption) without changing the
-    schedule.
+    schedule. `make_trainer(model, optimizer_config, mesh=mesh)` builds the Trainer: a
+    subclass trains with another loss (train/distill.py) in this same loop.
     """
     run_dir = Path(run_dir)
     check_trainable(run_dir)
@@ -305,7 +307,7 @@ def train(
     mesh = None if train_config.mesh is None else sharding.make_mesh(train_config.mesh)
     if train_config.sdc_check_every:
         require_deterministic_backend()  # now, not at the first checked step
-    trainer = Trainer(model, train_config.optimizer, mesh=mesh)
+    trainer = make_trainer(model, train_config.optimizer, mesh=mesh)
     checkpointer = Checkpointer(run_dir)
     log = MetricsLog(run_dir)
     # In a multi-host run every process trains; process 0 alone writes metrics and the plot
