@@ -17,8 +17,8 @@ copy: faster than a restore from storage, and the main reason its goodput rose f
 asynchronous), so training pays the dispatch; the copy costs the memory of the state again
 (parameters and both of Adam's moments). A failure while a copy is still in flight, within
 moments of a refresh, leaves no usable copy: recovery then fails, and the run has to be
-restarted from its last checkpoint. `recover` puts the copy back into a trainer's primary shardings, with the
-step and the data iterator's state it was taken at.
+restarted from its last checkpoint. `recover` puts the copy back into a trainer's primary
+shardings, with the step and the data iterator's state it was taken at.
 
 What it cannot do: the copy lives in this process, so it does not survive the process dying
 (a kill -9, a crash of the host that runs it); that is what checkpoints are for. `train()`
