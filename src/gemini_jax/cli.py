@@ -1,8 +1,10 @@
 """The `gemini-jax` command: thin argument parsing over the library.
 
     gemini-jax train                     # the embedded demo: build corpus, train, evaluate
+    gemini-jax train --task kv_retrieval --seq-len 512   # long context: key-value retrieval
     gemini-jax eval --checkpoint runs/demo --output results.json
     gemini-jax eval --checkpoint runs/demo --tasks mmlu,gsm8k --data-dir ~/benchmarks --limit 100
+    gemini-jax eval --checkpoint runs/kv_retrieval --tasks kv_retrieval,nll_by_position
     gemini-jax generate --checkpoint runs/demo --image shape.png "What color is the shape?"
     gemini-jax serve --checkpoint runs/demo --port 8000   # OpenAI-compatible chat API
     gemini-jax presets                   # the model family: shapes and parameter counts
@@ -20,19 +22,28 @@ import sys
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs/demo"
+TRAIN_TASKS = ("demo", "kv_retrieval")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the demo model on the embedded corpus, then evaluate it",
+        help="train the demo model on the embedded corpus (or the long-context retrieval recipe), then evaluate it",
         description="Builds the embedded demo corpus (cached), trains its tokenizer, trains one "
         "multimodal model on the mixture of tasks (easy-VQA, spoken-number transcription, video "
         "questions, standard-library code), then evaluates it on the held-out test sets. "
-        "Re-running with the same --run-dir resumes from its last checkpoint.",
+        "Re-running with the same --run-dir resumes from its last checkpoint. --task kv_retrieval instead "
+        "trains the preset's decoder (text only) on synthetic key-value retrieval at --seq-len tokens and "
+        "evaluates it by context length and position (src/gemini_jax/long_context.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="where checkpoints, metrics.jsonl and loss.png go")
+    p.add_argument("--task", choices=TRAIN_TASKS, default="demo",
+                   help="demo: the multimodal demo; kv_retrieval: the long-context recipe, a text-only decoder "
+                   "trained on synthetic key-value retrieval, evaluated by context length and position")
+    p.add_argument("--run-dir", default=None,
+                   help="where checkpoints, metrics.jsonl and loss.png go (default: runs/<task>)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="kv_retrieval: training row length in tokens, the longest context (default: the recipe's)")
     p.add_argument("--cache-dir", default=None,
                    help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
     p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
@@ -123,6 +134,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
+LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
 
@@ -136,17 +148,26 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "protocol (k-shot multiple choice by log-likelihood, greedy or maj@k generation, pass@k for code, 0-shot "
         "greedy for images, audio and video). Without benchmark tasks: the demo's held-out test sets (exact "
         "match for easy-VQA, transcription and video questions; word error rate; perplexity of held-out "
-        "standard-library code). Prints a table of {task: {metric: value}}.",
+        "standard-library code). Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
+        "by context length and the queried pair's position, and NLL by token position on held-out long "
+        "documents (plotted as a PNG). Prints a table of {task: {metric: value}}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
-                   + ",".join(DEMO_TASKS) + "); default: all demo sets")
+                   + ",".join(DEMO_TASKS) + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
+                   + "); default: all demo sets")
     p.add_argument("--data-dir", default=None,
                    help="benchmarks: the folder holding one sub-folder per task (humaneval needs none)")
     p.add_argument("--cache-dir", default=None, help="demo sets: the demo corpus cache (as for train)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many examples per task")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most this many examples per task (kv_retrieval: per length and position, default 100; "
+                   "nll_by_position: documents, default 32)")
+    p.add_argument("--lengths", default=None, metavar="N,N,...",
+                   help="long context: context lengths in tokens (default: 128, 256, ... up to the model's context)")
+    p.add_argument("--plot", default=None,
+                   help="nll_by_position: the PNG to write (default: nll_by_position.png in the checkpoint directory)")
     p.add_argument("--shots", type=int, default=None,
                    help="benchmarks: k for the k-shot tasks (default: each task's, e.g. 5 for MMLU, 8 for GSM8K); 0-shot "
                    "tasks (images, audio, video, HellaSwag, WMT, HumanEval) ignore it")
@@ -165,10 +186,22 @@ def _eval(args: argparse.Namespace) -> None:
     from gemini_jax.evals.tasks import TaskDataError
 
     tasks = [t.strip() for t in (args.tasks or ",".join(DEMO_TASKS)).split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in DEMO_TASKS + BENCHMARK_TASKS]
+    unknown = [t for t in tasks if t not in DEMO_TASKS + BENCHMARK_TASKS + LONG_CONTEXT_TASKS]
     if unknown:
         raise TaskDataError(f"unknown task(s) {', '.join(unknown)}; known benchmarks: {', '.join(BENCHMARK_TASKS)}; "
-                            f"demo sets: {', '.join(DEMO_TASKS)}")
+                            f"demo sets: {', '.join(DEMO_TASKS)}; long context: {', '.join(LONG_CONTEXT_TASKS)}")
+    long_context = [t for t in tasks if t in LONG_CONTEXT_TASKS]
+    if long_context:
+        if len(long_context) < len(tasks):
+            raise TaskDataError(f"evaluate the long-context tasks ({', '.join(long_context)}) in a run of their own")
+        from gemini_jax import long_context as recipe
+
+        lengths = _lengths(args.lengths)
+        results = recipe.evaluate_checkpoint(
+            args.checkpoint, tasks=tasks, lengths=lengths, per_cell=args.limit or 100, documents=args.limit or 32,
+            plot_path=args.plot, batch_size=args.batch_size or 16, progress=not args.no_progress)
+        _write_json(args.output, results)
+        return
     demo_tasks = [t for t in tasks if t in DEMO_TASKS]
     if demo_tasks and len(demo_tasks) < len(tasks):
         raise TaskDataError(f"evaluate the demo sets ({', '.join(demo_tasks)}) and benchmarks in separate runs")
@@ -189,6 +222,20 @@ def _eval(args: argparse.Namespace) -> None:
             args.checkpoint, tasks=tasks, data_dir=args.data_dir, settings=settings,
             batch_size=args.batch_size or 16, records_path=args.records, progress=not args.no_progress)
     _write_json(args.output, results)
+
+
+def _lengths(text: str | None) -> list[int] | None:
+    from gemini_jax.evals.tasks import TaskDataError
+
+    if text is None:
+        return None
+    try:
+        lengths = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise TaskDataError(f"--lengths takes positive token counts separated by commas (e.g. 256,512), got {text!r}")
+    return lengths
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -376,13 +423,23 @@ def _run(args: argparse.Namespace) -> None:
                                process_id=args.process_id)
         if mesh is not None:
             make_mesh(mesh)  # a mesh that does not fit the devices fails now, not after the corpus is built
+    if args.command == "eval":  # imports what its tasks need, no more
+        _eval(args)
+        return
+    if args.command == "train" and args.task == "kv_retrieval":
+        _train_retrieval(args, mesh)
+        return
     # Imported here so that `--help` answers at once, without loading JAX.
     from gemini_jax import demo
 
     if args.command == "train":
+        if args.seq_len is not None:
+            from gemini_jax.config import ConfigError
+
+            raise ConfigError("--seq-len is for --task kv_retrieval; the demo's lengths come from its corpus")
         results = demo.train_and_evaluate(
             mesh=mesh,
-            run_dir=args.run_dir, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
+            run_dir=args.run_dir or DEFAULT_RUN_DIR, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, dtype=args.dtype, seed=args.seed,
             eval_every=args.eval_every, eval_limit=args.eval_limit, evaluate_at_end=not args.no_eval,
             progress=not args.no_progress, sdc_check_every=args.sdc_check_every,
@@ -400,8 +457,6 @@ def _run(args: argparse.Namespace) -> None:
             evaluate_at_end=not args.no_eval, progress=not args.no_progress,
         )
         _write_json(args.output, results)
-    elif args.command == "eval":
-        _eval(args)
     elif args.command == "presets":
         from gemini_jax import family
         from gemini_jax.config import get_preset
@@ -415,6 +470,29 @@ def _run(args: argparse.Namespace) -> None:
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, seed=args.seed,
         ))
+
+
+def _train_retrieval(args: argparse.Namespace, mesh) -> None:
+    import dataclasses
+
+    from gemini_jax import long_context
+    from gemini_jax.config import ConfigError, override
+
+    if mesh is not None or args.num_processes:
+        raise ConfigError("--task kv_retrieval trains on one device: drop --mesh and the multi-host flags")
+    recipe = long_context.RetrievalRecipe(preset=args.preset, seed=args.seed)
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                 ("learning_rate", args.learning_rate), ("seq_len", args.seq_len)) if v is not None}
+    recipe = dataclasses.replace(recipe, **changes)
+    if args.eval_limit is not None:
+        recipe = dataclasses.replace(recipe, eval_per_cell=args.eval_limit)
+    config = long_context.model_config(recipe)
+    if args.dtype is not None:
+        config = override(config, dtype=args.dtype)
+    results = long_context.train_and_evaluate(run_dir=args.run_dir or long_context.DEFAULT_RUN_DIR, recipe=recipe,
+                                              config=config, evaluate_at_end=not args.no_eval,
+                                              eval_every=args.eval_every, progress=not args.no_progress)
+    _write_json(args.output, results)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
