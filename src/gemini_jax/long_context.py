@@ -64,7 +64,9 @@ class RetrievalRecipe:
     # The first share of the steps trains on rows of half the length, twice as many (16 x 256):
     # the key matching forms there. Measured, 3 blocks: at 512 x 8 from the start, the loss was
     # still 1.02 after 800 steps; 600 steps at 256 x 16 then 600 at 512 x 8 ended on the copying
-    # plateau (0.44, 7% exact match at 512).
+    # plateau (0.44, 7% exact match at 512). These defaults: matching from step ~850 (loss 0.27 ->
+    # 0.085 in 75 steps), 42% at 512 before any 512-token row, 84% 50 steps after the switch, and
+    # 98.4% at the end (1,194 s of training on 2 shared cores).
     short_share: float = 0.75
     learning_rate: float = 3e-3
     warmup_steps: int = 100
