@@ -25,6 +25,22 @@ DEFAULT_RUN_DIR = "runs/demo"
 TRAIN_TASKS = ("demo", "kv_retrieval")
 
 
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
+    """The demo recipe's training schedule, shared by train and distill."""
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the demo recipe's)")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+
+
+def _add_result_flags(p: argparse.ArgumentParser) -> None:
+    """The final evaluation and its report, shared by train and distill."""
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="at most this many test examples per task in the final evaluation (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -47,18 +63,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
     p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the demo recipe's)")
-    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    _add_schedule_flags(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute dtype (parameters stay float32; default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
     p.add_argument("--eval-every", type=int, default=0, help="steps between quick evaluations (0: only at the end)")
-    p.add_argument("--eval-limit", type=int, default=None,
-                   help="at most this many test examples per task in the final evaluation (default: all)")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_result_flags(p)
     p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                    help="shard training over all devices of all processes on a (data, fsdp, tensor) mesh; "
                    "the product must equal the device count (default: one device, no mesh)")
@@ -122,15 +132,9 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
                    help="where the student's checkpoints, metrics.jsonl, loss.png and distillation.json go")
     p.add_argument("--cache-dir", default=None,
                    help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the demo recipe's)")
-    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    _add_schedule_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed for the student's initialisation and data order")
-    p.add_argument("--eval-limit", type=int, default=None,
-                   help="at most this many test examples per task in the final evaluation (default: all)")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_result_flags(p)
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
