@@ -12,8 +12,9 @@ from evals_data import make_data_dir, write_run
 
 from gemini_jax import cli
 from gemini_jax.config import PRESETS
-from gemini_jax.evals.model import CheckpointModel, scoring_windows, truncate_at_stop
+from gemini_jax.evals.model import CheckpointModel, scoring_windows
 from gemini_jax.evals.tasks import Settings, get_task, run_task
+from gemini_jax.sample.streaming import truncate_at_stop
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=320, max_seq_len=128)
 TEXTS = ["The following are multiple choice questions (with answers) about astronomy.\nAnswer: B\n",

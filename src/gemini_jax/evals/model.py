@@ -36,14 +36,9 @@ from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import LENGTH_BUCKET, Sampler
 from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.streaming import truncate_at_stop
 
 Prompt = str | Example
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to (not including) the earliest occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 def text_prompt(text: str) -> Example:

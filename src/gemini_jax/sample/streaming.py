@@ -18,6 +18,17 @@ from collections.abc import Sequence
 REPLACEMENT = "\ufffd"
 
 
+def first_stop(text: str, stops: Sequence[str]) -> int:
+    """Where the earliest occurrence of any stop string begins in `text`, or -1."""
+    return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+
+
+def truncate_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
+    cut = first_stop(text, stops)
+    return text if cut < 0 else text[:cut]
+
+
 def _held_tail(text: str, stops: Sequence[str]) -> int:
     """Characters at the end of `text` that begin some stop string (and so may not be sent yet)."""
     held = 0
@@ -42,7 +53,7 @@ class TextStream:
     def update(self, text: str, *, final: bool = False) -> tuple[str, bool]:
         """Takes the request's whole decoded text so far; returns the new text that is safe to
         send and whether a stop string was found (the text is then cut just before it)."""
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = first_stop(text, self.stops)
         stopped = cut >= 0
         if stopped:
             text = text[:cut]
