@@ -4,6 +4,7 @@ towards a trained teacher run, and bad teachers are refused with clear errors.""
 import dataclasses
 import functools
 import inspect
+import json
 import textwrap
 
 import jax
@@ -25,7 +26,7 @@ from gemini_jax.train.distill import (
     load_teacher,
 )
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer
+from gemini_jax.train.trainer import TrainConfig, Trainer, train
 
 CONFIG = dataclasses.replace(PRESETS["test"].text_only, vocab_size=400)
 OPTIMIZER = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, total_steps=20)
@@ -103,6 +104,21 @@ def test_alpha_zero_is_plain_training_and_alpha_one_then_lowers_the_kl(teacher_r
     assert kl[-1] < 0.5 * kl[0], kl
     assert float(metrics[-1]["loss"]) == pytest.approx(4.0 * kl[-1], rel=1e-6)  # alpha * T^2 * KL
     assert float(metrics[-1]["cross_entropy"]) > 0
+
+
+def test_the_training_log_holds_both_parts_of_the_distillation_loss(teacher_run, text_batches, tmp_path):
+    run_dir, _ = teacher_run
+    _, batches = text_batches
+    config = TrainConfig(steps=4, log_every=2, progress=False, checkpoint_every=4, optimizer=OPTIMIZER)
+    make = functools.partial(DistillTrainer, teacher=load_teacher(run_dir), distill=DistillConfig(alpha=0.25))
+    train(config=CONFIG, run_dir=str(tmp_path / "student"), data=iter(batches), train_config=config,
+          make_trainer=make)
+    rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4]
+    for row in rows:  # each logged value is the mean over its interval, the loss as its parts
+        assert row["kl"] > 0 and row["cross_entropy"] > 0
+        assert row["loss"] == pytest.approx(0.25 * 4.0 * row["kl"] + 0.75 * row["cross_entropy"], rel=1e-5)
 
 
 def test_incompatible_teachers_are_refused_with_the_field_named():

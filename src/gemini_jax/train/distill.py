@@ -101,9 +101,11 @@ class DistillTrainer(Trainer):
     """A Trainer whose loss mixes the teacher's distributions with the targets (see the module
     docstring). `trainer.train(..., make_trainer=functools.partial(DistillTrainer, teacher=t))`.
 
-    The step metrics add `kl` and `cross_entropy`, the two parts of `loss`. A new
-    `trainer.distill` takes effect at the next step, without compiling again.
+    The step metrics add `kl` and `cross_entropy`, the two parts of `loss`, and metrics.jsonl
+    logs them. A new `trainer.distill` takes effect at the next step, without compiling again.
     """
+
+    logged_metrics = ("kl", "cross_entropy")
 
     def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, teacher: Gemini,
                  distill: DistillConfig = DistillConfig(), mesh: jax.sharding.Mesh | None = None):

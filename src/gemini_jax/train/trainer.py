@@ -122,6 +122,9 @@ class Trainer:
     traced under the mesh so the decoder's block-boundary constraints apply.
     """
 
+    # Scalars of a subclass's step metrics that the log averages over each interval, beside the loss.
+    logged_metrics: tuple[str, ...] = ()
+
     def __init__(
         self, model: Gemini, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None,
         logits_chunk_tokens: int | None = None,
@@ -377,6 +380,7 @@ def train(
                     "kind": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                     "skipped_updates": skipped, "spike_skips": spikes, "tokens_per_second": rate,
                     "elapsed_s": now - started,
+                    **{name: float(np.mean([float(m[name]) for _, m, _ in pending])) for name in trainer.logged_metrics},
                 })
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
             pending, window_tokens, window_start = [], 0, now
