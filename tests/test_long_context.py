@@ -4,6 +4,7 @@ computation, and the plot."""
 
 import dataclasses
 import inspect
+import json
 import textwrap
 
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from flax import nnx
 from gemini_jax import cli, long_context
 from gemini_jax.config import PRESETS
 from gemini_jax.data import kv_retrieval as kv
+from gemini_jax.data.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals import nll_position, retrieval
 
@@ -155,9 +157,78 @@ def test_held_out_documents_have_the_length_asked_for(tok):
     assert np.all(documents[:, 1:] != tok.bos_id)
 
 
+def test_text_windows_score_every_token_of_bos_led_windows_and_resume():
+    ids = np.arange(100, 400, dtype=np.int32)  # token i of the text is 100 + i: offsets are visible
+    rows = TextWindows(ids, seq_len=16, batch_size=3, bos_id=2, seed=5)
+    first, second = next(rows), next(rows)
+    assert {k: v.shape for k, v in first.items()} == {k: (3, 16) for k in
+                                                       ("tokens", "targets", "loss_mask", "segment_ids", "positions",
+                                                        "media_spans")}
+    assert np.all(first["tokens"][:, 0] == 2) and np.all(first["loss_mask"] == 1)
+    # Consecutive text: each input after <bos> is the previous target; targets run without a gap.
+    np.testing.assert_array_equal(first["tokens"][:, 1:], first["targets"][:, :-1])
+    assert np.all(np.diff(first["targets"], axis=1) == 1)
+    np.testing.assert_array_equal(first["positions"], np.broadcast_to(np.arange(16), (3, 16)))
+    assert not np.array_equal(first["targets"], second["targets"])
+    resumed = TextWindows(ids, seq_len=16, batch_size=3, bos_id=2, seed=5)
+    resumed.set_state(rows.get_state())
+    np.testing.assert_array_equal(next(resumed)["targets"], next(rows)["targets"])
+    with pytest.raises(ValueError, match="too few for rows of 400"):
+        TextWindows(ids, seq_len=400, batch_size=1, bos_id=2)
+
+
+def test_long_text_recipe_trains_and_plots_its_nll_by_position(build_model, tmp_path, monkeypatch):
+    """`train --task long_text` end to end on a tiny decoder: the loss falls and the run holds
+    its NLL-by-position table, plot and results."""
+    texts = [FILLER[: len(FILLER) // 2], FILLER[len(FILLER) // 2:]]
+    monkeypatch.setattr(long_context, "standard_library_files", lambda split: [texts[split == "test"]])
+    monkeypatch.setattr(nll_position, "standard_library_files", lambda split: [texts[split == "test"]])
+    config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=64).text_only
+    recipe = long_context.LongTextRecipe(seq_len=64, steps=30, batch_size=4, eval_documents=4, warmup_steps=5)
+    results = long_context.train_and_evaluate(run_dir=str(tmp_path / "run"), recipe=recipe, config=config,
+                                              progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert losses[-1] < np.log(config.vocab_size) - 0.5  # learnt more than a uniform guess
+    nll = results["nll_by_position"]
+    assert nll["documents"] == 4 and nll["length"] == 64 and "kv_retrieval" not in results
+    assert (tmp_path / "run" / long_context.PLOT_FILE).stat().st_size > 5000
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["task"] == "long_text"
+
+
 def test_the_cli_refuses_mixed_or_bad_long_context_requests(capsys):
     assert long_context.default_lengths(512) == [128, 256, 512] and long_context.default_lengths(300) == [128, 256, 300]
     assert cli.main(["eval", "--tasks", "kv_retrieval,mmlu"]) == 2
     assert "in a run of their own" in capsys.readouterr().err
     assert cli.main(["eval", "--tasks", "kv_retrieval", "--lengths", "256,x"]) == 2
     assert "--lengths takes positive token counts" in capsys.readouterr().err
+
+
+def test_decoding_against_a_full_32k_cache_equals_the_forward_pass(build_model):
+    """A prompt of 32,764 tokens prefilled (blockwise: no [T, T] matrix) into a 32,768-slot
+    cache, then 4 decode steps: each step's logits equal the full forward pass's at that
+    position, so positions near the end of the context are rotated and read correctly.
+    One block of one head keeps two 32K-token passes to seconds on a CPU; tests/test_model.py
+    checks deeper models with more heads against the forward pass at short lengths."""
+    length, steps = 32_768, 4
+    config = dataclasses.replace(PRESETS["test"], depth=1, num_heads=1, num_kv_heads=1, max_seq_len=length,
+                                 attention_impl="blockwise", attention_block=4096).text_only
+    model = build_model(config)
+    tokens = np.random.default_rng(3).integers(10, config.vocab_size, (1, length)).astype(np.int32)
+
+    def batch(n):
+        return {"tokens": jnp.asarray(tokens[:, :n]), "segment_ids": jnp.ones((1, n), jnp.int32),
+                "positions": jnp.arange(n, dtype=jnp.int32)[None], "media_spans": jnp.zeros((1, n), jnp.int32)}
+
+    # The last `steps` positions of one forward pass over all 32,768 tokens.
+    reference = nnx.jit(lambda m, b: m(b).logits[:, -steps:])(model, batch(length))
+    cache = model.init_cache(batch_size=1, max_len=length)
+    _, cache = nnx.jit(lambda m, b, c: m.prefill(b, c))(model, batch(length - steps), cache)
+    step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
+    for s in range(steps):
+        logits, cache = step(model, jnp.asarray(tokens[:, length - steps + s]), cache)
+        # Decode writes the token at its position and predicts the next: the forward pass's
+        # logits at that same position.
+        np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(reference[0, s]), atol=2e-4,
+                                   err_msg=f"decode step {s} (position {length - steps + s})")
+    assert int(cache.index[0]) == length

@@ -2,6 +2,7 @@
 
     gemini-jax train                     # the embedded demo: build corpus, train, evaluate
     gemini-jax train --task kv_retrieval --seq-len 512   # long context: key-value retrieval
+    gemini-jax train --task long_text --seq-len 2048     # long context: language modelling of long files
     gemini-jax eval --checkpoint runs/demo --output results.json
     gemini-jax eval --checkpoint runs/demo --tasks mmlu,gsm8k --data-dir ~/benchmarks --limit 100
     gemini-jax eval --checkpoint runs/kv_retrieval --tasks kv_retrieval,nll_by_position
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs/demo"
-TRAIN_TASKS = ("demo", "kv_retrieval")
+TRAIN_TASKS = ("demo", "kv_retrieval", "long_text")
 
 
 def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
@@ -35,7 +36,8 @@ def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
 def _add_result_flags(p: argparse.ArgumentParser) -> None:
     """The final evaluation and its report, shared by train and distill."""
     p.add_argument("--eval-limit", type=int, default=None,
-                   help="at most this many test examples per task in the final evaluation (default: all)")
+                   help="at most this many test examples per task in the final evaluation (kv_retrieval: per length "
+                   "and position; long_text: held-out documents; default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,16 +52,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "questions, standard-library code), then evaluates it on the held-out test sets. "
         "Re-running with the same --run-dir resumes from its last checkpoint. --task kv_retrieval instead "
         "trains the preset's decoder (text only) on synthetic key-value retrieval at --seq-len tokens and "
-        "evaluates it by context length and position (src/gemini_jax/long_context.py).",
+        "evaluates it by context length and position; --task long_text trains it on --seq-len-token "
+        "windows of standard-library code and plots its loss by token position "
+        "(src/gemini_jax/long_context.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--task", choices=TRAIN_TASKS, default="demo",
                    help="demo: the multimodal demo; kv_retrieval: the long-context recipe, a text-only decoder "
-                   "trained on synthetic key-value retrieval, evaluated by context length and position")
+                   "trained on synthetic key-value retrieval, evaluated by context length and position; "
+                   "long_text: that decoder trained on long documents, evaluated by NLL by token position")
     p.add_argument("--run-dir", default=None,
                    help="where checkpoints, metrics.jsonl and loss.png go (default: runs/<task>)")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="kv_retrieval: training row length in tokens, the longest context (default: the recipe's)")
+                   help="kv_retrieval and long_text: training row length in tokens, the longest context "
+                   "(default: the recipe's)")
     p.add_argument("--cache-dir", default=None,
                    help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
     p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
@@ -430,8 +436,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "eval":  # imports what its tasks need, no more
         _eval(args)
         return
-    if args.command == "train" and args.task == "kv_retrieval":
-        _train_retrieval(args, mesh)
+    if args.command == "train" and args.task != "demo":
+        _train_long_context(args, mesh)
         return
     # Imported here so that `--help` answers at once, without loading JAX.
     from gemini_jax import demo
@@ -440,7 +446,8 @@ def _run(args: argparse.Namespace) -> None:
         if args.seq_len is not None:
             from gemini_jax.config import ConfigError
 
-            raise ConfigError("--seq-len is for --task kv_retrieval; the demo's lengths come from its corpus")
+            raise ConfigError("--seq-len is for --task kv_retrieval or long_text; the demo's lengths come from its "
+                              "corpus")
         results = demo.train_and_evaluate(
             mesh=mesh,
             run_dir=args.run_dir or DEFAULT_RUN_DIR, cache_dir=args.cache_dir, preset=args.preset, steps=args.steps,
@@ -476,24 +483,25 @@ def _run(args: argparse.Namespace) -> None:
         ))
 
 
-def _train_retrieval(args: argparse.Namespace, mesh) -> None:
+def _train_long_context(args: argparse.Namespace, mesh) -> None:
     import dataclasses
 
     from gemini_jax import long_context
     from gemini_jax.config import ConfigError, override
 
     if mesh is not None or args.num_processes:
-        raise ConfigError("--task kv_retrieval trains on one device: drop --mesh and the multi-host flags")
-    recipe = long_context.RetrievalRecipe(preset=args.preset, seed=args.seed)
+        raise ConfigError(f"--task {args.task} trains on one device: drop --mesh and the multi-host flags")
+    recipe = long_context.RECIPES[args.task](preset=args.preset, seed=args.seed)
     changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                  ("learning_rate", args.learning_rate), ("seq_len", args.seq_len)) if v is not None}
     recipe = dataclasses.replace(recipe, **changes)
     if args.eval_limit is not None:
-        recipe = dataclasses.replace(recipe, eval_per_cell=args.eval_limit)
+        limit = "eval_per_cell" if args.task == "kv_retrieval" else "eval_documents"
+        recipe = dataclasses.replace(recipe, **{limit: args.eval_limit})
     config = long_context.model_config(recipe)
     if args.dtype is not None:
         config = override(config, dtype=args.dtype)
-    results = long_context.train_and_evaluate(run_dir=args.run_dir or long_context.DEFAULT_RUN_DIR, recipe=recipe,
+    results = long_context.train_and_evaluate(run_dir=args.run_dir, recipe=recipe,
                                               config=config, evaluate_at_end=not args.no_eval,
                                               eval_every=args.eval_every, progress=not args.no_progress)
     _write_json(args.output, results)

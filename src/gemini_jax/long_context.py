@@ -1,12 +1,15 @@
-"""The long-context recipe: a demo-size decoder trained on key-value retrieval, and the Gemini
-report's two long-context evaluations (section 5.1.5).
+"""The long-context recipes: a demo-size decoder trained on key-value retrieval or on long
+documents, and the Gemini report's two long-context evaluations (section 5.1.5).
 
-    gemini-jax train --task kv_retrieval --seq-len 512        # the recipe below, on 2 CPU cores
+    gemini-jax train --task kv_retrieval --seq-len 512        # RetrievalRecipe, on 2 CPU cores
+    gemini-jax train --task long_text --seq-len 2048          # LongTextRecipe
     gemini-jax eval --checkpoint runs/kv_retrieval --tasks kv_retrieval,nll_by_position --output results.json
 
 Training: rows of `seq_len` tokens (half as long, twice as many, for the first `short_share` of
 the steps) packed with retrieval examples of random length (pairs, filler from the training half
 of the standard library, then queries; the loss on the answers only; `data/kv_retrieval.py`).
+`long_text` trains on rows of `seq_len` consecutive tokens of the same training text, every
+token scored (`data/text_windows.py`), and is evaluated by NLL by position alone.
 Evaluation: exact match on held-out keys and filler, by context length and by the queried pair's
 position (`evals/retrieval.py`); and the mean negative log-likelihood of each token position of
 held-out long documents, as JSON and a PNG (`evals/nll_position.py`).
@@ -27,15 +30,15 @@ from typing import Any
 
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
-from gemini_jax.data.demo import is_test, stdlib_sources
 from gemini_jax.data.kv_retrieval import (
     POSITIONS,
-    STDLIB_BYTES,
     FillerSource,
     RetrievalSpec,
     TrainingRows,
     fixed_tokens,
+    standard_library_files,
 )
+from gemini_jax.data.text_windows import TextWindows
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.evals import nll_position, retrieval
 from gemini_jax.model import Gemini
@@ -43,7 +46,6 @@ from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import TrainConfig, train
 
 TASKS = ("kv_retrieval", "nll_by_position")
-DEFAULT_RUN_DIR = "runs/kv_retrieval"
 PLOT_FILE = "nll_by_position.png"
 SHORTEST_LENGTH = 128  # evaluation lengths are powers of two from here: 8 pairs and a query take ~100 tokens
 
@@ -77,11 +79,35 @@ class RetrievalRecipe:
     eval_documents: int = 32  # held-out documents of seq_len tokens for NLL by position
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LongTextRecipe:
+    """Language modelling of long documents: the NLL-by-position curve of a model that has
+    seen whole `seq_len`-token windows, where the report's loss keeps falling with position."""
+
+    preset: str = "demo"  # its decoder, text only, with `depth` blocks
+    depth: int = 2
+    seq_len: int = 2_048
+    steps: int = 800  # about 1 step a second on 2 CPU cores (blockwise attention)
+    batch_size: int = 4  # rows of seq_len tokens a step
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    seed: int = 0
+    eval_documents: int = 32  # held-out documents of seq_len tokens for NLL by position
+
+
+Recipe = RetrievalRecipe | LongTextRecipe
+RECIPES: dict[str, type[Recipe]] = {"kv_retrieval": RetrievalRecipe, "long_text": LongTextRecipe}
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def model_config(recipe: RetrievalRecipe) -> ModelConfig:
+def default_run_dir(recipe: Recipe) -> str:
+    return "runs/kv_retrieval" if isinstance(recipe, RetrievalRecipe) else "runs/long_text"
+
+
+def model_config(recipe: Recipe) -> ModelConfig:
     """The preset's decoder with a context of `seq_len`; past 1,024 tokens, blockwise attention,
     whose memory grows linearly with the length."""
     impl = "blockwise" if recipe.seq_len > 1024 else "auto"
@@ -94,7 +120,7 @@ def prepare_tokenizer(run_dir: str | Path, config: ModelConfig) -> Tokenizer:
     run_dir = Path(run_dir)
     if (run_dir / checkpoint.TOKENIZER_FILE).exists():
         return Tokenizer.load(run_dir / checkpoint.TOKENIZER_FILE)
-    texts = [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES) if not is_test(f"stdlib:{path}")]
+    texts = standard_library_files("train")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tokenizer.model"
         train_tokenizer(texts, vocab_size=config.vocab_size, path=path)
@@ -158,13 +184,25 @@ def print_results(results: dict[str, dict[str, Any]]) -> None:
             print(f"  {name:<20} {value:.3f}" if isinstance(value, float) else f"  {name:<20} {value}")
 
 
-def train_and_evaluate(*, run_dir: str = DEFAULT_RUN_DIR, recipe: RetrievalRecipe = RetrievalRecipe(),
+def training_rows(recipe: Recipe, tokenizer: Tokenizer) -> TrainingRows | TextWindows:
+    """The recipe's training batches, from the training half of the standard library."""
+    if isinstance(recipe, LongTextRecipe):
+        return TextWindows(tokenizer.encode("".join(standard_library_files("train"))), seq_len=recipe.seq_len,
+                           batch_size=recipe.batch_size, bos_id=tokenizer.bos_id, seed=recipe.seed)
+    return TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=recipe.seq_len, batch_size=recipe.batch_size, seed=recipe.seed,
+                        spec=recipe.spec, queries=recipe.queries, short_steps=int(recipe.short_share * recipe.steps))
+
+
+def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = RetrievalRecipe(),
                        evaluate_at_end: bool = True, eval_every: int = 0, progress: bool = True,
                        config: ModelConfig | None = None) -> dict[str, Any]:
-    """`gemini-jax train --task kv_retrieval`: trains (or resumes) the run, then evaluates it at
-    every power-of-two length up to `seq_len`; writes results.json and the NLL plot into the run.
-    `eval_every` steps, a quick exact match (10 examples per position at `seq_len`) goes to the
-    metrics log. `config` replaces the recipe's model (for tests)."""
+    """`gemini-jax train --task kv_retrieval|long_text`: trains (or resumes) the run, then
+    evaluates it (retrieval at every power-of-two length up to `seq_len`, and NLL by position;
+    a long_text run by NLL by position alone); writes results.json and the NLL plot into the run.
+    `eval_every` steps, a quick score goes to the metrics log: retrieval exact match (10 examples
+    per position at `seq_len`) or the mean NLL of 4 held-out documents. `config` replaces the
+    recipe's model (for tests)."""
+    run_dir = run_dir or default_run_dir(recipe)
     checkpoint.check_trainable(run_dir)
     config = config or model_config(recipe)
     if config.max_seq_len < recipe.seq_len:
@@ -172,11 +210,10 @@ def train_and_evaluate(*, run_dir: str = DEFAULT_RUN_DIR, recipe: RetrievalRecip
     tokenizer = prepare_tokenizer(run_dir, config)
     if tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} pieces, more than vocab_size {config.vocab_size}")
+    retrieval_task = isinstance(recipe, RetrievalRecipe)
     timings = {}
     start = time.perf_counter()
-    data = TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=recipe.seq_len,
-                        batch_size=recipe.batch_size, seed=recipe.seed, spec=recipe.spec, queries=recipe.queries,
-                        short_steps=int(recipe.short_share * recipe.steps))
+    data = training_rows(recipe, tokenizer)
     timings["data_setup_s"] = time.perf_counter() - start
     train_config = TrainConfig(
         steps=recipe.steps, seed=recipe.seed, progress=progress, checkpoint_every=max(1, recipe.steps // 4),
@@ -184,13 +221,16 @@ def train_and_evaluate(*, run_dir: str = DEFAULT_RUN_DIR, recipe: RetrievalRecip
         optimizer=OptimizerConfig(learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps,
                                   total_steps=recipe.steps),
     )
-    held_out = FillerSource.standard_library("test", tokenizer) if eval_every else None
 
     def quick(model: Gemini) -> dict[str, float]:
+        if not retrieval_task:
+            docs = nll_position.held_out_documents(tokenizer, length=recipe.seq_len, count=4)
+            return {"nll": float(nll_position.nll_by_position(model, docs, batch_size=4).mean())}
         scores = retrieval.evaluate(model, tokenizer, lengths=[recipe.seq_len], per_cell=10, spec=recipe.spec,
                                     source=held_out)
         return {"exact_match": scores["exact_match"]}
 
+    held_out = FillerSource.standard_library("test", tokenizer) if eval_every and retrieval_task else None
     result = train(config=config, run_dir=run_dir, data=data, train_config=train_config,
                    evaluate=quick if eval_every else None)
     timings["training_s"] = result.wall_seconds
@@ -199,12 +239,18 @@ def train_and_evaluate(*, run_dir: str = DEFAULT_RUN_DIR, recipe: RetrievalRecip
     results: dict[str, Any] = {}
     if evaluate_at_end:
         start = time.perf_counter()
-        results = evaluate(result.model, tokenizer, lengths=default_lengths(recipe.seq_len),
-                           per_cell=recipe.eval_per_cell, documents=recipe.eval_documents, spec=recipe.spec,
-                           plot_path=Path(run_dir) / PLOT_FILE, progress=progress)
+        if retrieval_task:
+            results = evaluate(result.model, tokenizer, lengths=default_lengths(recipe.seq_len),
+                               per_cell=recipe.eval_per_cell, documents=recipe.eval_documents, spec=recipe.spec,
+                               plot_path=Path(run_dir) / PLOT_FILE, progress=progress)
+        else:
+            results = evaluate(result.model, tokenizer, tasks=["nll_by_position"], lengths=[recipe.seq_len],
+                               documents=recipe.eval_documents, plot_path=Path(run_dir) / PLOT_FILE,
+                               progress=progress)
         timings["evaluation_s"] = time.perf_counter() - start
         print_results(results)
-    summary = {**results, "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))), "run": timings}
+    summary = {**results, "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
+               "task": "kv_retrieval" if retrieval_task else "long_text", "run": timings}
     Path(run_dir, "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 

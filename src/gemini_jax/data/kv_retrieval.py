@@ -106,6 +106,13 @@ class RetrievalExample:
         return out
 
 
+def standard_library_files(split: str) -> list[str]:
+    """The texts of the standard-library files of the demo's `split` (train or held-out test)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES) if is_test(f"stdlib:{path}") == (split == "test")]
+
+
 class FillerSource:
     """Lines of text with their token counts, from which fillers of a token budget are cut."""
 
@@ -123,9 +130,7 @@ class FillerSource:
     @classmethod
     def standard_library(cls, split: str, tokenizer: Tokenizer) -> FillerSource:
         """The standard-library files of the demo's `split` (train or held-out test), concatenated."""
-        sources = stdlib_sources(max_bytes=STDLIB_BYTES)
-        return cls("".join(text for path, text in sources if is_test(f"stdlib:{path}") == (split == "test")),
-                   tokenizer, split=split)
+        return cls("".join(standard_library_files(split)), tokenizer, split=split)
 
     def filler(self, rng: np.random.Generator, budget: int) -> list[str]:
         """Consecutive lines from a random place, as many as fit in about `budget` tokens."""

@@ -26,15 +26,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gemini_jax.data.demo import is_test, stdlib_sources
-from gemini_jax.data.kv_retrieval import STDLIB_BYTES
+from gemini_jax.data.kv_retrieval import standard_library_files
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 
 
 def held_out_documents(tokenizer: Tokenizer, *, length: int, count: int) -> np.ndarray:
     """int32[count, length]: `<bos>` then consecutive tokens of the held-out files, concatenated."""
-    text = "".join(source for path, source in stdlib_sources(max_bytes=STDLIB_BYTES) if is_test(f"stdlib:{path}"))
+    text = "".join(standard_library_files("test"))
     ids = np.asarray(tokenizer.encode(text), np.int32)
     available = len(ids) // (length - 1)
     if available < count:
