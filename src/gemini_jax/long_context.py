@@ -103,8 +103,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def default_run_dir(recipe: Recipe) -> str:
-    return "runs/kv_retrieval" if isinstance(recipe, RetrievalRecipe) else "runs/long_text"
+def task_name(recipe: Recipe) -> str:
+    """The `--task` that trains this recipe ("kv_retrieval" or "long_text")."""
+    return next(name for name, kind in RECIPES.items() if isinstance(recipe, kind))
 
 
 def model_config(recipe: Recipe) -> ModelConfig:
@@ -189,8 +190,9 @@ def training_rows(recipe: Recipe, tokenizer: Tokenizer) -> TrainingRows | TextWi
     if isinstance(recipe, LongTextRecipe):
         return TextWindows(tokenizer.encode("".join(standard_library_files("train"))), seq_len=recipe.seq_len,
                            batch_size=recipe.batch_size, bos_id=tokenizer.bos_id, seed=recipe.seed)
-    return TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=recipe.seq_len, batch_size=recipe.batch_size, seed=recipe.seed,
-                        spec=recipe.spec, queries=recipe.queries, short_steps=int(recipe.short_share * recipe.steps))
+    return TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=recipe.seq_len,
+                        batch_size=recipe.batch_size, seed=recipe.seed, spec=recipe.spec, queries=recipe.queries,
+                        short_steps=int(recipe.short_share * recipe.steps))
 
 
 def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = RetrievalRecipe(),
@@ -202,7 +204,7 @@ def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = Retrieval
     `eval_every` steps, a quick score goes to the metrics log: retrieval exact match (10 examples
     per position at `seq_len`) or the mean NLL of 4 held-out documents. `config` replaces the
     recipe's model (for tests)."""
-    run_dir = run_dir or default_run_dir(recipe)
+    run_dir = run_dir or f"runs/{task_name(recipe)}"
     checkpoint.check_trainable(run_dir)
     config = config or model_config(recipe)
     if config.max_seq_len < recipe.seq_len:
@@ -222,15 +224,18 @@ def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = Retrieval
                                   total_steps=recipe.steps),
     )
 
+    if eval_every and retrieval_task:
+        held_out = FillerSource.standard_library("test", tokenizer)
+    elif eval_every:
+        held_out = nll_position.held_out_documents(tokenizer, length=recipe.seq_len, count=4)
+
     def quick(model: Gemini) -> dict[str, float]:
         if not retrieval_task:
-            docs = nll_position.held_out_documents(tokenizer, length=recipe.seq_len, count=4)
-            return {"nll": float(nll_position.nll_by_position(model, docs, batch_size=4).mean())}
+            return {"nll": float(nll_position.nll_by_position(model, held_out, batch_size=4).mean())}
         scores = retrieval.evaluate(model, tokenizer, lengths=[recipe.seq_len], per_cell=10, spec=recipe.spec,
                                     source=held_out)
         return {"exact_match": scores["exact_match"]}
 
-    held_out = FillerSource.standard_library("test", tokenizer) if eval_every and retrieval_task else None
     result = train(config=config, run_dir=run_dir, data=data, train_config=train_config,
                    evaluate=quick if eval_every else None)
     timings["training_s"] = result.wall_seconds
@@ -240,17 +245,16 @@ def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = Retrieval
     if evaluate_at_end:
         start = time.perf_counter()
         if retrieval_task:
-            results = evaluate(result.model, tokenizer, lengths=default_lengths(recipe.seq_len),
-                               per_cell=recipe.eval_per_cell, documents=recipe.eval_documents, spec=recipe.spec,
-                               plot_path=Path(run_dir) / PLOT_FILE, progress=progress)
+            tasks, lengths = TASKS, default_lengths(recipe.seq_len)
+            retrieval_options = {"per_cell": recipe.eval_per_cell, "spec": recipe.spec}
         else:
-            results = evaluate(result.model, tokenizer, tasks=["nll_by_position"], lengths=[recipe.seq_len],
-                               documents=recipe.eval_documents, plot_path=Path(run_dir) / PLOT_FILE,
-                               progress=progress)
+            tasks, lengths, retrieval_options = ("nll_by_position",), [recipe.seq_len], {}
+        results = evaluate(result.model, tokenizer, tasks=tasks, lengths=lengths, documents=recipe.eval_documents,
+                           plot_path=Path(run_dir) / PLOT_FILE, progress=progress, **retrieval_options)
         timings["evaluation_s"] = time.perf_counter() - start
         print_results(results)
     summary = {**results, "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
-               "task": "kv_retrieval" if retrieval_task else "long_text", "run": timings}
+               "task": task_name(recipe), "run": timings}
     Path(run_dir, "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 

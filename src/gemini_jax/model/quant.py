@@ -4,8 +4,12 @@
     w = read_weight(module.q, dtype)               # what every layer does with a weight
 
 A weight W is cut into groups of `group_size` consecutive entries along one of its input
-(contraction) axes; each group g keeps one scale s_g = max|W_g| / q_max (q_max = 7 for 4 bits)
-and codes c = round(W / s_g) in [-q_max, q_max], so that |W - c * s_g| <= s_g / 2. Scales along
+(contraction) axes; each group g keeps one scale s_g and codes c = clip(round(W / s_g), -q_max,
+q_max) (q_max = 7 for 4 bits). The scale is r * max|W_g| / q_max for the clipping ratio r in
+CLIP_RATIOS that reconstructs the group with the least squared error: r = 1 never clips
+(|W - c * s_g| <= s_g / 2 everywhere) but spends codes on the group's largest entry alone; a
+smaller r clips that entry and resolves the rest more finely, which usually wins at 4 bits (the
+scale search of llama.cpp's k-quants and of MSE-calibrated PTQ). Scales along
 the contraction axis (not the output axis) are what GPTQ, AWQ and llama.cpp use: an outlier
 row of the input only coarsens its own groups.
 
@@ -107,6 +111,11 @@ def _indivisible(shape: tuple[int, ...], axis: int, group_size: int) -> str:
             f"choose a group size that divides it (e.g. {math.gcd(dim, group_size)})")
 
 
+# Clipping ratios tried for each group's scale: max|W_g| * ratio / q_max, the one whose codes
+# reconstruct the group with the least squared error is kept.
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
 def quantize_array(w: jax.Array, *, axis: int, group_size: int, bits: int = 4) -> QuantizedWeight:
     """Symmetric group-wise quantization of w along `axis` (see the module docstring)."""
     check_settings(group_size=group_size, bits=bits)
@@ -118,11 +127,26 @@ def quantize_array(w: jax.Array, *, axis: int, group_size: int, bits: int = 4) -
     shape = tuple(w.shape)
     split = shape[:axis] + (dim // group_size, group_size) + shape[axis + 1:]
     grouped = w.astype(jnp.float32).reshape(split)  # [..., G, g, ...]
-    scales = (jnp.max(jnp.abs(grouped), axis=axis + 1) / q_max).astype(SCALE_DTYPE)  # [..., G, ...]
-    # Codes are computed against the stored (rounded) scale, so the error bound holds for it.
-    divisor = jnp.expand_dims(scales.astype(jnp.float32), axis + 1)
-    divisor = jnp.where(divisor == 0, 1.0, divisor)  # an all-zero group: codes 0, scale 0
-    codes = jnp.clip(jnp.round(grouped / divisor), -q_max, q_max).astype(jnp.int8).reshape(shape)
+    absmax = jnp.max(jnp.abs(grouped), axis=axis + 1)  # [..., G, ...]
+
+    def fit(ratio):
+        # Codes are computed against the stored (rounded) scale, so the error is the stored one's.
+        scales = (absmax * ratio / q_max).astype(SCALE_DTYPE)
+        divisor = jnp.expand_dims(scales.astype(jnp.float32), axis + 1)
+        divisor = jnp.where(divisor == 0, 1.0, divisor)  # an all-zero group: codes 0, scale 0
+        codes = jnp.clip(jnp.round(grouped / divisor), -q_max, q_max)
+        error = jnp.sum(jnp.square(codes * divisor - grouped), axis=axis + 1)  # [..., G, ...]
+        return scales, codes, error
+
+    # One ratio at a time, keeping the best per group: a model-sized weight is never held
+    # once per ratio.
+    scales, codes, error = fit(CLIP_RATIOS[0])
+    for ratio in CLIP_RATIOS[1:]:
+        new_scales, new_codes, new_error = fit(ratio)
+        better = new_error < error
+        scales, error = jnp.where(better, new_scales, scales), jnp.where(better, new_error, error)
+        codes = jnp.where(jnp.expand_dims(better, axis + 1), new_codes, codes)
+    codes = codes.astype(jnp.int8).reshape(shape)
     return QuantizedWeight(codes=codes.astype(_CODE_DTYPES[bits]), scales=scales)
 
 
