@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after one untimed compiling step)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype (default: preset's)")
     parser.add_argument("--remat", choices=REMAT_POLICIES, default="none", help="decoder block remat policy")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="run the decoder blocks as one lax.scan (ModelConfig.scan_layers)")
     parser.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
                         help="attention implementation (auto: cuDNN on GPU in bfloat16, XLA elsewhere)")
     parser.add_argument("--logits-chunk", type=int, default=None,
@@ -111,7 +113,8 @@ def main() -> None:
                         help="peak FLOP/s of one device, the MFU denominator (default: H100 dense bf16)")
     args = parser.parse_args()
 
-    config = override(get_preset(args.preset).text_only, remat=args.remat, attention_impl=args.attention,
+    config = override(get_preset(args.preset).text_only, remat=args.remat, scan_layers=args.scan_layers,
+                      attention_impl=args.attention,
                       max_seq_len=max(args.seq_len, get_preset(args.preset).max_seq_len),
                       **({"dtype": args.dtype} if args.dtype else {}))
     mesh = None if args.mesh is None else sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
@@ -148,7 +151,8 @@ def main() -> None:
     tokens = args.batch * args.seq_len * args.steps
     tflops = flops["train"] * tokens / seconds / 1e12
     print(json.dumps({
-        "preset": args.preset, "dtype": config.dtype, "remat": args.remat, "attention": args.attention,
+        "preset": args.preset, "dtype": config.dtype, "remat": args.remat, "scan_layers": args.scan_layers,
+        "attention": args.attention,
         "logits_chunk_tokens": args.logits_chunk or logits_chunk_tokens(config.vocab_size), "seq_len": args.seq_len,
         "batch": args.batch, "steps": args.steps, "mesh": str(args.mesh or "none"), "devices": devices,
         "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,

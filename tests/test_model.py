@@ -214,6 +214,29 @@ def test_remat_recomputes_without_changing_gradients(build_model, model, policy)
                  nnx.state(grads(rematted), nnx.Param), nnx.state(grads(model), nnx.Param))
 
 
+@pytest.mark.parametrize("policy", ["none", "full"])
+def test_scanned_layers_equal_the_unrolled_stack(build_model, model, media, policy):
+    """scan_layers runs the same blocks on the same parameters: logits, parameter gradients and
+    the keys/values a prefill writes into the cache all match the unrolled decoder's."""
+    unrolled = build_model(override(CONFIG, remat=policy))
+    scanned = build_model(override(CONFIG, remat=policy, scan_layers=True))  # same seed: same parameters
+    batch, _ = _mm_batch(media)
+    np.testing.assert_allclose(np.asarray(forward(scanned, batch).logits), np.asarray(forward(unrolled, batch).logits),
+                               rtol=1e-5, atol=1e-5)
+
+    @nnx.jit
+    def grads(m):
+        return nnx.grad(lambda m: jnp.mean(jnp.square(m(batch).hidden)))(m)
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 nnx.state(grads(scanned), nnx.Param), nnx.state(grads(unrolled), nnx.Param))
+
+    prefill = nnx.jit(lambda m, b: m.prefill(b, m.init_cache(batch_size=2, max_len=40))[1])
+    for ours, theirs in zip(prefill(scanned, batch).layers, prefill(unrolled, batch).layers, strict=True):
+        np.testing.assert_allclose(np.asarray(ours.k), np.asarray(theirs.k), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ours.v), np.asarray(theirs.v), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_kv_heads,prefix_lm", [(2, False), (1, False), (1, True)], ids=["gqa", "mqa", "prefix-lm"])
 def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads, prefix_lm):
     config = override(CONFIG, num_kv_heads=num_kv_heads)

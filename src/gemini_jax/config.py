@@ -194,6 +194,10 @@ class ModelConfig:
     keeping them (training only): "none" keeps all, "full" keeps only the block's input,
     "dots" keeps matmul outputs, "dots_no_batch" keeps those without a batch dimension
     (weights-shaped products), JAX's `checkpoint_policies` of those names.
+
+    `scan_layers` runs the decoder blocks of training, scoring and prefill as one `lax.scan`
+    over their stacked parameters, so the step compiles one block rather than `depth` of them
+    (decode steps stay unrolled); the parameters and checkpoints are the same either way.
     """
 
     vocab_size: int
@@ -212,6 +216,7 @@ class ModelConfig:
     attention_impl: AttentionImpl = "auto"
     attention_block: int = 512
     remat: RematPolicy = "none"
+    scan_layers: bool = False
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
     image_token_id: int = IMAGE_TOKEN_ID
@@ -235,6 +240,8 @@ class ModelConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise ConfigError(f"scan_layers must be true or false, got {self.scan_layers!r}")
         if not (isinstance(self.attention_block, int) and self.attention_block > 0):
             raise ConfigError(f"attention_block must be a positive integer, got {self.attention_block!r}")
 

@@ -110,7 +110,8 @@ def standard_library_files(split: str) -> list[str]:
     """The texts of the standard-library files of the demo's `split` (train or held-out test)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES) if is_test(f"stdlib:{path}") == (split == "test")]
+    return [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES)
+            if is_test(f"stdlib:{path}") == (split == "test")]
 
 
 class FillerSource:

@@ -89,6 +89,10 @@ class Decoder(nnx.Module):
         Without a cache the keys/values are this chunk's ([B, T, K, H]); with one they
         are the updated cache layers, written at `cache.index`.
         """
+        if self.config.scan_layers and cache is None and len(self.blocks) > 1:
+            x, kvs = self._scanned(x, mask=mask, positions=positions)
+            x = constrain(x, ("batch", "length", "act_embed"))
+            return self.final_norm(x), kvs
         kvs = []
         rematted = None
         if self.config.remat != "none" and cache is None:  # a decode step has nothing to recompute
@@ -110,3 +114,22 @@ class Decoder(nnx.Module):
             kvs.append(kv)
         x = constrain(x, ("batch", "length", "act_embed"))
         return self.final_norm(x), tuple(kvs)
+
+    def _scanned(self, x: jax.Array, *, mask: jax.Array | SegmentMask, positions: jax.Array
+                 ) -> tuple[jax.Array, tuple[LayerKV, ...]]:
+        """The blocks as one `lax.scan` over their parameters stacked along a new leading axis:
+        XLA compiles one block instead of `depth`, whatever the depth. The parameters stay one
+        module per block (checkpoints, sharding rules and quantization see no difference); the
+        stacked copy exists inside the compiled step only."""
+        graphdef, _ = nnx.split(self.blocks[0])
+        stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(nnx.state(b) for b in self.blocks))
+
+        def body(x, state):
+            x = constrain(x, ("batch", "length", "act_embed"))
+            x, kv = nnx.merge(graphdef, state)(x, mask=mask, positions=positions)
+            return x, (kv.k, kv.v)
+
+        if self.config.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat])
+        x, (k, v) = jax.lax.scan(body, x, stacked)  # k, v: [depth, B, T, K, H]
+        return x, tuple(LayerKV(k=k[i], v=v[i]) for i in range(len(self.blocks)))
