@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from gemini_jax.config import PRESETS
@@ -65,6 +66,10 @@ def test_greedy_generation_equals_repeated_full_forward_passes(build_model, tok,
     examples = prompts(tmp_path)
     params = [SamplingParams(max_new_tokens=n) for n in (6, 4, 5)]
     generated = sampler.generate_ids(examples, params)
+    # One compiled forward pass at a fixed length: the row is right-padded (segment id 0), and
+    # causal attention keeps the padding out of the logits read at its last real token.
+    length = 48
+    logits_at = nnx.jit(lambda m, batch, t: m(batch).logits[0, t - 1])
     for example, p, ids in zip(examples, params, generated):
         row = encode_example(example, tokenizer=tok, config=CONFIG, for_generation=True)
         tokens = list(row["tokens"])
@@ -72,10 +77,11 @@ def test_greedy_generation_equals_repeated_full_forward_passes(build_model, tok,
         for _ in range(p.max_new_tokens):
             t = len(tokens)
             batch = {k: v[None] for k, v in row.items() if k not in ("targets", "loss_mask")}
-            batch.update(tokens=np.array([tokens], np.int32), segment_ids=np.ones((1, t), np.int32),
-                         positions=np.arange(t, dtype=np.int32)[None],
-                         media_spans=np.pad(row["media_spans"], (0, t - len(row["media_spans"])))[None])
-            next_id = int(np.argmax(np.asarray(model(batch).logits[0, -1])))
+            batch.update(tokens=np.array([tokens + [0] * (length - t)], np.int32),
+                         segment_ids=(np.arange(length) < t).astype(np.int32)[None],
+                         positions=np.arange(length, dtype=np.int32)[None],
+                         media_spans=np.pad(row["media_spans"], (0, length - len(row["media_spans"])))[None])
+            next_id = int(np.argmax(np.asarray(logits_at(model, batch, t))))
             expected.append(next_id)
             if next_id in (tok.end_of_turn_id, tok.eos_id):
                 expected.pop()
