@@ -198,6 +198,8 @@ class ModelConfig:
     `scan_layers` runs the decoder blocks of training, scoring and prefill as one `lax.scan`
     over their stacked parameters, so the step compiles one block rather than `depth` of them
     (decode steps stay unrolled); the parameters and checkpoints are the same either way.
+    `benchmarks/compile_time.py` measures both: for nano-1 on a CPU the scanned step compiled
+    1.5-1.7x faster, with 41% more temporary memory without remat and 27% less with "full".
     """
 
     vocab_size: int
