@@ -215,12 +215,13 @@ def test_remat_recomputes_without_changing_gradients(build_model, model, policy)
 
 
 @pytest.mark.parametrize("policy", ["none", "full"])
-def test_scanned_layers_equal_the_unrolled_stack(build_model, model, media, policy):
+def test_scanned_layers_equal_the_unrolled_stack(build_model, policy):
     """scan_layers runs the same blocks on the same parameters: logits, parameter gradients and
     the keys/values a prefill writes into the cache all match the unrolled decoder's."""
-    unrolled = build_model(override(CONFIG, remat=policy))
-    scanned = build_model(override(CONFIG, remat=policy, scan_layers=True))  # same seed: same parameters
-    batch, _ = _mm_batch(media)
+    config = override(CONFIG.text_only, depth=3, remat=policy)
+    unrolled = build_model(config)
+    scanned = build_model(override(config, scan_layers=True))  # same seed: same parameters
+    batch = text_batch([[("text", 9)], [("text", 6)]], length=10, seed=12)
     np.testing.assert_allclose(np.asarray(forward(scanned, batch).logits), np.asarray(forward(unrolled, batch).logits),
                                rtol=1e-5, atol=1e-5)
 
@@ -231,7 +232,7 @@ def test_scanned_layers_equal_the_unrolled_stack(build_model, model, media, poli
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  nnx.state(grads(scanned), nnx.Param), nnx.state(grads(unrolled), nnx.Param))
 
-    prefill = nnx.jit(lambda m, b: m.prefill(b, m.init_cache(batch_size=2, max_len=40))[1])
+    prefill = nnx.jit(lambda m, b: m.prefill(b, m.init_cache(batch_size=2, max_len=16))[1])
     for ours, theirs in zip(prefill(scanned, batch).layers, prefill(unrolled, batch).layers, strict=True):
         np.testing.assert_allclose(np.asarray(ours.k), np.asarray(theirs.k), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(ours.v), np.asarray(theirs.v), rtol=1e-5, atol=1e-5)
