@@ -310,8 +310,7 @@ def train_and_evaluate(*, run_dir: str = "runs/demo", cache_dir: str | None = No
     result = train(config=config, run_dir=run_dir, data=data, train_config=train_config, evaluate=quick,
                    make_trainer=make_trainer)
     timings["training_s"] = result.wall_seconds
-    _log(f"trained {result.step} steps in {result.wall_seconds:.0f} s, "
-         f"{result.tokens_per_second:,.0f} tokens/s, final loss {result.final_loss:.4f}")
+    _log(result.summary())
 
     results: dict[str, Any] = {}
     if evaluate_at_end:

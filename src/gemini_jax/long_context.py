@@ -239,8 +239,7 @@ def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = Retrieval
     result = train(config=config, run_dir=run_dir, data=data, train_config=train_config,
                    evaluate=quick if eval_every else None)
     timings["training_s"] = result.wall_seconds
-    _log(f"trained {result.step} steps in {result.wall_seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s, "
-         f"final loss {result.final_loss:.4f}")
+    _log(result.summary())
     results: dict[str, Any] = {}
     if evaluate_at_end:
         start = time.perf_counter()

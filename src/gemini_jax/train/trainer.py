@@ -88,6 +88,11 @@ class TrainResult:
     wall_seconds: float
     eval_metrics: dict[str, Any]
 
+    def summary(self) -> str:
+        """One line for the log: steps, time, rate and final loss."""
+        return (f"trained {self.step} steps in {self.wall_seconds:.0f} s, {self.tokens_per_second:,.0f} tokens/s, "
+                f"final loss {self.final_loss:.4f}")
+
 
 def loss_positions_width(loss_mask: np.ndarray) -> int:
     """K of `with_loss_positions`: the most scored tokens of any row, rounded up to a power of
