@@ -129,8 +129,21 @@ class PatchStem(nnx.Module):
         n = patches.shape[0]
         x = patches.reshape(n, self.patch_size, self.patch_size, 3)  # batch.py: (row, column, channel)
         for conv in self.convs:
-            x = jax.nn.gelu(conv(x))
+            x = jax.nn.gelu(_conv3x3_stride2(x, conv.kernel[...], conv.bias[...]))
         return self.proj(x.reshape(n, -1))
+
+
+def _conv3x3_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x[N, S, S, C] (S even) -> [N, S/2, S/2, O]: the 'SAME' 3x3 stride-2 convolution that
+    nnx.Conv computes with these parameters (no padding before, one row and column after),
+    written as one matmul over the nine strided views, which XLA runs about twice as fast
+    as its convolution on CPUs for these few channels (the audio front end does the same)."""
+    size = x.shape[1]
+    padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    views = [padded[:, i : i + size : 2, j : j + size : 2] for i in range(3) for j in range(3)]
+    stacked = jnp.concatenate(views, axis=-1)  # [N, S/2, S/2, 9C], taps (row, column, channel)
+    weight = kernel.astype(x.dtype).reshape(-1, kernel.shape[-1])  # HWIO [3, 3, C, O] -> [9C, O]
+    return stacked @ weight + bias.astype(x.dtype)[None, None, None, :]
 
 
 class VisionEncoder(nnx.Module):
