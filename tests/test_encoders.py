@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemini_jax.config import get_preset
+from gemini_jax.config import ConfigError, get_preset
+from gemini_jax.model import vision as vision_module
 
 CONFIG = get_preset("test")
 
@@ -172,3 +173,20 @@ def test_patch_stem_matches_a_written_out_convolution(build_model, media):
     base = _images(model.vision, batch["patches"], batch["coords"], batch["mask"]).tokens
     shuffled = _images(model.vision, batch["patches"][:, :, perm], batch["coords"][:, :, perm], batch["mask"]).tokens
     np.testing.assert_allclose(np.asarray(shuffled), np.asarray(base), atol=1e-5)
+
+
+def test_frames_with_their_own_stem_leave_images_alone(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, frame_stem_channels=(5,))
+    model = build_model(dataclasses.replace(CONFIG, vision=vision))
+    batch = media.images(vision, [[(2, 3)]], num_patches=6, seed=3)
+    args = (batch["patches"], batch["coords"], batch["mask"])
+    images, frames = _images(model.vision, *args).tokens, _frames(model.vision, *args).tokens
+    # Frames read the frame stem, images the shared linear embedding: perturbing the stem's
+    # weights changes frame tokens only.
+    stem = model.vision.frame_patch_embed
+    assert isinstance(stem, vision_module.PatchStem) and not isinstance(model.vision.patch_embed, vision_module.PatchStem)
+    stem.proj.kernel[...] = stem.proj.kernel[...] + 0.5
+    np.testing.assert_allclose(np.asarray(_images(model.vision, *args).tokens), np.asarray(images), atol=1e-6)
+    assert not np.allclose(np.asarray(_frames(model.vision, *args).tokens), np.asarray(frames), atol=1e-3)
+    with pytest.raises(ConfigError, match="frame_stem_channels"):
+        dataclasses.replace(CONFIG.vision, frame_stem_channels=(4, 4, 4))  # patch 4 halves twice at most

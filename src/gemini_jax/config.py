@@ -47,7 +47,12 @@ class VisionConfig:
     as in PaliGemma), so the count follows the image's grid and the `*_soft_tokens`
     fields are unused. `stem_channels` puts stride-2 3x3 convolutions (one per entry,
     with that many channels) inside each patch before its linear embedding, an early
-    convolutional stem (Xiao et al. 2021); () embeds raw pixels.
+    convolutional stem (Xiao et al. 2021); () embeds raw pixels. `frame_stem_channels` None
+    embeds video frames with the images' patch embedding; a tuple gives frames a patch
+    embedding of their own with that stem (() a linear one), the rest of the encoder shared:
+    small objects inside the patches of low-resolution frames need other first-layer features
+    than the large shapes of images, and one shared set of them was measured to trade the two
+    off (see demo.py's DemoRecipe).
 
     The remaining options describe imported SigLIP towers (PaliGemma) and keep our own
     ViT when left at their defaults. `block="siglip"`: LayerNorm (with bias) blocks,
@@ -75,6 +80,7 @@ class VisionConfig:
     num_frames: int = 8  # frames sampled uniformly from a video
     pooling: Pooling = "attention"
     stem_channels: tuple[int, ...] = ()
+    frame_stem_channels: tuple[int, ...] | None = None
     block: VisionBlock = "vit"
     position_embedding: PositionEmbedding = "factorized"
     norm_eps: float | None = None
@@ -99,9 +105,13 @@ class VisionConfig:
             raise ConfigError(f"vision.width ({self.width}) must be a multiple of vision.num_heads "
                               f"({self.num_heads}) for block='siglip' (head dimension = width / heads)")
         object.__setattr__(self, "stem_channels", tuple(self.stem_channels))  # JSON gives a list
-        if self.patch_size % (1 << len(self.stem_channels)):
-            raise ConfigError(f"vision.patch_size {self.patch_size} must be divisible by 2 per stem convolution "
-                              f"(stem_channels={list(self.stem_channels)})")
+        if self.frame_stem_channels is not None:
+            object.__setattr__(self, "frame_stem_channels", tuple(self.frame_stem_channels))
+        for name in ("stem_channels", "frame_stem_channels"):
+            stem = getattr(self, name)
+            if stem is not None and self.patch_size % (1 << len(stem)):
+                raise ConfigError(f"vision.patch_size {self.patch_size} must be divisible by 2 per stem convolution "
+                                  f"({name}={list(stem)})")
 
     def num_soft_tokens(self, num_patches: int, *, frame: bool = False) -> int:
         """Soft tokens for one image (or video frame) of `num_patches` real patches."""
@@ -282,6 +292,7 @@ PRESETS: dict[str, ModelConfig] = {
         vision=VisionConfig(
             patch_size=16, max_patches=16, frame_max_patches=4, max_grid=16, width=64, depth=1,
             num_heads=4, mlp_dim=128, image_soft_tokens=16, frame_soft_tokens=4, num_frames=8,
+            frame_stem_channels=(32,),
         ),
         audio=AudioConfig(num_mels=64, width=64, depth=2, num_heads=4, mlp_dim=128, conv_kernel=15,
                           max_seconds=8.0),

@@ -1,6 +1,6 @@
 """The embedded demo corpus: four small real tasks built offline from installed wheels, then cached.
 
-    corpus = DemoCorpus.build()                   # ~/.cache/gemini-jax/demo-v3, built on first use
+    corpus = DemoCorpus.build()                   # ~/.cache/gemini-jax/demo-v4, built on first use
     corpus.examples("vqa", "train")               # list[Example]
     corpus.records("asr", "test")[0].kind         # "number" | "digits" | "phrase"
     sentences = corpus.tokenizer_corpus()         # raw text for training the tokenizer
@@ -42,7 +42,7 @@ import numpy as np
 from gemini_jax.data import shapes, speech
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
-VERSION = 3
+VERSION = 4
 TASKS = ("vqa", "asr", "video", "text")
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
@@ -87,7 +87,7 @@ class DemoSizes:
     vqa_test: int | None = None  # of 9,673
     asr_train: int = 10_000
     asr_test: int = 600
-    video_train: int = 6000
+    video_train: int = 18_000
     video_test: int = 600
     text_bytes: int = 4_000_000  # cap on the standard-library source read, train and test together
     video_frames: int = 8
@@ -112,7 +112,7 @@ class DemoSizes:
 @dataclasses.dataclass(frozen=True)
 class DemoRecord:
     """An example with what evaluation needs to slice it: `kind` (vqa: yes/no, shape, color;
-    asr: number, digits, phrase; video: direction, order, size; text: document) and `meta`
+    asr: number, digits, phrase; video: direction, order_first, order_last, size; text: document) and `meta`
     (the parameters it was made from: image id, utterance, clip parameters, source path)."""
 
     example: Example
@@ -137,8 +137,8 @@ class DemoCorpus:
         progress: bool = True,
     ) -> DemoCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax),
-        built first if it is missing or incomplete. Default sizes live in `demo-v3`, others in
-        `demo-v3-<hash of the sizes>`, so a small test corpus never replaces the real one."""
+        built first if it is missing or incomplete. Default sizes live in `demo-v4`, others in
+        `demo-v4-<hash of the sizes>`, so a small test corpus never replaces the real one."""
         cache_dir = Path(cache_dir or os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax")
         root = cache_dir / _subdir(sizes)
         corpus = _open(root, sizes)
@@ -438,7 +438,7 @@ def _build_video(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]
             shapes.save_gif(out / media, shapes.render(clip, frames=frames, size=size))
             rows[split].append(
                 {
-                    "kind": clip.kind, "prompt": clip.question(), "answer": clip.answer(), "media": media,
+                    "kind": shapes.question_kind(clip), "prompt": clip.question(), "answer": clip.answer(), "media": media,
                     "clip": type(clip).__name__, "params": dataclasses.asdict(clip),
                 }
             )

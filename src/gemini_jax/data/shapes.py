@@ -105,6 +105,16 @@ Clip = Motion | Order | Growth
 CLIP_TYPES = (Motion, Order, Growth)
 
 
+def question_kind(clip: Clip) -> str:
+    """The kind of the clip's question: its clip kind, with order questions split into
+    "order_first" and "order_last". The two take different skills (the first shape is the one
+    every frame shows; the last one is new in the later frames), and a recipe can train them
+    one after the other."""
+    if isinstance(clip, Order):
+        return "order_last" if clip.ask_last else "order_first"
+    return clip.kind
+
+
 def key(clip: Clip) -> str:
     """A stable text naming every parameter of the clip (what train/test splitting hashes)."""
     return type(clip).__name__ + repr(dataclasses.astuple(clip))

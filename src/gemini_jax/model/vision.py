@@ -113,15 +113,15 @@ class PatchStem(nnx.Module):
     the flattened result: patches[N, C] -> [N, D]. Padding stays inside the patch, so a
     patch's embedding never depends on its neighbours (patches may come in any order)."""
 
-    def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(self, config: VisionConfig, stem_channels: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.patch_size = config.patch_size
-        channels = (3, *config.stem_channels)
+        channels = (3, *stem_channels)
         self.convs = nnx.List([
             nnx.Conv(c_in, c_out, kernel_size=(3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs,
                      kernel_metadata=_names("conv", "conv", "conv", "conv"), bias_metadata=_names("conv"))
             for c_in, c_out in zip(channels[:-1], channels[1:])
         ])
-        side = config.patch_size >> len(config.stem_channels)
+        side = config.patch_size >> len(stem_channels)
         self.proj = Linear(side * side * channels[-1], config.width, use_bias=True, dtype=dtype, rngs=rngs,
                            axes=("patch", "embed"))
 
@@ -146,6 +146,14 @@ def _conv3x3_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Ar
     return stacked @ weight + bias.astype(x.dtype)[None, None, None, :]
 
 
+def _patch_embedding(config: VisionConfig, stem_channels: tuple[int, ...], *, dtype: jnp.dtype,
+                     rngs: nnx.Rngs) -> nnx.Module:
+    """patches[N, C] -> [N, D]: a convolutional stem, or one linear map of the raw pixels."""
+    if stem_channels:
+        return PatchStem(config, stem_channels, dtype=dtype, rngs=rngs)
+    return Linear(config.patch_dim, config.width, use_bias=True, dtype=dtype, rngs=rngs, axes=("patch", "embed"))
+
+
 class VisionEncoder(nnx.Module):
     """ViT (+ attention pooling); `encode_images` and `encode_frames` give SoftTokens."""
 
@@ -155,10 +163,9 @@ class VisionEncoder(nnx.Module):
     ):
         self.config = config
         width = config.width
-        self.patch_embed = (
-            PatchStem(config, dtype=dtype, rngs=rngs) if config.stem_channels
-            else Linear(config.patch_dim, width, use_bias=True, dtype=dtype, rngs=rngs, axes=("patch", "embed"))
-        )
+        self.patch_embed = _patch_embedding(config, config.stem_channels, dtype=dtype, rngs=rngs)
+        if config.frame_stem_channels is not None:
+            self.frame_patch_embed = _patch_embedding(config, config.frame_stem_channels, dtype=dtype, rngs=rngs)
         table_init = nnx.initializers.normal(stddev=0.02)
         if config.position_embedding == "learned":
             cells = config.max_grid * config.max_grid
@@ -221,7 +228,8 @@ class VisionEncoder(nnx.Module):
         coords = coords.reshape(flat, num_patches, 2)
         mask = patch_mask.reshape(flat, num_patches)
 
-        x = self.patch_embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
+        embed = self.frame_patch_embed if frames and self.config.frame_stem_channels is not None else self.patch_embed
+        x = embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
         if self.config.position_embedding == "learned":
             cells = coords[..., 0] * self.config.max_grid + coords[..., 1]  # [BI, P], row-major
             x = x + jnp.take(self.pos_embed[...], cells, axis=0, mode="clip").astype(x.dtype)
