@@ -87,7 +87,7 @@ class DemoSizes:
     vqa_test: int | None = None  # of 9,673
     asr_train: int = 10_000
     asr_test: int = 600
-    video_train: int = 18_000
+    video_train: int = 6000
     video_test: int = 600
     text_bytes: int = 4_000_000  # cap on the standard-library source read, train and test together
     video_frames: int = 8
