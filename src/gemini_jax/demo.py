@@ -165,7 +165,7 @@ def _task_streams(corpus: DemoCorpus, task: str, *, tokenizer: Tokenizer, config
 
 
 def _stream_spec(name: str) -> tuple[str, tuple[str, ...] | None]:
-    """"vqa" -> ("vqa", None); "video:order+size" -> ("video", ("order", "size"))."""
+    """"vqa" -> ("vqa", None); "video:order_first+size" -> ("video", ("order_first", "size"))."""
     task, colon, kinds = name.partition(":")
     if task not in (*MEDIA_TASKS, "text") or (colon and (task == "text" or "" in kinds.split("+"))):
         raise ValueError(f"unknown demo stream {name!r}: use a task ({', '.join((*MEDIA_TASKS, 'text'))}) "
