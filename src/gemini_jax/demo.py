@@ -57,7 +57,7 @@ class DemoRecipe:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     # Share of batches per stream. A stream is a task ("vqa") or some kinds of a task's examples
-    # ("vqa:shape", "video:order+size"), drawn as a stream of its own beside the task's.
+    # ("vqa:shape", "video:order_first+size"), drawn as a stream of its own beside the task's.
     weights: tuple[tuple[str, float], ...] = (
         ("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))
     text_seq_len: int = 128
@@ -169,7 +169,7 @@ def _stream_spec(name: str) -> tuple[str, tuple[str, ...] | None]:
     task, colon, kinds = name.partition(":")
     if task not in (*MEDIA_TASKS, "text") or (colon and (task == "text" or "" in kinds.split("+"))):
         raise ValueError(f"unknown demo stream {name!r}: use a task ({', '.join((*MEDIA_TASKS, 'text'))}) "
-                         f"or a media task and some of its kinds, e.g. 'vqa:shape' or 'video:order+size'")
+                         f"or a media task and some of its kinds, e.g. 'vqa:shape' or 'video:order_first+size'")
     return task, tuple(kinds.split("+")) if kinds else None
 
 
