@@ -1,6 +1,7 @@
 """The whole model: soft-token placement, causality with media spans, packing, cached
 decoding against the full forward pass, bfloat16, parameter counts and input errors."""
 
+import dataclasses
 import math
 
 import jax
@@ -313,6 +314,14 @@ def test_count_params_against_built_models_and_formula(model, decoder_params):
     assert count_params(small) == {"decoder": sum(p.size for p in params), "vision": 0, "audio": 0,
                                    "total": sum(p.size for p in params)}
     assert not np.any(np.asarray(built.decoder.final_norm.scale[...]))  # 1 + w starts at 1
+    # Counts come from one- and two-block models: deeper stacks of each kind are counted exactly.
+    deep = override(CONFIG, depth=3, vision=dataclasses.replace(CONFIG.vision, depth=4),
+                    audio=dataclasses.replace(CONFIG.audio, depth=3))
+    deep_model = Gemini(deep, rngs=nnx.Rngs(0))
+    deep_sizes = {name: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+                  for name, module in (("vision", deep_model.vision), ("audio", deep_model.audio))}
+    assert count_params(deep) == {"decoder": decoder_params(deep), **deep_sizes,
+                                  "total": sum(x.size for x in jax.tree.leaves(nnx.state(deep_model, nnx.Param)))}
     table_std = float(np.std(np.asarray(built.embedder.table[...])))
     assert abs(table_std * math.sqrt(small.width) - 1.0) < 0.1
 
