@@ -22,9 +22,11 @@ from gemini_jax.train.distill import (
     DistillConfig,
     DistillTrainer,
     check_compatible,
+    distill_loss_parts,
     kl_divergence,
     load_teacher,
 )
+from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import TrainConfig, Trainer, train
 
@@ -84,6 +86,33 @@ def teacher_run(tmp_path_factory, build_model, text_batches):
     checkpointer.save(len(batches), state=trainer.state(), meta={"step": len(batches)})
     checkpointer.close()
     return run_dir, losses
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_chunked_distillation_loss_equals_the_whole_one(alpha):
+    keys = jax.random.split(jax.random.key(0), 5)
+    student_hidden = jax.random.normal(keys[0], (2, 5, 8))
+    teacher_hidden = jax.random.normal(keys[1], (2, 5, 6))  # the teacher may be wider
+    student_table, teacher_table = jax.random.normal(keys[2], (11, 8)), jax.random.normal(keys[3], (11, 6))
+    targets = jax.random.randint(keys[4], (2, 5), 0, 11)
+    weights = jnp.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0]], jnp.float32)
+    project = functools.partial(tied_logits, dtype=jnp.float32)
+
+    def loss(student, chunk_tokens):
+        table, hidden = student
+        return distill_loss_parts(hidden, teacher_hidden, targets, weights, student_table=table,
+                                  teacher_table=teacher_table, project=project, temperature=jnp.float32(2.0),
+                                  alpha=jnp.float32(alpha), chunk_tokens=chunk_tokens)
+
+    # 10 positions: whole at 16 tokens a chunk; in 4 chunks of 3 (two padding positions).
+    (whole, whole_parts), whole_grads = jax.value_and_grad(loss, has_aux=True)((student_table, student_hidden), 16)
+    (chunked, parts), grads = jax.value_and_grad(loss, has_aux=True)((student_table, student_hidden), 3)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    for name in ("kl", "cross_entropy", "count"):
+        np.testing.assert_allclose(parts[name], whole_parts[name], rtol=1e-5)
+    for got, want in zip(grads, whole_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(whole_grads[1][0, 2]).max()) == 0.0  # an unscored position gets no gradient
 
 
 def test_alpha_zero_is_plain_training_and_alpha_one_then_lowers_the_kl(teacher_run, build_model, text_batches):

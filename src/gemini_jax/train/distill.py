@@ -20,6 +20,7 @@ checkpointed; a resumed run needs the same teacher again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,8 @@ from flax import nnx
 from gemini_jax import checkpoint, sharding
 from gemini_jax.config import ConfigError, ModelConfig
 from gemini_jax.model import Gemini
+from gemini_jax.model.layers import tied_logits
+from gemini_jax.train.loss import Project, logits_chunk_tokens
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer, masked_cross_entropy, model_inputs
 
@@ -90,11 +93,112 @@ def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array, weights:
     return (per_position * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def scored_logits(model: Gemini, batch: Mapping[str, jax.Array]) -> jax.Array:
-    """Logits [B, K, V] at the batch's `loss_positions` only, as Trainer._loss computes them."""
+def scored_hidden(model: Gemini, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """Final hidden states [B, K, D] at the batch's `loss_positions` only."""
     hidden = model(model_inputs(batch)).hidden  # [B, T, D]
-    positions = batch["loss_positions"]  # [B, K]
-    return model.embedder.decode(jnp.take_along_axis(hidden, positions[:, :, None], axis=1))
+    return jnp.take_along_axis(hidden, batch["loss_positions"][:, :, None], axis=1)
+
+
+def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, targets: jax.Array,
+                       weights: jax.Array, *, student_table: jax.Array, teacher_table: jax.Array,
+                       project: Project, temperature: jax.Array, alpha: jax.Array,
+                       chunk_tokens: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The distillation loss at scored positions and its parts {"count", "kl", "cross_entropy"}.
+
+    hidden [B, K, D] of each model (the teacher's is not differentiated), targets and weights
+    [B, K], each model's output table. Up to `chunk_tokens` positions (default: as many as the
+    cross-entropy projects at once, train/loss.py) the logits are computed whole and autodiff
+    differentiates them; beyond, both models' logits are projected a chunk at a time and the
+    student's gradients computed inside the chunk, so no [B, K, V] logits ever exist (a 256K
+    vocabulary over 8 rows of 2,048 scored tokens is 17 GB per model).
+    """
+    batch, scored, _ = student_hidden.shape
+    vocab = student_table.shape[0]
+    chunk = chunk_tokens or logits_chunk_tokens(vocab)
+    weights = weights.astype(jnp.float32)
+    count = weights.sum()
+    teacher_hidden, teacher_table = jax.lax.stop_gradient((teacher_hidden, teacher_table))
+    if batch * scored <= chunk:
+        student_logits = project(student_table, student_hidden)
+        cross_entropy = masked_cross_entropy(student_logits, targets, weights)[0]
+        kl = kl_divergence(student_logits, project(teacher_table, teacher_hidden), weights, temperature=temperature)
+    else:
+        num = batch * scored
+        pad = -num % chunk
+
+        def chunks(x):  # [B, K, ...] -> [n, 1, chunk, ...], padded positions weigh 0
+            x = x.reshape(num, *x.shape[2:])
+            return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(-1, 1, chunk, *x.shape[1:])
+
+        loss_sum, kl_sum, ce_sum = _chunked_sums(
+            project, student_table, teacher_table, chunks(student_hidden), chunks(teacher_hidden), chunks(targets),
+            chunks(weights), temperature, alpha)
+        kl_sum, ce_sum = jax.lax.stop_gradient((kl_sum, ce_sum))
+        denominator = jnp.maximum(count, 1.0)
+        loss, kl, cross_entropy = loss_sum / denominator, kl_sum / denominator, ce_sum / denominator
+        return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
+    loss = alpha * temperature**2 * kl + (1 - alpha) * cross_entropy
+    return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
+
+
+def _chunk_terms(project, student_table, teacher_table, h, g, t, w, temperature):
+    """One chunk's weighted KL and cross-entropy sums, and the student logits' gradients of each."""
+    student = project(student_table, h).astype(jnp.float32)  # [1, c, V]
+    teacher = project(teacher_table, g).astype(jnp.float32)
+    soft_student = jax.nn.log_softmax(student / temperature, axis=-1)
+    soft_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    log_probs = jax.nn.log_softmax(student, axis=-1)
+    kl = jnp.sum(jnp.exp(soft_teacher) * (soft_teacher - soft_student), axis=-1) * w  # [1, c]
+    ce = -jnp.take_along_axis(log_probs, t[..., None], axis=-1)[..., 0] * w
+    # d KL / d student = (softmax(student / T) - softmax(teacher / T)) / T;
+    # d CE / d student = softmax(student) - one_hot(target); both weighted per position.
+    d_kl = (jnp.exp(soft_student) - jnp.exp(soft_teacher)) / temperature * w[..., None]
+    d_ce = (jnp.exp(log_probs) - jax.nn.one_hot(t, student.shape[-1], dtype=jnp.float32)) * w[..., None]
+    return kl.sum(), ce.sum(), d_kl, d_ce
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_sums(project, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
+                  weight_chunks, temperature, alpha):
+    """Sums over chunks [n, 1, c, ...] of the weighted (alpha T^2 KL + (1 - alpha) CE, KL, CE).
+
+    Differentiable in the first sum only, with respect to the student's table and hidden
+    states: the other two are its parts, for reporting (callers stop their gradients)."""
+    def body(sums, chunk):
+        kl, ce, _, _ = _chunk_terms(project, student_table, teacher_table, *chunk, temperature)
+        return (sums[0] + alpha * temperature**2 * kl + (1 - alpha) * ce, sums[1] + kl, sums[2] + ce), None
+
+    zero = (jnp.zeros((), jnp.float32),) * 3
+    return jax.lax.scan(body, zero, (student_chunks, teacher_chunks, target_chunks, weight_chunks))[0]
+
+
+def _chunked_sums_fwd(project, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
+                      weight_chunks, temperature, alpha):
+    def body(carry, chunk):
+        loss_sum, kl_sum, ce_sum, table_grad = carry
+        h, g, t, w = chunk
+        kl, ce, d_kl, d_ce = _chunk_terms(project, student_table, teacher_table, h, g, t, w, temperature)
+        _, pullback = jax.vjp(project, student_table, h)
+        d_table, d_hidden = pullback(alpha * temperature**2 * d_kl + (1 - alpha) * d_ce)
+        loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+        return (loss_sum + loss, kl_sum + kl, ce_sum + ce, table_grad + d_table), d_hidden
+
+    zero = (jnp.zeros((), jnp.float32),) * 3 + (jnp.zeros_like(student_table),)
+    (loss_sum, kl_sum, ce_sum, table_grad), hidden_grad = jax.lax.scan(
+        body, zero, (student_chunks, teacher_chunks, target_chunks, weight_chunks))
+    return (loss_sum, kl_sum, ce_sum), (table_grad, hidden_grad)
+
+
+def _chunked_sums_bwd(project, residuals, cotangents):
+    del project
+    table_grad, hidden_grad = residuals
+    scale = cotangents[0]  # the parts' cotangents are zero: their gradients are stopped
+    # None: the teacher, the targets, the weights and the settings are not trained.
+    return ((table_grad * scale).astype(table_grad.dtype), None, (hidden_grad * scale).astype(hidden_grad.dtype),
+            None, None, None, None, None)
+
+
+_chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd)
 
 
 class DistillTrainer(Trainer):
@@ -108,9 +212,10 @@ class DistillTrainer(Trainer):
     logged_metrics = ("kl", "cross_entropy")
 
     def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, teacher: Gemini,
-                 distill: DistillConfig = DistillConfig(), mesh: jax.sharding.Mesh | None = None):
+                 distill: DistillConfig = DistillConfig(), mesh: jax.sharding.Mesh | None = None,
+                 logits_chunk_tokens: int | None = None):
         check_compatible(teacher=teacher.config, student=model.config)
-        super().__init__(model, optimizer, mesh=mesh)
+        super().__init__(model, optimizer, mesh=mesh, logits_chunk_tokens=logits_chunk_tokens)
         self.distill = distill
         self.teacher_graphdef, self.teacher_state = nnx.split(teacher)
         out_shardings = {}
@@ -135,15 +240,13 @@ class DistillTrainer(Trainer):
     def _distill_loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         student = nnx.merge(self.graphdef, params, self.rest)
         teacher = nnx.merge(self.teacher_graphdef, frozen["teacher"])
-        student_logits = scored_logits(student, batch)  # [B, K, V]
-        teacher_logits = jax.lax.stop_gradient(scored_logits(teacher, batch))  # [B, K, V]
         targets = jnp.take_along_axis(batch["targets"], batch["loss_positions"], axis=1)  # [B, K]
         weights = jnp.take_along_axis(batch["loss_mask"], batch["loss_positions"], axis=1)  # [B, K]
-        cross_entropy, count = masked_cross_entropy(student_logits, targets, weights)
-        temperature, alpha = frozen["temperature"], frozen["alpha"]
-        kl = kl_divergence(student_logits, teacher_logits, weights, temperature=temperature)
-        loss = alpha * temperature**2 * kl + (1 - alpha) * cross_entropy
-        return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
+        return distill_loss_parts(
+            scored_hidden(student, batch), scored_hidden(teacher, batch), targets, weights,
+            student_table=student.embedder.table.get_value(), teacher_table=teacher.embedder.table.get_value(),
+            project=functools.partial(tied_logits, dtype=student.embedder.dtype),
+            temperature=frozen["temperature"], alpha=frozen["alpha"], chunk_tokens=self.logits_chunk_tokens)
 
     def _distill_step(self, frozen, params, opt_state, batch):
         (loss, parts), grads = jax.value_and_grad(
