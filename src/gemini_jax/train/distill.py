@@ -101,12 +101,12 @@ def scored_hidden(model: Gemini, batch: Mapping[str, jax.Array]) -> jax.Array:
 
 def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, targets: jax.Array,
                        weights: jax.Array, *, student_table: jax.Array, teacher_table: jax.Array,
-                       project: Project, temperature: jax.Array, alpha: jax.Array,
-                       chunk_tokens: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       project: Project, teacher_project: Project | None = None, temperature: jax.Array,
+                       alpha: jax.Array, chunk_tokens: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The distillation loss at scored positions and its parts {"count", "kl", "cross_entropy"}.
 
     hidden [B, K, D] of each model (the teacher's is not differentiated), targets and weights
-    [B, K], each model's output table. Up to `chunk_tokens` positions (default: as many as the
+    [B, K], each model's output table and projection (`teacher_project` None: `project`). Up to `chunk_tokens` positions (default: as many as the
     cross-entropy projects at once, train/loss.py) the logits are computed whole and autodiff
     differentiates them; beyond, both models' logits are projected a chunk at a time and the
     student's gradients computed inside the chunk, so no [B, K, V] logits ever exist (a 256K
@@ -118,10 +118,12 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
     weights = weights.astype(jnp.float32)
     count = weights.sum()
     teacher_hidden, teacher_table = jax.lax.stop_gradient((teacher_hidden, teacher_table))
+    teacher_project = teacher_project or project
     if batch * scored <= chunk:
         student_logits = project(student_table, student_hidden)
         cross_entropy = masked_cross_entropy(student_logits, targets, weights)[0]
-        kl = kl_divergence(student_logits, project(teacher_table, teacher_hidden), weights, temperature=temperature)
+        teacher_logits = teacher_project(teacher_table, teacher_hidden)
+        kl = kl_divergence(student_logits, teacher_logits, weights, temperature=temperature)
     else:
         num = batch * scored
         pad = -num % chunk
@@ -131,7 +133,7 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
             return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(-1, 1, chunk, *x.shape[1:])
 
         loss_sum, kl_sum, ce_sum = _chunked_sums(
-            project, student_table, teacher_table, chunks(student_hidden), chunks(teacher_hidden), chunks(targets),
+            (project, teacher_project), student_table, teacher_table, chunks(student_hidden), chunks(teacher_hidden), chunks(targets),
             chunks(weights), temperature, alpha)
         kl_sum, ce_sum = jax.lax.stop_gradient((kl_sum, ce_sum))
         denominator = jnp.maximum(count, 1.0)
@@ -141,10 +143,10 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
     return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
 
 
-def _chunk_terms(project, student_table, teacher_table, h, g, t, w, temperature):
+def _chunk_terms(projects, student_table, teacher_table, h, g, t, w, temperature):
     """One chunk's weighted KL and cross-entropy sums, and the student logits' gradients of each."""
-    student = project(student_table, h).astype(jnp.float32)  # [1, c, V]
-    teacher = project(teacher_table, g).astype(jnp.float32)
+    student = projects[0](student_table, h).astype(jnp.float32)  # [1, c, V]
+    teacher = projects[1](teacher_table, g).astype(jnp.float32)
     soft_student = jax.nn.log_softmax(student / temperature, axis=-1)
     soft_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
     log_probs = jax.nn.log_softmax(student, axis=-1)
@@ -158,27 +160,27 @@ def _chunk_terms(project, student_table, teacher_table, h, g, t, w, temperature)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_sums(project, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
+def _chunked_sums(projects, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
                   weight_chunks, temperature, alpha):
     """Sums over chunks [n, 1, c, ...] of the weighted (alpha T^2 KL + (1 - alpha) CE, KL, CE).
 
     Differentiable in the first sum only, with respect to the student's table and hidden
     states: the other two are its parts, for reporting (callers stop their gradients)."""
     def body(sums, chunk):
-        kl, ce, _, _ = _chunk_terms(project, student_table, teacher_table, *chunk, temperature)
+        kl, ce, _, _ = _chunk_terms(projects, student_table, teacher_table, *chunk, temperature)
         return (sums[0] + alpha * temperature**2 * kl + (1 - alpha) * ce, sums[1] + kl, sums[2] + ce), None
 
     zero = (jnp.zeros((), jnp.float32),) * 3
     return jax.lax.scan(body, zero, (student_chunks, teacher_chunks, target_chunks, weight_chunks))[0]
 
 
-def _chunked_sums_fwd(project, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
+def _chunked_sums_fwd(projects, student_table, teacher_table, student_chunks, teacher_chunks, target_chunks,
                       weight_chunks, temperature, alpha):
     def body(carry, chunk):
         loss_sum, kl_sum, ce_sum, table_grad = carry
         h, g, t, w = chunk
-        kl, ce, d_kl, d_ce = _chunk_terms(project, student_table, teacher_table, h, g, t, w, temperature)
-        _, pullback = jax.vjp(project, student_table, h)
+        kl, ce, d_kl, d_ce = _chunk_terms(projects, student_table, teacher_table, h, g, t, w, temperature)
+        _, pullback = jax.vjp(projects[0], student_table, h)
         d_table, d_hidden = pullback(alpha * temperature**2 * d_kl + (1 - alpha) * d_ce)
         loss = alpha * temperature**2 * kl + (1 - alpha) * ce
         return (loss_sum + loss, kl_sum + kl, ce_sum + ce, table_grad + d_table), d_hidden
@@ -189,8 +191,8 @@ def _chunked_sums_fwd(project, student_table, teacher_table, student_chunks, tea
     return (loss_sum, kl_sum, ce_sum), (table_grad, hidden_grad)
 
 
-def _chunked_sums_bwd(project, residuals, cotangents):
-    del project
+def _chunked_sums_bwd(projects, residuals, cotangents):
+    del projects
     table_grad, hidden_grad = residuals
     scale = cotangents[0]  # the parts' cotangents are zero: their gradients are stopped
     # None: the teacher, the targets, the weights and the settings are not trained.
@@ -246,6 +248,7 @@ class DistillTrainer(Trainer):
             scored_hidden(student, batch), scored_hidden(teacher, batch), targets, weights,
             student_table=student.embedder.table.get_value(), teacher_table=teacher.embedder.table.get_value(),
             project=functools.partial(tied_logits, dtype=student.embedder.dtype),
+            teacher_project=functools.partial(tied_logits, dtype=teacher.embedder.dtype),
             temperature=frozen["temperature"], alpha=frozen["alpha"], chunk_tokens=self.logits_chunk_tokens)
 
     def _distill_step(self, frozen, params, opt_state, batch):
