@@ -143,10 +143,10 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
     return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
 
 
-def _chunk_terms(projects, student_table, teacher_table, h, g, t, w, temperature):
-    """One chunk's weighted KL and cross-entropy sums, and the student logits' gradients of each."""
-    student = projects[0](student_table, h).astype(jnp.float32)  # [1, c, V]
-    teacher = projects[1](teacher_table, g).astype(jnp.float32)
+def _chunk_terms(student, teacher, t, w, temperature):
+    """One chunk's weighted KL and cross-entropy sums from both models' logits [1, c, V], and
+    the student logits' gradients of each."""
+    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
     soft_student = jax.nn.log_softmax(student / temperature, axis=-1)
     soft_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
     log_probs = jax.nn.log_softmax(student, axis=-1)
@@ -167,7 +167,8 @@ def _chunked_sums(projects, student_table, teacher_table, student_chunks, teache
     Differentiable in the first sum only, with respect to the student's table and hidden
     states: the other two are its parts, for reporting (callers stop their gradients)."""
     def body(sums, chunk):
-        kl, ce, _, _ = _chunk_terms(projects, student_table, teacher_table, *chunk, temperature)
+        h, g, t, w = chunk
+        kl, ce, _, _ = _chunk_terms(projects[0](student_table, h), projects[1](teacher_table, g), t, w, temperature)
         return (sums[0] + alpha * temperature**2 * kl + (1 - alpha) * ce, sums[1] + kl, sums[2] + ce), None
 
     zero = (jnp.zeros((), jnp.float32),) * 3
@@ -179,8 +180,9 @@ def _chunked_sums_fwd(projects, student_table, teacher_table, student_chunks, te
     def body(carry, chunk):
         loss_sum, kl_sum, ce_sum, table_grad = carry
         h, g, t, w = chunk
-        kl, ce, d_kl, d_ce = _chunk_terms(projects, student_table, teacher_table, h, g, t, w, temperature)
-        _, pullback = jax.vjp(projects[0], student_table, h)
+        # The student's logits once, kept with their pullback for the chunk's gradients.
+        student, pullback = jax.vjp(projects[0], student_table, h)
+        kl, ce, d_kl, d_ce = _chunk_terms(student, projects[1](teacher_table, g), t, w, temperature)
         d_table, d_hidden = pullback(alpha * temperature**2 * d_kl + (1 - alpha) * d_ce)
         loss = alpha * temperature**2 * kl + (1 - alpha) * ce
         return (loss_sum + loss, kl_sum + kl, ce_sum + ce, table_grad + d_table), d_hidden
