@@ -190,3 +190,62 @@ def test_frames_with_their_own_stem_leave_images_alone(build_model, media):
     assert not np.allclose(np.asarray(_frames(model.vision, *args).tokens), np.asarray(frames), atol=1e-3)
     with pytest.raises(ConfigError, match="frame_stem_channels"):
         dataclasses.replace(CONFIG.vision, frame_stem_channels=(4, 4, 4))  # patch 4 halves twice at most
+
+
+def _grid_cells_reference(coords, mask, side):
+    cells = np.zeros((coords.shape[0], side * side, coords.shape[1]), bool)
+    for b in range(coords.shape[0]):
+        real = np.flatnonzero(mask[b])
+        rows, cols = coords[b, real, 0].max() + 1, coords[b, real, 1].max() + 1
+        for p in real:
+            row, col = coords[b, p, 0] * side // rows, coords[b, p, 1] * side // cols
+            cells[b, row * side + col, p] = True
+    return cells
+
+
+def test_grid_cells_cover_each_frame_once(media):
+    vision = CONFIG.vision
+    grids = [[(4, 4)], [(3, 5)], [(2, 1)], [(1, 1)]]  # a cell may hold 1 to 4 patches, or none
+    batch = media.images(vision, grids, num_patches=16, seed=8)
+    coords, mask = batch["coords"][:, 0], batch["mask"][:, 0]  # padding has junk coordinates
+    for side in (1, 2, 3):
+        got = np.asarray(vision_module.grid_cells(jnp.asarray(coords), jnp.asarray(mask), side=side))
+        np.testing.assert_array_equal(got, _grid_cells_reference(coords, mask, side))
+        np.testing.assert_array_equal(got.sum(axis=1), mask)  # every real patch in one cell, padding in none
+    # The 4 x 4 grid in 2 x 2 cells: the top-left cell holds patches 0, 1, 4 and 5.
+    top_left = vision_module.grid_cells(jnp.asarray(coords[:1]), jnp.asarray(mask[:1]), side=2)[0, 0]
+    assert np.flatnonzero(np.asarray(top_left)).tolist() == [0, 1, 4, 5]
+
+
+def test_grid_pooled_frames_keep_their_layout(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, frame_pooling="grid", frame_soft_tokens=4)
+    config = dataclasses.replace(CONFIG, vision=vision)
+    model = build_model(config)
+    grids = [[(2, 3), (1, 1)], [(2, 2)]]
+    batch = media.images(vision, grids, num_patches=vision.frame_max_patches, seed=9)
+    args = (batch["patches"], batch["coords"], batch["mask"])
+    frames = _frames(model.vision, *args)
+    assert frames.tokens.shape == (2, 2, 4, config.width)
+    np.testing.assert_array_equal(np.asarray(frames.valid[:, :, 0]), [[True, True], [True, False]])
+    # A frame's tokens do not depend on the padding after it or on the other frames.
+    alone = _frames(model.vision, batch["patches"][:1, :1, :6], batch["coords"][:1, :1, :6], batch["mask"][:1, :1, :6])
+    np.testing.assert_allclose(np.asarray(frames.tokens[0, 0]), np.asarray(alone.tokens[0, 0]), atol=1e-5)
+    # A 1 x 1 frame fills only the first cell; the other three queries see no patch (zero tokens).
+    assert np.abs(np.asarray(frames.tokens[0, 1, 0])).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(frames.tokens[0, 1, 1:]), 0)
+    # Each frame query reads only its own cell: the same parameters pooling whole frames (the
+    # same seed builds the same weights) give other frame tokens and the same image tokens.
+    whole = build_model(dataclasses.replace(config, vision=dataclasses.replace(vision, frame_pooling="attention")))
+    assert np.abs(np.asarray(frames.tokens[0, 0] - _frames(whole.vision, *args).tokens[0, 0])).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(_images(model.vision, *args).tokens),
+                                  np.asarray(_images(whole.vision, *args).tokens))
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"frame_pooling": "mean"}, "frame_pooling must be"),
+    ({"frame_pooling": "grid", "frame_soft_tokens": 3}, "square"),
+    ({"frame_pooling": "grid", "frame_soft_tokens": 4, "pooling": "none"}, "pooling='attention'"),
+])
+def test_grid_pooling_config_errors(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(CONFIG.vision, **fields)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 DType = Literal["float32", "bfloat16"]
 Pooling = Literal["attention", "none"]
+FramePooling = Literal["attention", "grid"]
 PromptAttention = Literal["causal", "bidirectional"]
 AttentionImpl = Literal["auto", "xla", "cudnn", "blockwise"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
@@ -45,7 +46,12 @@ class VisionConfig:
     are many, so they get fewer, like the "media resolution" setting of the Gemini API).
     With `pooling="none"` every real patch becomes one soft token (a linear projector,
     as in PaliGemma), so the count follows the image's grid and the `*_soft_tokens`
-    fields are unused. `stem_channels` puts stride-2 3x3 convolutions (one per entry,
+    fields are unused. `frame_pooling="grid"` lays a square grid of `frame_soft_tokens` cells
+    over each frame and lets each frame query attend only to the patches under its own cell,
+    so a frame token keeps where in the frame it looked: in the demo (frames of 4 x 4 patches,
+    10,000 steps) learned queries over whole frames answered which shape appears first or
+    last (100% / 88%) but not which way a shape moves (26%, chance); queries per cell answer
+    all three (90% / 63% / 99.5%). `stem_channels` puts stride-2 3x3 convolutions (one per entry,
     with that many channels) inside each patch before its linear embedding, an early
     convolutional stem (Xiao et al. 2021); () embeds raw pixels. `frame_stem_channels` None
     embeds video frames with the images' patch embedding; a tuple gives frames a patch
@@ -79,6 +85,7 @@ class VisionConfig:
     frame_soft_tokens: int = 4
     num_frames: int = 8  # frames sampled uniformly from a video
     pooling: Pooling = "attention"
+    frame_pooling: FramePooling = "attention"
     stem_channels: tuple[int, ...] = ()
     frame_stem_channels: tuple[int, ...] | None = None
     block: VisionBlock = "vit"
@@ -92,6 +99,14 @@ class VisionConfig:
             raise ConfigError(f"vision.keep_aspect_ratio must be true or false, got {self.keep_aspect_ratio!r}")
         if self.pooling not in ("attention", "none"):
             raise ConfigError(f"vision.pooling must be 'attention' or 'none', got {self.pooling!r}")
+        if self.frame_pooling not in ("attention", "grid"):
+            raise ConfigError(f"vision.frame_pooling must be 'attention' or 'grid', got {self.frame_pooling!r}")
+        side = math.isqrt(self.frame_soft_tokens)
+        if self.frame_pooling == "grid" and (self.pooling != "attention" or side * side != self.frame_soft_tokens):
+            raise ConfigError(
+                f"vision.frame_pooling='grid' needs pooling='attention' (pooled soft tokens) and a square "
+                f"frame_soft_tokens (1, 4, 9, ...), got pooling={self.pooling!r}, frame_soft_tokens={self.frame_soft_tokens}"
+            )
         if self.block not in ("vit", "siglip"):
             raise ConfigError(f"vision.block must be 'vit' or 'siglip', got {self.block!r}")
         if self.position_embedding not in ("factorized", "learned"):
@@ -279,7 +294,11 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         audio=AudioConfig(num_mels=16, width=28, depth=1, num_heads=2, mlp_dim=44, conv_kernel=5),
     ),
-    # The model the embedded demo trains on 2 CPU cores in minutes.
+    # The model the embedded demo trains on 2 CPU cores in minutes. Its 32-pixel video frames
+    # are upscaled to 4 x 4 patches, where their shapes are as large as easy-VQA's, so what the
+    # encoder learns about shapes from images reads them in frames too (a linear probe on frame
+    # tokens: 94% of the shapes named, against 58% at 2 x 2 patches); each frame token pools
+    # one quarter of its frame ("grid"), which motion questions need.
     "demo": ModelConfig(
         vocab_size=1024,
         width=64,
@@ -290,8 +309,9 @@ PRESETS: dict[str, ModelConfig] = {
         mlp_dim=192,
         max_seq_len=512,
         vision=VisionConfig(
-            patch_size=16, max_patches=16, frame_max_patches=4, max_grid=16, width=64, depth=1,
+            patch_size=16, max_patches=16, frame_max_patches=16, max_grid=16, width=64, depth=1,
             num_heads=4, mlp_dim=128, image_soft_tokens=16, frame_soft_tokens=4, num_frames=8,
+            frame_pooling="grid",
         ),
         audio=AudioConfig(num_mels=64, width=64, depth=2, num_heads=4, mlp_dim=128, conv_kernel=15,
                           max_seconds=8.0),

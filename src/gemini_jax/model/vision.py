@@ -6,7 +6,8 @@ patches -> (optional stride-2 convolutions inside each patch) -> linear patch em
    blocks, or SigLIP's LayerNorm/GELU blocks with biases, for imported towers)
 -> pooling="attention": learned queries attend over the real patches (images and video
    frames have their own query tables and share the attention weights), then RMSNorm;
-   pooling="none": one soft token per real patch
+   pooling="none": one soft token per real patch; frame_pooling="grid": each frame query
+   attends only to the patches under its own cell of a square grid laid over the frame
 -> linear to the decoder width.
 
 Variable resolution means a variable number of real patches and any grid shape up to
@@ -18,6 +19,8 @@ D encoder width, E decoder width, Q soft tokens (queries), N heads, H head dimen
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,7 @@ class AttentionPool(nnx.Module):
                        "heads", "head_dim", "embed")
 
     def __call__(self, queries: jax.Array, features: jax.Array, mask: jax.Array) -> jax.Array:
+        """mask: bool[B, P] (every query sees the same patches) or [B, Q, P] (each its own)."""
         dtype = self.dtype
         batch = features.shape[0]
         features = features.astype(dtype)
@@ -66,7 +70,9 @@ class AttentionPool(nnx.Module):
         k = jnp.einsum("BPD,DNH->BPNH", features, read_weight(self.k, dtype))
         v = jnp.einsum("BPD,DNH->BPNH", features, read_weight(self.v, dtype))
         num_queries = queries.shape[0]
-        pool_mask = jnp.broadcast_to(mask[:, None, :], (batch, num_queries, mask.shape[1]))  # [B, Q, P]
+        if mask.ndim == 2:
+            mask = mask[:, None, :]
+        pool_mask = jnp.broadcast_to(mask, (batch, num_queries, mask.shape[-1]))  # [B, Q, P]
         pooled = dot_product_attention(q, k, v, mask=pool_mask)  # [B, Q, N, H]
         return jnp.einsum("BQNH,NHD->BQD", pooled, read_weight(self.o, dtype))
 
@@ -250,6 +256,8 @@ class VisionEncoder(nnx.Module):
             tokens = self.out_proj(x).reshape(batch, slots, num_patches, -1)  # [B, I, P, E]
             return SoftTokens(tokens=tokens, valid=patch_mask)
         queries = (self.frame_queries if frames else self.image_queries)[...]
+        if frames and self.config.frame_pooling == "grid":
+            mask = grid_cells(coords, mask, side=math.isqrt(self.config.frame_soft_tokens))  # [BI, Q, P]
         pooled = self.pool(queries, x, mask)  # [BI, Q, D]
         tokens = self.out_proj(self.out_norm(pooled))  # [BI, Q, E]
         num_queries = queries.shape[0]
@@ -257,3 +265,15 @@ class VisionEncoder(nnx.Module):
         slot_valid = jnp.any(patch_mask, axis=-1)  # [B, I]
         valid = jnp.broadcast_to(slot_valid[:, :, None], (batch, slots, num_queries))
         return SoftTokens(tokens=tokens, valid=valid)
+
+
+def grid_cells(coords: jax.Array, mask: jax.Array, *, side: int) -> jax.Array:
+    """bool[BI, side * side, P]: which real patches lie under each cell of a side x side grid
+    stretched over each image's own patch grid (cells in row-major order; a grid smaller than
+    `side` leaves some cells empty)."""
+    rows = jnp.max(jnp.where(mask, coords[..., 0], -1), axis=-1, keepdims=True) + 1  # [BI, 1]
+    cols = jnp.max(jnp.where(mask, coords[..., 1], -1), axis=-1, keepdims=True) + 1
+    cell_row = coords[..., 0] * side // jnp.maximum(rows, 1)  # [BI, P]
+    cell_col = coords[..., 1] * side // jnp.maximum(cols, 1)
+    cell = cell_row * side + cell_col
+    return (cell[:, None, :] == jnp.arange(side * side)[None, :, None]) & mask[:, None, :]
