@@ -50,8 +50,9 @@ class VisionConfig:
     over each frame and lets each frame query attend only to the patches under its own cell,
     so a frame token keeps where in the frame it looked: in a 10,000-step demo run on clips
     with light backgrounds and frames upscaled to 4 x 4 patches, learned queries over whole
-    frames answered which shape appears first or last (100% / 88%) but not which way a shape
-    moves (26%, chance); queries per cell answered all three (90% / 63% / 99.5%). `stem_channels` puts stride-2 3x3 convolutions (one per entry,
+    frames answered which shape appears first (100%) or last (88%) but not which way a shape
+    moves (26%, chance); queries per cell answered all three (90%, 63%, 99.5%).
+    `stem_channels` puts stride-2 3x3 convolutions (one per entry,
     with that many channels) inside each patch before its linear embedding, an early
     convolutional stem (Xiao et al. 2021); () embeds raw pixels. `frame_stem_channels` None
     embeds video frames with the images' patch embedding; a tuple gives frames a patch
@@ -101,8 +102,9 @@ class VisionConfig:
             raise ConfigError(f"vision.pooling must be 'attention' or 'none', got {self.pooling!r}")
         if self.frame_pooling not in ("attention", "grid"):
             raise ConfigError(f"vision.frame_pooling must be 'attention' or 'grid', got {self.frame_pooling!r}")
-        side = math.isqrt(self.frame_soft_tokens)
-        if self.frame_pooling == "grid" and (self.pooling != "attention" or side * side != self.frame_soft_tokens):
+        tokens = self.frame_soft_tokens
+        square = isinstance(tokens, int) and tokens > 0 and math.isqrt(tokens) ** 2 == tokens
+        if self.frame_pooling == "grid" and (self.pooling != "attention" or not square):
             raise ConfigError(
                 f"vision.frame_pooling='grid' needs pooling='attention' (pooled soft tokens) and a square "
                 f"frame_soft_tokens (1, 4, 9, ...), got pooling={self.pooling!r}, frame_soft_tokens={self.frame_soft_tokens}"
