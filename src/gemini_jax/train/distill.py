@@ -106,9 +106,9 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
     """The distillation loss at scored positions and its parts {"count", "kl", "cross_entropy"}.
 
     hidden [B, K, D] of each model (the teacher's is not differentiated), targets and weights
-    [B, K], each model's output table and projection (`teacher_project` None: `project`). Up to `chunk_tokens` positions (default: as many as the
-    cross-entropy projects at once, train/loss.py) the logits are computed whole and autodiff
-    differentiates them; beyond, both models' logits are projected a chunk at a time and the
+    [B, K], each model's output table and projection (`teacher_project` None: `project`). Up
+    to `chunk_tokens` positions (default: as many as the cross-entropy projects at once,
+    train/loss.py) the logits are computed whole and autodiff differentiates them; beyond, both models' logits are projected a chunk at a time and the
     student's gradients computed inside the chunk, so no [B, K, V] logits ever exist (a 256K
     vocabulary over 8 rows of 2,048 scored tokens is 17 GB per model).
     """
@@ -124,6 +124,7 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
         cross_entropy = masked_cross_entropy(student_logits, targets, weights)[0]
         teacher_logits = teacher_project(teacher_table, teacher_hidden)
         kl = kl_divergence(student_logits, teacher_logits, weights, temperature=temperature)
+        loss = alpha * temperature**2 * kl + (1 - alpha) * cross_entropy
     else:
         num = batch * scored
         pad = -num % chunk
@@ -138,8 +139,6 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
         kl_sum, ce_sum = jax.lax.stop_gradient((kl_sum, ce_sum))
         denominator = jnp.maximum(count, 1.0)
         loss, kl, cross_entropy = loss_sum / denominator, kl_sum / denominator, ce_sum / denominator
-        return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
-    loss = alpha * temperature**2 * kl + (1 - alpha) * cross_entropy
     return loss, {"count": count, "kl": kl, "cross_entropy": cross_entropy}
 
 
