@@ -322,6 +322,17 @@ def test_audio_slots_pad_to_the_declared_clip_length(tok, files):
     assert batch["audio_mels"].shape == (2, 1, 40, CONFIG.audio.num_mels)
     assert batch["audio_mel_mask"].sum(axis=(1, 2)).tolist() == [25, 10]  # 4000 and 1600 samples / hop 160
 
+def test_collate_rounds_mel_frames_up_to_a_multiple(tok, files):
+    rows = [encode_example(chat(("user", [Part(audio=str(files / "speech.wav"))])), tokenizer=tok, config=CONFIG,
+                           for_generation=True)]
+    assert rows[0]["audio_mels"].shape[1] == 25
+    exact = P.collate(rows, seq_len=64, config=CONFIG)
+    rounded = P.collate(rows, seq_len=64, config=CONFIG, batch_size=2, mel_frames_multiple=16)
+    assert exact["audio_mels"].shape[2] == 25
+    assert rounded["audio_mels"].shape == (2, 1, 32, CONFIG.audio.num_mels)
+    np.testing.assert_array_equal(rounded["audio_mel_mask"][0, 0], np.arange(32) < 25)
+    np.testing.assert_array_equal(rounded["audio_mels"][0, :, :25], exact["audio_mels"][0])
+
 
 def test_bidirectional_prompts_make_each_unscored_user_turn_one_span(tok, files):
     config = dataclasses.replace(CONFIG, prompt_attention="bidirectional")

@@ -51,6 +51,21 @@ def test_sampling_follows_the_distribution_and_its_seed():
     assert (greedy == 0).all()
 
 
+def test_greedy_and_sampled_rows_in_one_batch_answer_as_alone():
+    logits = jax.random.normal(jax.random.key(1), (64, 50))
+    keys = jax.random.split(jax.random.key(2), 64)
+    sampled = dict(temperature=jnp.ones(64), top_k=jnp.zeros(64, jnp.int32), top_p=jnp.ones(64))
+    mixed = {**sampled, "temperature": jnp.where(jnp.arange(64) % 2 == 0, 0.0, 1.0)}
+    all_sampled = np.asarray(sample_tokens(logits, keys, **sampled))
+    all_greedy = np.asarray(sample_tokens(logits, keys, **{**sampled, "temperature": jnp.zeros(64)}))
+    both = np.asarray(sample_tokens(logits, keys, **mixed))
+    argmax = np.asarray(logits).argmax(-1)
+    np.testing.assert_array_equal(all_greedy, argmax)
+    np.testing.assert_array_equal(both[0::2], argmax[0::2])
+    np.testing.assert_array_equal(both[1::2], all_sampled[1::2])
+    assert (all_sampled != argmax).sum() > 10  # the sampled rows did draw
+
+
 def prompts(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 36, 3), np.uint8)).save(tmp_path / "a.png")
     return [

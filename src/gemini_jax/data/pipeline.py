@@ -19,6 +19,7 @@ with the count and the first errors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -423,19 +424,23 @@ def staged(stages: Sequence[tuple[grain.IterDataset, int | None]]) -> grain.Iter
     return _Staged([ds for ds, _ in stages], counts)
 
 
-def collate(rows: Sequence[Row], *, seq_len: int, config: ModelConfig, batch_size: int | None = None) -> Row:
+def collate(rows: Sequence[Row], *, seq_len: int, config: ModelConfig, batch_size: int | None = None,
+            mel_frames_multiple: int = 1) -> Row:
     """Pads and stacks already-encoded rows (e.g. generation prompts) into one batch.
 
-    Media slots are sized to the most any row has; `batch_size` (default len(rows)) adds
-    all-padding rows so that callers can keep a few fixed batch shapes.
+    Media slots are sized to the most any row has, mel frames rounded up to a multiple of
+    `mel_frames_multiple`; `batch_size` (default len(rows)) adds all-padding rows. Both let
+    callers keep a few fixed batch shapes.
     """
     def most(key: str) -> int:
         return max((r[key].shape[0] for r in rows if key in r), default=0)
 
+    mel_frames = max((r["audio_mels"].shape[1] for r in rows if "audio_mels" in r), default=None)
+    if mel_frames is not None:
+        mel_frames = mel_frames_multiple * math.ceil(mel_frames / mel_frames_multiple)
     shapes = _media_shapes(
         seq_len=seq_len, config=config, max_images=most("image_patches"), max_frames=most("frame_patches"),
-        max_audio_clips=most("audio_mels"),
-        max_mel_frames=max((r["audio_mels"].shape[1] for r in rows if "audio_mels" in r), default=None),
+        max_audio_clips=most("audio_mels"), max_mel_frames=mel_frames,
     )
     # Generation prompts have no targets: give them empty ones so every batch has one layout.
     rows = [{"targets": np.zeros_like(r["tokens"]), "loss_mask": np.zeros(r["tokens"].shape, np.float32), **r}

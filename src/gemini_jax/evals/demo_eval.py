@@ -56,8 +56,11 @@ def answer_questions(
 ) -> list[Record]:
     records = []
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
+    # Chunks of equal size (600 -> 3 x 200, not 256 + 256 + 88): the sampler rounds each up to
+    # the same batch shape, so the last one compiles nothing new.
+    size = math.ceil(len(examples) / max(1, math.ceil(len(examples) / batch_size)))
+    for start in range(0, len(examples), size):
+        chunk = examples[start : start + size]
         prompts, references = zip(*(split_prompt(e) for e in chunk))
         outputs = sampler.generate(list(prompts), [params] * len(prompts))
         for example, prompt, output, reference in zip(chunk, prompts, outputs, references):

@@ -41,7 +41,7 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache, LayerKV
-from gemini_jax.sample.sampler import LENGTH_BUCKET, stop_token_ids
+from gemini_jax.sample.sampler import LENGTH_BUCKET, MEL_FRAMES_BUCKET, stop_token_ids
 from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_next
 from gemini_jax.sample.streaming import TextStream
 
@@ -306,7 +306,7 @@ class Engine:
     def _prefill_into(self, slot: int, request: Request) -> int:
         length = request.prompt_tokens
         bucket = min(LENGTH_BUCKET * math.ceil(length / LENGTH_BUCKET), self.max_len)
-        batch = collate([request.row], seq_len=bucket, config=self.config)
+        batch = collate([request.row], seq_len=bucket, config=self.config, mel_frames_multiple=MEL_FRAMES_BUCKET)
         seeds = np.array([request.params.seed], np.uint32)
         token, row_cache = self._prefill(self.state, batch, params_arrays([request.params]), seeds)
         self.cache = self._insert(self.cache, row_cache, jnp.int32(slot))

@@ -4,9 +4,9 @@
     [answer] = sampler.generate([prompt_example], [SamplingParams(max_new_tokens=16)])
 
 Prompts are encoded with the model's prompt format (the chat template, or PaliGemma's
-prefix layout) and right-padded. Their lengths are rounded up to a bucket and the batch to
-a power of two, so a stream of requests reuses a few compiled shapes instead of compiling
-one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for the prefix format);
+prefix layout) and right-padded. Their lengths (and audio durations) are rounded up to a
+bucket and the batch to a power of two, so a stream of requests reuses a few compiled shapes
+instead of compiling one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for the prefix format);
 the loop ends when every row has stopped or reached its max_new_tokens.
 
 This is the static batch (evaluation: all prompts known up front). Requests that arrive over
@@ -33,6 +33,7 @@ from gemini_jax.model import Gemini
 from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_next
 
 LENGTH_BUCKET = 32
+MEL_FRAMES_BUCKET = 100  # one second of log-mel frames; the audio encoder masks the padding
 
 
 def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
@@ -107,7 +108,8 @@ class Sampler:
         seq_len = min(_round_up(longest, LENGTH_BUCKET), self.config.max_seq_len)
         cache_len = min(_round_up(seq_len + max_new, LENGTH_BUCKET), self.config.max_seq_len)
         size = _batch_bucket(len(rows))
-        batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size)
+        batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size,
+                        mel_frames_multiple=MEL_FRAMES_BUCKET)
         pad = size - len(rows)
         sampling = {k: np.pad(v, (0, pad)) for k, v in params_arrays(params).items()}
         seeds = np.pad(np.array([p.seed for p in params], np.uint32), (0, pad))
