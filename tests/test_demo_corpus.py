@@ -171,7 +171,7 @@ def test_default_sizes_live_in_demo_v1():
 
 def test_gif_round_trip_keeps_every_frame_and_colour(tmp_path):
     clip = shapes.Order(
-        first="circle", first_colour="red", second="square", second_colour="yellow", background="grey",
+        first="circle", first_colour="red", second="square", second_colour="yellow", background="mint",
         ask_last=False, first_frame=1, second_frame=4, x1=8, y1=8, x2=20, y2=20, dx=1, dy=0, radius=3,
     )
     images = shapes.render(clip, frames=8, size=32)
@@ -179,11 +179,11 @@ def test_gif_round_trip_keeps_every_frame_and_colour(tmp_path):
     frames = shapes.load_gif(tmp_path / "clip.gif")
     assert frames.shape == (8, 32, 32, 3)
     np.testing.assert_array_equal(frames, shapes.to_array(images))
-    grey, red, yellow = shapes.BACKGROUNDS["grey"], shapes.COLOURS["red"], shapes.COLOURS["yellow"]
+    mint, red, yellow = shapes.BACKGROUNDS["mint"], shapes.COLOURS["red"], shapes.COLOURS["yellow"]
     colours = [{tuple(c) for c in frame.reshape(-1, 3)} for frame in frames]
-    assert colours[0] == {grey}  # frame 0 is empty, then one shape, then both
-    assert colours[1] == colours[3] == {grey, red}
-    assert colours[4] == colours[7] == {grey, red, yellow}
+    assert colours[0] == {mint}  # frame 0 is empty, then one shape, then both
+    assert colours[1] == colours[3] == {mint, red}
+    assert colours[4] == colours[7] == {mint, red, yellow}
     # A square of radius 3 covers 7 x 7 pixels.
     assert int(np.all(frames[7] == yellow, axis=-1).sum()) == 49
 

@@ -42,7 +42,7 @@ import numpy as np
 from gemini_jax.data import shapes, speech
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
-VERSION = 4
+VERSION = 5
 TASKS = ("vqa", "asr", "video", "text")
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"

@@ -27,8 +27,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageSequence
 
 SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), "yellow": (240, 210, 40), "white": (245, 245, 245)}
-BACKGROUNDS = {"black": (0, 0, 0), "grey": (90, 90, 90)}
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), "yellow": (240, 210, 40), "black": (30, 30, 30)}
+# Light backgrounds, as easy-VQA's images have: what the vision encoder learns about shapes
+# from images then carries over to video frames.
+BACKGROUNDS = {"ivory": (250, 246, 236), "lavender": (236, 232, 250), "mint": (232, 248, 238)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 _PALETTE = list(BACKGROUNDS.values()) + list(COLOURS.values())
