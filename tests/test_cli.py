@@ -141,3 +141,16 @@ def test_audio_at_another_rate_and_in_stereo_is_converted_with_a_note(run, tmp_p
     assert code == 0
     text = " ".join(str(n.message) for n in notes)
     assert "22050" in text and "16000" in text and "channel" in text
+
+
+def test_the_command_restarts_once_with_huge_pages_for_large_allocations():
+    from gemini_jax.cli import huge_pages_environ
+
+    assert huge_pages_environ({"PATH": "/bin"}, "linux") == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "linux") == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    # Once set (the restarted process), elsewhere than Linux, or when the user opts out: no restart.
+    assert huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "linux") is None
+    assert huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux") is None
+    assert huge_pages_environ({}, "darwin") is None
+    assert huge_pages_environ({"GEMINI_JAX_NO_HUGE_PAGES": "1"}, "linux") is None

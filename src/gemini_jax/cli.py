@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -533,6 +534,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gemini-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+# XLA on CPUs allocates each step's temporaries afresh (40 to 140 MB for the demo's batches),
+# and glibc maps an allocation that large with mmap of its own: every 4 KiB page of it faults
+# in, zeroed by the kernel, at every step. Asked to, glibc advises transparent huge pages
+# (2 MiB) for those maps, where the kernel allows them on request, as most Linux
+# distributions do. glibc reads its tunables when a process starts, so the command sets the
+# tunable and starts itself again.
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def huge_pages_environ(environ: dict[str, str], platform: str = sys.platform) -> dict[str, str] | None:
+    """The environment to start the command again in, or None when it needs no restart (not
+    Linux, the tunable already set, or GEMINI_JAX_NO_HUGE_PAGES set)."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if platform != "linux" or "glibc.malloc.hugetlb" in tunables or environ.get("GEMINI_JAX_NO_HUGE_PAGES"):
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE}
+
+
+def entry() -> None:
+    """The `gemini-jax` console script: `main`, in a process whose large allocations glibc
+    backs with huge pages."""
+    environ = huge_pages_environ(dict(os.environ))
+    if environ is not None:
+        os.execve(sys.executable, [sys.executable, sys.argv[0], *sys.argv[1:]], environ)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -51,18 +51,15 @@ TOKENIZER_RECIPE = 1  # DemoCorpus.tokenizer_corpus's version: a change trains a
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoRecipe:
     preset: str = "demo"
-    steps: int = 9_000
+    steps: int = 10_000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     # Share of batches per stream. A stream is a task ("vqa") or some kinds of a task's examples
     # ("vqa:shape", "video:order_first+size"), drawn as a stream of its own beside the task's.
-    # Speech, once aligned in its stage, needs few of the mixture's batches (spoken numbers
-    # 99.7% exact with a weight of 3) and its batches cost the most (a 3-second clip is 300
-    # mel frames), so it has 2.
     weights: tuple[tuple[str, float], ...] = (
-        ("vqa", 3.0), ("asr", 2.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))
+        ("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))
     text_seq_len: int = 128
     text_batch_size: int = 16  # a text batch scores every token: 16 x 128 costs about a 32-row VQA batch
     # Stages before the mixture: (stream, share of the steps), each stream trained alone in
@@ -76,7 +73,7 @@ class DemoRecipe:
     #   question kind rewards early, and loses the shape information it had at initialisation,
     #   so shape answers stay at chance (43%); shape questions alone teach it (82% after 900
     #   steps, here after the speech stage).
-    stages: tuple[tuple[str, float], ...] = (("asr", 0.1), ("vqa:shape", 0.1))
+    stages: tuple[tuple[str, float], ...] = (("asr", 0.09), ("vqa:shape", 0.09))
     seed: int = 0
 
     def __post_init__(self):
