@@ -1,6 +1,6 @@
 """The embedded demo, end to end: corpus -> tokenizer -> one model trained on a task mixture -> evaluation.
 
-    gemini-jax train        # this recipe with its defaults; about 18 minutes on 2 CPU cores
+    gemini-jax train        # this recipe with its defaults; about 20 minutes on 2 CPU cores
 
 One multimodal model learns four tasks at once: easy-VQA questions about images, transcription
 of synthesized speech, questions about short videos, and language modelling of Python code.
