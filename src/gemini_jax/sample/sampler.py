@@ -6,8 +6,8 @@
 Prompts are encoded with the model's prompt format (the chat template, or PaliGemma's
 prefix layout) and right-padded. Their lengths (and audio durations) are rounded up to a
 bucket and the batch to a power of two, so a stream of requests reuses a few compiled shapes
-instead of compiling one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for the prefix format);
-the loop ends when every row has stopped or reached its max_new_tokens.
+instead of compiling one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for
+the prefix format); the loop ends when every row has stopped or reached its max_new_tokens.
 
 This is the static batch (evaluation: all prompts known up front). Requests that arrive over
 time go to engine.Engine, whose slots they join and leave at any step; both draw a request's
