@@ -108,9 +108,10 @@ def distill_loss_parts(student_hidden: jax.Array, teacher_hidden: jax.Array, tar
     hidden [B, K, D] of each model (the teacher's is not differentiated), targets and weights
     [B, K], each model's output table and projection (`teacher_project` None: `project`). Up
     to `chunk_tokens` positions (default: as many as the cross-entropy projects at once,
-    train/loss.py) the logits are computed whole and autodiff differentiates them; beyond, both models' logits are projected a chunk at a time and the
-    student's gradients computed inside the chunk, so no [B, K, V] logits ever exist (a 256K
-    vocabulary over 8 rows of 2,048 scored tokens is 17 GB per model).
+    train/loss.py) the logits are computed whole and autodiff differentiates them; beyond,
+    both models' logits are projected a chunk at a time and the student's gradients computed
+    inside the chunk, so no [B, K, V] logits ever exist (a 256K vocabulary over 8 rows of
+    2,048 scored tokens is 17 GB per model).
     """
     batch, scored, _ = student_hidden.shape
     vocab = student_table.shape[0]
