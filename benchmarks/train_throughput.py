@@ -137,12 +137,12 @@ def main() -> None:
         prepared = with_loss_positions(batch) if mesh is None else None
         if prepared is None:
             parser.error("--breakdown times one device only (no --mesh)")
-        grad_fn = jax.jit(jax.value_and_grad(trainer._loss, has_aux=True))
-        for name, fn in (("loss_forward_s", trainer._loss_fn), ("loss_and_gradients_s", grad_fn)):
-            jax.block_until_ready(fn(trainer.params, prepared))
+        frozen = trainer.frozen_inputs()
+        for name, fn in (("loss_forward_s", trainer._loss_fn), ("loss_and_gradients_s", trainer._gradients_fn)):
+            jax.block_until_ready(fn(frozen, trainer.params, prepared))
             start = time.perf_counter()
             for _ in range(args.steps):
-                out = fn(trainer.params, prepared)
+                out = fn(frozen, trainer.params, prepared)
             jax.block_until_ready(out)
             breakdown[name] = (time.perf_counter() - start) / args.steps
             del out

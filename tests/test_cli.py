@@ -154,3 +154,21 @@ def test_the_command_restarts_once_with_huge_pages_for_large_allocations():
     assert huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux") is None
     assert huge_pages_environ({}, "darwin") is None
     assert huge_pages_environ({"GEMINI_JAX_NO_HUGE_PAGES": "1"}, "linux") is None
+
+
+def test_every_flag_of_every_command_explains_itself():
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if a.dest == "command"]
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help and action.help.strip(), f"gemini-jax {name} {action.option_strings}: no help"
+
+
+def test_distillation_takes_the_training_run_flags_for_scale_and_goodput():
+    args = cli.build_parser().parse_args(
+        ["distill", "--teacher", "runs/t", "--mesh", "data=2,fsdp=2", "--sdc-check-every", "5",
+         "--replica-every", "10", "--loss-spike-factor", "3", "--coordinator", "h:1", "--num-processes", "2",
+         "--process-id", "1"])
+    assert (args.mesh, args.sdc_check_every, args.replica_every, args.loss_spike_factor) == ("data=2,fsdp=2", 5, 10, 3.0)
+    assert (args.coordinator, args.num_processes, args.process_id) == ("h:1", 2, 1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemini_jax import checkpoint, cli
+from gemini_jax import checkpoint, cli, sharding
 from gemini_jax.checkpoint import Checkpointer, CheckpointError
 from gemini_jax.config import PRESETS, ConfigError
 from gemini_jax.data import pipeline
@@ -26,7 +26,9 @@ from gemini_jax.train.distill import (
     kl_divergence,
     load_teacher,
 )
+from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
+from gemini_jax.train import replay
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import TrainConfig, Trainer, train
 
@@ -182,3 +184,37 @@ def test_a_missing_teacher_is_one_clear_line(tmp_path, capsys):
     assert "gemini-jax distill: error: teacher:" in message and "nowhere" in message
     assert cli.main(["distill", "--teacher", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
     assert "not a gemini-jax run directory" in capsys.readouterr().err
+
+
+def test_a_checked_distillation_step_replays_the_distillation_update(teacher_run, build_model, text_batches):
+    """checked_step computes the same update as step, the KL included (it replays the
+    distillation loss, not the plain one), and a flipped gradient bit is caught."""
+    run_dir, _ = teacher_run
+    _, batches = text_batches
+    teacher = load_teacher(run_dir)
+    results = []
+    for checked in (False, True):
+        trainer = DistillTrainer(fresh(build_model(CONFIG, seed=1)), OPTIMIZER, teacher=teacher,
+                                 distill=DistillConfig(alpha=0.5))
+        metrics = [trainer.checked_step(b, step=i) if checked else trainer.step(b) for i, b in enumerate(batches[:2])]
+        results.append(([(float(m["loss"]), float(m["kl"])) for m in metrics], jax.tree.map(np.array, trainer.params)))
+    (plain_metrics, plain_params), (checked_metrics, checked_params) = results
+    assert checked_metrics == plain_metrics
+    jax.tree.map(np.testing.assert_array_equal, checked_params, plain_params)
+    with pytest.raises(replay.SilentDataCorruptionError, match="step 7.*'decoder/blocks/0/attn/q'"):
+        trainer.checked_step(batches[2], step=7, corrupt=replay.flip_bit("decoder/blocks/0/attn/q", bit=22))
+
+
+def test_a_distillation_step_lowers_on_a_mesh_from_abstract_models():
+    """Compile-only, as for nano (tests/test_sharding.py): the student and the teacher from
+    nnx.eval_shape, nothing allocated; the lowered step takes the teacher's parameters sharded."""
+    mesh = sharding.make_mesh(sharding.MeshShape(fsdp=2, tensor=2))
+    teacher_config = dataclasses.replace(CONFIG, width=32, depth=3)
+    student, teacher = (nnx.eval_shape(lambda c=c: Gemini(c, rngs=nnx.Rngs(0))) for c in (CONFIG, teacher_config))
+    trainer = DistillTrainer(student, OPTIMIZER, teacher=teacher, mesh=mesh)
+    batch = {k: jax.ShapeDtypeStruct((4, 32), np.float32 if k == "loss_mask" else np.int32)
+             for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions", "media_spans", "loss_positions")}
+    text = trainer.lower(batch).as_text()
+    teacher_q = trainer.teacher_state["decoder"]["blocks"][0]["attn"]["q"].get_value()
+    assert isinstance(teacher_q, jax.ShapeDtypeStruct) and teacher_q.sharding.mesh == mesh
+    assert "sharding" in text

@@ -76,7 +76,8 @@ def test_loss_positions_give_the_full_masked_loss(build_model, tok, documents):
     batch["loss_mask"] = (rng.random(batch["loss_mask"].shape) < 0.2).astype(np.float32)  # a sparse mask
     full, count = masked_cross_entropy(model(model_inputs(batch)).logits, batch["targets"], batch["loss_mask"])
     trainer = Trainer(model, OptimizerConfig())
-    gathered, gathered_count = trainer._loss_fn(trainer.params, with_loss_positions(batch))
+    gathered, aux = trainer._loss_fn(trainer.frozen_inputs(), trainer.params, with_loss_positions(batch))
+    gathered_count = aux["loss_tokens"]
     assert float(count) == float(gathered_count) > 0
     np.testing.assert_allclose(float(gathered), float(full), rtol=1e-5)
     positions = with_loss_positions(batch)["loss_positions"]

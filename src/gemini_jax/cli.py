@@ -76,6 +76,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
     p.add_argument("--eval-every", type=int, default=0, help="steps between quick evaluations (0: only at the end)")
     _add_result_flags(p)
+    _add_scale_flags(p)
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    """Sharding, multi-host and the goodput guards: the same for training and distillation."""
     p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                    help="shard training over all devices of all processes on a (data, fsdp, tensor) mesh; "
                    "the product must equal the device count (default: one device, no mesh)")
@@ -142,6 +147,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     _add_schedule_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed for the student's initialisation and data order")
     _add_result_flags(p)
+    _add_scale_flags(p)
 
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
@@ -412,7 +418,7 @@ def _run(args: argparse.Namespace) -> None:
               max_request_bytes=args.max_request_bytes, max_len=args.max_len,
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
         return
-    if args.command == "train":
+    if args.command in ("train", "distill"):
         import os
 
         from gemini_jax.config import ConfigError
@@ -466,7 +472,9 @@ def _run(args: argparse.Namespace) -> None:
             distill_config=DistillConfig(temperature=args.temperature, alpha=args.alpha),
             cache_dir=args.cache_dir, steps=args.steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, seed=args.seed, eval_limit=args.eval_limit,
-            evaluate_at_end=not args.no_eval, progress=not args.no_progress,
+            evaluate_at_end=not args.no_eval, progress=not args.no_progress, mesh=mesh,
+            sdc_check_every=args.sdc_check_every, loss_spike_factor=args.loss_spike_factor,
+            replica_every=args.replica_every,
         )
         _write_json(args.output, results)
     elif args.command == "presets":

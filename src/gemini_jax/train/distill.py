@@ -35,7 +35,7 @@ from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.loss import Project, logits_chunk_tokens
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer, masked_cross_entropy, model_inputs
+from gemini_jax.train.trainer import Trainer, is_abstract, masked_cross_entropy, model_inputs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -209,8 +209,11 @@ class DistillTrainer(Trainer):
     """A Trainer whose loss mixes the teacher's distributions with the targets (see the module
     docstring). `trainer.train(..., make_trainer=functools.partial(DistillTrainer, teacher=t))`.
 
-    The step metrics add `kl` and `cross_entropy`, the two parts of `loss`, and metrics.jsonl
-    logs them. A new `trainer.distill` takes effect at the next step, without compiling again.
+    Only the loss differs: the teacher's state and the settings are its `frozen_inputs`, so
+    every program of the Trainer (the step, the replayed step of the SDC check, `lower` on an
+    abstract mesh) runs the distillation loss. The step metrics add `kl` and `cross_entropy`,
+    the two parts of `loss`, and metrics.jsonl logs them. A new `trainer.distill` takes
+    effect at the next step, without compiling again.
     """
 
     logged_metrics = ("kl", "cross_entropy")
@@ -222,42 +225,27 @@ class DistillTrainer(Trainer):
         super().__init__(model, optimizer, mesh=mesh, logits_chunk_tokens=logits_chunk_tokens)
         self.distill = distill
         self.teacher_graphdef, self.teacher_state = nnx.split(teacher)
-        out_shardings = {}
-        if mesh is not None:
-            self.teacher_state = sharding.place(self.teacher_state,
-                                                sharding.param_shardings(self.teacher_state, mesh))
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            out_shardings = {"out_shardings": (self.param_shardings, self.opt_shardings, replicated)}
-        step = jax.jit(self._distill_step, donate_argnums=(1, 2), **out_shardings)
-        loss = jax.jit(self._distill_loss)
-        # Trainer.step calls _step_fn(params, opt_state, batch). The teacher's state and the
-        # settings go in as inputs of every call, not as constants compiled into the program:
-        # a large teacher stays out of the executable, and a new `self.distill` (a schedule
-        # of alpha, say) runs the same compiled step.
-        self._step_fn = lambda params, opt_state, batch: step(self._frozen_inputs(), params, opt_state, batch)
-        self._loss_fn = lambda params, batch: loss(self._frozen_inputs(), params, batch)
+        if mesh is not None:  # the teacher's weights are split over the mesh as the student's are
+            shardings = sharding.param_shardings(self.teacher_state, mesh)
+            self.teacher_state = (sharding.with_shardings(self.teacher_state, shardings)
+                                  if is_abstract(self.teacher_state) else sharding.place(self.teacher_state, shardings))
 
-    def _frozen_inputs(self) -> dict[str, Any]:
+    def frozen_inputs(self) -> dict[str, Any]:
         return {"teacher": self.teacher_state, "alpha": jnp.float32(self.distill.alpha),
                 "temperature": jnp.float32(self.distill.temperature)}
 
-    def _distill_loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def _loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         student = nnx.merge(self.graphdef, params, self.rest)
         teacher = nnx.merge(self.teacher_graphdef, frozen["teacher"])
         targets = jnp.take_along_axis(batch["targets"], batch["loss_positions"], axis=1)  # [B, K]
         weights = jnp.take_along_axis(batch["loss_mask"], batch["loss_positions"], axis=1)  # [B, K]
-        return distill_loss_parts(
+        loss, parts = distill_loss_parts(
             scored_hidden(student, batch), scored_hidden(teacher, batch), targets, weights,
             student_table=student.embedder.table.get_value(), teacher_table=teacher.embedder.table.get_value(),
             project=functools.partial(tied_logits, dtype=student.embedder.dtype),
             teacher_project=functools.partial(tied_logits, dtype=teacher.embedder.dtype),
             temperature=frozen["temperature"], alpha=frozen["alpha"], chunk_tokens=self.logits_chunk_tokens)
-
-    def _distill_step(self, frozen, params, opt_state, batch):
-        (loss, parts), grads = jax.value_and_grad(
-            lambda p: self._distill_loss(frozen, p, batch), has_aux=True)(params)
-        params, opt_state, metrics = self._update(params, opt_state, (loss, parts["count"]), grads)
-        return params, opt_state, {**metrics, "kl": parts["kl"], "cross_entropy": parts["cross_entropy"]}
+        return loss, {"loss_tokens": parts["count"], "kl": parts["kl"], "cross_entropy": parts["cross_entropy"]}
 
 
 def load_teacher(run_dir: str | os.PathLike) -> Gemini:

@@ -118,6 +118,11 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
 
+def is_abstract(tree: Any) -> bool:
+    """Whether `tree` holds shapes only (a model from nnx.eval_shape): it can be lowered, not run."""
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
 class Trainer:
     """Owns the model's parameters, the optimizer state and the compiled step.
 
@@ -141,25 +146,24 @@ class Trainer:
         self.mesh = mesh
         if mesh is None:
             self.opt_state = self.tx.init(self.params)
-            self._step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+            self._step_fn = jax.jit(self._step, donate_argnums=(1, 2))
             self._gradients_fn = jax.jit(self._gradients)
             self._checked_update_fn = jax.jit(self._checked_update)
         else:
             # A model from nnx.eval_shape holds ShapeDtypeStructs: then nothing is allocated,
             # and the step can only be lowered (`lower`), e.g. for a mesh bigger than this host.
-            abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(self.params))
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             self.param_shardings = sharding.param_shardings(self.params, mesh)
             opt_like = jax.eval_shape(self.tx.init, self.params)
             self.opt_shardings = sharding.shardings_like(opt_like, self.params, self.param_shardings, mesh)
-            if abstract:
+            if is_abstract(self.params):
                 self.params = sharding.with_shardings(self.params, self.param_shardings)
                 self.opt_state = sharding.with_shardings(opt_like, self.opt_shardings)
             else:
                 self.params = sharding.place(self.params, self.param_shardings)
                 self.rest = sharding.place(self.rest, jax.tree.map(lambda _: replicated, self.rest))
                 self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
-            self._step_fn = jax.jit(self._step, donate_argnums=(0, 1),
+            self._step_fn = jax.jit(self._step, donate_argnums=(1, 2),
                                     out_shardings=(self.param_shardings, self.opt_shardings, replicated))
             self._gradients_fn = jax.jit(self._gradients, out_shardings=(replicated, self.param_shardings))
             self._checked_update_fn = jax.jit(
@@ -170,7 +174,16 @@ class Trainer:
     def model(self) -> Gemini:
         return nnx.merge(self.graphdef, self.params, self.rest)
 
-    def _loss(self, params, batch):
+    def frozen_inputs(self) -> dict[str, Any]:
+        """Arrays every step reads and never trains (a subclass's: a distillation teacher and its
+        settings; none here). They are arguments of each compiled program, not constants
+        compiled into it: a large teacher stays out of the executable, and new values run the
+        same program."""
+        return {}
+
+    def _loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(the mean loss, {"loss_tokens": scored positions, and a subclass's `logged_metrics`})."""
+        del frozen  # the plain loss reads none
         model = nnx.merge(self.graphdef, params, self.rest)
         out = model(model_inputs(batch))
         # Logits only where the loss looks: answers are a few tokens of each row, and the
@@ -188,28 +201,29 @@ class Trainer:
             targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
             weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
         project = functools.partial(tied_logits, dtype=model.embedder.dtype)
-        return cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
-                             chunk_tokens=self.logits_chunk_tokens)
+        loss, count = cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
+                                    chunk_tokens=self.logits_chunk_tokens)
+        return loss, {"loss_tokens": count}
 
-    def _gradients(self, params, batch):
-        return jax.value_and_grad(self._loss, has_aux=True)(params, batch)  # ((loss, count), grads)
+    def _gradients(self, frozen, params, batch):
+        return jax.value_and_grad(self._loss, argnums=1, has_aux=True)(frozen, params, batch)  # ((loss, aux), grads)
 
-    def _update(self, params, opt_state, loss_and_count, grads):
-        loss, count = loss_and_count
+    def _update(self, params, opt_state, loss_and_aux, grads):
+        loss, aux = loss_and_aux
         # Optax mixes Python scalars with int32 step counts; it is written for standard
         # promotion, while our own code also passes under strict promotion (the tests' mode).
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = self.tx.update(grads, opt_state, params, value=loss)
             params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "loss_tokens": count, "grad_norm": optax.tree.norm(grads),
+        return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
                                    "skipped_updates": skipped_updates(opt_state),
                                    "spike_skips": spike_skips(opt_state)}
 
-    def _step(self, params, opt_state, batch):
-        return self._update(params, opt_state, *self._gradients(params, batch))
+    def _step(self, frozen, params, opt_state, batch):
+        return self._update(params, opt_state, *self._gradients(frozen, params, batch))
 
-    def _checked_update(self, params, opt_state, loss_and_count, grads):
-        params, opt_state, metrics = self._update(params, opt_state, loss_and_count, grads)
+    def _checked_update(self, params, opt_state, loss_and_aux, grads):
+        params, opt_state, metrics = self._update(params, opt_state, loss_and_aux, grads)
         prints = {"gradients": fingerprint(grads), "params": fingerprint(params), "opt_state": fingerprint(opt_state)}
         return params, opt_state, metrics, prints
 
@@ -230,7 +244,8 @@ class Trainer:
         """One update on `batch`: the whole batch, or with a mesh this process's rows of it."""
         batch = self._device_batch(batch)
         with self._in_mesh():
-            self.params, self.opt_state, metrics = self._step_fn(self.params, self.opt_state, batch)
+            self.params, self.opt_state, metrics = self._step_fn(self.frozen_inputs(), self.params, self.opt_state,
+                                                                 batch)
         return metrics
 
     def checked_step(self, batch: Mapping[str, np.ndarray], *, step: int,
@@ -250,13 +265,14 @@ class Trainer:
         """
         require_deterministic_backend()
         batch = self._device_batch(batch)
+        frozen = self.frozen_inputs()
         with self._in_mesh():
             params, opt_state, metrics, first = self._checked_update_fn(
-                self.params, self.opt_state, *self._gradients_fn(self.params, batch))
-            loss_and_count, grads = self._gradients_fn(self.params, batch)
+                self.params, self.opt_state, *self._gradients_fn(frozen, self.params, batch))
+            loss_and_aux, grads = self._gradients_fn(frozen, self.params, batch)
             if corrupt is not None:
                 grads = corrupt(grads)
-            *_, replayed = self._checked_update_fn(self.params, self.opt_state, loss_and_count, grads)
+            *_, replayed = self._checked_update_fn(self.params, self.opt_state, loss_and_aux, grads)
         check_replay(step, first, replayed)
         self.params, self.opt_state = params, opt_state
         return metrics
@@ -269,7 +285,7 @@ class Trainer:
         shardings = {k: sharding.batch_sharding(self.mesh, len(v.shape)) for k, v in batch.items()}
         batch = sharding.with_shardings(dict(batch), shardings)
         with jax.set_mesh(self.mesh):
-            return self._step_fn.lower(self.params, self.opt_state, batch)
+            return self._step_fn.lower(self.frozen_inputs(), self.params, self.opt_state, batch)
 
     def state(self) -> dict[str, Any]:
         return {"params": nnx.to_pure_dict(self.params), "opt_state": self.opt_state}
