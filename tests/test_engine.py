@@ -89,7 +89,7 @@ def test_batched_cached_decoding_equals_full_forward_passes(build_model, tok, tm
     for request, prompt, n in zip([*first, third, fourth], prompts, lengths):
         assert request.result().token_ids == greedy_reference(model, tok, prompt, n)
     # One compiled decode step served every occupancy and every prompt length.
-    assert engine._decode._cache_size() == 1
+    assert engine.programs._decode._cache_size() == 1
     assert any(len(r.token_ids) > 1 and len(set(r.token_ids)) > 1 for r in [*first, third, fourth])
 
 

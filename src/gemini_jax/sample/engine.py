@@ -17,7 +17,14 @@ while others are mid-answer joins at the next step instead of waiting for the ba
 
 Each slot carries its own sampling settings, and its random key is fold_in(key(seed), step)
 with the request's own step (0 for the first answer token), so an answer depends on its
-request alone, never on its slot or its companions; it is also what `Sampler` draws.
+request alone, never on its slot or its companions. `Sampler` runs the same compiled programs
+(programs.py), so it gives the same answers.
+
+Prompts are prefilled one at a time on purpose. Prefilling the prompts that wait together as
+one batch made the engine's steps 1.4-1.7x faster once compiled (2 CPU cores, demo preset),
+but every mix of batch size, length and media is another compiled shape, and compiling those
+under load cost more than it saved: `benchmarks/serve_load.py` fell from 122-125 to 46-86
+requests/s.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
 from gemini_jax.data.examples import Example
@@ -41,8 +47,9 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache, LayerKV
+from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.sampler import LENGTH_BUCKET, MEL_FRAMES_BUCKET, stop_token_ids
-from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_next
+from gemini_jax.sample.sampling import SamplingParams, params_arrays
 from gemini_jax.sample.streaming import TextStream
 
 log = logging.getLogger(__name__)
@@ -159,8 +166,8 @@ class Engine:
         self.max_queue = max_queue
         self.media_cache = media_cache
         self.stop_ids = frozenset(stop_token_ids(config, tokenizer))
-        self.graphdef, self.state = nnx.split(model)
-        self.cache = model.init_cache(batch_size=slots, max_len=max_len)
+        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
+        self.cache = self.programs.init_cache(batch_size=slots, max_len=max_len)
         # Per-slot inputs of the decode step, kept on the host: they change by a few entries a
         # step, and the sampled tokens come back to the host every step anyway (to be streamed).
         self._tokens = np.zeros(slots, np.int32)  # the token each slot feeds next
@@ -178,35 +185,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.stats = EngineStats()
-        self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(_insert, donate_argnames=("cache",))
-        self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
-
-    # -- compiled pieces ---------------------------------------------------------------------
-
-    def _prefill_fn(self, state, batch, sampling, seeds):
-        model = nnx.merge(self.graphdef, state)
-        cache = model.init_cache(batch_size=1, max_len=batch["tokens"].shape[1])
-        out, cache = model.prefill(batch, cache)
-        last = jnp.maximum(cache.index - 1, 0)  # [1]: the last prompt token
-        logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]  # [1, V]
-        token = sample_next(logits, seeds=seeds, steps=jnp.zeros((1,), jnp.int32), sampling=sampling,
-                            vocab_size=self.tokenizer.vocab_size)
-        return token, cache
-
-    def _decode_fn(self, state, cache, tokens, steps, active, sampling, seeds):
-        model = nnx.merge(self.graphdef, state)
-        logits, stepped = model.decode_step(tokens, cache)  # [slots, V]
-        # An idle slot's write lands past its valid region and is never read: only its index and
-        # validity must stay put, so that it cannot walk off the end of the cache.
-        cache = KVCache(
-            layers=stepped.layers,
-            valid=jnp.where(active[:, None], stepped.valid, cache.valid),
-            index=jnp.where(active, stepped.index, cache.index),
-        )
-        tokens = sample_next(logits, seeds=seeds, steps=steps, sampling=sampling,
-                             vocab_size=self.tokenizer.vocab_size)
-        return tokens, cache
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -261,8 +240,8 @@ class Engine:
         self._admit()
         if self._active.any():
             try:
-                tokens, self.cache = self._decode(self.state, self.cache, self._tokens, self._steps, self._active,
-                                                  self._sampling, self._seeds)
+                tokens, self.cache = self.programs.decode(self.cache, self._tokens, self._steps, self._active,
+                                                          self._sampling, self._seeds)
                 tokens = np.asarray(tokens)
             except Exception as e:  # a failed step fails its requests, not the server
                 log.exception("decode step failed")
@@ -276,7 +255,7 @@ class Engine:
         return self.has_work()
 
     def _fresh_cache(self) -> KVCache:
-        return nnx.merge(self.graphdef, self.state).init_cache(batch_size=self.slots, max_len=self.max_len)
+        return self.programs.init_cache(batch_size=self.slots, max_len=self.max_len)
 
     def _admit(self) -> None:
         free = [s for s in range(self.slots) if self._live[s] is None]
@@ -308,7 +287,7 @@ class Engine:
         bucket = min(LENGTH_BUCKET * math.ceil(length / LENGTH_BUCKET), self.max_len)
         batch = collate([request.row], seq_len=bucket, config=self.config, mel_frames_multiple=MEL_FRAMES_BUCKET)
         seeds = np.array([request.params.seed], np.uint32)
-        token, row_cache = self._prefill(self.state, batch, params_arrays([request.params]), seeds)
+        token, row_cache = self.programs.prefill(batch, params_arrays([request.params]), seeds, cache_len=bucket)
         self.cache = self._insert(self.cache, row_cache, jnp.int32(slot))
         return int(np.asarray(token)[0])
 

@@ -10,8 +10,8 @@ instead of compiling one per prompt. A row stops at <end_of_turn> or <eos> (<eos
 the prefix format); the loop ends when every row has stopped or reached its max_new_tokens.
 
 This is the static batch (evaluation: all prompts known up front). Requests that arrive over
-time go to engine.Engine, whose slots they join and leave at any step; both draw a request's
-tokens with the same keys, so they give the same answers.
+time go to engine.Engine, whose slots they join and leave at any step; both run the compiled
+programs of programs.py, so they give the same answers.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
@@ -30,7 +27,8 @@ from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
-from gemini_jax.sample.sampling import SamplingParams, params_arrays, sample_next
+from gemini_jax.sample.programs import DecodePrograms
+from gemini_jax.sample.sampling import SamplingParams, params_arrays
 
 LENGTH_BUCKET = 32
 MEL_FRAMES_BUCKET = 100  # one second of log-mel frames; the audio encoder masks the padding
@@ -49,7 +47,8 @@ def _round_up(n: int, multiple: int) -> int:
     return multiple * math.ceil(n / multiple)
 
 
-def _batch_bucket(n: int) -> int:
+def batch_bucket(n: int) -> int:
+    """The batch size n requests are padded to: the next power of two."""
     return 1 << max(0, math.ceil(math.log2(n)))
 
 
@@ -57,30 +56,9 @@ class Sampler:
     def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None):
         self.config = model.config
         self.tokenizer = tokenizer
-        self.graphdef, self.state = nnx.split(model)
+        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
         self.media_cache = media_cache
         self.stop_ids = np.array(stop_token_ids(model.config, tokenizer), np.int32)
-        self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
-        self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
-
-    def _prefill_fn(self, state, batch, sampling, seeds, *, max_len):
-        model = nnx.merge(self.graphdef, state)
-        cache = model.init_cache(batch_size=batch["tokens"].shape[0], max_len=max_len)
-        out, cache = model.prefill(batch, cache)
-        last = jnp.maximum(cache.index - 1, 0)  # [B]: each row's last prompt token
-        logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]  # [B, V]
-        tokens = self._sample(logits, seeds, jnp.int32(0), sampling)
-        return tokens, cache
-
-    def _decode_fn(self, state, tokens, cache, step, sampling, seeds):
-        model = nnx.merge(self.graphdef, state)
-        logits, cache = model.decode_step(tokens, cache)
-        return self._sample(logits, seeds, step, sampling), cache
-
-    def _sample(self, logits, seeds, step, sampling):
-        steps = jnp.full(seeds.shape, step, jnp.int32)  # one step for every row: they advance together
-        return sample_next(logits, seeds=seeds, steps=steps, sampling=sampling,
-                           vocab_size=self.tokenizer.vocab_size)
 
     def encode_prompt(self, prompt: Example) -> dict[str, np.ndarray]:
         return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,
@@ -107,7 +85,7 @@ class Sampler:
             )
         seq_len = min(_round_up(longest, LENGTH_BUCKET), self.config.max_seq_len)
         cache_len = min(_round_up(seq_len + max_new, LENGTH_BUCKET), self.config.max_seq_len)
-        size = _batch_bucket(len(rows))
+        size = batch_bucket(len(rows))
         batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size,
                         mel_frames_multiple=MEL_FRAMES_BUCKET)
         pad = size - len(rows)
@@ -115,7 +93,7 @@ class Sampler:
         seeds = np.pad(np.array([p.seed for p in params], np.uint32), (0, pad))
         limits = np.array([p.max_new_tokens for p in params] + [0] * pad)
 
-        tokens, cache = self._prefill(self.state, batch, sampling, seeds, max_len=cache_len)
+        tokens, cache = self.programs.prefill(batch, sampling, seeds, cache_len=cache_len)
         out = np.zeros((size, max_new), np.int32)
         done = limits == 0
         length = np.zeros(size, np.int64)
@@ -126,7 +104,8 @@ class Sampler:
             done |= np.isin(current, self.stop_ids) | (step + 1 >= limits)
             if done.all():
                 break
-            tokens, cache = self._decode(self.state, tokens, cache, jnp.int32(step + 1), sampling, seeds)
+            steps = np.full(size, step + 1, np.int32)  # the rows advance together
+            tokens, cache = self.programs.decode(cache, tokens, steps, ~done, sampling, seeds)
         answers = []
         for row in range(len(rows)):
             ids = out[row, : length[row]].tolist()

@@ -1,0 +1,74 @@
+"""The two compiled programs behind every decoder: prefill prompts, then decode one token per row.
+
+    programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
+    tokens, cache = programs.prefill(batch, sampling, seeds, cache_len=64)   # step 0 of each row
+    tokens, cache = programs.decode(cache, tokens, steps, active, sampling, seeds)
+
+`Sampler` (a static batch) and `Engine` (slots that requests join and leave) schedule them
+differently but run these same programs, so an answer does not depend on which of them
+serves it: every row samples with the key fold_in(key(seed), step) of its own request's step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gemini_jax.model import Gemini
+from gemini_jax.model.attention import KVCache
+from gemini_jax.sample.sampling import sample_next
+
+Arrays = dict[str, np.ndarray]
+
+
+class DecodePrograms:
+    """A model's weights, split once, and its jitted prefill and decode step.
+
+    `vocab_size` is the tokenizer's: ids the model's table has beyond it are never drawn.
+    """
+
+    def __init__(self, model: Gemini, *, vocab_size: int):
+        self.config = model.config
+        self.vocab_size = vocab_size
+        self.graphdef, self.state = nnx.split(model)
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
+        self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
+
+    def init_cache(self, *, batch_size: int, max_len: int) -> KVCache:
+        return nnx.merge(self.graphdef, self.state).init_cache(batch_size=batch_size, max_len=max_len)
+
+    def prefill(self, batch: Arrays, sampling: Arrays, seeds: np.ndarray, *, cache_len: int) -> tuple[jax.Array, KVCache]:
+        """Each row's first answer token (its step 0) and a KV cache of `cache_len` positions
+        (at least the batch's length) holding the prompts."""
+        return self._prefill(self.state, batch, sampling, seeds, cache_len=cache_len)
+
+    def decode(self, cache: KVCache, tokens: np.ndarray, steps: np.ndarray, active: np.ndarray, sampling: Arrays,
+               seeds: np.ndarray) -> tuple[jax.Array, KVCache]:
+        """Feeds each row its token and samples the next with its request's `steps`; `cache` is
+        donated. A row with `active` False computes a token nobody reads, and its write lands
+        past its valid region: only its index and validity must stay put, so that it cannot
+        walk off the end of the cache."""
+        return self._decode(self.state, cache, tokens, steps, active, sampling, seeds)
+
+    def _prefill_fn(self, state, batch, sampling, seeds, *, cache_len):
+        model = nnx.merge(self.graphdef, state)
+        cache = model.init_cache(batch_size=batch["tokens"].shape[0], max_len=cache_len)
+        out, cache = model.prefill(batch, cache)
+        last = jnp.maximum(cache.index - 1, 0)  # [B]: each row's last prompt token
+        logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]  # [B, V]
+        tokens = sample_next(logits, seeds=seeds, steps=jnp.zeros(seeds.shape, jnp.int32), sampling=sampling,
+                             vocab_size=self.vocab_size)
+        return tokens, cache
+
+    def _decode_fn(self, state, cache, tokens, steps, active, sampling, seeds):
+        model = nnx.merge(self.graphdef, state)
+        logits, stepped = model.decode_step(tokens, cache)  # [B, V]
+        cache = KVCache(
+            layers=stepped.layers,
+            valid=jnp.where(active[:, None], stepped.valid, cache.valid),
+            index=jnp.where(active, stepped.index, cache.index),
+        )
+        tokens = sample_next(logits, seeds=seeds, steps=steps, sampling=sampling, vocab_size=self.vocab_size)
+        return tokens, cache
