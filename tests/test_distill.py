@@ -218,3 +218,16 @@ def test_a_distillation_step_lowers_on_a_mesh_from_abstract_models():
     teacher_q = trainer.teacher_state["decoder"]["blocks"][0]["attn"]["q"].get_value()
     assert isinstance(teacher_q, jax.ShapeDtypeStruct) and teacher_q.sharding.mesh == mesh
     assert "sharding" in text
+
+
+def test_a_sharded_distillation_step_equals_the_single_device_one(teacher_run, build_model, text_batches):
+    """fsdp=2 x tensor=2 over the test's CPU devices, the teacher sharded like the student: the
+    same losses and KL as on one device."""
+    run_dir, _ = teacher_run
+    _, batches = text_batches
+    runs = []
+    for mesh in (None, sharding.make_mesh(sharding.MeshShape(fsdp=2, tensor=2))):
+        trainer = DistillTrainer(fresh(build_model(CONFIG, seed=2)), OPTIMIZER, teacher=load_teacher(run_dir),
+                                 mesh=mesh)
+        runs.append([(float(m["loss"]), float(m["kl"])) for m in map(trainer.step, batches[:3])])
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
