@@ -163,6 +163,10 @@ def test_every_flag_of_every_command_explains_itself():
         for action in command._actions:
             if action.dest != "help":
                 assert action.help and action.help.strip(), f"gemini-jax {name} {action.option_strings}: no help"
+        text = command.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name  # says nothing
+    assert "steps between quick evaluations (0: only at the end) (default: 0)" in " ".join(
+        commands.choices["train"].format_help().split())  # a default that tells something still shows
 
 
 def test_distillation_takes_the_training_run_flags_for_scale_and_goodput():

@@ -27,6 +27,17 @@ DEFAULT_RUN_DIR = "runs/demo"
 TRAIN_TASKS = ("demo", "kv_retrieval", "long_text")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it tells something: not for an unset option (None) or
+    a switch (False), and not where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
     """The demo recipe's training schedule, shared by train and distill."""
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
@@ -56,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "evaluates it by context length and position; --task long_text trains it on --seq-len-token "
         "windows of standard-library code and plots its loss by token position "
         "(src/gemini_jax/long_context.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--task", choices=TRAIN_TASKS, default="demo",
                    help="demo: the multimodal demo; kv_retrieval: the long-context recipe, a text-only decoder "
@@ -130,7 +141,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         "the softmax at temperature T. The teacher is frozen and runs in the same compiled step. Teacher and "
         "student must share the vocabulary and the teacher's encoders with their input settings. Re-running "
         "with the same --run-dir (and the same teacher) resumes from its last checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--teacher", required=True, metavar="RUN_DIR",
                    help="the teacher: a run directory written by `gemini-jax train` (its latest checkpoint)")
@@ -168,7 +179,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "standard-library code). Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
         "by context length and the queried pair's position, and NLL by token position on held-out long "
         "documents (plotted as a PNG). Prints a table of {task: {metric: value}}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
     p.add_argument("--tasks", default=None,
@@ -261,7 +272,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="answer a prompt, optionally with an image, audio clip or video",
         description="Runs one user turn through the model and prints its answer. Media parts come "
         "before the text, in the order image, video, audio.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("prompt", help="the text of the user's turn")
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
@@ -282,7 +293,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         description="POST /v1/chat/completions (messages with text, base64 images and WAV audio; "
         "stream: true for server-sent events), GET /health, GET /metrics. Requests share the "
         "decode slots and join the batch at its next step.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
@@ -303,7 +314,7 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
         help="list the model presets with their shapes and parameter counts",
         description="Shapes and parameter counts by component (decoder with its embedding, vision and "
         "audio encoders) of each preset, counted under jax.eval_shape: nothing is allocated.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("names", nargs="*", help="presets to show (default: all)")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
@@ -322,7 +333,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "text-only, causal run as a Hugging Face directory (config.json, float32 model.safetensors, "
         "tokenizer.model) that transformers' GemmaForCausalLM.from_pretrained loads. Weights are read "
         "with safetensors only, never pickle.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--from-hf", metavar="DIR", default=None,
                    help="a Hugging Face Gemma-1 or PaliGemma-1 directory to import")
@@ -363,7 +374,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         "--group-size consecutive input features. The new run directory records its quantization "
         "(quantization.json); generate, eval and serve load it as they load a float run, and decoding "
         "dequantizes inside the compiled step. Training refuses it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="the float run directory to quantize")
     p.add_argument("--out", required=True, help="the quantized run directory to create (new or empty)")
