@@ -194,3 +194,37 @@ def test_nano_training_steps_lower_for_64_devices():
         # fsdp x tensor = 16; norms, K/V heads and encoder odds and ends stay replicated.
         assert r["param_bytes_total"] / 16 <= r["param_bytes_per_device"] < r["param_bytes_total"] / 14
         assert r["opt_bytes_per_device"] >= 2 * r["param_bytes_per_device"]
+
+
+def test_a_run_trained_on_a_mesh_loads_on_one_device_and_resumes_on_another_mesh(tmp_path):
+    """Checkpoints of a sharded run are a run like any other: `generate`, `eval` and `serve`
+    load them on one device, and training resumes on a mesh of another shape."""
+    from gemini_jax import checkpoint
+    from gemini_jax.train.optimizer import OptimizerConfig
+    from gemini_jax.train.trainer import TrainConfig, train
+
+    config = PRESETS["test"].text_only
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            tokens = rng.integers(10, config.vocab_size, (4, 17)).astype(np.int32)
+            yield {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": np.ones((4, 16), np.float32),
+                   "segment_ids": np.ones((4, 16), np.int32), "media_spans": np.zeros((4, 16), np.int32),
+                   "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (4, 16)).copy()}
+
+    def run(steps: int, mesh: sharding.MeshShape):
+        train_config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, progress=False, mesh=mesh,
+                                   optimizer=OptimizerConfig(warmup_steps=1, total_steps=4))
+        return train(config=config, run_dir=tmp_path / "run", data=batches(), train_config=train_config, stop_after=steps)
+
+    (tmp_path / "tok.model").write_bytes(b"unused here")
+    checkpoint.write_run_files(tmp_path / "run", config=config, tokenizer_path=tmp_path / "tok.model")
+    trained = run(2, sharding.MeshShape(fsdp=2, tensor=2))
+    model = Gemini(config, rngs=nnx.Rngs(1))  # other initial values: all must be overwritten
+    assert checkpoint.load_params(tmp_path / "run", model) == 2
+    loaded, saved = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (model, trained.model))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), loaded, saved)
+    assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(loaded))
+    resumed = run(4, sharding.MeshShape(data=4))
+    assert resumed.step == 4 and np.isfinite(resumed.final_loss)
