@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/run_gpu.sh [OUT_DIR [NAME...]]     # NAMEs: run only those (e.g. train_32k)
 #
-# Each run has its own time limit (together 18 minutes at worst, compilation included; a
+# Each run has its own time limit (together 21 minutes at worst, compilation included; a
 # device session of 15 minutes should name the runs it needs); the order is by importance.
 set -u
 out=${1:-bench-out}
@@ -31,6 +31,11 @@ run() {  # run NAME SECONDS COMMAND...: stdout to OUT/NAME.json, the end of stde
 { nvidia-smi -L 2>/dev/null; python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1
 run train_2k_b8 150 python3 benchmarks/train_throughput.py --preset nano-1 --seq-len 2048 --batch 8 --steps 8 --breakdown
 run decode 130 python3 benchmarks/decode.py --preset nano-1 --batch-sizes 1,32 --steps 64
+# Batch-1 decode ran at 2.11 ms against a 1.06 ms roofline. Is the rest a fixed cost per step
+# (some 400 kernel launches)? The same 18 layers with tiny weights time that cost alone, and
+# CUDA graphs of every kind of command (XLA's command buffers) show how much launches take.
+run decode_fixed_cost 60 python3 benchmarks/decode.py --preset nano-1 --set width=256 --set mlp_dim=512 --set vocab_size=2048 --variants float,int4 --batch-sizes 1 --steps 64
+run decode_graphs 90 env XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1" python3 benchmarks/decode.py --preset nano-1 --batch-sizes 1 --steps 64
 run attention 70 python3 benchmarks/attention_speed.py --preset nano-1 --lengths 2048,8192,32768
 run train_32k 120 python3 benchmarks/train_throughput.py --preset nano-1 --seq-len 32768 --batch 1 --steps 4 --remat full
 run decode_gemma2b 60 python3 benchmarks/decode.py --preset nano-1 --set mlp_dim=16384 --variants float --batch-sizes 1,32 --steps 64
