@@ -13,10 +13,11 @@ scale search of llama.cpp's k-quants and of MSE-calibrated PTQ). Scales along
 the contraction axis (not the output axis) are what GPTQ, AWQ and llama.cpp use: an outlier
 row of the input only coarsens its own groups.
 
-In memory codes are `jnp.int4` (or int8), not packed bytes: XLA then knows their width and may
-fuse the int4 -> bf16 conversion into the GPU matmul, so that a decode step reads half a byte
-per weight (to be measured on a GPU with benchmarks/decode.py; on CPU an int4 array takes one
-byte per value in memory). In a
+In memory codes are `jnp.int4` (or int8), not packed bytes, so that XLA knows their width (on
+CPU an int4 array takes one byte per value in memory). XLA did not fuse the grouped
+dequantization into the GPU matmul, though: on the H100 an int4 decode step ran at 0.55x the
+speed of bfloat16 weights (benchmarks/decode.py); int4_kernel.py is the fused kernel that is
+to replace this path once measured. In a
 checkpoint they are packed two per uint8 (`to_storage`): Orbax writes an int4 array one byte
 per value (measured: the same bytes as int8), so explicit packing is what gets the file to
 ~0.56 bytes per parameter at group 32 (0.5 for the codes + 2 / 32 for the bf16 scales).
