@@ -254,3 +254,26 @@ def test_a_failed_step_restarts_from_the_in_memory_replica(tmp_path, tok, docume
     failing_calls.update({6})  # step 5, then step 4 again right after the restart
     with pytest.raises(jax.errors.JaxRuntimeError, match="simulated"):
         train(config=CONFIG, run_dir=tmp_path / "b", data=text_stream(documents, tok), train_config=config)
+
+
+def test_a_second_checkpointer_on_a_crashed_run_saves_while_the_first_one_cleaned_up(tmp_path):
+    """A save cut short leaves a temporary directory; each Checkpointer deletes such leftovers
+    when it opens. One opened and closed at once (to read the latest step, say) must have
+    finished that before the next one opens and deletes the same files, or the next one's first
+    save fails (Orbax does it in a thread its close() does not wait for)."""
+    import jax.numpy as jnp
+
+    for trial in range(3):  # the race was lost about 4 times in 5
+        run_dir = tmp_path / str(trial)
+        leftover = run_dir / "checkpoints" / "6.orbax-checkpoint-tmp-1"
+        for i in range(20):  # many files: a deletion that takes a while
+            (leftover / str(i)).mkdir(parents=True)
+            for j in range(100):
+                (leftover / str(i) / str(j)).write_bytes(b"x")
+        first = Checkpointer(run_dir)
+        assert first.latest_step() is None
+        first.close()
+        second = Checkpointer(run_dir)
+        second.save(1, state={"w": jnp.ones(3)}, meta={"step": 1})
+        second.close()
+        assert second.latest_step() == 1 and not leftover.exists()

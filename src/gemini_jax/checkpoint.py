@@ -125,6 +125,10 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # what a save cut short by a crash left behind
             ),
         )
+        # Orbax deletes those leftovers in a background thread that close() does not wait for:
+        # a second Checkpointer on the same directory would race it, both deleting the same
+        # files, and its first save would fail. Waiting here leaves only saves in the background.
+        self._manager._maybe_await_cleanup_tmp_directory()
 
     def latest_step(self) -> int | None:
         """The newest finished step (never one whose save is still in flight or was cut short)."""
