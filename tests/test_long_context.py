@@ -5,6 +5,7 @@ computation, and the plot."""
 import dataclasses
 import inspect
 import json
+import os
 import textwrap
 
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from gemini_jax.data import kv_retrieval as kv
 from gemini_jax.data.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals import nll_position, retrieval
+from gemini_jax.train.trainer import Trainer
 
 SPEC = kv.RetrievalSpec(num_pairs=5, key_digits=3, value_digits=4)
 FILLER = inspect.getsource(textwrap)
@@ -185,8 +187,13 @@ def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeyp
     monkeypatch.setattr(nll_position, "standard_library_files", lambda split: [texts[split == "test"]])
     config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=64).text_only
     recipe = long_context.LongTextRecipe(seq_len=64, steps=30, batch_size=4, eval_documents=4, warmup_steps=5)
+    checked = []
+    checked_step = Trainer.checked_step
+    monkeypatch.setattr(Trainer, "checked_step", lambda self, batch, *, step: checked.append(step) or
+                        checked_step(self, batch, step=step))
     results = long_context.train_and_evaluate(run_dir=str(tmp_path / "run"), recipe=recipe, config=config,
-                                              progress=False)
+                                              progress=False, sdc_check_every=10)
+    assert checked == [10, 20, 30]  # the training guards reach the long-context recipes too
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
     assert losses[-1] < np.log(config.vocab_size) - 0.5  # learnt more than a uniform guess
@@ -194,6 +201,15 @@ def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeyp
     assert nll["documents"] == 4 and nll["length"] == 64 and "kv_retrieval" not in results
     assert (tmp_path / "run" / long_context.PLOT_FILE).stat().st_size > 5000
     assert json.loads((tmp_path / "run" / "results.json").read_text())["task"] == "long_text"
+
+
+def test_the_cli_hands_the_training_guards_to_the_long_context_recipes(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(long_context, "train_and_evaluate", lambda **kwargs: seen.update(kwargs) or {})
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --sdc-check-every adds a GPU flag
+    assert cli.main(["train", "--task", "long_text", "--run-dir", str(tmp_path), "--sdc-check-every", "5",
+                     "--replica-every", "7", "--loss-spike-factor", "2.5", "--no-progress"]) == 0
+    assert (seen["sdc_check_every"], seen["replica_every"], seen["loss_spike_factor"]) == (5, 7, 2.5)
 
 
 def test_the_cli_refuses_mixed_or_bad_long_context_requests(capsys):

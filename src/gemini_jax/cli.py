@@ -523,7 +523,10 @@ def _train_long_context(args: argparse.Namespace, mesh) -> None:
         config = override(config, dtype=args.dtype)
     results = long_context.train_and_evaluate(run_dir=args.run_dir, recipe=recipe,
                                               config=config, evaluate_at_end=not args.no_eval,
-                                              eval_every=args.eval_every, progress=not args.no_progress)
+                                              eval_every=args.eval_every, progress=not args.no_progress,
+                                              sdc_check_every=args.sdc_check_every,
+                                              replica_every=args.replica_every,
+                                              loss_spike_factor=args.loss_spike_factor)
     _write_json(args.output, results)
 
 

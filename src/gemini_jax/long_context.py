@@ -197,13 +197,15 @@ def training_rows(recipe: Recipe, tokenizer: Tokenizer) -> TrainingRows | TextWi
 
 def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = RetrievalRecipe(),
                        evaluate_at_end: bool = True, eval_every: int = 0, progress: bool = True,
-                       config: ModelConfig | None = None) -> dict[str, Any]:
+                       config: ModelConfig | None = None, sdc_check_every: int = 0, replica_every: int = 0,
+                       loss_spike_factor: float = 0.0) -> dict[str, Any]:
     """`gemini-jax train --task kv_retrieval|long_text`: trains (or resumes) the run, then
     evaluates it (retrieval at every power-of-two length up to `seq_len`, and NLL by position;
     a long_text run by NLL by position alone); writes results.json and the NLL plot into the run.
     `eval_every` steps, a quick score goes to the metrics log: retrieval exact match (10 examples
     per position at `seq_len`) or the mean NLL of 4 held-out documents. `config` replaces the
-    recipe's model (for tests)."""
+    recipe's model (for tests). `sdc_check_every`, `replica_every` and `loss_spike_factor` are
+    the training guards of `gemini-jax train` (TrainConfig's and OptimizerConfig's)."""
     run_dir = run_dir or f"runs/{task_name(recipe)}"
     checkpoint.check_trainable(run_dir)
     config = config or model_config(recipe)
@@ -219,9 +221,9 @@ def train_and_evaluate(*, run_dir: str | None = None, recipe: Recipe = Retrieval
     timings["data_setup_s"] = time.perf_counter() - start
     train_config = TrainConfig(
         steps=recipe.steps, seed=recipe.seed, progress=progress, checkpoint_every=max(1, recipe.steps // 4),
-        eval_every=eval_every,
+        eval_every=eval_every, sdc_check_every=sdc_check_every, replica_every=replica_every,
         optimizer=OptimizerConfig(learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps,
-                                  total_steps=recipe.steps),
+                                  total_steps=recipe.steps, loss_spike_factor=loss_spike_factor),
     )
 
     if eval_every and retrieval_task:
