@@ -176,3 +176,14 @@ def test_distillation_takes_the_training_run_flags_for_scale_and_goodput():
          "--process-id", "1"])
     assert (args.mesh, args.sdc_check_every, args.replica_every, args.loss_spike_factor) == ("data=2,fsdp=2", 5, 10, 3.0)
     assert (args.coordinator, args.num_processes, args.process_id) == ("h:1", 2, 1)
+
+
+def test_eval_refuses_options_that_its_tasks_would_ignore(capsys):
+    assert cli.main(["eval", "--tasks", "vqa", "--shots", "5", "--lengths", "256"]) == 2
+    message = capsys.readouterr().err
+    assert "do nothing for demo sets" in message and "--shots (for benchmarks only)" in message
+    assert "--lengths (for long context only)" in message
+    assert cli.main(["eval", "--tasks", "mmlu", "--cache-dir", "somewhere"]) == 2
+    assert "--cache-dir (for demo sets only)" in capsys.readouterr().err
+    assert cli.main(["eval", "--tasks", "kv_retrieval", "--records", "r.jsonl"]) == 2
+    assert "--records (for benchmarks and demo sets only)" in capsys.readouterr().err

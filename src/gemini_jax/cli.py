@@ -210,6 +210,27 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# The eval options that only some kinds of task read: given for another kind, they are refused
+# rather than silently ignored (--shots with the demo sets would look like a 5-shot score).
+EVAL_OPTIONS_BY_KIND = {
+    "data_dir": ("--data-dir", ("benchmarks",)), "shots": ("--shots", ("benchmarks",)),
+    "samples": ("--samples", ("benchmarks",)), "temperature": ("--temperature", ("benchmarks",)),
+    "seed": ("--seed", ("benchmarks",)), "cache_dir": ("--cache-dir", ("demo sets",)),
+    "lengths": ("--lengths", ("long context",)), "plot": ("--plot", ("long context",)),
+    "records": ("--records", ("benchmarks", "demo sets")),
+}
+
+
+def _refuse_options_of_other_tasks(args: argparse.Namespace, kind: str) -> None:
+    from gemini_jax.evals.tasks import TaskDataError
+
+    defaults = build_parser().parse_args(["eval"])
+    unused = [f"{option} (for {' and '.join(kinds)} only)" for dest, (option, kinds) in EVAL_OPTIONS_BY_KIND.items()
+              if kind not in kinds and getattr(args, dest) != getattr(defaults, dest)]
+    if unused:
+        raise TaskDataError(f"these options do nothing for {kind}: {', '.join(unused)}; drop them")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from gemini_jax.evals.tasks import TaskDataError
 
@@ -219,6 +240,9 @@ def _eval(args: argparse.Namespace) -> None:
         raise TaskDataError(f"unknown task(s) {', '.join(unknown)}; known benchmarks: {', '.join(BENCHMARK_TASKS)}; "
                             f"demo sets: {', '.join(DEMO_TASKS)}; long context: {', '.join(LONG_CONTEXT_TASKS)}")
     long_context = [t for t in tasks if t in LONG_CONTEXT_TASKS]
+    demo_tasks = [t for t in tasks if t in DEMO_TASKS]
+    _refuse_options_of_other_tasks(args, "long context" if long_context else "demo sets" if demo_tasks
+                                   else "benchmarks")
     if long_context:
         if len(long_context) < len(tasks):
             raise TaskDataError(f"evaluate the long-context tasks ({', '.join(long_context)}) in a run of their own")
@@ -230,7 +254,6 @@ def _eval(args: argparse.Namespace) -> None:
             plot_path=args.plot, batch_size=args.batch_size or 16, progress=not args.no_progress)
         _write_json(args.output, results)
         return
-    demo_tasks = [t for t in tasks if t in DEMO_TASKS]
     if demo_tasks and len(demo_tasks) < len(tasks):
         raise TaskDataError(f"evaluate the demo sets ({', '.join(demo_tasks)}) and benchmarks in separate runs")
     if demo_tasks:
