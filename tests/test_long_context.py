@@ -210,6 +210,7 @@ def test_the_cli_hands_the_training_guards_to_the_long_context_recipes(tmp_path,
     assert cli.main(["train", "--task", "long_text", "--run-dir", str(tmp_path), "--sdc-check-every", "5",
                      "--replica-every", "7", "--loss-spike-factor", "2.5", "--no-progress"]) == 0
     assert (seen["sdc_check_every"], seen["replica_every"], seen["loss_spike_factor"]) == (5, 7, 2.5)
+    assert cli.main(["train", "--task", "kv_retrieval", "--cache-dir", str(tmp_path)]) == 2  # no corpus to cache
 
 
 def test_the_cli_refuses_mixed_or_bad_long_context_requests(capsys):

@@ -534,6 +534,9 @@ def _train_long_context(args: argparse.Namespace, mesh) -> None:
 
     if mesh is not None or args.num_processes:
         raise ConfigError(f"--task {args.task} trains on one device: drop --mesh and the multi-host flags")
+    if args.cache_dir is not None:
+        raise ConfigError(f"--task {args.task} reads no demo corpus (its text comes from the standard library): "
+                          "drop --cache-dir")
     recipe = long_context.RECIPES[args.task](preset=args.preset, seed=args.seed)
     changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                  ("learning_rate", args.learning_rate), ("seq_len", args.seq_len)) if v is not None}
