@@ -47,8 +47,7 @@ def _round_up(n: int, multiple: int) -> int:
     return multiple * math.ceil(n / multiple)
 
 
-def batch_bucket(n: int) -> int:
-    """The batch size n requests are padded to: the next power of two."""
+def _batch_bucket(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(n)))
 
 
@@ -85,7 +84,7 @@ class Sampler:
             )
         seq_len = min(_round_up(longest, LENGTH_BUCKET), self.config.max_seq_len)
         cache_len = min(_round_up(seq_len + max_new, LENGTH_BUCKET), self.config.max_seq_len)
-        size = batch_bucket(len(rows))
+        size = _batch_bucket(len(rows))
         batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size,
                         mel_frames_multiple=MEL_FRAMES_BUCKET)
         pad = size - len(rows)
