@@ -231,3 +231,22 @@ def test_a_sharded_distillation_step_equals_the_single_device_one(teacher_run, b
                                  mesh=mesh)
         runs.append([(float(m["loss"]), float(m["kl"])) for m in map(trainer.step, batches[:3])])
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
+
+
+def test_a_quantized_teacher_distils_like_its_float_run(teacher_run, build_model, text_batches, tmp_path):
+    """The teacher may be an int4 run (`gemini-jax quantize`), which holds it in half a byte
+    per weight: its KL to a fresh student is close to the float teacher's, on a mesh as well."""
+    from gemini_jax.sample.quantize import quantize_run
+
+    run_dir, _ = teacher_run
+    _, batches = text_batches
+    quantize_run(run_dir, tmp_path / "int4", group_size=2, bits=4)  # 2 divides every decoder axis of CONFIG
+    kls = {}
+    for name, teacher_dir, mesh in (("float", run_dir, None), ("int4", tmp_path / "int4", None),
+                                    ("int4 sharded", tmp_path / "int4", sharding.make_mesh(sharding.MeshShape(fsdp=2, tensor=2)))):
+        trainer = DistillTrainer(fresh(build_model(CONFIG, seed=3)), OPTIMIZER, teacher=load_teacher(teacher_dir),
+                                 mesh=mesh, logits_chunk_tokens=64)  # 4 rows of 48 scored positions: chunked
+        kls[name] = [float(trainer.step(b)["kl"]) for b in batches[:2]]
+    np.testing.assert_allclose(kls["int4"], kls["float"], rtol=0.1)
+    np.testing.assert_allclose(kls["int4 sharded"], kls["int4"], rtol=1e-5)
+    assert kls["int4"] != kls["float"]  # the teacher really is the quantized one
