@@ -277,3 +277,46 @@ def test_a_second_checkpointer_on_a_crashed_run_saves_while_the_first_one_cleane
         second.save(1, state={"w": jnp.ones(3)}, meta={"step": 1})
         second.close()
         assert second.latest_step() == 1 and not leftover.exists()
+
+
+def test_a_run_refuses_to_resume_or_be_overwritten_as_another_model(tmp_path):
+    """Resuming with another model's config, or writing another config or tokenizer over a run
+    with checkpoints, is refused with what differs; the run stays as it was. Runtime settings
+    (dtype, attention, remat, scan) may change on resume."""
+    import dataclasses
+
+    from gemini_jax import checkpoint
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.config import PRESETS
+
+    config = PRESETS["test"].text_only
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            tokens = rng.integers(10, config.vocab_size, (2, 17)).astype(np.int32)
+            yield {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": np.ones((2, 16), np.float32),
+                   "segment_ids": np.ones((2, 16), np.int32), "media_spans": np.zeros((2, 16), np.int32),
+                   "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (2, 16)).copy()}
+
+    def run(model_config, steps):
+        train_config = TrainConfig(steps=steps, log_every=1, checkpoint_every=2, progress=False,
+                                   optimizer=OptimizerConfig(warmup_steps=1, total_steps=6))
+        return train(config=model_config, run_dir=tmp_path / "run", data=batches(), train_config=train_config)
+
+    (tmp_path / "tok.model").write_bytes(b"one tokenizer")
+    (tmp_path / "other.model").write_bytes(b"another tokenizer")
+    checkpoint.write_run_files(tmp_path / "run", config=config, tokenizer_path=tmp_path / "tok.model")
+    run(config, 2)
+    wider = dataclasses.replace(config, width=32)
+    with pytest.raises(CheckpointError, match=r"checkpoints of another model \(width 24 -> 32\)"):
+        run(wider, 4)
+    with pytest.raises(CheckpointError, match="width 24 -> 32"):
+        checkpoint.write_run_files(tmp_path / "run", config=wider, tokenizer_path=tmp_path / "tok.model")
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        checkpoint.write_run_files(tmp_path / "run", config=config, tokenizer_path=tmp_path / "other.model")
+    assert checkpoint.read_config(tmp_path / "run") == config  # nothing was overwritten
+    assert (tmp_path / "run" / "tokenizer.model").read_bytes() == b"one tokenizer"
+    resumed = dataclasses.replace(config, remat="full", scan_layers=True)
+    checkpoint.write_run_files(tmp_path / "run", config=resumed, tokenizer_path=tmp_path / "tok.model")
+    assert run(resumed, 4).step == 4

@@ -42,8 +42,49 @@ class CheckpointError(ValueError):
     """A directory that is not a usable run or checkpoint."""
 
 
+# How the model runs, not what its parameters are: a run may resume with other values.
+RUNTIME_FIELDS = ("dtype", "attention_impl", "attention_block", "remat", "scan_layers")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def model_differences(saved: dict[str, Any], config: ModelConfig) -> list[str]:
+    """How `config` differs from a saved config dict in what its parameters are ("width 24 -> 32");
+    runtime settings (RUNTIME_FIELDS) do not count."""
+    saved, wanted = _flat(saved), _flat(config_to_dict(config))
+    return [f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
+            if k not in RUNTIME_FIELDS and saved.get(k) != wanted.get(k)]
+
+
+def another_model_error(run_dir: str | os.PathLike, differences: list[str]) -> CheckpointError:
+    return CheckpointError(
+        f"{str(run_dir)!r} holds checkpoints of another model ({'; '.join(differences)}): resume it with the "
+        f"settings it was trained with, or train into another run directory")
+
+
+def check_same_model(run_dir: str | os.PathLike, config: ModelConfig, tokenizer_path: str | os.PathLike) -> None:
+    """Refuses to write `config` and a tokenizer over those of a run that has checkpoints of
+    another model: its checkpoints would no longer load, with anything."""
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    if not (run_dir / CONFIG_FILE).exists() or not checkpoints.is_dir() or not any(
+            p.name.isdigit() for p in checkpoints.iterdir()):
+        return
+    differences = model_differences(json.loads((run_dir / CONFIG_FILE).read_text()), config)
+    if (run_dir / TOKENIZER_FILE).exists() and (
+            Path(tokenizer_path).read_bytes() != (run_dir / TOKENIZER_FILE).read_bytes()):
+        differences.append("another tokenizer")
+    if differences:
+        raise another_model_error(run_dir, differences)
+
+
 def write_run_files(run_dir: str | os.PathLike, *, config: ModelConfig, tokenizer_path: str | os.PathLike) -> None:
     run_dir = Path(run_dir)
+    check_same_model(run_dir, config, tokenizer_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
     _atomic_write(run_dir / TOKENIZER_FILE, Path(tokenizer_path).read_bytes())
@@ -139,6 +180,10 @@ class Checkpointer:
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """A step's JSON metadata alone (step, model config, data position, settings)."""
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def restore(self, step: int, *, state_like: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)

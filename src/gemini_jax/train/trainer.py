@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from gemini_jax import batch as batch_keys
 from gemini_jax import sharding
-from gemini_jax.checkpoint import Checkpointer, check_trainable
+from gemini_jax.checkpoint import Checkpointer, another_model_error, check_trainable, model_differences
 from gemini_jax.config import ModelConfig, config_to_dict
 from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
@@ -341,6 +341,11 @@ def train(
     start = 0
     latest = checkpointer.latest_step()
     if latest is not None:
+        # Another model's parameters would fail to restore with a shape error deep in Orbax.
+        saved = checkpointer.read_meta(latest).get("model_config")
+        if saved is not None and (differences := model_differences(saved, config)):
+            checkpointer.close()
+            raise another_model_error(run_dir, differences)
         state, meta = checkpointer.restore(latest, state_like=trainer.state())
         trainer.load_state(state)
         if meta.get("data_state") is not None and hasattr(data, "set_state"):
