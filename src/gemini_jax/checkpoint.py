@@ -14,6 +14,8 @@ devices, and training goes on while a background thread writes them; the next sa
 (`<step>.orbax-checkpoint-tmp*`) that is renamed to `<step>` only when complete, so a crash
 or kill -9 during a save leaves the previous step usable; `latest_step` sees finished steps
 only, and the next Checkpointer deletes the leftover. Inference restores the parameters only.
+Once a run has checkpoints its model is fixed: resuming it, or writing its run files again,
+with another model's config or another tokenizer is refused (`check_same_model`).
 It lives outside `train/` so that serving and evaluation need no training code.
 """
 
