@@ -54,6 +54,12 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
+def has_checkpoints(run_dir: str | os.PathLike) -> bool:
+    """Whether the run holds a finished checkpoint (a step directory; not a save cut short)."""
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
+    return checkpoints.is_dir() and any(p.name.isdigit() and p.is_dir() for p in checkpoints.iterdir())
+
+
 def model_differences(saved: dict[str, Any], config: ModelConfig) -> list[str]:
     """How `config` differs from a saved config dict in what its parameters are ("width 24 -> 32");
     runtime settings (RUNTIME_FIELDS) do not count."""
@@ -72,9 +78,7 @@ def check_same_model(run_dir: str | os.PathLike, config: ModelConfig, tokenizer_
     """Refuses to write `config` and a tokenizer over those of a run that has checkpoints of
     another model: its checkpoints would no longer load, with anything."""
     run_dir = Path(run_dir)
-    checkpoints = run_dir / CHECKPOINTS_DIR
-    if not (run_dir / CONFIG_FILE).exists() or not checkpoints.is_dir() or not any(
-            p.name.isdigit() for p in checkpoints.iterdir()):
+    if not (run_dir / CONFIG_FILE).exists() or not has_checkpoints(run_dir):
         return
     differences = model_differences(json.loads((run_dir / CONFIG_FILE).read_text()), config)
     if (run_dir / TOKENIZER_FILE).exists() and (

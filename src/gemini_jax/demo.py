@@ -343,9 +343,17 @@ def distill_and_evaluate(*, teacher: str, student_preset: str = "demo-half", run
     distill.check_compatible(teacher=teacher_model.config, student=config)
     checkpoint.check_trainable(run_dir)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    # Only the student is checkpointed: this records what it learned from.
-    record = {"teacher": str(teacher), **dataclasses.asdict(distill_config)}
-    Path(run_dir, "distillation.json").write_text(json.dumps(record, indent=2) + "\n")
+    # Only the student is checkpointed: this records what it learned from, and a resumed run
+    # must learn from the same teacher.
+    record_path = Path(run_dir, "distillation.json")
+    record = {"teacher": str(Path(teacher).resolve()), **dataclasses.asdict(distill_config)}
+    if record_path.exists() and checkpoint.has_checkpoints(run_dir):
+        earlier = json.loads(record_path.read_text()).get("teacher")
+        if earlier is not None and Path(earlier).resolve() != Path(teacher).resolve():
+            raise checkpoint.CheckpointError(
+                f"{run_dir!r} was distilled from {earlier!r}; resume it with that teacher, or distil from "
+                f"{str(teacher)!r} into another run directory")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     return train_and_evaluate(
         run_dir=run_dir, preset=student_preset, config=config, tokenizer_file=checkpoint.tokenizer_path(teacher),
         make_trainer=functools.partial(distill.DistillTrainer, teacher=teacher_model, distill=distill_config),
