@@ -25,12 +25,14 @@ def test_packing_puts_row_p_low_and_row_p_plus_half_high_and_round_trips():
     np.testing.assert_array_equal(np.asarray(unpack_halves(pack_halves(every))), np.asarray(every))
 
 
-@pytest.mark.parametrize("rows,k,n,group_size", [(1, 256, 128, 32), (3, 512, 256, 32), (20, 128, 384, 16),
-                                                 (32, 256, 128, 64)])
-def test_the_kernel_equals_dequantize_then_matmul(rows, k, n, group_size):
+@pytest.mark.parametrize("rows,k,n,group_size,block_n", [(1, 256, 128, 32, 128), (3, 512, 256, 32, 128),
+                                                         (20, 128, 384, 16, 128), (32, 256, 128, 64, 128),
+                                                         (1, 128, 64, 32, 64), (5, 256, 512, 32, 256)])
+def test_the_kernel_equals_dequantize_then_matmul(rows, k, n, group_size, block_n):
     weight = quantized(k, n, group_size=group_size)
     x = jax.random.normal(jax.random.key(1), (rows, k), jnp.float32).astype(jnp.bfloat16)
-    got = int4_matmul(x, pack_halves(weight.codes), weight.scales, group_size=group_size, interpret=True)
+    got = int4_matmul(x, pack_halves(weight.codes), weight.scales, group_size=group_size, interpret=True,
+                      block_n=block_n, num_warps=8 if block_n > 128 else 4)
     want = jnp.dot(x.astype(jnp.float32), weight.dequantize(jnp.float32), precision="highest")
     assert got.shape == (rows, n) and got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)

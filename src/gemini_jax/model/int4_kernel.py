@@ -57,12 +57,12 @@ def unpack_halves(packed: jax.Array) -> jax.Array:
     return jnp.concatenate([signed(low), signed(high)], axis=0)
 
 
-def _splits(k: int, n: int, rows: int, group_size: int) -> int:
+def _splits(k: int, n: int, rows: int, group_size: int, block_n: int = BLOCK_N) -> int:
     """S: a power of two dividing the K/(2g) groups of a half, large enough for TARGET_PROGRAMS
     programs, small enough that the float32 partials (S x rows x N x 4 bytes) stay within a
     quarter of the codes (K x N / 2 bytes)."""
     groups = k // (2 * group_size)
-    limit = max(1, min(groups, -(-TARGET_PROGRAMS // (n // BLOCK_N)), k // (32 * rows)))
+    limit = max(1, min(groups, -(-TARGET_PROGRAMS // (n // block_n)), k // (32 * rows)))
     splits = 1
     while splits * 2 <= limit and groups % (splits * 2) == 0:
         splits *= 2
@@ -91,47 +91,49 @@ def _kernel(x_ref, packed_ref, scales_ref, out_ref, *, group_size: int, groups_p
     out_ref[...] = jax.lax.fori_loop(first, first + groups_per_split, group, acc)
 
 
-def supported(k: int, n: int, group_size: int) -> str | None:
+def supported(k: int, n: int, group_size: int, block_n: int = BLOCK_N) -> str | None:
     """Why the kernel cannot take a [K, N] weight at this group size, or None if it can."""
     if k % (2 * group_size):
         return f"K={k} must be a multiple of twice the group size {group_size}"
-    if n % BLOCK_N:
-        return f"N={n} must be a multiple of {BLOCK_N}"
+    if n % block_n:
+        return f"N={n} must be a multiple of {block_n}"
     if group_size % 16 or group_size & (group_size - 1):
         return f"the group size {group_size} must be a power of two, at least 16"
     return None
 
 
-@functools.partial(jax.jit, static_argnames=("group_size", "interpret"))
+@functools.partial(jax.jit, static_argnames=("group_size", "interpret", "block_n", "num_warps", "num_stages"))
 def int4_matmul(x: jax.Array, packed: jax.Array, scales: jax.Array, *, group_size: int,
-                interpret: bool = False) -> jax.Array:
+                interpret: bool = False, block_n: int = BLOCK_N, num_warps: int = 4,
+                num_stages: int = 3) -> jax.Array:
     """float32 x[M, K] @ W[K, N] for W given as pack_halves(codes) [K/2, N] and its scales
     [K/g, N] (W = codes * scales, groups of g rows). `interpret` runs Pallas's interpreter
-    (CPUs, tests)."""
+    (CPUs, tests). `block_n` (a power of two), `num_warps` and `num_stages` tune the GPU
+    kernel (benchmarks/int4_matmul.py)."""
     m, k = x.shape
     n = packed.shape[1]
     if packed.shape != (k // 2, n) or scales.shape != (k // group_size, n):
         raise ValueError(f"x {x.shape} needs packed codes of shape {(k // 2, n)} and scales of shape "
                          f"{(k // group_size, n)}; got {packed.shape} and {scales.shape}")
-    if (why := supported(k, n, group_size)) is not None:
+    if (why := supported(k, n, group_size, block_n)) is not None:
         raise ValueError(f"int4_matmul cannot take this weight: {why}")
     rows = max(MIN_ROWS, 1 << (m - 1).bit_length())
     x = jnp.pad(x.astype(jnp.bfloat16), ((0, rows - m), (0, 0)))
-    splits = _splits(k, n, rows, group_size)
+    splits = _splits(k, n, rows, group_size, block_n)
     half_groups = k // (2 * group_size)
     kernel = functools.partial(_kernel, group_size=group_size, groups_per_split=half_groups // splits,
                                half=k // 2, half_groups=half_groups)
     partial = pl.pallas_call(
         kernel,
-        grid=(n // BLOCK_N, splits),
+        grid=(n // block_n, splits),
         in_specs=[
             pl.BlockSpec((rows, k), lambda j, s: (0, 0)),
-            pl.BlockSpec((k // 2, BLOCK_N), lambda j, s: (0, j)),
-            pl.BlockSpec((k // group_size, BLOCK_N), lambda j, s: (0, j)),
+            pl.BlockSpec((k // 2, block_n), lambda j, s: (0, j)),
+            pl.BlockSpec((k // group_size, block_n), lambda j, s: (0, j)),
         ],
-        out_specs=pl.BlockSpec((pl.squeezed, rows, BLOCK_N), lambda j, s: (s, 0, j)),
+        out_specs=pl.BlockSpec((pl.squeezed, rows, block_n), lambda j, s: (s, 0, j)),
         out_shape=jax.ShapeDtypeStruct((splits, rows, n), jnp.float32),
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=3),
+        compiler_params=pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="int4_matmul",
     )(x, packed, scales)
