@@ -187,3 +187,17 @@ def test_eval_refuses_options_that_its_tasks_would_ignore(capsys):
     assert "--cache-dir (for demo sets only)" in capsys.readouterr().err
     assert cli.main(["eval", "--tasks", "kv_retrieval", "--records", "r.jsonl"]) == 2
     assert "--records (for benchmarks and demo sets only)" in capsys.readouterr().err
+
+
+def test_running_the_demo_again_resumes_its_run(run):
+    """The README's promise: the same command again resumes (here: the run is complete, so it
+    only evaluates again), its config and tokenizer accepted as the run's own."""
+    root, results = run
+    again = demo.train_and_evaluate(
+        run_dir=str(root / "run"), cache_dir=str(root / "cache"), steps=6, batch_size=4, config=CONFIG,
+        sizes=SIZES, eval_limit=3, progress=False,
+    )
+    assert again["vqa"]["exact_match"] == results["vqa"]["exact_match"]
+    from gemini_jax.checkpoint import model_differences
+
+    assert model_differences(json.loads(json.dumps(dataclasses.asdict(PRESETS["demo"]))), PRESETS["demo"]) == []

@@ -63,7 +63,8 @@ def has_checkpoints(run_dir: str | os.PathLike) -> bool:
 def model_differences(saved: dict[str, Any], config: ModelConfig) -> list[str]:
     """How `config` differs from a saved config dict in what its parameters are ("width 24 -> 32");
     runtime settings (RUNTIME_FIELDS) do not count."""
-    saved, wanted = _flat(saved), _flat(config_to_dict(config))
+    # Through JSON, as the saved config went: tuples become lists.
+    saved, wanted = _flat(saved), _flat(json.loads(json.dumps(config_to_dict(config))))
     return [f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
             if k not in RUNTIME_FIELDS and saved.get(k) != wanted.get(k)]
 
