@@ -282,7 +282,7 @@ def test_a_second_checkpointer_on_a_crashed_run_saves_while_the_first_one_cleane
 def test_a_run_refuses_to_resume_or_be_overwritten_as_another_model(tmp_path):
     """Resuming with another model's config, or writing another config or tokenizer over a run
     with checkpoints, is refused with what differs; the run stays as it was. Runtime settings
-    (dtype, attention, remat, scan) may change on resume."""
+    (dtype, attention, remat, scan, and the context: max_seq_len, RoPE's base) may change on resume."""
     import dataclasses
 
     from gemini_jax import checkpoint
@@ -317,6 +317,6 @@ def test_a_run_refuses_to_resume_or_be_overwritten_as_another_model(tmp_path):
         checkpoint.write_run_files(tmp_path / "run", config=config, tokenizer_path=tmp_path / "other.model")
     assert checkpoint.read_config(tmp_path / "run") == config  # nothing was overwritten
     assert (tmp_path / "run" / "tokenizer.model").read_bytes() == b"one tokenizer"
-    resumed = dataclasses.replace(config, remat="full", scan_layers=True)
+    resumed = dataclasses.replace(config, remat="full", scan_layers=True, max_seq_len=512, rope_base=40_000.0)
     checkpoint.write_run_files(tmp_path / "run", config=resumed, tokenizer_path=tmp_path / "tok.model")
     assert run(resumed, 4).step == 4

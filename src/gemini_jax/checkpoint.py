@@ -44,8 +44,10 @@ class CheckpointError(ValueError):
     """A directory that is not a usable run or checkpoint."""
 
 
-# How the model runs, not what its parameters are: a run may resume with other values.
-RUNTIME_FIELDS = ("dtype", "attention_impl", "attention_block", "remat", "scan_layers")
+# Config fields that leave the parameters as they are: a run may resume with other values
+# (another dtype or attention, or a longer context: max_seq_len and RoPE's base, as in
+# context extension).
+RUNTIME_FIELDS = ("dtype", "attention_impl", "attention_block", "remat", "scan_layers", "max_seq_len", "rope_base")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,7 +64,7 @@ def has_checkpoints(run_dir: str | os.PathLike) -> bool:
 
 def model_differences(saved: dict[str, Any], config: ModelConfig) -> list[str]:
     """How `config` differs from a saved config dict in what its parameters are ("width 24 -> 32");
-    runtime settings (RUNTIME_FIELDS) do not count."""
+    fields that leave the parameters as they are (RUNTIME_FIELDS) do not count."""
     # Through JSON, as the saved config went: tuples become lists.
     saved, wanted = _flat(saved), _flat(json.loads(json.dumps(config_to_dict(config))))
     return [f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
