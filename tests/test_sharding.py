@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from random_batches import random_text_batches
 
 from gemini_jax import sharding
 from gemini_jax.config import PRESETS, ConfigError
@@ -204,19 +205,12 @@ def test_a_run_trained_on_a_mesh_loads_on_one_device_and_resumes_on_another_mesh
     from gemini_jax.train.trainer import TrainConfig, train
 
     config = PRESETS["test"].text_only
-    rng = np.random.default_rng(0)
-
-    def batches():
-        while True:
-            tokens = rng.integers(10, config.vocab_size, (4, 17)).astype(np.int32)
-            yield {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": np.ones((4, 16), np.float32),
-                   "segment_ids": np.ones((4, 16), np.int32), "media_spans": np.zeros((4, 16), np.int32),
-                   "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (4, 16)).copy()}
 
     def run(steps: int, mesh: sharding.MeshShape):
         train_config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, progress=False, mesh=mesh,
                                    optimizer=OptimizerConfig(warmup_steps=1, total_steps=4))
-        return train(config=config, run_dir=tmp_path / "run", data=batches(), train_config=train_config, stop_after=steps)
+        return train(config=config, run_dir=tmp_path / "run", data=random_text_batches(config.vocab_size, rows=4),
+                     train_config=train_config, stop_after=steps)
 
     (tmp_path / "tok.model").write_bytes(b"unused here")
     checkpoint.write_run_files(tmp_path / "run", config=config, tokenizer_path=tmp_path / "tok.model")

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from random_batches import random_text_batches
 from train_worker import documents as worker_documents
 from train_worker import model_config, text_stream
 from train_worker import train_config as worker_train_config
@@ -290,19 +291,12 @@ def test_a_run_refuses_to_resume_or_be_overwritten_as_another_model(tmp_path):
     from gemini_jax.config import PRESETS
 
     config = PRESETS["test"].text_only
-    rng = np.random.default_rng(0)
-
-    def batches():
-        while True:
-            tokens = rng.integers(10, config.vocab_size, (2, 17)).astype(np.int32)
-            yield {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": np.ones((2, 16), np.float32),
-                   "segment_ids": np.ones((2, 16), np.int32), "media_spans": np.zeros((2, 16), np.int32),
-                   "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (2, 16)).copy()}
 
     def run(model_config, steps):
         train_config = TrainConfig(steps=steps, log_every=1, checkpoint_every=2, progress=False,
                                    optimizer=OptimizerConfig(warmup_steps=1, total_steps=6))
-        return train(config=model_config, run_dir=tmp_path / "run", data=batches(), train_config=train_config)
+        return train(config=model_config, run_dir=tmp_path / "run", data=random_text_batches(config.vocab_size),
+                     train_config=train_config)
 
     (tmp_path / "tok.model").write_bytes(b"one tokenizer")
     (tmp_path / "other.model").write_bytes(b"another tokenizer")

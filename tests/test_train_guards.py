@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from random_batches import random_text_batch
 
 from gemini_jax.config import PRESETS
 from gemini_jax.train import replay
@@ -19,17 +20,8 @@ from gemini_jax.train.trainer import TrainConfig, Trainer, train
 CONFIG = dataclasses.replace(PRESETS["test"].text_only, vocab_size=400)
 
 
-def a_batch(seed: int = 0, *, rows: int = 2, length: int = 16) -> dict[str, np.ndarray]:
-    """One packed row of random text per batch row, every target scored."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(10, CONFIG.vocab_size, (rows, length + 1)).astype(np.int32)
-    return {
-        "tokens": tokens[:, :-1], "targets": tokens[:, 1:],
-        "loss_mask": np.ones((rows, length), np.float32),
-        "segment_ids": np.ones((rows, length), np.int32),
-        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy(),
-        "media_spans": np.zeros((rows, length), np.int32),
-    }
+def a_batch(seed: int = 0, **shape) -> dict[str, np.ndarray]:
+    return random_text_batch(CONFIG.vocab_size, seed, **shape)
 
 
 def host(tree):
