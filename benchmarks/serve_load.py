@@ -85,7 +85,7 @@ def request_body(text: str, image: np.ndarray | None, max_tokens: int) -> dict:
 def expected_answers(model, tokenizer, items, max_tokens: int) -> list[str]:
     from gemini_jax.data.examples import Content, Example, Part
     from gemini_jax.sample.sampler import Sampler
-    from gemini_jax.sample.sampling import SamplingParams
+    from gemini_jax.sample.token_choice import SamplingParams
 
     sampler = Sampler(model, tokenizer)
     answers = []

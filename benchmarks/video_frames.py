@@ -24,9 +24,9 @@ import time
 import jax
 from flax import nnx
 
-from gemini_jax import demo
+from gemini_jax.recipes import demo
 from gemini_jax.config import get_preset
-from gemini_jax.data.demo import DemoCorpus
+from gemini_jax.data.corpora.demo import DemoCorpus
 from gemini_jax.data.encode import MediaCache
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from gemini_jax import cli, demo
+from gemini_jax import cli
+from gemini_jax.recipes import demo
 from gemini_jax.config import PRESETS
-from gemini_jax.data.demo import DemoCorpus, DemoSizes
+from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.tokenizer import Tokenizer
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)

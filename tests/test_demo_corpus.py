@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from gemini_jax.data import demo, shapes, speech
-from gemini_jax.data.demo import DemoCorpus, DemoSizes
+from gemini_jax.data.corpora import demo, shapes, speech
+from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.examples import Example
 
 TINY = DemoSizes.tiny()

@@ -253,7 +253,7 @@ def test_a_quantized_teacher_distils_like_its_float_run(teacher_run, build_model
 
 
 def test_a_distilled_run_resumes_only_with_its_teacher(teacher_run, tmp_path):
-    from gemini_jax import demo
+    from gemini_jax.recipes import demo
 
     run_dir, _ = teacher_run
     student = tmp_path / "student"

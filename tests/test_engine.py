@@ -20,7 +20,7 @@ from gemini_jax.model.attention import KVCache
 from gemini_jax.model.gemini import ModelOutput
 from gemini_jax.sample.engine import Engine, QueueFull
 from gemini_jax.sample.sampler import Sampler
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.sample.streaming import TextStream
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)

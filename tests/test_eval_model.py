@@ -12,7 +12,7 @@ from evals_data import make_data_dir, write_run
 
 from gemini_jax import cli
 from gemini_jax.config import PRESETS
-from gemini_jax.evals.model import CheckpointModel, scoring_windows
+from gemini_jax.evals.checkpoint_model import CheckpointModel, scoring_windows
 from gemini_jax.evals.tasks import Settings, get_task, run_task
 from gemini_jax.sample.streaming import truncate_at_stop
 

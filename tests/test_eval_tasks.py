@@ -31,7 +31,7 @@ EXPECTED = {
 def test_every_task_is_known_to_the_cli_and_tested():
     assert tuple(TASKS) == cli.BENCHMARK_TASKS
     assert set(EXPECTED) == set(TASKS)
-    from gemini_jax.evals.demo_eval import TASKS as DEMO
+    from gemini_jax.evals.tasks.demo import TASKS as DEMO
 
     assert cli.DEMO_TASKS == DEMO and not set(DEMO) & set(TASKS)
 

@@ -20,7 +20,7 @@ from evals_data import write_run  # noqa: E402
 
 from gemini_jax.config import PRESETS  # noqa: E402
 from gemini_jax.evals.lm_eval_adapter import NAME, GeminiJaxLM, split_trailing_space  # noqa: E402
-from gemini_jax.evals.model import CheckpointModel  # noqa: E402
+from gemini_jax.evals.checkpoint_model import CheckpointModel  # noqa: E402
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=320, max_seq_len=128, vision=None, audio=None)
 DOCS = [{"question": "Which planet is red?", "choices": ["Mars", "Venus", "Jupiter"], "label": 0,

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemini_jax import cli, long_context
+from gemini_jax import cli
+from gemini_jax.recipes import long_context
 from gemini_jax.config import PRESETS
-from gemini_jax.data import kv_retrieval as kv
-from gemini_jax.data.text_windows import TextWindows
+from gemini_jax.data.corpora import kv_retrieval as kv
+from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
-from gemini_jax.evals import nll_position, retrieval
+from gemini_jax.evals.tasks import nll_position, retrieval
 from gemini_jax.train.trainer import Trainer
 
 SPEC = kv.RetrievalSpec(num_pairs=5, key_digits=3, value_digits=4)

@@ -295,7 +295,7 @@ GENERATE_CASES = {"non-square": ((30, 61), "caption en"), "square": ((IMAGE_SIZE
 def test_generate_command_matches_transformers(converted, tokenizer_path, tmp_path, capsys, case):
     """`gemini-jax generate` on the imported run gives transformers' greedy answer: same prompt
     layout (PaliGemmaProcessor's), same stretched pixels, stop at eos."""
-    from gemini_jax import demo
+    from gemini_jax.recipes import demo
     from gemini_jax.data.encode import encode_example
     from gemini_jax.data.examples import Content, Example, Part
     from gemini_jax.data.tokenizer import Tokenizer

@@ -17,7 +17,7 @@ from gemini_jax.model import Gemini, quant
 from gemini_jax.sample.engine import Engine
 from gemini_jax.sample.quantize import directory_bytes, quantize_run
 from gemini_jax.sample.sampler import Sampler
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 
 # The test preset with a head dimension the group size 8 divides (o groups along H).
 SMALL = dataclasses.replace(PRESETS["test"], head_dim=8, vocab_size=400)

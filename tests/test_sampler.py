@@ -16,7 +16,7 @@ from gemini_jax.data.encode import EncodeError, encode_example
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.sample.sampler import Sampler
-from gemini_jax.sample.sampling import SamplingParams, filter_logits, sample_tokens
+from gemini_jax.sample.token_choice import SamplingParams, filter_logits, sample_tokens
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from gemini_jax.data import speech
-from gemini_jax.data.speech import SpeechError, Utterance
+from gemini_jax.data.corpora import speech
+from gemini_jax.data.corpora.speech import SpeechError, Utterance
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_resampling_matches_scipys_default_filter():
 def test_synthesis_works_from_a_script_on_stdin():
     # multiprocessing's 'spawn' would try to re-import the parent's main script: '<stdin>' here.
     script = (
-        "from gemini_jax.data.speech import Utterance, synthesize\n"
+        "from gemini_jax.data.corpora.speech import Utterance, synthesize\n"
         "print(len(synthesize([Utterance(text='one', voice='en', rate=160, pitch=50)])[0]) > 1000)\n"
     )
     done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,

@@ -246,7 +246,7 @@ def _eval(args: argparse.Namespace) -> None:
     if long_context:
         if len(long_context) < len(tasks):
             raise TaskDataError(f"evaluate the long-context tasks ({', '.join(long_context)}) in a run of their own")
-        from gemini_jax import long_context as recipe
+        from gemini_jax.recipes import long_context as recipe
 
         lengths = _lengths(args.lengths)
         results = recipe.evaluate_checkpoint(
@@ -257,7 +257,7 @@ def _eval(args: argparse.Namespace) -> None:
     if demo_tasks and len(demo_tasks) < len(tasks):
         raise TaskDataError(f"evaluate the demo sets ({', '.join(demo_tasks)}) and benchmarks in separate runs")
     if demo_tasks:
-        from gemini_jax import demo
+        from gemini_jax.recipes import demo
 
         results = demo.evaluate_checkpoint(
             args.checkpoint, cache_dir=args.cache_dir, tasks=tasks, limit=args.limit,
@@ -481,7 +481,7 @@ def _run(args: argparse.Namespace) -> None:
         _train_long_context(args, mesh)
         return
     # Imported here so that `--help` answers at once, without loading JAX.
-    from gemini_jax import demo
+    from gemini_jax.recipes import demo
 
     if args.command == "train":
         if args.seq_len is not None:
@@ -529,7 +529,7 @@ def _run(args: argparse.Namespace) -> None:
 def _train_long_context(args: argparse.Namespace, mesh) -> None:
     import dataclasses
 
-    from gemini_jax import long_context
+    from gemini_jax.recipes import long_context
     from gemini_jax.config import ConfigError, override
 
     if mesh is not None or args.num_processes:
@@ -565,7 +565,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gemini_jax.data.examples import ExampleError
     from gemini_jax.data.media import MediaError
     from gemini_jax.data.pipeline import DataError
-    from gemini_jax.data.speech import SpeechError
+    from gemini_jax.data.corpora.speech import SpeechError
     from gemini_jax.data.tokenizer import TokenizerError
     from gemini_jax.evals.tasks.base import TaskDataError
     from gemini_jax.model.quant import QuantizationError

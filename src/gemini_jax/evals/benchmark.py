@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gemini_jax.evals.model import CheckpointModel
+from gemini_jax.evals.checkpoint_model import CheckpointModel
 from gemini_jax.evals.protocols import Model
 from gemini_jax.evals.tasks import Settings, get_task, run_task
 

@@ -35,7 +35,7 @@ try:
 except ModuleNotFoundError as e:  # an optional extra: say how to get it
     raise ModuleNotFoundError("the lm-evaluation-harness adapter needs lm-eval: pip install 'gemini-jax[eval]'") from e
 
-from gemini_jax.evals.model import CheckpointModel
+from gemini_jax.evals.checkpoint_model import CheckpointModel
 
 NAME = "gemini-jax"
 DEFAULT_MAX_GEN_TOKS = 256

@@ -28,7 +28,7 @@ from typing import Any
 
 from gemini_jax.data import media
 from gemini_jax.data.examples import Audio, Content, Example, Part
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 
 ROLES = {"user": "user", "assistant": "model", "system": "system"}
 AUDIO_FORMATS = ("wav", "flac", "ogg")

@@ -49,7 +49,7 @@ from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache, LayerKV
 from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.sampler import LENGTH_BUCKET, MEL_FRAMES_BUCKET, stop_token_ids
-from gemini_jax.sample.sampling import SamplingParams, params_arrays
+from gemini_jax.sample.token_choice import SamplingParams, params_arrays
 from gemini_jax.sample.streaming import TextStream
 
 log = logging.getLogger(__name__)

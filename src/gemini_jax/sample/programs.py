@@ -18,7 +18,7 @@ from flax import nnx
 
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache
-from gemini_jax.sample.sampling import sample_next
+from gemini_jax.sample.token_choice import sample_next
 
 Arrays = dict[str, np.ndarray]
 

@@ -28,7 +28,7 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.programs import DecodePrograms
-from gemini_jax.sample.sampling import SamplingParams, params_arrays
+from gemini_jax.sample.token_choice import SamplingParams, params_arrays
 
 LENGTH_BUCKET = 32
 MEL_FRAMES_BUCKET = 100  # one second of log-mel frames; the audio encoder masks the padding

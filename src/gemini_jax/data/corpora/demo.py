@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gemini_jax.data import shapes, speech
+from gemini_jax.data.corpora import shapes, speech
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
 VERSION = 5

@@ -30,7 +30,7 @@ from typing import Any
 
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
-from gemini_jax.data.kv_retrieval import (
+from gemini_jax.data.corpora.kv_retrieval import (
     POSITIONS,
     FillerSource,
     RetrievalSpec,
@@ -38,9 +38,9 @@ from gemini_jax.data.kv_retrieval import (
     fixed_tokens,
     standard_library_files,
 )
-from gemini_jax.data.text_windows import TextWindows
+from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
-from gemini_jax.evals import nll_position, retrieval
+from gemini_jax.evals.tasks import nll_position, retrieval
 from gemini_jax.model import Gemini
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import TrainConfig, train

@@ -35,7 +35,7 @@ from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import LENGTH_BUCKET, Sampler
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.sample.streaming import truncate_at_stop
 
 Prompt = str | Example

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from gemini_jax.data.demo import is_test, stdlib_sources
+from gemini_jax.data.corpora.demo import is_test, stdlib_sources
 from gemini_jax.data.tokenizer import Tokenizer
 
 STDLIB_BYTES = 4_000_000  # the demo's text corpus cap: the same files, the same split

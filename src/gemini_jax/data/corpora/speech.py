@@ -177,7 +177,7 @@ def _run_child(fn, args: tuple):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     # Pickle only crosses between this module and its own child, never from a file.
     request = pickle.dumps((fn.__name__, args))
-    command = [sys.executable, "-c", "from gemini_jax.data.speech import _child_main; _child_main()"]
+    command = [sys.executable, "-c", "from gemini_jax.data.corpora.speech import _child_main; _child_main()"]
     done = subprocess.run(command, input=request, capture_output=True, env=env)
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip()[-2000:]

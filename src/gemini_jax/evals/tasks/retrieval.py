@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gemini_jax.data.kv_retrieval import (
+from gemini_jax.data.corpora.kv_retrieval import (
     POSITIONS,
     FillerSource,
     RetrievalExample,

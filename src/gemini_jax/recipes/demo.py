@@ -29,15 +29,15 @@ from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
 from gemini_jax.data import pipeline
 from gemini_jax.data.augment import SpecAugment
-from gemini_jax.data.demo import DemoCorpus, DemoSizes
+from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.encode import MediaCache, encode_example
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
-from gemini_jax.evals import demo_eval
+from gemini_jax.evals.tasks import demo as demo_eval
 from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.sampler import Sampler
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.sharding import MeshShape
 from gemini_jax.train import distill, distributed
 from gemini_jax.train.optimizer import OptimizerConfig

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gemini_jax.data.kv_retrieval import standard_library_files
+from gemini_jax.data.corpora.kv_retrieval import standard_library_files
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from gemini_jax.data.examples import Example
 from gemini_jax.sample.sampler import Sampler
-from gemini_jax.sample.sampling import SamplingParams
+from gemini_jax.sample.token_choice import SamplingParams
 
 TASKS = ("vqa", "asr", "video", "text")
 

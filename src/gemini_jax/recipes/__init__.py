@@ -1,0 +1,1 @@
+"""What a user runs end to end: each recipe is a config object with a nested TrainConfig."""
