@@ -16,7 +16,8 @@ from flax import nnx
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from gemini_jax import checkpoint, cli, demo
+from gemini_jax import checkpoint, cli
+from gemini_jax.recipes import demo
 from gemini_jax.config import PRESETS
 from gemini_jax.convert.gemma import ConversionError, export_gemma, import_gemma
 from gemini_jax.data.encode import EncodeError
