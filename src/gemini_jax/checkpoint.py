@@ -21,6 +21,7 @@ It lives outside `train/` so that serving and evaluation need no training code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -31,7 +32,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gemini_jax.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
-from gemini_jax.model import quant
+from gemini_jax.data.tokenizer import Tokenizer
+from gemini_jax.model import Gemini, quant
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -255,3 +257,30 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
         nnx.update(model, state)
     manager.close()
     return step
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run as generation, evaluation and serving use it: the model with the
+    parameters of checkpoint `step`, and its tokenizer."""
+
+    model: Gemini
+    tokenizer: Tokenizer
+    run_dir: Path
+    step: int
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def load_run(run_dir: str | os.PathLike, *, step: int | None = None) -> Run:
+    """The run in `run_dir` at checkpoint `step` (default: the latest), float or quantized."""
+    config = read_config(run_dir)
+    tokenizer = Tokenizer.load(tokenizer_path(run_dir))
+    # An abstract model filled from the checkpoint: running the initialisers first would cost
+    # more than the restore (tens of seconds for a small model on a laptop).
+    model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
+    loaded = load_params(run_dir, model, step=step)
+    return Run(model=model, tokenizer=tokenizer, run_dir=Path(run_dir), step=loaded)
+
