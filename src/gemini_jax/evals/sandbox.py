@@ -262,6 +262,64 @@ def _signal_reason(returncode: int) -> str:
     return f"killed by {name}{hint}"
 
 
+def _command(work: Path, limits: Limits, iso: Isolation) -> list[str]:
+    """The guarded interpreter's command line for `work/program.py`, inside unshare when it works."""
+    policy = {
+        "program": str(work / "program.py"),
+        "work_dir": str(work),
+        "allow_subprocess": limits.allow_subprocess,
+        "guard": limits.guard,
+        "forbidden_read_roots": sorted({str(Path.home()), os.path.expanduser("~" + _user_name())}),
+        "allowed_read_roots": sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}),
+    }
+    command = [sys.executable, "-I", str(_GUARD), json.dumps(policy)]
+    if iso.unshare_flags is not None:
+        command = [shutil.which("unshare") or "unshare", *iso.unshare_flags, "--", *command]
+    return command
+
+
+def _run(command: list[str], *, root: Path, work: Path, limits: Limits, cgroup: Path | None,
+         nproc: int | None, nonce: str) -> tuple[int, bool]:
+    """Runs the program to its end or its timeout, then kills what is left of it; (return code,
+    whether it timed out). Its output goes to root/stdout and root/stderr."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
+    with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
+            start_new_session=True, preexec_fn=_preexec(limits, cgroup, nproc),  # noqa: PLW1509 - see _preexec
+        )
+        try:
+            proc.stdin.write(nonce.encode() + b"\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill_all(proc, cgroup)
+        proc.wait()
+    return proc.returncode, timed_out
+
+
+def _result(root: Path, *, returncode: int, timed_out: bool, nonce: str, limits: Limits, seconds: float) -> Result:
+    """The program's status and reason, from its verdict line (the guard's) and its exit."""
+    stdout, stderr = _read(root / "stdout"), _read(root / "stderr")
+    verdict = _verdict(stdout, nonce)
+    if timed_out:
+        status, reason = "timed_out", f"timed out after {limits.timeout_s:g} s"
+    elif verdict is not None and (verdict[0] != "passed" or returncode == 0):
+        status, reason = verdict
+    elif returncode != 0 and (returncode < 0 or returncode > 128):
+        status, reason = "error", _signal_reason(returncode)
+    else:
+        status, reason = "error", f"exited with status {returncode} before the program's end"
+    cut = stdout.rfind(f"\n{nonce} ")
+    stdout = stdout[:cut] if cut >= 0 else stdout  # the verdict line is not the program's output
+    return Result(status, reason, returncode, stdout[-_OUTPUT_CHARS:], stderr[-_OUTPUT_CHARS:], seconds)
+
+
 def run_program(source: str, *, limits: Limits = Limits()) -> Result:
     """Runs `source` as a Python program under `limits`; never raises for what the program does."""
     if not isinstance(source, str):
@@ -279,51 +337,12 @@ def run_program(source: str, *, limits: Limits = Limits()) -> Result:
             # +1: unshare's own process lives in the cgroup too.
             (cgroup / "pids.max").write_text(str(limits.max_processes + 1))
         nproc = _user_process_count() + limits.max_processes if iso.nproc_rlimit else None
-        policy = {
-            "program": str(work / "program.py"),
-            "work_dir": str(work),
-            "allow_subprocess": limits.allow_subprocess,
-            "guard": limits.guard,
-            "forbidden_read_roots": sorted({str(Path.home()), os.path.expanduser("~" + _user_name())}),
-            "allowed_read_roots": sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}),
-        }
-        command = [sys.executable, "-I", str(_GUARD), json.dumps(policy)]
-        if iso.unshare_flags is not None:
-            command = [shutil.which("unshare") or "unshare", *iso.unshare_flags, "--", *command]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
         nonce = secrets.token_hex(16)
         start = time.monotonic()
-        with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
-            proc = subprocess.Popen(
-                command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_preexec(limits, cgroup, nproc),  # noqa: PLW1509 - see _preexec
-            )
-            try:
-                proc.stdin.write(nonce.encode() + b"\n")
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _kill_all(proc, cgroup)
-            proc.wait()
-        seconds = time.monotonic() - start
-        stdout, stderr = _read(root / "stdout"), _read(root / "stderr")
-        verdict = _verdict(stdout, nonce)
-        if timed_out:
-            status, reason = "timed_out", f"timed out after {limits.timeout_s:g} s"
-        elif verdict is not None and (verdict[0] != "passed" or proc.returncode == 0):
-            status, reason = verdict
-        elif proc.returncode != 0 and (proc.returncode < 0 or proc.returncode > 128):
-            status, reason = "error", _signal_reason(proc.returncode)
-        else:
-            status, reason = "error", f"exited with status {proc.returncode} before the program's end"
-        cut = stdout.rfind(f"\n{nonce} ")
-        stdout = stdout[:cut] if cut >= 0 else stdout  # the verdict line is not the program's output
-        return Result(status, reason, proc.returncode, stdout[-_OUTPUT_CHARS:], stderr[-_OUTPUT_CHARS:], seconds)
+        returncode, timed_out = _run(_command(work, limits, iso), root=root, work=work, limits=limits,
+                                     cgroup=cgroup, nproc=nproc, nonce=nonce)
+        return _result(root, returncode=returncode, timed_out=timed_out, nonce=nonce, limits=limits,
+                       seconds=time.monotonic() - start)
     finally:
         if cgroup is not None:
             _remove_cgroup(cgroup)
