@@ -1,42 +1,57 @@
-"""`gemini-jax eval --tasks ... --data-dir DIR`: benchmark tasks on a checkpoint, a results table,
-and optionally every example's record.
-
-    results = evaluate_checkpoint("runs/demo", tasks=["mmlu", "gsm8k"], data_dir="benchmarks",
-                                  settings=Settings(limit=100), records_path="records.jsonl")
-"""
+"""The benchmarks of tasks/ (text.py, multimodal.py) as registry tasks: each read from
+`--data-dir/<task>/` and asked through one `CheckpointModel` that the call's benchmarks share."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from gemini_jax.evals.checkpoint_model import CheckpointModel
-from gemini_jax.evals.protocols import Model
-from gemini_jax.evals.tasks import Settings, get_task, run_task
+from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
+from gemini_jax.evals.tasks import Settings, Task, TaskDataError, run_task
 
 
-def evaluate(model: Model, *, tasks: Sequence[str], data_dir: str | None, settings: Settings = Settings(),
-             records_path: str | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """{task: {metric: value}} for each task; records (one JSON line per example) to `records_path`."""
-    from tqdm.auto import tqdm
+def checkpoint_model(context: EvalContext):
+    """The benchmarks' model; what it had to cut to fit the context is noted at the end."""
+    from gemini_jax.evals.checkpoint_model import CheckpointModel
 
-    chosen = [get_task(name) for name in tasks]  # every name checked before any work
-    results: dict[str, dict[str, Any]] = {}
-    records: list[dict[str, Any]] = []
-    for task in chosen:
-        bar = tqdm(desc=f"eval {task.name}", disable=not progress, unit="ex", leave=False)
-        outcome = run_task(task, model, data_dir, settings, on_progress=bar.update,
-                           on_loaded=lambda n, bar=bar: bar.reset(total=n))
+    model = CheckpointModel(context.model, context.tokenizer,
+                            batch_size=context.options.batch_size or Benchmark.default_batch_size)
+    context.notes.append(lambda: model.truncated and (
+        f"note: {model.truncated} prompt(s) or context(s) were cut from the left to fit the model's context "
+        f"of {model.config.max_seq_len} tokens"))
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark(EvalTask):
+    """One benchmark `Task` (tasks/base.py), asked with its protocol."""
+
+    task: Task
+    family: ClassVar[Family] = Family.BENCHMARKS
+    reads: ClassVar[frozenset[str]] = frozenset({"data_dir", "shots", "samples", "temperature", "seed", "records"})
+    default_batch_size: ClassVar[int] = 16
+    workers: int = 2  # sandbox processes running HumanEval's tests at once
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def check(self, context: EvalContext) -> None:
+        if self.task.folder and context.options.data_dir is None:
+            raise TaskDataError(f"task {self.name} reads its files from --data-dir/{self.task.folder}/; give --data-dir")
+
+    def run(self, context: EvalContext) -> TaskOutcome:
+        from tqdm.auto import tqdm
+
+        options = context.options
+        settings = Settings(shots=options.shots, samples=options.samples, temperature=options.temperature,
+                            limit=options.limit, seed=options.seed)
+        bar = tqdm(desc=f"eval {self.name}", disable=not options.progress, unit="ex", leave=False)
+        outcome = run_task(self.task, context.shared(checkpoint_model), options.data_dir, settings,
+                           on_progress=bar.update, on_loaded=lambda n: bar.reset(total=n), workers=self.workers)
         bar.close()
-        results[task.name] = outcome.metrics
-        records += outcome.records
-    if records_path:
-        Path(records_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(records_path).write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
-    return results
+        return TaskOutcome(outcome.metrics, outcome.records)
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -47,18 +62,3 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             shown = f"{value:,d}" if isinstance(value, int) else ("nan" if math.isnan(value) else f"{value:.2f}")
             lines.append(f"{task:<{width}}  {name:<18} {shown:>10}")
     return "\n".join(lines)
-
-
-def evaluate_checkpoint(run_dir: str, *, tasks: Sequence[str], data_dir: str | None, settings: Settings = Settings(),
-                        batch_size: int = 16, records_path: str | None = None,
-                        progress: bool = True) -> dict[str, dict[str, Any]]:
-    for name in tasks:
-        get_task(name)  # an unknown task fails before the checkpoint is loaded
-    model = CheckpointModel.load(run_dir, batch_size=batch_size)
-    results = evaluate(model, tasks=tasks, data_dir=data_dir, settings=settings, records_path=records_path,
-                       progress=progress)
-    print(format_table(results))
-    if model.truncated:
-        print(f"note: {model.truncated} prompt(s) or context(s) were cut from the left to fit the model's context "
-              f"of {model.config.max_seq_len} tokens")
-    return results

@@ -4,7 +4,7 @@ each one's files), and `run_task`, which asks a model a task's questions with it
 from __future__ import annotations
 
 from gemini_jax.evals.tasks import multimodal, text
-from gemini_jax.evals.tasks.base import Item, Task, TaskData, TaskDataError
+from gemini_jax.evals.tasks.base import Asking, Item, Task, TaskData, TaskDataError
 from gemini_jax.evals.tasks.runner import Settings, TaskResult, run_task
 
 TASKS: dict[str, Task] = {t.name: t for t in [*text.TASKS, *multimodal.TASKS]}
@@ -16,4 +16,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Item", "Settings", "Task", "TaskData", "TaskDataError", "TaskResult", "get_task", "run_task"]
+__all__ = ["TASKS", "Asking", "Item", "Settings", "Task", "TaskData", "TaskDataError", "TaskResult", "get_task", "run_task"]

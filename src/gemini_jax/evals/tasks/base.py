@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import enum
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,7 +50,13 @@ class TaskData:
     shots: list[Item] = dataclasses.field(default_factory=list)  # the pool k-shot prompts draw from
 
 
-PROTOCOLS = ("choice", "generate", "corpus", "code")
+class Asking(enum.Enum):
+    """How a task's questions are asked (runner.py)."""
+
+    CHOICE = "choice"  # multiple choice by log-likelihood
+    GENERATE = "generate"  # greedy, or maj@k with --samples
+    CORPUS = "corpus"  # greedy, scored over the whole corpus (BLEU, WER)
+    CODE = "code"  # pass@k in the sandbox
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Task:
     name: str
     description: str
     load: Callable[[Path], TaskData]
-    protocol: str
+    protocol: Asking
     metrics: tuple[str, ...]
     prompt: Callable[[Item, Sequence[Item], int], Prompt] = lambda item, pool, k: item.prompt
     extract: Callable[[str], str | None] = str.strip
@@ -71,8 +78,8 @@ class Task:
     folder: str = ""  # under --data-dir; "" for tasks whose data ships in a package
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"task {self.name}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if not isinstance(self.protocol, Asking):
+            raise ValueError(f"task {self.name}: protocol must be an Asking, got {self.protocol!r}")
 
 
 # --- checked readers ---------------------------------------------------------------------------

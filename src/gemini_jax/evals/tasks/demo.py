@@ -5,6 +5,8 @@ prompt is the example's user turn, the answer is what the model writes before
 <end_of_turn>, compared after normalisation (case, surrounding space and punctuation).
 Transcription also reports word error rate (jiwer). Code is scored by perplexity per
 token on the held-out standard-library files.
+
+`DEMO_SETS` are these as registry tasks (registry.py): they share the demo corpus and one sampler.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jiwer
 import numpy as np
 
 from gemini_jax.data.examples import Example
+from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
 
 TASKS = ("vqa", "asr", "video", "text")
+ANSWER_TOKENS = {"vqa": 8, "asr": 24, "video": 8}  # at most this many answer tokens sampled per question
 
 
 def normalize_answer(text: str) -> str:
@@ -110,3 +114,75 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{task:<8} {name:<22} {shown:>10}")
     return "\n".join(lines)
 
+
+
+# --- the demo sets as registry tasks ----------------------------------------------------------
+
+
+def demo_corpus(context: EvalContext):
+    """The corpus the caller built, or the default one in --cache-dir."""
+    from gemini_jax.data.corpora.demo import DemoCorpus
+
+    return context.corpus or DemoCorpus.build(context.options.cache_dir, progress=context.options.progress)
+
+
+def demo_sampler(context: EvalContext) -> Sampler:
+    from gemini_jax.data.encode import MediaCache
+
+    return Sampler(context.model, context.tokenizer, media_cache=MediaCache(max_bytes=1 << 30))
+
+
+class _DemoSet(EvalTask):
+    family: ClassVar[Family] = Family.DEMO_SETS
+    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records"})
+    default_batch_size: ClassVar[int] = 256
+
+    def test_records(self, context: EvalContext) -> list:
+        return context.shared(demo_corpus).records(self.name, "test")[: context.options.limit]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuestionSet(_DemoSet):
+    """A media set (vqa, asr, video): 0-shot greedy answers, exact match (and WER for asr)."""
+
+    name: str
+    max_new_tokens: int
+
+    def run(self, context: EvalContext) -> TaskOutcome:
+        from tqdm.auto import tqdm
+
+        records = self.test_records(context)
+        bar = tqdm(total=len(records), desc=f"eval {self.name}", disable=not context.options.progress, unit="ex",
+                   leave=False)
+        scored = answer_questions(context.shared(demo_sampler), [r.example for r in records],
+                                  batch_size=self.batch_size(context.options), max_new_tokens=self.max_new_tokens,
+                                  on_batch=bar.update)
+        bar.close()
+        return TaskOutcome(summarize(self.name, scored, [r.kind for r in records]),
+                           [dataclasses.asdict(dataclasses.replace(s, kind=r.kind)) for s, r in zip(scored, records)])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CodePerplexity(_DemoSet):
+    """The text set: loss and perplexity per token of held-out code, packed into rows of `seq_len`."""
+
+    name: str = "text"
+    seq_len: int = 128  # the demo recipe's text_seq_len
+    rows_per_batch: int = 16  # fixed: --batch-size is the number of questions sampled together
+
+    def run(self, context: EvalContext) -> TaskOutcome:
+        from gemini_jax.data import pipeline
+        from gemini_jax.evals.scoring import LossScorer
+
+        documents = [r.example for r in self.test_records(context)]
+        batches = pipeline.packed_text(documents, tokenizer=context.tokenizer, seq_len=self.seq_len,
+                                       batch_size=self.rows_per_batch, seed=0, shuffle=False, num_epochs=1,
+                                       drop_remainder=False)
+        loss_sum, count = LossScorer(context.model).total(batches)
+        return TaskOutcome({**perplexity(loss_sum, count), "documents": len(documents)})
+
+
+def demo_sets(*, text_seq_len: int = 128) -> tuple[EvalTask, ...]:
+    """The four demo sets, in TASKS's order; `text_seq_len` is the recipe's text row length."""
+    questions = [QuestionSet(name=name, max_new_tokens=ANSWER_TOKENS[name]) for name in TASKS if name != "text"]
+    return (*questions, CodePerplexity(seq_len=text_seq_len))

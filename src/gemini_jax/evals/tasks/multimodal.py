@@ -28,6 +28,7 @@ from pathlib import Path
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.evals.protocols import LETTERS, multiple_choice_question
 from gemini_jax.evals.tasks.base import (
+    Asking,
     Item,
     Task,
     TaskData,
@@ -207,7 +208,7 @@ def load_videoqa(folder: Path) -> TaskData:
 
 
 def _image_task(name: str, description: str, load, metric: str) -> Task:
-    return Task(name, description, load, "generate", (metric,), max_tokens=16, folder=name)
+    return Task(name, description, load, Asking.GENERATE, (metric,), max_tokens=16, folder=name)
 
 
 TASKS = [
@@ -217,12 +218,12 @@ TASKS = [
     _image_task("infographicvqa", "questions about infographics, ANLS", load_infographicvqa, "anls"),
     _image_task("chartqa", "questions about charts, relaxed accuracy (5% on numbers)", load_chartqa,
                 "relaxed_accuracy"),
-    Task("ai2d", "science diagrams, lettered multiple choice read from the greedy answer", load_ai2d, "generate",
+    Task("ai2d", "science diagrams, lettered multiple choice read from the greedy answer", load_ai2d, Asking.GENERATE,
          ("exact_match",), max_tokens=8, folder="ai2d"),
-    Task("mmmu", "college-level multimodal questions, lettered choice or short answer", load_mmmu, "generate",
+    Task("mmmu", "college-level multimodal questions, lettered choice or short answer", load_mmmu, Asking.GENERATE,
          ("exact_match",), max_tokens=16, folder="mmmu"),
-    Task("asr_manifest", "speech recognition from a NeMo manifest, word error rate", load_asr, "corpus", ("wer",),
+    Task("asr_manifest", "speech recognition from a NeMo manifest, word error rate", load_asr, Asking.CORPUS, ("wer",),
          max_tokens=128, folder="asr_manifest"),
-    Task("videoqa", "questions about videos, exact match", load_videoqa, "generate", ("exact_match",),
+    Task("videoqa", "questions about videos, exact match", load_videoqa, Asking.GENERATE, ("exact_match",),
          max_tokens=16, folder="videoqa"),
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from gemini_jax.data.pipeline import RECORD_ERRORS
 from gemini_jax.evals import humaneval, metrics
 from gemini_jax.evals.protocols import Model, majority_vote, pass_at_k
-from gemini_jax.evals.tasks.base import Item, Prompt, Task, TaskDataError, letter
+from gemini_jax.evals.tasks.base import Asking, Item, Prompt, Task, TaskDataError, letter
 
 CHUNK = 32  # questions handed to the model at once (it batches them further)
 
@@ -137,12 +137,12 @@ def run_task(task: Task, model: Model, data_dir: str | os.PathLike | None, setti
     if k and not data.shots:
         raise TaskDataError(f"task {task.name}: {k}-shot prompts asked for, but its data has no shots to draw from")
     def ask(chunk: Sequence[Item], prompts: Sequence[Prompt]) -> list[dict]:
-        if task.protocol == "choice":
+        if task.protocol is Asking.CHOICE:
             return _choice(task, model, chunk, prompts)
-        if task.protocol == "code":
+        if task.protocol is Asking.CODE:
             return _code(task, model, chunk, prompts, settings, workers)
         return _generate(task, model, chunk, prompts, dataclasses.replace(settings, samples=1)
-                         if task.protocol == "corpus" else settings)
+                         if task.protocol is Asking.CORPUS else settings)
 
     records: list[dict[str, Any]] = []
     errors = 0
@@ -165,7 +165,7 @@ def run_task(task: Task, model: Model, data_dir: str | os.PathLike | None, setti
                             "golds": list(item.golds)})
         if on_progress:
             on_progress(len(chunk))
-    if task.protocol == "corpus":
+    if task.protocol is Asking.CORPUS:
         predictions = [r["answer"] or "" for r in records]
         for record, prediction, item in zip(records, predictions, items):
             record["scores"] = _corpus_metrics(task, [prediction], [item.golds])

