@@ -15,6 +15,7 @@ from gemini_jax.config import PRESETS
 from gemini_jax.data.encode import EncodeError, encode_example
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.tokenizer import train_tokenizer
+from gemini_jax.sample.buckets import LENGTH_BUCKET, batch_bucket, length_bucket
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams, filter_logits, sample_tokens
 
@@ -73,6 +74,13 @@ def prompts(tmp_path):
         Example(contents=[Content("user", [Part(image=str(tmp_path / "a.png")), Part(text="A red circle. A blue")])]),
         Example(contents=[Content("user", [Part(text="A")])]),
     ]
+
+
+def test_lengths_round_up_to_a_bucket_within_the_context_and_batches_to_a_power_of_two():
+    assert LENGTH_BUCKET == 32  # the buckets compiled programs are keyed on: changing it recompiles everything
+    assert [length_bucket(n, limit=512) for n in (1, 31, 32, 33, 64, 65)] == [32, 32, 32, 64, 64, 96]
+    assert length_bucket(100, limit=80) == 80 and length_bucket(500, limit=512) == 512
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 16]
 
 
 def test_greedy_generation_equals_repeated_full_forward_passes(build_model, tok, tmp_path):

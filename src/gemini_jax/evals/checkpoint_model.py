@@ -22,7 +22,6 @@ Each cut is counted in `truncated` and reported once with a warning.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -34,7 +33,8 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.evals.scoring import LossScorer
 from gemini_jax.model import Gemini
-from gemini_jax.sample.sampler import LENGTH_BUCKET, Sampler
+from gemini_jax.sample.buckets import length_bucket
+from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.sample.streaming import truncate_at_stop
 
@@ -184,7 +184,7 @@ class CheckpointModel:
                 "positions": np.arange(length, dtype=np.int32), "media_spans": np.zeros(length, np.int32),
             })
         longest = max(r["tokens"].shape[0] for r in rows)
-        seq_len = min(LENGTH_BUCKET * math.ceil(longest / LENGTH_BUCKET), self.config.max_seq_len)
+        seq_len = length_bucket(longest, limit=self.config.max_seq_len)
         # One batch size (short final batches padded): one compilation per length bucket.
         return collate(rows, seq_len=seq_len, config=self.config, batch_size=self.batch_size)
 

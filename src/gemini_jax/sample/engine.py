@@ -33,7 +33,6 @@ import collections
 import dataclasses
 import itertools
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -47,8 +46,9 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache, LayerKV
+from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, length_bucket
 from gemini_jax.sample.programs import DecodePrograms
-from gemini_jax.sample.sampler import LENGTH_BUCKET, MEL_FRAMES_BUCKET, stop_token_ids
+from gemini_jax.sample.sampler import stop_token_ids
 from gemini_jax.sample.token_choice import SamplingParams, params_arrays
 from gemini_jax.sample.streaming import TextStream
 
@@ -283,8 +283,7 @@ class Engine:
             self._advance(slot, token)
 
     def _prefill_into(self, slot: int, request: Request) -> int:
-        length = request.prompt_tokens
-        bucket = min(LENGTH_BUCKET * math.ceil(length / LENGTH_BUCKET), self.max_len)
+        bucket = length_bucket(request.prompt_tokens, limit=self.max_len)
         batch = collate([request.row], seq_len=bucket, config=self.config, mel_frames_multiple=MEL_FRAMES_BUCKET)
         seeds = np.array([request.params.seed], np.uint32)
         token, row_cache = self.programs.prefill(batch, params_arrays([request.params]), seeds, cache_len=bucket)

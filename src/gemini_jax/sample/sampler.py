@@ -5,7 +5,7 @@
 
 Prompts are encoded with the model's prompt format (the chat template, or PaliGemma's
 prefix layout) and right-padded. Their lengths (and audio durations) are rounded up to a
-bucket and the batch to a power of two, so a stream of requests reuses a few compiled shapes
+bucket and the batch to a power of two (buckets.py), so a stream of requests reuses a few compiled shapes
 instead of compiling one per prompt. A row stops at <end_of_turn> or <eos> (<eos> only for
 the prefix format); the loop ends when every row has stopped or reached its max_new_tokens.
 
@@ -16,7 +16,6 @@ programs of programs.py, so they give the same answers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,11 +26,9 @@ from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
+from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, batch_bucket, length_bucket
 from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.token_choice import SamplingParams, params_arrays
-
-LENGTH_BUCKET = 32
-MEL_FRAMES_BUCKET = 100  # one second of log-mel frames; the audio encoder masks the padding
 
 
 def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
@@ -41,14 +38,6 @@ def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
     if config.prompt_format == "prefix":
         return [tokenizer.eos_id]
     return [tokenizer.end_of_turn_id, tokenizer.eos_id]
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return multiple * math.ceil(n / multiple)
-
-
-def _batch_bucket(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(n)))
 
 
 class Sampler:
@@ -82,9 +71,9 @@ class Sampler:
                 f"prompt of {longest} tokens plus {max_new} new tokens exceeds the model's context of "
                 f"{self.config.max_seq_len} tokens; shorten the prompt or lower max_new_tokens"
             )
-        seq_len = min(_round_up(longest, LENGTH_BUCKET), self.config.max_seq_len)
-        cache_len = min(_round_up(seq_len + max_new, LENGTH_BUCKET), self.config.max_seq_len)
-        size = _batch_bucket(len(rows))
+        seq_len = length_bucket(longest, limit=self.config.max_seq_len)
+        cache_len = length_bucket(seq_len + max_new, limit=self.config.max_seq_len)
+        size = batch_bucket(len(rows))
         batch = collate(rows, seq_len=seq_len, config=self.config, batch_size=size,
                         mel_frames_multiple=MEL_FRAMES_BUCKET)
         pad = size - len(rows)
