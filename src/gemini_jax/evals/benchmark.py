@@ -39,7 +39,8 @@ class Benchmark(EvalTask):
 
     def check(self, context: EvalContext) -> None:
         if self.task.folder and context.options.data_dir is None:
-            raise TaskDataError(f"task {self.name} reads its files from --data-dir/{self.task.folder}/; give --data-dir")
+            raise TaskDataError(f"task {self.name} reads its files from --data-dir/{self.task.folder}/; "
+                                "give --data-dir")
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from tqdm.auto import tqdm

@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemini_jax.evals import benchmark
 from gemini_jax.evals.eval_task import (  # noqa: F401 - EvalTask and Family are exported from here
@@ -36,7 +36,12 @@ from gemini_jax.evals.tasks import TaskDataError
 from gemini_jax.evals.tasks import demo
 from gemini_jax.evals.tasks import long_context
 
-TaskLike = str | EvalTask
+if TYPE_CHECKING:
+    from gemini_jax.data.corpora.demo import DemoCorpus
+    from gemini_jax.data.tokenizer import Tokenizer
+    from gemini_jax.model import Gemini
+
+TaskLike = str | EvalTask  # a registry name, or a task instance with its own parameters
 
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
     *demo.demo_sets(), long_context.KvRetrieval(), long_context.NllByPosition(),
@@ -82,8 +87,8 @@ def refuse_unused_options(tasks: Sequence[TaskLike], options: EvalOptions) -> No
         raise TaskDataError(f"these options do nothing for {kinds}: {', '.join(unused)}; drop them")
 
 
-def evaluate(model, tokenizer, tasks: Sequence[TaskLike], options: EvalOptions = EvalOptions(), *,
-             run_dir: str | Path | None = None, corpus: Any = None) -> dict[str, dict[str, Any]]:
+def evaluate(model: Gemini, tokenizer: Tokenizer, tasks: Sequence[TaskLike], options: EvalOptions = EvalOptions(), *,
+             run_dir: str | Path | None = None, corpus: DemoCorpus | None = None) -> dict[str, dict[str, Any]]:
     """{task: {metric: value}} for `tasks` in order. Every task is checked before any runs; work
     they share is built once. `run_dir` places nll_by_position's plot by default; `corpus` is a
     DemoCorpus already built (else the demo sets build the default one in options.cache_dir).
@@ -104,7 +109,7 @@ def evaluate(model, tokenizer, tasks: Sequence[TaskLike], options: EvalOptions =
 
 
 def evaluate_run(run_dir: str | Path, tasks: Sequence[TaskLike], options: EvalOptions = EvalOptions(), *,
-                 step: int | None = None, corpus: Any = None) -> dict[str, dict[str, Any]]:
+                 step: int | None = None, corpus: DemoCorpus | None = None) -> dict[str, dict[str, Any]]:
     """`evaluate` on a run directory's model (at checkpoint `step`, default the latest)."""
     from gemini_jax import checkpoint
 
