@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gemini_jax.data.corpora import demo, shapes, speech
+from gemini_jax.data.corpora import demo, demo_tasks, shapes, speech, stdlib_text
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.examples import Example
 
@@ -54,12 +54,12 @@ def test_asr_test_texts_and_voice_are_held_out(corpus):
     assert not {r.meta["answer"] for r in train} & {r.meta["answer"] for r in test}
     train_voices = {r.meta["voice"] for r in train}
     held_out = [r for r in test if r.meta["voice"] not in train_voices]
-    assert held_out and set(demo.ASR_VOICES_HELD_OUT) & {r.meta["voice"] for r in held_out}
+    assert held_out and set(demo_tasks.ASR_VOICES_HELD_OUT) & {r.meta["voice"] for r in held_out}
     assert len(held_out) < len(test)  # some unseen texts in voices train has heard
     assert {r.kind for r in train} == {"number", "digits", "phrase"}
     for record in train + test:
         user, model = record.example.contents
-        assert [p.kind for p in user.parts] == ["audio", "text"] and user.parts[1].text == demo.ASR_PROMPT
+        assert [p.kind for p in user.parts] == ["audio", "text"] and user.parts[1].text == demo_tasks.ASR_PROMPT
         assert model.parts[0].text == record.meta["answer"] == record.meta["answer"].lower()
         samples, rate = speech.read_wav(user.parts[0].audio)
         assert rate == 16_000 and 0.2 < len(samples) / rate < 3.5
@@ -106,7 +106,7 @@ def test_text_files_are_split_by_path(corpus):
     example = corpus.examples("text", "train")[0]
     assert example.raw_text and example.train_on == "all" and example.task == "text"
     for record in corpus.records("text", "train"):  # only a single over-long line may exceed the limit
-        assert len(record.meta["text"]) <= demo.TEXT_CHUNK_CHARS or record.meta["text"].count("\n") <= 1
+        assert len(record.meta["text"]) <= stdlib_text.TEXT_CHUNK_CHARS or record.meta["text"].count("\n") <= 1
 
 
 def test_tokenizer_corpus_knows_every_answer_word(corpus):
@@ -147,7 +147,7 @@ def test_failed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GEMINI_JAX_CACHE", str(tmp_path))
     with monkeypatch.context() as patch:
-        patch.setattr(demo, "_build_text", broken)  # the last task: everything else was written
+        patch.setitem(demo_tasks.BUILDERS, "text", broken)  # the last task: everything else was written
         with pytest.raises(OSError, match="disk full"):
             DemoCorpus.build(sizes=MICRO, progress=False)
     assert list(tmp_path.iterdir()) == []  # no manifest, no corpus, no partial directory

@@ -20,11 +20,9 @@ with the request's own step (0 for the first answer token), so an answer depends
 request alone, never on its slot or its companions. `Sampler` runs the same compiled programs
 (programs.py), so it gives the same answers.
 
-Prompts are prefilled one at a time on purpose. Prefilling the prompts that wait together as
-one batch made the engine's steps 1.4-1.7x faster once compiled (2 CPU cores, demo preset),
+Prompts are prefilled one at a time on purpose: a batched prefill runs faster once compiled,
 but every mix of batch size, length and media is another compiled shape, and compiling those
-under load cost more than it saved: `benchmarks/serve_load.py` fell from 122-125 to 46-86
-requests/s.
+under load costs more than it saves (docs/serving.md has the measurements).
 """
 
 from __future__ import annotations
@@ -40,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
+from gemini_jax.data.encode import EncodeError, encode_example
+from gemini_jax.data.media_cache import MediaCache
 from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from gemini_jax.config import ModelConfig
-from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
+from gemini_jax.data.encode import EncodeError, encode_example
+from gemini_jax.data.media_cache import MediaCache
 from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer

@@ -1,6 +1,6 @@
 """The embedded demo corpus: four small real tasks built offline from installed wheels, then cached.
 
-    corpus = DemoCorpus.build()                   # ~/.cache/gemini-jax/demo-v4, built on first use
+    corpus = DemoCorpus.build()                   # ~/.cache/gemini-jax/demo-v5, built on first use
     corpus.examples("vqa", "train")               # list[Example]
     corpus.records("asr", "test")[0].kind         # "number" | "digits" | "phrase"
     sentences = corpus.tokenizer_corpus()         # raw text for training the tokenizer
@@ -30,83 +30,23 @@ import json
 import os
 import shutil
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gemini_jax.data.corpora import shapes, speech
+from gemini_jax.data.corpora.demo_tasks import BUILDERS, DemoSizes, easy_vqa_data_dir
+from gemini_jax.data.corpora.held_out import SPLITS, is_test
 from gemini_jax.data.examples import Content, Example, Part, text_document
+
+__all__ = ["MANIFEST", "SPLITS", "TASKS", "VERSION", "DemoCorpus", "DemoRecord", "DemoSizes", "is_test"]
 
 VERSION = 5
 TASKS = ("vqa", "asr", "video", "text")
-SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
-TEST_PERCENT = 10  # share of the hash space that goes to test
-
-ASR_PROMPT = "Transcribe this audio."
-ASR_VOICES_TRAIN = ("en", "en-us", "en+f3", "en+m3", "en-us+f2", "en-gb-x-rp+m1", "en+f4", "en+m2", "en-us+f5")
-# Heard only in test: a voice variant of an accent that train has (US English). An unseen
-# accent is a different task: a Caribbean voice ("tree" for "three") held out here made
-# half its numbers wrong while every train-accent voice scored above 90%.
-ASR_VOICES_HELD_OUT = ("en-us+m4",)
-# Texts longer than this many words are spoken faster, to keep every clip near 3 s or less.
-_ASR_LONG_WORDS = 5
-ASR_PHRASES = (
-    "the cat sat on the mat", "please open the door", "turn on the light", "what time is it",
-    "the sun is bright today", "i like green apples", "the dog runs in the park", "close the window",
-    "it is cold outside", "we are going home", "the bus is late again", "read the book aloud",
-    "my name is sam", "the sky is blue", "put the cup on the table", "the bird can sing",
-    "see you tomorrow", "thank you very much", "the train leaves at noon", "bring me some water",
-    "she plays the piano", "he walks to school", "the milk is in the fridge", "good morning to you",
-    "the road is long", "the baby is asleep", "wash your hands", "the phone is ringing",
-    "the rain has stopped", "a red ball is on the grass", "the tea is too hot", "where is my hat",
-    "the moon is full tonight", "let us go outside", "the fish swim in the pond", "the door is locked",
-    "the car is very fast", "we need more bread", "the shop opens at nine", "count to ten slowly",
-    "the garden has many flowers", "pass me the salt", "the clock is on the wall", "i can hear music",
-    "the children are laughing", "the box is empty", "take the left turn", "the snow is falling",
-)
-
-VIDEO_KINDS = ("direction", "order", "size")
-TEXT_CHUNK_CHARS = 4096
-_TEXT_MAX_FILE_BYTES = 200_000
-_TEXT_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 _MEDIA_KIND = {"vqa": "image", "asr": "audio", "video": "video"}
 _STALE_PARTIAL_S = 24 * 3600
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoSizes:
-    """How much of each task to build. None for VQA means all of easy-VQA."""
-
-    vqa_train: int | None = None  # of 38,575
-    vqa_test: int | None = None  # of 9,673
-    asr_train: int = 10_000
-    asr_test: int = 600
-    video_train: int = 6000
-    video_test: int = 600
-    text_bytes: int = 4_000_000  # cap on the standard-library source read, train and test together
-    video_frames: int = 8
-    video_size: int = 32
-
-    @classmethod
-    def tiny(cls) -> DemoSizes:
-        """A corpus that builds in a few seconds, for tests."""
-        return cls(vqa_train=60, vqa_test=20, asr_train=40, asr_test=12, video_train=30, video_test=12, text_bytes=60_000)
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"DemoSizes.{field.name} must be a non-negative integer, got {value!r}")
-        if self.video_frames < 3 or self.video_size < 16:
-            raise ValueError(
-                f"DemoSizes needs video_frames >= 3 and video_size >= 16, got {self.video_frames} and {self.video_size}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +77,8 @@ class DemoCorpus:
         progress: bool = True,
     ) -> DemoCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax),
-        built first if it is missing or incomplete. Default sizes live in `demo-v4`, others in
-        `demo-v4-<hash of the sizes>`, so a small test corpus never replaces the real one."""
+        built first if it is missing or incomplete. Default sizes live in `demo-v5`, others in
+        `demo-v5-<hash of the sizes>`, so a small test corpus never replaces the real one."""
         cache_dir = Path(cache_dir or os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax")
         root = cache_dir / _subdir(sizes)
         corpus = _open(root, sizes)
@@ -174,7 +114,7 @@ class DemoCorpus:
         """Examples with their kind and parameters; task in TASKS, split in SPLITS."""
         _check(task=task, split=split)
         if (task, split) not in self._records:
-            media_root = _easy_vqa_data_dir() if task == "vqa" else self.root
+            media_root = easy_vqa_data_dir() if task == "vqa" else self.root
             with open(self.root / f"{task}-{split}.jsonl", encoding="utf-8") as f:
                 self._records[task, split] = [_record(task, json.loads(line), media_root=media_root) for line in f]
         return self._records[task, split]
@@ -214,12 +154,6 @@ def _record(task: str, row: dict[str, Any], *, media_root: Path) -> DemoRecord:
     )
     return DemoRecord(example, row["kind"], row)
 
-
-def is_test(key: str) -> bool:
-    """The split rule: a stable hash of what identifies an item (never Python's salted hash)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % 100 < TEST_PERCENT
-
-
 def _check(*, task: str, split: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown demo task {task!r}; accepted: {', '.join(TASKS)}")
@@ -258,10 +192,9 @@ def _remove_stale_partials(cache_dir: Path, name: str) -> None:
 
 
 def _build_into(out: Path, *, sizes: DemoSizes, progress: bool) -> None:
-    builders = {"vqa": _build_vqa, "asr": _build_asr, "video": _build_video, "text": _build_text}
     counts, timings, details = {}, {}, {}
     start = time.perf_counter()
-    for task, builder in builders.items():
+    for task, builder in BUILDERS.items():
         if progress:
             print(f"demo corpus: building {task} ...", file=sys.stderr, flush=True)
         task_start = time.perf_counter()
@@ -288,217 +221,3 @@ def _build_into(out: Path, *, sizes: DemoSizes, progress: bool) -> None:
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(tmp, out / MANIFEST)
-
-
-# ---- vqa ----------------------------------------------------------------------------------------
-
-
-def _easy_vqa_data_dir() -> Path:
-    try:
-        import easy_vqa
-    except ImportError as e:
-        raise RuntimeError("the demo's VQA task needs the `easy-vqa` wheel (pip install easy-vqa)") from e
-    return Path(easy_vqa.__file__).parent / "data"
-
-
-def _build_vqa(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]:
-    import easy_vqa
-
-    data_dir = _easy_vqa_data_dir()
-    answers = easy_vqa.get_answers()
-    shape_answers = {"circle", "rectangle", "triangle"}
-    sources = {
-        "train": (easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths(), sizes.vqa_train),
-        "test": (easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths(), sizes.vqa_test),
-    }
-    rows = {}
-    for split, ((questions, answer_list, image_ids), image_paths, limit) in sources.items():
-        rows[split] = []
-        for question, answer, image_id in list(zip(questions, answer_list, image_ids))[:limit]:
-            kind = "yes/no" if answer in ("yes", "no") else "shape" if answer in shape_answers else "color"
-            media = Path(image_paths[image_id]).relative_to(data_dir).as_posix()
-            rows[split].append(
-                {"kind": kind, "prompt": question, "answer": answer, "media": media, "image_id": f"{split}/{image_id}"}
-            )
-    return rows, {"answers": answers}
-
-
-# ---- asr ----------------------------------------------------------------------------------------
-
-
-def asr_plan(*, train: int, test: int, seed: int = 0) -> dict[str, list[tuple[str, speech.Utterance]]]:
-    """(kind, utterance) per split, as a pure function of the counts: five in eight numbers,
-    two digit strings, one phrase (48 phrases need few clips; numbers have 10,000 texts).
-    Test texts never occur in train; every other test clip is spoken by a held-out voice,
-    the rest by train voices."""
-    rng = np.random.default_rng(seed)
-    numbers = {s: [n for n in range(10_000) if is_test(f"number:{n}") == (s == "test")] for s in SPLITS}
-    phrases = {s: [p for p in ASR_PHRASES if is_test(f"phrase:{p}") == (s == "test")] for s in SPLITS}
-
-    def text_for(kind: str, split: str) -> str:
-        if kind == "number":
-            # Stratified by magnitude, else nine numbers in ten would have four digits.
-            low, high = ((0, 20), (20, 100), (100, 1000), (1000, 10_000))[int(rng.choice(4, p=(0.1, 0.2, 0.3, 0.4)))]
-            pool = [n for n in numbers[split] if low <= n < high] or numbers[split]
-            return speech.number_words(pool[int(rng.integers(len(pool)))])
-        if kind == "digits":
-            while True:
-                digits = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(3, 7))))
-                if is_test(f"digits:{digits}") == (split == "test"):
-                    return speech.digit_words(digits)
-        pool = phrases[split]
-        return pool[int(rng.integers(len(pool)))]
-
-    plan = {}
-    for split, count in (("train", train), ("test", test)):
-        items, seen = [], set()
-        while len(items) < count:
-            kind = ("number", "number", "digits", "number", "phrase", "number", "digits", "number")[len(items) % 8]
-            text = text_for(kind, split)
-            held_out = split == "test" and len(items) % 2 == 0
-            voices = ASR_VOICES_HELD_OUT if held_out else ASR_VOICES_TRAIN
-            long_text = len(text.split()) > _ASR_LONG_WORDS
-            utterance = speech.Utterance(
-                text=text,
-                voice=voices[int(rng.integers(len(voices)))],
-                rate=int(rng.integers(170, 211) if long_text else rng.integers(140, 201)),
-                pitch=int(rng.integers(35, 66)),
-            )
-            if utterance not in seen:
-                seen.add(utterance)
-                items.append((kind, utterance))
-        plan[split] = items
-    return plan
-
-
-def _build_asr(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]:
-    plan = asr_plan(train=sizes.asr_train, test=sizes.asr_test)
-    media = {s: [f"asr/{s}/{i:05d}.wav" for i in range(len(plan[s]))] for s in SPLITS}
-    everything = [u for s in SPLITS for _, u in plan[s]]
-    durations = iter(speech.synthesize_to_wav(utterances=everything, paths=[out / m for s in SPLITS for m in media[s]]))
-    rows = {s: [] for s in SPLITS}
-    for split in SPLITS:
-        for (kind, utterance), path in zip(plan[split], media[split]):
-            rows[split].append(
-                {
-                    "kind": kind, "prompt": ASR_PROMPT, "answer": utterance.text, "media": path,
-                    "voice": utterance.voice, "rate": utterance.rate, "pitch": utterance.pitch,
-                    "duration_s": round(next(durations), 4),
-                }
-            )
-    all_durations = [r["duration_s"] for s in SPLITS for r in rows[s]]
-    details = {
-        "sample_rate": speech.SAMPLE_RATE,
-        "voices_train": list(ASR_VOICES_TRAIN),
-        "voices_held_out": list(ASR_VOICES_HELD_OUT),
-        "max_duration_s": max(all_durations, default=0.0),
-        "mean_duration_s": round(float(np.mean(all_durations)), 3) if all_durations else 0.0,
-    }
-    return rows, details
-
-
-# ---- video --------------------------------------------------------------------------------------
-
-
-def video_plan(*, train: int, test: int, frames: int, size: int, seed: int = 0) -> dict[str, list[shapes.Clip]]:
-    """Distinct clips per split, kinds in turn; a clip's split is decided by a hash of its
-    full parameter record, so no test clip's parameters occur in train."""
-    rng = np.random.default_rng(seed)
-    plan = {"train": [], "test": []}
-    # Per split, an even share of each kind.
-    quota = {
-        split: {kind: count // len(VIDEO_KINDS) + (i < count % len(VIDEO_KINDS)) for i, kind in enumerate(VIDEO_KINDS)}
-        for split, count in (("train", train), ("test", test))
-    }
-    seen = set()
-    for attempt in range(1000 * (train + test + 1)):
-        if not any(any(q.values()) for q in quota.values()):
-            return plan
-        kind = VIDEO_KINDS[attempt % len(VIDEO_KINDS)]
-        clip = shapes.sample(rng, kind=kind, frames=frames, size=size)
-        clip_key = shapes.key(clip)
-        split = "test" if is_test(clip_key) else "train"
-        if clip_key in seen or quota[split][kind] == 0:
-            continue
-        seen.add(clip_key)
-        quota[split][kind] -= 1
-        plan[split].append(clip)
-    raise RuntimeError(f"could not draw {train} + {test} distinct clips of {frames} frames at {size} pixels")
-
-
-def _build_video(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]:
-    frames, size = sizes.video_frames, sizes.video_size
-    plan = video_plan(train=sizes.video_train, test=sizes.video_test, frames=frames, size=size)
-    rows = {}
-    for split in SPLITS:
-        (out / "video" / split).mkdir(parents=True, exist_ok=True)
-        rows[split] = []
-        for i, clip in enumerate(plan[split]):
-            media = f"video/{split}/{i:05d}.gif"
-            shapes.save_gif(out / media, shapes.render(clip, frames=frames, size=size))
-            rows[split].append(
-                {
-                    "kind": shapes.question_kind(clip), "prompt": clip.question(), "answer": clip.answer(), "media": media,
-                    "clip": type(clip).__name__, "params": dataclasses.asdict(clip),
-                }
-            )
-    return rows, {"frames": frames, "size": size, "frame_ms": shapes.FRAME_MS}
-
-
-# ---- text ---------------------------------------------------------------------------------------
-
-
-def stdlib_sources(*, max_bytes: int) -> list[tuple[str, str]]:
-    """(relative path, source) of standard-library modules, test suites and files over
-    200 KB left out, at most max_bytes in all, taken in an order fixed by a hash of the path
-    (a spread of the library, not its first letters)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    candidates = []
-    for directory, subdirs, files in os.walk(stdlib):
-        subdirs[:] = sorted(d for d in subdirs if d not in _TEXT_SKIP_DIRS)
-        for name in files:
-            path = Path(directory) / name
-            if name.endswith(".py") and not name.startswith("test_") and path.stat().st_size <= _TEXT_MAX_FILE_BYTES:
-                candidates.append((path.relative_to(stdlib).as_posix(), path.stat().st_size))
-    candidates.sort(key=lambda c: hashlib.sha256(c[0].encode()).digest())
-    sources, total = [], 0
-    for relative, size in candidates:
-        if total + size > max_bytes:
-            continue
-        try:
-            text = (stdlib / relative).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        total += size
-        sources.append((relative, text))
-    return sources
-
-
-def _chunks(text: str, *, limit: int) -> list[str]:
-    """Pieces of at most `limit` characters cut at line ends (a longer line stands alone)."""
-    pieces, current, length = [], [], 0
-    for line in text.splitlines(keepends=True):
-        if current and length + len(line) > limit:
-            pieces.append("".join(current))
-            current, length = [], 0
-        current.append(line)
-        length += len(line)
-    if current:
-        pieces.append("".join(current))
-    return [p for p in pieces if p.strip()]
-
-
-def _build_text(*, out: Path, sizes: DemoSizes) -> tuple[dict[str, list], dict]:
-    rows = {s: [] for s in SPLITS}
-    files = {s: 0 for s in SPLITS}
-    for relative, source in stdlib_sources(max_bytes=sizes.text_bytes):
-        split = "test" if is_test(f"stdlib:{relative}") else "train"
-        files[split] += 1
-        for i, piece in enumerate(_chunks(source, limit=TEXT_CHUNK_CHARS)):
-            rows[split].append({"kind": "document", "text": piece, "path": relative, "chunk": i})
-    details = {
-        "stdlib": sysconfig.get_paths()["stdlib"],
-        "files": files,
-        "chars": {s: sum(len(r["text"]) for r in rows[s]) for s in SPLITS},
-    }
-    return rows, details

@@ -19,7 +19,7 @@ of its length by less than a line (`RetrievalExample.tokens` is exact).
 
 Train and test are kept apart by construction: a key belongs to the test set when a stable hash
 of it says so (10% of keys), so no test key ever occurs in training; and test filler comes from
-the standard-library files the demo holds out (`data/demo.py`'s split), training filler from the
+the standard-library files the demo holds out (`corpora/held_out.py`'s split), training filler from the
 others.
 """
 
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from gemini_jax.data.corpora.demo import is_test, stdlib_sources
+from gemini_jax.data.corpora.held_out import is_test
+from gemini_jax.data.corpora.stdlib_text import stdlib_sources
 from gemini_jax.data.tokenizer import Tokenizer
 
 STDLIB_BYTES = 4_000_000  # the demo's text corpus cap: the same files, the same split
