@@ -59,7 +59,7 @@ def main() -> None:
 
     config = get_preset(args.preset)
     mesh = None if args.mesh is None else sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
-    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(), mesh=mesh)
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(total_steps=10_000), mesh=mesh)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(trainer.state()))
 
     run_dir = args.dir or tempfile.mkdtemp(prefix="recovery-")

@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = get_preset(args.preset)
-    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig())
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(total_steps=10_000))
     results = {}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         batch = vqa_batch(config, batch_size=batch_size, seq_len=args.seq_len)

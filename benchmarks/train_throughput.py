@@ -51,7 +51,7 @@ from gemini_jax.config import (
 from gemini_jax.model import Gemini
 from gemini_jax.train.loss import logits_chunk_tokens
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer, with_loss_positions
+from gemini_jax.train import Trainer, with_loss_positions
 
 H100_DENSE_BF16 = 989e12
 
@@ -119,7 +119,7 @@ def main() -> None:
                       **({"dtype": args.dtype} if args.dtype else {}))
     mesh = None if args.mesh is None else sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
     devices = 1 if mesh is None else mesh.size
-    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(), mesh=mesh,
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(total_steps=10_000), mesh=mesh,
                       logits_chunk_tokens=args.logits_chunk)
     batch = lm_batch(config, batch=args.batch, seq_len=args.seq_len)
 

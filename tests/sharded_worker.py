@@ -199,7 +199,7 @@ def lower(devices: int, preset: str, mesh_text: str, batch: int, seq_len: int) -
     config = get_preset(preset)
     mesh = sharding.make_mesh(sharding.MeshShape.parse(mesh_text))
     abstract = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
-    trainer = Trainer(abstract, OptimizerConfig(), mesh=mesh)
+    trainer = Trainer(abstract, OptimizerConfig(total_steps=10_000), mesh=mesh)
     text = {k: jax.ShapeDtypeStruct((batch, seq_len), np.float32 if k == "loss_mask" else np.int32)
             for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions", "media_spans")}
     text["loss_positions"] = jax.ShapeDtypeStruct((batch, seq_len), np.int32)

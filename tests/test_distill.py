@@ -30,7 +30,7 @@ from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
 from gemini_jax.train import replay
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import TrainConfig, Trainer, train
+from gemini_jax.train import TrainConfig, Trainer, train
 
 CONFIG = dataclasses.replace(PRESETS["test"].text_only, vocab_size=400)
 OPTIMIZER = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, total_steps=20)

@@ -24,16 +24,11 @@ from train_worker import train_config as worker_train_config
 from gemini_jax.checkpoint import Checkpointer
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.model import Gemini
+from gemini_jax.train import TrainConfig, Trainer, train, with_loss_positions
+from gemini_jax.train.batches import model_inputs
+from gemini_jax.train.loss import masked_cross_entropy
 from gemini_jax.train.metrics import MetricsLog
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import (
-    TrainConfig,
-    Trainer,
-    masked_cross_entropy,
-    model_inputs,
-    train,
-    with_loss_positions,
-)
 
 CONFIG = model_config()
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -76,7 +71,7 @@ def test_loss_positions_give_the_full_masked_loss(build_model, tok, documents):
     rng = np.random.default_rng(0)
     batch["loss_mask"] = (rng.random(batch["loss_mask"].shape) < 0.2).astype(np.float32)  # a sparse mask
     full, count = masked_cross_entropy(model(model_inputs(batch)).logits, batch["targets"], batch["loss_mask"])
-    trainer = Trainer(model, OptimizerConfig())
+    trainer = Trainer(model, OptimizerConfig(total_steps=10_000))
     gathered, aux = trainer._loss_fn(trainer.frozen_inputs(), trainer.params, with_loss_positions(batch))
     gathered_count = aux["loss_tokens"]
     assert float(count) == float(gathered_count) > 0
@@ -91,7 +86,8 @@ def test_vocabulary_chunked_loss_trains_like_the_plain_one(tok, documents):
     stream = list(zip(range(2), text_stream(documents, tok)))
     results = []
     for chunk in (None, 7):  # each trainer donates its own freshly made (identical) parameters
-        trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1), logits_chunk_tokens=chunk)
+        trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1, total_steps=10_000),
+                          logits_chunk_tokens=chunk)
         losses = [float(trainer.step(batch)["loss"]) for _, batch in stream]
         results.append((losses, jax.tree.map(np.array, trainer.params)))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
@@ -100,7 +96,7 @@ def test_vocabulary_chunked_loss_trains_like_the_plain_one(tok, documents):
 
 def test_an_update_with_non_finite_gradients_is_skipped_and_counted(tok, documents):
     # Its own parameters: the trainer donates them, and build_model's are shared by other tests.
-    trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1))
+    trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OptimizerConfig(warmup_steps=1, total_steps=10_000))
     stream = text_stream(documents, tok)
     before = jax.tree.map(np.array, trainer.params)
     poisoned = next(stream)

@@ -15,7 +15,7 @@ from gemini_jax.config import PRESETS
 from gemini_jax.train import replay
 from gemini_jax.train.metrics import MetricsLog
 from gemini_jax.train.optimizer import OptimizerConfig, skip_loss_spikes, spike_skips
-from gemini_jax.train.trainer import TrainConfig, Trainer, train
+from gemini_jax.train import TrainConfig, Trainer, train
 
 CONFIG = dataclasses.replace(PRESETS["test"].text_only, vocab_size=400)
 
@@ -91,8 +91,8 @@ def test_spike_guard_skips_without_learning_then_gives_in():
 
 def test_a_spiking_batch_is_skipped_and_counted_and_normal_steps_are_not(build_model):
     # decay 0.5: a mean of the last few losses, which keeps up with the fast fall below.
-    optimizer = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, loss_spike_factor=3.0, loss_spike_warmup=3,
-                                loss_spike_decay=0.5)
+    optimizer = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10_000, loss_spike_factor=3.0,
+                                loss_spike_warmup=3, loss_spike_decay=0.5)
     # Seed 1: test_train.py's Trainer has donated (deleted) the arrays of build_model(CONFIG).
     trainer = Trainer(own_copy(build_model(CONFIG, seed=1)), optimizer)
     easy = a_batch(0)

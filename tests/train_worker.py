@@ -49,7 +49,7 @@ def model_config():
 
 def train_config(**changes):
     from gemini_jax.train.optimizer import OptimizerConfig
-    from gemini_jax.train.trainer import TrainConfig
+    from gemini_jax.train import TrainConfig
 
     settings = {"steps": STEPS, "log_every": 1, "checkpoint_every": 4, "progress": False,
                 "optimizer": OptimizerConfig(learning_rate=1e-2, warmup_steps=2, total_steps=STEPS)}
@@ -105,7 +105,7 @@ def main() -> None:
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     from gemini_jax.data.tokenizer import Tokenizer
-    from gemini_jax.train.trainer import train
+    from gemini_jax.train import train
 
     if args.kill_in_save_of is not None:
         kill_in_save_of(args.kill_in_save_of, args.run_dir)

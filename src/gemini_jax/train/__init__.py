@@ -1,1 +1,14 @@
-"""Training: optimizer, the compiled training loop, metrics and the loss curve."""
+"""Training: the Trainer (trainer.py) and its loop (loop.py), configured by a TrainConfig
+(config.py); the optimizer, the loss, checkpoints and resume, metrics, and the guards
+(the replay check for silent data corruption, the in-memory replica).
+
+    from gemini_jax.train import TrainConfig, train
+    result = train(config=model_config, run_dir="runs/mine", data=batches, train_config=TrainConfig(steps=500))
+"""
+
+from gemini_jax.train.batches import loss_positions_width, with_loss_positions
+from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.loop import TrainResult, train
+from gemini_jax.train.trainer import Trainer
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "loss_positions_width", "train", "with_loss_positions"]

@@ -10,7 +10,7 @@ as in Hinton et al. 2015 ("Distilling the Knowledge in a Neural Network"): a tem
 softens both distributions, so how the teacher ranks the wrong answers teaches too, and T^2
 keeps the KL term's gradients on the cross-entropy's scale whatever T is.
 
-`DistillTrainer` is a `Trainer` with that loss, so `trainer.train` runs it in the same loop
+`DistillTrainer` is a `Trainer` with that loss, so `train()` (loop.py) runs it in the same loop
 (checkpoints, resume, metrics, evaluation) on any data the trainer reads. The teacher runs
 inside the same compiled step as the student: its state is an argument of the step, never
 differentiated, never donated and never seen by the optimizer. Only the student is
@@ -33,9 +33,10 @@ from gemini_jax import checkpoint, sharding
 from gemini_jax.config import ConfigError, ModelConfig
 from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
-from gemini_jax.train.loss import Project, logits_chunk_tokens
+from gemini_jax.train.batches import model_inputs
+from gemini_jax.train.loss import Project, logits_chunk_tokens, masked_cross_entropy
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer, is_abstract, masked_cross_entropy, model_inputs
+from gemini_jax.train.trainer import Trainer, is_abstract
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,7 +208,7 @@ _chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd)
 
 class DistillTrainer(Trainer):
     """A Trainer whose loss mixes the teacher's distributions with the targets (see the module
-    docstring). `trainer.train(..., make_trainer=functools.partial(DistillTrainer, teacher=t))`.
+    docstring). `train(..., make_trainer=functools.partial(DistillTrainer, teacher=t))`.
 
     Only the loss differs: the teacher's state and the settings are its `frozen_inputs`, so
     every program of the Trainer (the step, the replayed step of the SDC check, `lower` on an

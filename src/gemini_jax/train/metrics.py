@@ -12,11 +12,17 @@ LOSS_PLOT_FILE = "loss.png"
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | os.PathLike):
+    """A run's metrics.jsonl. With `writes=False` (every process of a multi-host run but the
+    first, which alone keeps the log) the changes are dropped and reading still works."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, writes: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writes = writes
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -36,11 +42,18 @@ class MetricsLog:
 
         Silent-data-corruption reports (kind "sdc") stay: they describe the hardware, and
         the steps they name are usually the ones a resumed run repeats."""
+        if not self.writes:
+            return
         kept = [r for r in self.read() if r.get("step", 0) <= step or r.get("kind") == "sdc"]
         # Written aside and renamed: a kill during the rewrite keeps the old log whole.
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        """Deletes the log (a run starting afresh)."""
+        if self.writes:
+            self.path.unlink(missing_ok=True)
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike) -> None:

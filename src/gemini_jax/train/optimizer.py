@@ -20,7 +20,9 @@ from gemini_jax.config import ConfigError
 class OptimizerConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 200
-    total_steps: int = 10_000
+    # Where the cosine ends. None: the run's TrainConfig.steps, which `train()` fills in; a
+    # Trainer or optimizer built by hand needs a number.
+    total_steps: int | None = None
     final_lr_fraction: float = 0.05  # cosine decays to this fraction of the peak
     weight_decay: float = 0.01
     b1: float = 0.9
@@ -48,6 +50,18 @@ class OptimizerConfig:
             raise ConfigError(f"loss_spike_factor must be 0 (off) or above 1, got {self.loss_spike_factor!r}")
         if not 0 <= self.loss_spike_decay < 1:
             raise ConfigError(f"loss_spike_decay must lie in [0, 1), got {self.loss_spike_decay!r}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ConfigError(f"OptimizerConfig.total_steps must be at least 1 (or None: the run's steps), "
+                              f"got {self.total_steps!r}")
+
+
+def total_steps(config: OptimizerConfig) -> int:
+    """The schedule's length; a clear error where the run's steps were never filled in."""
+    if config.total_steps is None:
+        raise ConfigError(
+            "OptimizerConfig.total_steps is None, which means the run's TrainConfig.steps and is filled in "
+            "by train(): give total_steps explicitly when building a Trainer or an optimizer yourself")
+    return config.total_steps
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
@@ -55,7 +69,7 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
         init_value=0.0,
         peak_value=config.learning_rate,
         warmup_steps=config.warmup_steps,
-        decay_steps=max(config.total_steps, config.warmup_steps + 1),
+        decay_steps=max(total_steps(config), config.warmup_steps + 1),
         end_value=config.learning_rate * config.final_lr_fraction,
     )
 

@@ -27,9 +27,9 @@ from gemini_jax.config import ConfigError
 
 _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 # On GPU, XLA's scatter-adds (the gradient of the token embedding) accumulate with atomics
-# in an order that varies from run to run: measured on an H200, the embedding's gradient
-# differed on every one of 20 replays without this flag and on none with it. It slows
-# those ops in every step, so only a run that asks for the check sets it (the CLI does).
+# in an order that varies from run to run, so healthy replays differ without this flag
+# (docs/training.md has the measurement). It slows those ops in every step, so only a run
+# that asks for the check sets it (the CLI does).
 GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
 
 

@@ -2,8 +2,8 @@
 
 The Gemini report (section 3, training infrastructure) keeps redundant in-memory copies of
 the model state and, after an unplanned hardware failure, recovers directly from an intact
-copy: faster than a restore from storage, and the main reason its goodput rose from 85% to
-97%. `Replica` is that idea for one training job:
+copy: faster than a restore from storage (docs/training.md cites the report's numbers).
+`Replica` is that idea for one training job:
 
 - With a mesh, the copy has the primary's shardings on the same mesh with its device order
   rotated, so the slice that mesh position i holds lives on another device (on another host,
