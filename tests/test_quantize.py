@@ -14,6 +14,7 @@ from gemini_jax.config import PRESETS
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.model import Gemini, quant
+from gemini_jax.sample import server
 from gemini_jax.sample.engine import Engine
 from gemini_jax.sample.quantize import directory_bytes, quantize_run
 from gemini_jax.sample.sampler import Sampler
@@ -181,3 +182,15 @@ def test_the_cli_names_what_is_wrong(runs, tmp_path, capsys):
     assert main(["quantize", "--checkpoint", str(float_run), "--out", str(tmp_path / "q"), "--group-size", "48"]) == 2
     assert "group size 48 does not divide" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()  # nothing is written before the weights are quantized
+
+
+def test_the_server_loads_float_and_quantized_runs(build_model, tok, runs):
+    tok, _ = tok
+    float_run, int4_run, _ = runs
+    prompts = [Example(contents=[Content("user", [Part(text="What colour is the shape?")])])]
+    params = [SamplingParams(max_new_tokens=5)]
+    model, tokenizer = server.load_run(str(float_run))
+    assert Sampler(model, tokenizer).generate_ids(prompts, params) == Sampler(build_model(TEXT), tok).generate_ids(
+        prompts, params)
+    model, _ = server.load_run(str(int4_run))
+    assert isinstance(model.embedder.table.get_value(), quant.QuantizedWeight)

@@ -263,18 +263,11 @@ class ChatServer:
 
 
 def load_run(run_dir: str):
-    """(model, tokenizer) of a run directory. Not demo.load: serving must not import training code."""
-    from flax import nnx
-
+    """(model, tokenizer) of a run directory, loaded as every run is (`checkpoint.load_run`)."""
     from gemini_jax import checkpoint
-    from gemini_jax.data.tokenizer import Tokenizer
-    from gemini_jax.model import Gemini
 
-    config = checkpoint.read_config(run_dir)
-    tokenizer = Tokenizer.load(checkpoint.tokenizer_path(run_dir))
-    model = Gemini(config, rngs=nnx.Rngs(0))
-    checkpoint.load_params(run_dir, model)
-    return model, tokenizer
+    run = checkpoint.load_run(run_dir)
+    return run.model, run.tokenizer
 
 
 def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 8, max_queue: int = 64,

@@ -58,9 +58,9 @@ def sample_tokens(
 ) -> jax.Array:
     """int32[B] next tokens; rows with temperature 0 take the argmax. `key` is [B] keys.
 
-    A batch whose rows are all greedy skips the sort and the random draw (on a CPU they took
-    68 ms of the demo model's 76 ms decode step at 256 rows); the branch is taken at run
-    time, so greedy and sampled requests still share one compiled step.
+    A batch whose rows are all greedy skips the sort and the random draw, most of a small
+    model's decode step on a CPU (docs/serving.md has the measurement); the branch is taken at
+    run time, so greedy and sampled requests still share one compiled step.
     """
     logits = logits.astype(jnp.float32)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
