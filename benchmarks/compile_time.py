@@ -30,7 +30,7 @@ from gemini_jax.train.trainer import Trainer
 def compile_step(config, *, batch: int, seq_len: int) -> dict[str, Any]:
     mesh = sharding.make_mesh(sharding.MeshShape(data=1, fsdp=1, tensor=1))
     abstract = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
-    trainer = Trainer(abstract, OptimizerConfig(), mesh=mesh)
+    trainer = Trainer(abstract, OptimizerConfig(total_steps=10_000), mesh=mesh)
     shapes = {k: jax.ShapeDtypeStruct((batch, seq_len), np.float32 if k == "loss_mask" else np.int32)
               for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions", "media_spans", "loss_positions")}
     start = time.perf_counter()

@@ -7,24 +7,34 @@ import numpy as np
 import pytest
 import soundfile
 
+import gemini_jax
 from gemini_jax import cli
-from gemini_jax.recipes import demo
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.tokenizer import Tokenizer
+from gemini_jax.evals.registry import EvalOptions, evaluate_run
+from gemini_jax.recipes import demo, train_and_evaluate
+from gemini_jax.recipes.demo_streams import demo_data
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 SIZES = DemoSizes.tiny()
 
 
+def with_steps(recipe: demo.DemoRecipe, steps: int, **train) -> demo.DemoRecipe:
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=steps, **train))
+
+
+def tiny_recipe(root) -> demo.DemoRecipe:
+    """The demo recipe on the tiny corpus and the test preset: 6 steps of 4 examples."""
+    recipe = demo.DemoRecipe(run_dir=str(root / "run"), cache_dir=str(root / "cache"), batch_size=4, model=CONFIG,
+                             corpus=SIZES, eval_limit=3)
+    return with_steps(recipe, 6, progress=False)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    results = demo.train_and_evaluate(
-        run_dir=str(root / "run"), cache_dir=str(root / "cache"), steps=6, batch_size=4, config=CONFIG,
-        sizes=SIZES, eval_limit=3, progress=False,
-    )
-    return root, results
+    return root, train_and_evaluate(tiny_recipe(root))
 
 
 def test_demo_trains_and_reports_every_task(run):
@@ -43,10 +53,10 @@ def test_training_stream_follows_the_recipe_stages(run):
     corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
     tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
     shapes = {"circle", "rectangle", "triangle"}
-    recipe = demo.DemoRecipe(steps=50, batch_size=4, stages=(("vqa:shape", 0.1), ("asr", 0.1)),
-                             weights=(("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0)))
+    recipe = with_steps(demo.DemoRecipe(batch_size=4, stages=(("vqa:shape", 0.1), ("asr", 0.1)), weights=(
+        ("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))), 50)
     assert recipe.stage_steps() == [5, 5] and demo.DemoRecipe().stage_steps() == [900, 900]
-    data = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
+    data = demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
 
     def answers(batch):
         return {tokenizer.decode([int(t) for t in row[mask > 0]]).removesuffix("<end_of_turn>").strip()
@@ -60,7 +70,7 @@ def test_training_stream_follows_the_recipe_stages(run):
     # "vqa:shape" keeps its own stream afterwards: whole batches of shape answers.
     assert any(answers(b) <= shapes for b in after if "image_patches" in b)
     unstaged = demo.DemoRecipe(batch_size=4, stages=(), weights=(("vqa", 3.0), ("asr", 3.0), ("video", 2.0)))
-    plain = demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=unstaged)
+    plain = demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=unstaged)
     assert not any(answers(b) <= shapes for b in (next(plain) for _ in range(30)) if "image_patches" in b)
 
 
@@ -71,7 +81,7 @@ def test_unknown_recipe_streams_are_refused(run, name):
     tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
     recipe = demo.DemoRecipe(batch_size=4, weights=(("vqa", 1.0), (name, 1.0)))
     with pytest.raises(ValueError, match="demo stream"):
-        demo.demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
+        demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
 
 
 def test_recipe_stages_must_leave_steps_for_the_mixture():
@@ -81,8 +91,9 @@ def test_recipe_stages_must_leave_steps_for_the_mixture():
 
 def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):
     root, results = run
-    again = demo.evaluate_checkpoint(str(root / "run"), cache_dir=str(root / "cache"), limit=3, progress=False,
-                                     sizes=SIZES, records_path=str(root / "records.jsonl"))
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    options = EvalOptions(limit=3, progress=False, records=str(root / "records.jsonl"))
+    again = evaluate_run(str(root / "run"), ["vqa", "asr", "video", "text"], options, corpus=corpus)
     assert again == results
     records = [json.loads(line) for line in (root / "records.jsonl").read_text().splitlines()]
     assert len(records) == 9 and {"prompt", "output", "reference", "correct"} <= set(records[0])
@@ -101,6 +112,19 @@ def test_generate_reads_image_audio_and_video_files(run, capsys):
                          "What is it?"])
         assert code == 0, flag
     assert capsys.readouterr().out.count("\n") >= 3  # one printed answer per command
+
+
+def test_the_python_api_loads_generates_and_evaluates_as_the_command_does(run, capsys):
+    root, results = run
+    loaded = gemini_jax.load(root / "run")
+    assert loaded.step == 6 and loaded.config.width == CONFIG.width
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    image = corpus.records("vqa", "test")[0].example.contents[0].parts[0].image
+    answer = gemini_jax.generate(loaded, "What is it?", images=[image], max_new_tokens=3)
+    assert cli.main(["generate", "--checkpoint", str(root / "run"), "--image", str(image), "--max-new-tokens", "3",
+                     "What is it?"]) == 0
+    assert capsys.readouterr().out == answer + "\n"
+    assert gemini_jax.evaluate(loaded, ["vqa"], corpus=corpus, limit=3, progress=False) == {"vqa": results["vqa"]}
 
 
 def _error(argv, capsys) -> str:
@@ -194,10 +218,7 @@ def test_running_the_demo_again_resumes_its_run(run):
     """The README's promise: the same command again resumes (here: the run is complete, so it
     only evaluates again), its config and tokenizer accepted as the run's own."""
     root, results = run
-    again = demo.train_and_evaluate(
-        run_dir=str(root / "run"), cache_dir=str(root / "cache"), steps=6, batch_size=4, config=CONFIG,
-        sizes=SIZES, eval_limit=3, progress=False,
-    )
+    again = train_and_evaluate(tiny_recipe(root))
     assert again["vqa"]["exact_match"] == results["vqa"]["exact_match"]
     from gemini_jax.checkpoint import model_differences
 

@@ -16,8 +16,8 @@ from flax import nnx
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
+import gemini_jax
 from gemini_jax import checkpoint, cli
-from gemini_jax.recipes import demo
 from gemini_jax.config import PRESETS
 from gemini_jax.convert.gemma import ConversionError, export_gemma, import_gemma
 from gemini_jax.data.encode import EncodeError
@@ -171,11 +171,11 @@ def test_generate_on_an_imported_checkpoint_matches_transformers(converted, tmp_
                                        eos_token_id=[tok.end_of_turn_id, tok.eos_id], pad_token_id=tok.pad_id,
                                        suppress_tokens=padding)
     continuation = [t for t in theirs.numpy()[0, len(prompt):].tolist() if t not in (tok.end_of_turn_id, tok.eos_id)]
-    ours = demo.generate_answer(str(converted.run_dir), prompt=question, max_new_tokens=steps)
+    ours = gemini_jax.generate(str(converted.run_dir), question, max_new_tokens=steps)
     assert len(continuation) > 3 and ours == tok.decode(continuation)
     Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
     with pytest.raises(EncodeError, match="vision"):
-        demo.generate_answer(str(converted.run_dir), prompt="what is it?", images=[str(tmp_path / "image.png")])
+        gemini_jax.generate(str(converted.run_dir), "what is it?", images=[str(tmp_path / "image.png")])
 
 
 def test_export_then_import_is_bit_exact_and_loads_in_transformers(converted, tmp_path):

@@ -253,11 +253,11 @@ def test_a_quantized_teacher_distils_like_its_float_run(teacher_run, build_model
 
 
 def test_a_distilled_run_resumes_only_with_its_teacher(teacher_run, tmp_path):
-    from gemini_jax.recipes import demo
+    from gemini_jax.recipes import DemoRecipe, distill_and_evaluate
 
     run_dir, _ = teacher_run
     student = tmp_path / "student"
     (student / "checkpoints" / "2").mkdir(parents=True)  # a finished step: the run has begun
     (student / "distillation.json").write_text(json.dumps({"teacher": str(tmp_path / "another-teacher")}))
     with pytest.raises(CheckpointError, match="was distilled from .*another-teacher.*resume it with that teacher"):
-        demo.distill_and_evaluate(teacher=str(run_dir), run_dir=str(student), config=CONFIG)
+        distill_and_evaluate(DemoRecipe(run_dir=str(student), model=CONFIG), teacher=str(run_dir))

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemini_jax import cli
-from gemini_jax.recipes import long_context
+from gemini_jax import cli, recipes
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora import kv_retrieval as kv
 from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals.tasks import nll_position, retrieval
-from gemini_jax.train.trainer import Trainer
+from gemini_jax.recipes import long_context, train_and_evaluate
+from gemini_jax.train.optimizer import OptimizerConfig
+from gemini_jax.train import TrainConfig, Trainer
 
 SPEC = kv.RetrievalSpec(num_pairs=5, key_digits=3, value_digits=4)
 FILLER = inspect.getsource(textwrap)
@@ -187,13 +188,14 @@ def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeyp
     monkeypatch.setattr(long_context, "standard_library_files", lambda split: [texts[split == "test"]])
     monkeypatch.setattr(nll_position, "standard_library_files", lambda split: [texts[split == "test"]])
     config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=64).text_only
-    recipe = long_context.LongTextRecipe(seq_len=64, steps=30, batch_size=4, eval_documents=4, warmup_steps=5)
+    recipe = long_context.LongTextRecipe(
+        run_dir=str(tmp_path / "run"), model=config, seq_len=64, batch_size=4, eval_documents=4,
+        train=TrainConfig(steps=30, progress=False, sdc_check_every=10, optimizer=OptimizerConfig(warmup_steps=5)))
     checked = []
     checked_step = Trainer.checked_step
     monkeypatch.setattr(Trainer, "checked_step", lambda self, batch, *, step: checked.append(step) or
                         checked_step(self, batch, step=step))
-    results = long_context.train_and_evaluate(run_dir=str(tmp_path / "run"), recipe=recipe, config=config,
-                                              progress=False, sdc_check_every=10)
+    results = train_and_evaluate(recipe)
     assert checked == [10, 20, 30]  # the training guards reach the long-context recipes too
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
@@ -205,21 +207,27 @@ def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeyp
 
 
 def test_the_cli_hands_the_training_guards_to_the_long_context_recipes(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(long_context, "train_and_evaluate", lambda **kwargs: seen.update(kwargs) or {})
+    seen = []
+    monkeypatch.setattr(recipes, "train_and_evaluate", lambda recipe: seen.append(recipe) or {})
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --sdc-check-every adds a GPU flag
     assert cli.main(["train", "--task", "long_text", "--run-dir", str(tmp_path), "--sdc-check-every", "5",
                      "--replica-every", "7", "--loss-spike-factor", "2.5", "--no-progress"]) == 0
-    assert (seen["sdc_check_every"], seen["replica_every"], seen["loss_spike_factor"]) == (5, 7, 2.5)
+    [recipe] = seen
+    assert isinstance(recipe, long_context.LongTextRecipe) and recipe.run_dir == str(tmp_path)
+    assert (recipe.train.sdc_check_every, recipe.train.replica_every, recipe.train.optimizer.loss_spike_factor,
+            recipe.train.progress) == (5, 7, 2.5, False)
     assert cli.main(["train", "--task", "kv_retrieval", "--cache-dir", str(tmp_path)]) == 2  # no corpus to cache
 
 
-def test_the_cli_refuses_mixed_or_bad_long_context_requests(capsys):
+def test_the_cli_checks_long_context_requests(capsys, tmp_path):
     assert long_context.default_lengths(512) == [128, 256, 512] and long_context.default_lengths(300) == [128, 256, 300]
-    assert cli.main(["eval", "--tasks", "kv_retrieval,mmlu"]) == 2
-    assert "in a run of their own" in capsys.readouterr().err
+    # Long context and benchmarks may share a call: this one gets as far as loading the run.
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "none"), "--tasks", "kv_retrieval,mmlu",
+                     "--lengths", "256"]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert cli.main(["eval", "--tasks", "kv_retrieval", "--lengths", "256,x"]) == 2
-    assert "--lengths takes positive token counts" in capsys.readouterr().err
+    message = capsys.readouterr().err
+    assert "--lengths" in message and "positive token counts" in message
 
 
 def test_decoding_against_a_full_32k_cache_equals_the_forward_pass(build_model):

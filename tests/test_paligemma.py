@@ -295,7 +295,7 @@ GENERATE_CASES = {"non-square": ((30, 61), "caption en"), "square": ((IMAGE_SIZE
 def test_generate_command_matches_transformers(converted, tokenizer_path, tmp_path, capsys, case):
     """`gemini-jax generate` on the imported run gives transformers' greedy answer: same prompt
     layout (PaliGemmaProcessor's), same stretched pixels, stop at eos."""
-    from gemini_jax.recipes import demo
+    import gemini_jax
     from gemini_jax.data.encode import encode_example
     from gemini_jax.data.examples import Content, Example, Part
     from gemini_jax.data.tokenizer import Tokenizer
@@ -327,7 +327,7 @@ def test_generate_command_matches_transformers(converted, tokenizer_path, tmp_pa
         theirs = theirs[:-1]
     assert len(theirs) > 3  # a real answer, not an immediate eos
 
-    ours = demo.generate_answer(str(converted.run_dir), prompt=prompt, images=[str(tmp_path / "image.png")],
+    ours = gemini_jax.generate(str(converted.run_dir), prompt, images=[str(tmp_path / "image.png")],
                                 max_new_tokens=steps)
     assert ours == tokenizer.decode(theirs)
     assert cli.main(["generate", "--checkpoint", str(converted.run_dir), "--image",

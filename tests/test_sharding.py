@@ -202,7 +202,7 @@ def test_a_run_trained_on_a_mesh_loads_on_one_device_and_resumes_on_another_mesh
     load them on one device, and training resumes on a mesh of another shape."""
     from gemini_jax import checkpoint
     from gemini_jax.train.optimizer import OptimizerConfig
-    from gemini_jax.train.trainer import TrainConfig, train
+    from gemini_jax.train import TrainConfig, train
 
     config = PRESETS["test"].text_only
 

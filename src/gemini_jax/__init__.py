@@ -1,3 +1,12 @@
-"""gemini-jax: the Gemini family of natively multimodal models in JAX (Flax NNX)."""
+"""gemini-jax: the Gemini family of natively multimodal models in JAX (Flax NNX).
+
+    import gemini_jax
+    run = gemini_jax.load("runs/demo")
+    print(gemini_jax.generate(run, "What shape is this?", images=["shape.png"]))
+"""
+
+from gemini_jax.api import evaluate, generate, load, train_recipe, user_turn
 
 __version__ = "0.1.0"
+
+__all__ = ["evaluate", "generate", "load", "train_recipe", "user_turn"]

@@ -1,0 +1,84 @@
+"""The Python API for what users do with a run: load it, generate, evaluate, train a recipe.
+
+(`train_recipe`, not `train`: `gemini_jax.train` is the training package.)
+
+    import gemini_jax
+
+    run = gemini_jax.load("runs/demo")
+    gemini_jax.generate(run, "What shape is this?", images=["shape.png"])
+    gemini_jax.evaluate(run, ["vqa", "asr"], limit=100)
+    gemini_jax.train_recipe(gemini_jax.recipes.DemoRecipe(run_dir="runs/mine"))
+
+Heavy modules are imported inside each function, so that `import gemini_jax` (and the command's
+`--help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gemini_jax.checkpoint import Run
+    from gemini_jax.data.examples import Example
+    from gemini_jax.recipes.runner import Recipe
+
+
+def load(run_dir: str | os.PathLike, *, step: int | None = None) -> Run:
+    """A trained run (float or quantized): `.model`, `.tokenizer`, `.config`, `.step`."""
+    from gemini_jax.checkpoint import load_run
+
+    return load_run(run_dir, step=step)
+
+
+def _as_run(run: Run | str | os.PathLike) -> Run:
+    return load(run) if isinstance(run, (str, os.PathLike)) else run
+
+
+def user_turn(text: str, *, images: Sequence[Any] = (), videos: Sequence[Any] = (),
+              audios: Sequence[Any] = ()) -> Example:
+    """One user turn: the media first (images, videos, audio clips; paths or arrays), then the text."""
+    from gemini_jax.data.examples import Content, Example, Part
+
+    parts = [Part(image=p) for p in images] + [Part(video=p) for p in videos] + [Part(audio=p) for p in audios]
+    return Example(contents=(Content("user", (*parts, Part(text=text))),))
+
+
+def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
+             videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """The model's answer to `prompt`: a user turn's text (with its media) or a whole Example."""
+    from gemini_jax.sample.sampler import Sampler
+    from gemini_jax.sample.token_choice import SamplingParams
+
+    run = _as_run(run)
+    if isinstance(prompt, str):
+        prompt = user_turn(prompt, images=images, videos=videos, audios=audios)
+    elif images or videos or audios:
+        raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                            seed=seed)
+    [answer] = Sampler(run.model, run.tokenizer).generate([prompt], [params])
+    return answer
+
+
+def evaluate(run: Run | str | os.PathLike, tasks: Sequence[str], *, corpus: Any = None,
+             **options: Any) -> dict[str, dict[str, Any]]:
+    """{task: {metric: value}} for tasks of the one registry (`gemini-jax eval --tasks`): demo sets,
+    long-context probes, benchmarks. `options` are `EvalOptions` fields (limit, data_dir, ...);
+    `corpus` is a demo corpus already built (default: the demo's, in options' cache_dir)."""
+    from gemini_jax.evals.registry import EvalOptions
+    from gemini_jax.evals.registry import evaluate as evaluate_tasks
+
+    run = _as_run(run)
+    return evaluate_tasks(run.model, run.tokenizer, tasks, EvalOptions(**options), run_dir=run.run_dir,
+                          corpus=corpus)
+
+
+def train_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Trains (or resumes) a recipe's run (`gemini_jax.recipes`), evaluates it, writes
+    results.json into the run; returns the final evaluation."""
+    from gemini_jax.recipes.runner import train_and_evaluate
+
+    return train_and_evaluate(recipe)

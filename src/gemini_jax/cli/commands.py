@@ -1,0 +1,146 @@
+"""One short handler per command: the parsed flags in, one library call out."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Flags that set a recipe's own field of the same name; a recipe without that field refuses the flag.
+RECIPE_FLAGS = {"seq_len": "--seq-len", "cache_dir": "--cache-dir", "batch_size": "--batch-size", "dtype": "--dtype"}
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _mesh(args: argparse.Namespace):
+    from gemini_jax.sharding import MeshShape
+
+    return None if args.mesh is None else MeshShape.parse(args.mesh)
+
+
+def recipe_from_flags(recipe_class: type, args: argparse.Namespace, **fields: Any) -> Any:
+    """The recipe with the flags' overrides: its own fields, its TrainConfig's and its optimizer's."""
+    from gemini_jax.config import ConfigError
+
+    recipe = recipe_class(**fields)
+    names = {f.name for f in dataclasses.fields(recipe)}
+    changes = {}
+    for dest, flag in RECIPE_FLAGS.items():
+        value = getattr(args, dest, None)  # distill has no --seq-len or --dtype
+        if value is not None and dest not in names:
+            raise ConfigError(f"{flag} does nothing for --task {recipe.name} (its recipe has no {dest}): drop it")
+        if value is not None:
+            changes[dest] = value
+    if args.eval_limit is not None:
+        changes[recipe.eval_limit_field] = args.eval_limit
+    if (args.mesh is not None or args.num_processes) and not recipe.multi_device:
+        raise ConfigError(f"--task {recipe.name} trains on one device: drop --mesh and the multi-host flags")
+    train = recipe.train
+    optimizer = dataclasses.replace(
+        train.optimizer, loss_spike_factor=args.loss_spike_factor,
+        learning_rate=train.optimizer.learning_rate if args.learning_rate is None else args.learning_rate)
+    train = dataclasses.replace(
+        train, optimizer=optimizer, steps=args.steps or train.steps, seed=args.seed, eval_every=getattr(args, "eval_every", 0),
+        progress=not args.no_progress, mesh=_mesh(args), sdc_check_every=args.sdc_check_every,
+        replica_every=args.replica_every)
+    return dataclasses.replace(recipe, train=train, evaluate_at_end=not args.no_eval, **changes)
+
+
+def _start_backend(args: argparse.Namespace, recipe: Any) -> None:
+    from gemini_jax.recipes.runner import start_backend
+
+    start_backend(recipe.train, coordinator=args.coordinator, num_processes=args.num_processes,
+                  process_id=args.process_id)
+
+
+def train(args: argparse.Namespace) -> None:
+    from gemini_jax.recipes import RECIPES, train_and_evaluate
+
+    recipe = recipe_from_flags(RECIPES[args.task], args, run_dir=args.run_dir, preset=args.preset)
+    _start_backend(args, recipe)
+    _write_json(args.output, train_and_evaluate(recipe))
+
+
+def distill(args: argparse.Namespace) -> None:
+    from gemini_jax.recipes import DemoRecipe, distill_and_evaluate
+    from gemini_jax.train.distill import DistillConfig
+
+    student = recipe_from_flags(DemoRecipe, args, run_dir=args.run_dir, preset=args.student_preset)
+    _start_backend(args, student)
+    results = distill_and_evaluate(student, teacher=args.teacher,
+                                   config=DistillConfig(temperature=args.temperature, alpha=args.alpha))
+    _write_json(args.output, results)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from gemini_jax.evals.registry import DEFAULT_TASKS, EvalOptions, evaluate_run, format_results, refuse_unused_options
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
+    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
+                          cache_dir=args.cache_dir, shots=args.shots, samples=args.samples,
+                          temperature=args.temperature, seed=args.seed, lengths=args.lengths, plot=args.plot,
+                          records=args.records, progress=not args.no_progress)
+    refuse_unused_options(tasks, options)
+    results = evaluate_run(args.checkpoint, tasks, options, step=args.step)
+    print(format_results(results))
+    _write_json(args.output, results)
+
+
+def generate(args: argparse.Namespace) -> None:
+    from gemini_jax import api
+
+    run = api.load(args.checkpoint, step=args.step)
+    print(api.generate(run, args.prompt, images=args.image, videos=args.video, audios=args.audio,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed))
+
+
+def serve(args: argparse.Namespace) -> None:
+    from gemini_jax.sample.server import serve as serve_run  # needs no training code
+
+    serve_run(args.checkpoint, host=args.host, port=args.port, slots=args.slots, max_queue=args.max_queue,
+              max_request_bytes=args.max_request_bytes, max_len=args.max_len,
+              api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
+
+
+def presets(args: argparse.Namespace) -> None:
+    from gemini_jax import family
+    from gemini_jax.config import get_preset
+
+    for name in args.names:
+        get_preset(name)  # an unknown name is a ConfigError that lists the presets
+    print(family.main(args.names or None, output_format=args.format))
+
+
+def convert(args: argparse.Namespace) -> None:
+    from gemini_jax.convert.gemma import ConversionError, export_gemma
+    from gemini_jax.convert.paligemma import import_hf
+
+    if args.from_hf is not None and args.to is not None and args.from_run is None and args.to_hf is None:
+        config = import_hf(args.from_hf, args.to, dtype=args.dtype)
+        vision = "" if config.vision is None else f", SigLIP vision encoder ({config.vision.depth} layers)"
+        print(f"imported {args.from_hf} -> {args.to}: Gemma-1 decoder, {config.depth} layers, "
+              f"width {config.width}, vocabulary {config.vocab_size}{vision}")
+    elif args.from_run is not None and args.to_hf is not None and args.from_hf is None and args.to is None:
+        step = export_gemma(args.from_run, args.to_hf, step=args.step)
+        print(f"exported {args.from_run} (step {step}) -> {args.to_hf}")
+    else:
+        raise ConversionError("give either --from-hf DIR --to RUN_DIR (import) or --from RUN_DIR --to-hf DIR (export)")
+
+
+def quantize(args: argparse.Namespace) -> None:
+    from gemini_jax.sample.quantize import quantize_run
+
+    report = quantize_run(args.checkpoint, args.out, group_size=args.group_size, bits=args.bits, step=args.step)
+    print(json.dumps(report, indent=2))
+
+
+HANDLERS = {"train": train, "distill": distill, "eval": evaluate, "generate": generate, "serve": serve,
+            "presets": presets, "convert": convert, "quantize": quantize}

@@ -1,0 +1,314 @@
+"""The command line's flags: one parser per command, every flag explained in --help and its
+value checked as it is parsed, so a bad value is a one-line usage error before anything loads.
+Nothing here imports JAX: `--help` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+
+from gemini_jax.cli.types import (
+    lengths,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    probability,
+    seed,
+    spike_factor,
+    unit_interval,
+)
+
+DEFAULT_RUN_DIR = "runs/demo"
+TRAIN_TASKS = ("demo", "kv_retrieval", "long_text")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it tells something: not for an unset option (None) or
+    a switch (False), and not where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
+    """The demo recipe's training schedule, shared by train and distill."""
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per batch (default: the demo recipe's)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
+
+
+def _add_result_flags(p: argparse.ArgumentParser) -> None:
+    """The final evaluation and its report, shared by train and distill."""
+    p.add_argument("--eval-limit", type=positive_int, default=None,
+                   help="at most this many test examples per task in the final evaluation (kv_retrieval: per length "
+                   "and position; long_text: held-out documents; default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the demo model on the embedded corpus (or the long-context retrieval recipe), then evaluate it",
+        description="Builds the embedded demo corpus (cached), trains its tokenizer, trains one "
+        "multimodal model on the mixture of tasks (easy-VQA, spoken-number transcription, video "
+        "questions, standard-library code), then evaluates it on the held-out test sets. "
+        "Re-running with the same --run-dir resumes from its last checkpoint. --task kv_retrieval instead "
+        "trains the preset's decoder (text only) on synthetic key-value retrieval at --seq-len tokens and "
+        "evaluates it by context length and position; --task long_text trains it on --seq-len-token "
+        "windows of standard-library code and plots its loss by token position "
+        "(src/gemini_jax/recipes/long_context.py).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--task", choices=TRAIN_TASKS, default="demo",
+                   help="demo: the multimodal demo; kv_retrieval: the long-context recipe, a text-only decoder "
+                   "trained on synthetic key-value retrieval, evaluated by context length and position; "
+                   "long_text: that decoder trained on long documents, evaluated by NLL by token position")
+    p.add_argument("--run-dir", default=None,
+                   help="where checkpoints, metrics.jsonl and loss.png go (default: runs/<task>)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="kv_retrieval and long_text: training row length in tokens, the longest context "
+                   "(default: the recipe's)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
+    p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
+    _add_schedule_flags(p)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute dtype (parameters stay float32; default: the preset's)")
+    p.add_argument("--seed", type=seed, default=0, help="seed for initialisation and data order")
+    p.add_argument("--eval-every", type=non_negative_int, default=0, help="steps between quick evaluations (0: only at the end)")
+    _add_result_flags(p)
+    _add_scale_flags(p)
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    """Sharding, multi-host and the goodput guards: the same for training and distillation."""
+    p.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                   help="shard training over all devices of all processes on a (data, fsdp, tensor) mesh; "
+                   "the product must equal the device count (default: one device, no mesh)")
+    p.add_argument("--replica-every", type=non_negative_int, default=0, metavar="N",
+                   help="every N steps, copy the training state (parameters, optimizer state, data position) "
+                   "in memory onto other devices (host memory on one device); a step that fails with a runtime "
+                   "error then restarts from that copy instead of from storage. It costs the state's memory "
+                   "again and does not survive the process dying (checkpoints do). 0: off")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's address (with --num-processes and --process-id); without "
+                   "them a SLURM, MPI or Cloud TPU launcher is detected from its environment")
+    p.add_argument("--num-processes", type=positive_int, default=None, help="multi-host: processes in the run")
+    p.add_argument("--process-id", type=non_negative_int, default=None, help="multi-host: this process's index, from 0")
+    p.add_argument("--sdc-check-every", type=non_negative_int, default=0, metavar="N",
+                   help="every N steps compute the step twice from the same state and batch and compare the "
+                   "gradients and updated state bit for bit; a difference (silent data corruption: faulty "
+                   "hardware) stops the run, naming the step and the array, and is recorded in "
+                   "metrics.jsonl. A checked step costs twice the compute and two more copies of the "
+                   "parameters and optimizer state. It also sets XLA_FLAGS=--xla_gpu_deterministic_ops=true, "
+                   "without which GPU replays differ, and which slows GPU scatter-adds in every step (0: never)")
+    p.add_argument("--loss-spike-factor", type=spike_factor, default=0.0, metavar="F",
+                   help="skip (and count as spike_skips in metrics.jsonl) an update whose loss exceeds F times "
+                   "the running mean of recent losses, after the first 100 steps; F must exceed 1 (0: off)")
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="train a student preset on the demo corpus from a trained teacher run, then evaluate it",
+        description="Trains the student as `gemini-jax train --preset STUDENT` does (same corpus, data stream, "
+        "seed, schedule and final evaluation) with the teacher run's tokenizer, on the loss "
+        "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy at the scored tokens, where _T is "
+        "the softmax at temperature T. The teacher is frozen and runs in the same compiled step. Teacher and "
+        "student must share the vocabulary and the teacher's encoders with their input settings. Re-running "
+        "with the same --run-dir (and the same teacher) resumes from its last checkpoint.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--teacher", required=True, metavar="RUN_DIR",
+                   help="the teacher: a run directory written by `gemini-jax train` (its latest checkpoint)")
+    p.add_argument("--student-preset", default="demo-half",
+                   help="the student's model preset (see `gemini-jax presets`); demo-half is half of demo")
+    p.add_argument("--temperature", type=positive_float, default=2.0,
+                   help="softmax temperature T of both distributions in the KL term (> 0; higher is softer)")
+    p.add_argument("--alpha", type=unit_interval, default=0.5,
+                   help="the KL term's share of the loss, in [0, 1]; 0 is plain training on the targets")
+    p.add_argument("--run-dir", default="runs/distill",
+                   help="where the student's checkpoints, metrics.jsonl, loss.png and distillation.json go")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
+    _add_schedule_flags(p)
+    p.add_argument("--seed", type=seed, default=0, help="seed for the student's initialisation and data order")
+    _add_result_flags(p)
+    _add_scale_flags(p)
+
+
+DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
+LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
+BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
+                   "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on benchmarks (--data-dir) or on the demo's held-out test sets",
+        description="Benchmarks: --tasks mmlu,gsm8k,... --data-dir DIR reads each task from DIR/<task>/ in the "
+        "benchmark's published layout (see gemini_jax/evals/tasks/) and asks it with the Gemini report's "
+        "protocol (k-shot multiple choice by log-likelihood, greedy or maj@k generation, pass@k for code, 0-shot "
+        "greedy for images, audio and video). Without benchmark tasks: the demo's held-out test sets (exact "
+        "match for easy-VQA, transcription and video questions; word error rate; perplexity of held-out "
+        "standard-library code). Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
+        "by context length and the queried pair's position, and NLL by token position on held-out long "
+        "documents (plotted as a PNG). Prints a table of {task: {metric: value}}.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
+                   + ",".join(DEMO_TASKS) + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
+                   + "), in any mixture; default: all demo sets")
+    p.add_argument("--data-dir", default=None,
+                   help="benchmarks: the folder holding one sub-folder per task (humaneval needs none)")
+    p.add_argument("--cache-dir", default=None, help="demo sets: the demo corpus cache (as for train)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="at most this many examples per task (kv_retrieval: per length and position, default 100; "
+                   "nll_by_position: documents, default 32)")
+    p.add_argument("--lengths", type=lengths, default=None, metavar="N,N,...",
+                   help="long context: context lengths in tokens (default: 128, 256, ... up to the model's context)")
+    p.add_argument("--plot", default=None,
+                   help="nll_by_position: the PNG to write (default: nll_by_position.png in the checkpoint directory)")
+    p.add_argument("--shots", type=non_negative_int, default=None,
+                   help="benchmarks: k for the k-shot tasks (default: each task's, e.g. 5 for MMLU, 8 for GSM8K); 0-shot "
+                   "tasks (images, audio, video, HellaSwag, WMT, HumanEval) ignore it")
+    p.add_argument("--samples", type=positive_int, default=1,
+                   help="benchmarks: samples per question; >1 gives maj@k answers and pass@k for code")
+    p.add_argument("--temperature", type=non_negative_float, default=0.7, help="benchmarks: sampling temperature when --samples > 1")
+    p.add_argument("--seed", type=seed, default=0, help="benchmarks: sampling seed (sample i uses seed + i)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="prompts decoded or scored together (default: 16 for benchmarks, 256 for the demo sets)")
+    p.add_argument("--step", type=non_negative_int, default=None,
+                   help="the checkpoint step to evaluate (default: the latest)")
+    p.add_argument("--output", default=None, help="write the results as JSON: {task: {metric: value}}")
+    p.add_argument("--records", default=None, help="write every example's prompt, output and score as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="answer a prompt, optionally with an image, audio clip or video",
+        description="Runs one user turn through the model and prints its answer. Media parts come "
+        "before the text, in the order image, video, audio.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("prompt", help="the text of the user's turn")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--image", action="append", default=[], help="an image file (PNG, JPEG, ...); repeatable")
+    p.add_argument("--video", action="append", default=[], help="a video file (animated GIF/WebP/PNG); repeatable")
+    p.add_argument("--audio", action="append", default=[], help="an audio file (WAV, FLAC, ...; resampled to 16 kHz mono); repeatable")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="stop after this many new tokens")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="sample from the smallest set with this much probability")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed")
+    p.add_argument("--step", type=non_negative_int, default=None,
+                   help="the checkpoint step to load (default: the latest)")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)",
+        description="POST /v1/chat/completions (messages with text, base64 images and WAV audio; "
+        "stream: true for server-sent events), GET /health, GET /metrics. Requests share the "
+        "decode slots and join the batch at its next step.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port")
+    p.add_argument("--slots", type=positive_int, default=8, help="requests decoded together (rows of the KV cache)")
+    p.add_argument("--max-queue", type=non_negative_int, default=64,
+                   help="requests that may wait for a slot; more are refused with 429")
+    p.add_argument("--max-request-bytes", type=positive_int, default=8 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-len", type=positive_int, default=None,
+                   help="cache positions per slot, prompt + answer (default: the model's context)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $GEMINI_JAX_API_KEY if set, else none)")
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "presets",
+        help="list the model presets with their shapes and parameter counts",
+        description="Shapes and parameter counts by component (decoder with its embedding, vision and "
+        "audio encoders) of each preset, counted under jax.eval_shape: nothing is allocated.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("names", nargs="*", help="presets to show (default: all)")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="import a Hugging Face Gemma-1 or PaliGemma checkpoint as a run directory, or export a run to "
+        "Gemma-1",
+        description="Import: --from-hf DIR --to RUN_DIR reads a Hugging Face Gemma-1 or PaliGemma-1 directory "
+        "(config.json of a GemmaForCausalLM or PaliGemmaForConditionalGeneration, chosen by its architectures, "
+        "model.safetensors or sharded model-*-of-*.safetensors with "
+        "model.safetensors.index.json, tokenizer.model) and writes a run directory (text-only for Gemma, "
+        "with a SigLIP vision encoder for PaliGemma) whose checkpoint step 0 holds the weights in float32. Export: --from RUN_DIR --to-hf DIR writes a "
+        "text-only, causal run as a Hugging Face directory (config.json, float32 model.safetensors, "
+        "tokenizer.model) that transformers' GemmaForCausalLM.from_pretrained loads. Weights are read "
+        "with safetensors only, never pickle.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--from-hf", metavar="DIR", default=None,
+                   help="a Hugging Face Gemma-1 or PaliGemma-1 directory to import")
+    p.add_argument("--to", metavar="RUN_DIR", default=None,
+                   help="with --from-hf: the run directory to create (new or empty)")
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", default=None,
+                   help="a run directory to export (text-only models with causal prompts)")
+    p.add_argument("--to-hf", metavar="DIR", default=None,
+                   help="with --from: the Hugging Face directory to write (new or empty)")
+    p.add_argument("--step", type=non_negative_int, default=None,
+                   help="with --from: the checkpoint step to export; None: the latest")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="with --from-hf: the imported run's compute dtype (parameters are stored float32)")
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write a weight-only int4 (or int8) copy of a run for generate, eval and serve",
+        description="Quantizes the dense weights (decoder attention and MLP, the tied embedding, and the "
+        "encoders' dense layers whose input size the group size divides) with one symmetric scale per group of "
+        "--group-size consecutive input features. The new run directory records its quantization "
+        "(quantization.json); generate, eval and serve load it as they load a float run, and decoding "
+        "dequantizes inside the compiled step. Training refuses it.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="the float run directory to quantize")
+    p.add_argument("--out", required=True, help="the quantized run directory to create (new or empty)")
+    p.add_argument("--group-size", type=positive_int, default=32, help="input features sharing one scale")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4, help="bits per weight")
+    p.add_argument("--step", type=non_negative_int, default=None, help="the checkpoint step to quantize (default: the latest)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemini-jax",
+        description="Train, evaluate and run natively multimodal Gemini-style models in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_distill(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    _add_serve(sub)
+    _add_presets(sub)
+    _add_convert(sub)
+    _add_quantize(sub)
+    return parser
