@@ -21,9 +21,13 @@ It lives outside `train/` so that serving and evaluation need no training code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from gemini_jax import digests
 from gemini_jax.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini, quant
@@ -40,6 +45,7 @@ TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINTS_DIR = "checkpoints"
 QUANTIZATION_FILE = "quantization.json"
 QUANTIZATION_FORMAT = "gemini-jax/int-groupwise-v1"
+DIGESTS_KEY = "digests"  # in each step's metadata: {array path: digest} of the saved state
 
 
 class CheckpointError(ValueError):
@@ -191,7 +197,9 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, *, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        """`state` is a pytree of arrays (params as a pure dict, optimizer state)."""
+        """`state` is a pytree of arrays (params as a pure dict, optimizer state). Its digests go
+        into `meta`, written in the same atomic step, and are checked when the step is read."""
+        meta = {**meta, DIGESTS_KEY: digests.digests(state)}
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
@@ -201,10 +209,16 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def restore(self, step: int, *, state_like: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A step's state (shaped and placed like `state_like`) and metadata, its digests checked."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        run_dir = self.directory.parent
+
+        def read(step: int) -> Any:
+            return self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+
+        restored = _read_verified(run_dir, step, read, lambda r: (r.state, r.meta),
+                                  steps=self._manager.all_steps(), purpose="to resume training")
         return restored.state, restored.meta
 
     def wait(self) -> None:
@@ -226,6 +240,9 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{str(run_dir)!r} holds no completed checkpoint under {CHECKPOINTS_DIR}/")
+    if step not in manager.all_steps():
+        raise CheckpointError(f"{str(run_dir)!r} has no checkpoint step {step}; it has steps "
+                              f"{', '.join(map(str, sorted(manager.all_steps())))}")
     if quantization is not None:
         try:
             like = quant.quantized_params_like(model, group_size=int(quantization["group_size"]),
@@ -236,26 +253,28 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
     else:
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-    try:
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": abstract},
-                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
-                    partial_restore=True,
-                )
+
+    def read(step: int) -> Any:
+        return manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract},
+                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+                partial_restore=True,
             ),
-        )
-    except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
-        raise CheckpointError(f"cannot restore step {step} from {str(run_dir)!r}: {e}") from None
+            meta=ocp.args.JsonRestore(),
+        ))
+
+    try:
+        restored = _read_verified(run_dir, step, read, lambda r: (r.state, r.meta), steps=manager.all_steps(),
+                                  purpose="for generate, eval and serve")
+    finally:
+        manager.close()
     if quantization is not None:
         quant.set_params(model, quant.from_storage(restored.state["params"], like))
     else:
         state = nnx.state(model, nnx.Param)
         nnx.replace_by_pure_dict(state, restored.state["params"])
         nnx.update(model, state)
-    manager.close()
     return step
 
 
@@ -284,3 +303,57 @@ def load_run(run_dir: str | os.PathLike, *, step: int | None = None) -> Run:
     loaded = load_params(run_dir, model, step=step)
     return Run(model=model, tokenizer=tokenizer, run_dir=Path(run_dir), step=loaded)
 
+
+def _drop_closed_loop_errors(unraisable: Any, *, previous: Callable[[Any], None] = sys.unraisablehook) -> None:
+    """After a failed read, TensorStore's threads still complete futures of Orbax's event loop,
+    which is closed by then: each prints a traceback ("Event loop is closed") that says nothing."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+
+@contextlib.contextmanager
+def _quiet_storage_errors() -> Iterator[None]:
+    """Orbax and TensorStore log every failed read of a damaged checkpoint at length (thousands
+    of lines of tracebacks from their worker threads); the caller reports it in one line."""
+    sys.unraisablehook = _drop_closed_loop_errors  # and it stays: those threads finish after the read returns
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "orbax", "jax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _damage(step: int, read: Callable[[int], Any], parts: Callable[[Any], tuple[Any, dict]]
+            ) -> tuple[Any, str | None]:
+    """(what step `step` holds, or None; what is wrong with it, or None when it is intact)."""
+    try:
+        with _quiet_storage_errors():
+            restored = read(step)
+    except Exception as e:  # Orbax and TensorStore raise many types for a damaged or mismatched step
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, f"cannot be read ({reason[:300]})"
+    state, meta = parts(restored)
+    bad = digests.mismatches(state, (meta or {}).get(DIGESTS_KEY, {}))
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        return None, f"is damaged: the digest of {shown} does not match the one saved with it"
+    return restored, None
+
+
+def _read_verified(run_dir: Path, step: int, read: Callable[[int], Any],
+                   parts: Callable[[Any], tuple[Any, dict]], *, steps: Iterable[int], purpose: str) -> Any:
+    """`read(step)`, its arrays checked against the digests saved with them. A damaged step is
+    a CheckpointError that names it and the newest earlier step that reads back intact."""
+    restored, problem = _damage(step, read, parts)
+    if problem is None:
+        return restored
+    message = f"checkpoint step {step} of {str(run_dir)!r} {problem}"
+    for earlier in sorted((s for s in steps if s < step), reverse=True):
+        if _damage(earlier, read, parts)[1] is None:
+            raise CheckpointError(f"{message}; step {earlier} is intact: `--step {earlier}` loads it {purpose}, "
+                                  f"or move {CHECKPOINTS_DIR}/{step} out of the run to resume from it")
+    raise CheckpointError(f"{message}, and no earlier step is intact")
