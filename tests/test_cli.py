@@ -155,6 +155,21 @@ def test_bad_input_gets_one_clear_line(run, capsys, tmp_path):
     assert "context" in _error(["generate", *ckpt, "word " * 400], capsys)
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["generate", "--temperature", "-1", "hi"], "--temperature"), (["generate", "--top-p", "2", "hi"], "--top-p"),
+    (["generate", "--top-k", "-1", "hi"], "--top-k"), (["generate", "--max-new-tokens", "0", "hi"], "--max-new-tokens"),
+    (["generate", "--temperature", "nan", "hi"], "--temperature"), (["train", "--steps", "-5"], "--steps"),
+    (["train", "--batch-size", "0"], "--batch-size"), (["eval", "--limit", "0"], "--limit"),
+    (["serve", "--port", "70000"], "--port"), (["distill", "--teacher", "t", "--alpha", "1.5"], "--alpha"),
+])
+def test_bad_flag_values_are_one_usage_line_before_anything_loads(argv, flag, capsys, tmp_path):
+    # The checkpoint does not exist: a message about the flag shows it was refused while parsing.
+    assert cli.main([*argv[:1], *(["--checkpoint", str(tmp_path)] if argv[0] in ("generate", "eval", "serve") else []),
+                     *argv[1:]]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gemini-jax")]
+    assert flag in line and "error" in line
+
+
 def test_audio_at_another_rate_and_in_stereo_is_converted_with_a_note(run, tmp_path, capsys):
     root, _ = run
     t = np.arange(22_050) / 22_050

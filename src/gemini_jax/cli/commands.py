@@ -47,9 +47,9 @@ def recipe_from_flags(recipe_class: type, args: argparse.Namespace, **fields: An
         train.optimizer, loss_spike_factor=args.loss_spike_factor,
         learning_rate=train.optimizer.learning_rate if args.learning_rate is None else args.learning_rate)
     train = dataclasses.replace(
-        train, optimizer=optimizer, steps=args.steps or train.steps, seed=args.seed, eval_every=getattr(args, "eval_every", 0),
-        progress=not args.no_progress, mesh=_mesh(args), sdc_check_every=args.sdc_check_every,
-        replica_every=args.replica_every)
+        train, optimizer=optimizer, steps=args.steps or train.steps, seed=args.seed,
+        eval_every=getattr(args, "eval_every", 0), progress=not args.no_progress, mesh=_mesh(args),
+        sdc_check_every=args.sdc_check_every, replica_every=args.replica_every)
     return dataclasses.replace(recipe, train=train, evaluate_at_end=not args.no_eval, **changes)
 
 
@@ -106,7 +106,7 @@ def serve(args: argparse.Namespace) -> None:
     from gemini_jax.sample.server import serve as serve_run  # needs no training code
 
     serve_run(args.checkpoint, host=args.host, port=args.port, slots=args.slots, max_queue=args.max_queue,
-              max_request_bytes=args.max_request_bytes, max_len=args.max_len,
+              max_request_bytes=args.max_request_bytes, max_len=args.max_len, step=args.step,
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
 
 

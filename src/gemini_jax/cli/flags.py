@@ -232,6 +232,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=non_negative_int, default=64,
                    help="requests that may wait for a slot; more are refused with 429")
     p.add_argument("--max-request-bytes", type=positive_int, default=8 << 20, help="larger request bodies get 413")
+    p.add_argument("--step", type=non_negative_int, default=None,
+                   help="the checkpoint step to serve (default: the latest)")
     p.add_argument("--max-len", type=positive_int, default=None,
                    help="cache positions per slot, prompt + answer (default: the model's context)")
     p.add_argument("--api-key", default=None,

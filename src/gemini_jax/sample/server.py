@@ -262,24 +262,26 @@ class ChatServer:
             submitted.cancel()
 
 
-def load_run(run_dir: str):
-    """(model, tokenizer) of a run directory, loaded as every run is (`checkpoint.load_run`)."""
+def load_run(run_dir: str, *, step: int | None = None):
+    """(model, tokenizer) of a run directory at checkpoint `step` (default: the latest), loaded as
+    every run is (`checkpoint.load_run`)."""
     from gemini_jax import checkpoint
 
-    run = checkpoint.load_run(run_dir)
+    run = checkpoint.load_run(run_dir, step=step)
     return run.model, run.tokenizer
 
 
 def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 8, max_queue: int = 64,
-          max_request_bytes: int = 8 << 20, api_key: str | None = None, max_len: int | None = None) -> None:
-    """Loads a run directory's model and serves it until interrupted."""
+          max_request_bytes: int = 8 << 20, api_key: str | None = None, max_len: int | None = None,
+          step: int | None = None) -> None:
+    """Loads a run directory's model (at checkpoint `step`) and serves it until interrupted."""
     import uvicorn
 
     from gemini_jax.config import ConfigError
 
     if max_request_bytes < 1:
         raise ConfigError(f"--max-request-bytes must be at least 1, got {max_request_bytes}")
-    model, tokenizer = load_run(run_dir)
+    model, tokenizer = load_run(run_dir, step=step)
     try:
         engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
     except ValueError as e:  # the flags: slots, queue, cache length
