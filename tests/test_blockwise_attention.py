@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemini_jax.config import PRESETS, ConfigError
-from gemini_jax.model.attention import dot_product_attention
+from gemini_jax.config import PRESETS, AttentionImpl, ConfigError
+from gemini_jax.model.attention import Attention, dot_product_attention
 from gemini_jax.model.blockwise import blockwise_attention
 from gemini_jax.model.mask import attention_mask
 
@@ -164,6 +164,23 @@ def test_attention_impl_is_validated():
     with pytest.raises(ConfigError, match="attention_block"):
         dataclasses.replace(PRESETS["test"], attention_block=0)
     assert PRESETS["test"].attention_impl == "auto"
+
+
+@pytest.mark.parametrize("given, decode_step, dense_prefill", [
+    ("auto", AttentionImpl.XLA, AttentionImpl.AUTO),
+    ("blockwise", AttentionImpl.XLA, AttentionImpl.AUTO),  # blockwise has no dense-mask path
+    ("xla", AttentionImpl.XLA, AttentionImpl.XLA),
+    ("cudnn", AttentionImpl.CUDNN, AttentionImpl.CUDNN),  # forced means forced, decode steps too
+])
+def test_attention_takes_its_implementation_as_a_string_and_routes_dense_masks(given, decode_step, dense_prefill):
+    attention = Attention(width=8, num_heads=2, num_kv_heads=1, head_dim=4, rope_base=None, dtype=jnp.float32,
+                          rngs=nnx.Rngs(0), implementation=given)
+    assert attention.implementation is AttentionImpl(given)
+    assert attention._dense_implementation(cached=True) is decode_step
+    assert attention._dense_implementation(cached=False) is dense_prefill
+    with pytest.raises(ValueError, match="'flash' is not a valid AttentionImpl"):
+        Attention(width=8, num_heads=2, num_kv_heads=1, head_dim=4, rope_base=None, dtype=jnp.float32,
+                  rngs=nnx.Rngs(0), implementation="flash")
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the error is for machines without cuDNN")

@@ -67,23 +67,32 @@ jax.tree_util.register_dataclass(KVCache)
 
 
 def default_implementation(dtype: jnp.dtype, head_dim: int) -> str | None:
+    """What `jax.nn.dot_product_attention` is asked for under AttentionImpl.AUTO."""
     # cuDNN's fused kernel is the fast path on GPU but takes only 16-bit inputs and
     # head dimensions that are multiples of 8; XLA's reference path runs elsewhere.
     return "cudnn" if jax.default_backend() == "gpu" and dtype == jnp.bfloat16 and head_dim % 8 == 0 else None
 
 
+def _jax_implementation(implementation: AttentionImpl | str, q: jax.Array) -> str | None:
+    """`jax.nn.dot_product_attention`'s name for an XLA or cuDNN choice, AUTO resolved for q."""
+    implementation = AttentionImpl(implementation)
+    if implementation == AttentionImpl.AUTO:
+        return default_implementation(q.dtype, q.shape[-1])
+    return implementation.value
+
+
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array, implementation: AttentionImpl = "auto",
-    causal: bool = False,
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array,
+    implementation: AttentionImpl | str = AttentionImpl.AUTO, causal: bool = False,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(H)) v for q[B, T, N, H], k and v [B, S, K, H], mask bool[B, T, S].
 
-    implementation: "auto" (cuDNN where `default_implementation` allows it, else XLA), "xla" or
-    "cudnn" (which raises where cuDNN cannot run, rather than falling back). `causal`
+    implementation: AUTO (cuDNN where `default_implementation` allows it, else XLA), XLA or
+    CUDNN (which raises where cuDNN cannot run, rather than falling back). `causal`
     (self-attention, T = S) promises the mask hides every later key, which lets the
     kernel skip them; the mask still applies (packed segments, padding).
     """
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
+    if implementation == AttentionImpl.CUDNN and jax.default_backend() != "gpu":
         raise ValueError(
             f"attention implementation 'cudnn' needs a GPU, this backend is {jax.default_backend()!r}; "
             f"use 'auto', 'xla' or 'blockwise'"
@@ -96,9 +105,7 @@ def dot_product_attention(
             mask=mask[:, None, :, :],  # [B, 1, T, S]
             scale=q.shape[-1] ** -0.5,
             is_causal=causal,
-            implementation=(
-                default_implementation(q.dtype, q.shape[-1]) if implementation == "auto" else implementation
-            ),
+            implementation=_jax_implementation(implementation, q),
         )  # [B, T, N, H]
     # A query that sees no key (padding) gets zeros, whatever the backend does with an
     # empty softmax: a NaN there would reach real tokens through the next layer's values.
@@ -107,14 +114,15 @@ def dot_product_attention(
 
 
 def causal_self_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, segments: SegmentMask, implementation: AttentionImpl = "auto",
+    q: jax.Array, k: jax.Array, v: jax.Array, *, segments: SegmentMask,
+    implementation: AttentionImpl | str = AttentionImpl.AUTO,
 ) -> jax.Array:
     """Self-attention under a causal SegmentMask (`segments.causal`), q[B, T, N, H].
 
     When every row holds one document followed by padding (a long-context batch, a
     prompt batch), the mask is fully described by each row's length, and the kernel gets
-    lengths instead of a [B, T, T] mask: cuDNN then runs its mask-free causal kernel,
-    about 2-3x faster than reading a mask. Packed rows take the masked path. The choice
+    lengths instead of a [B, T, T] mask: cuDNN then runs its mask-free causal kernel, which
+    is faster than reading a mask (docs/performance.md). Packed rows take the masked path. The choice
     is made on device (`lax.cond`), so one compiled program serves both kinds of batch.
     """
     segment_ids = segments.segment_ids
@@ -126,7 +134,7 @@ def causal_self_attention(
             encoded = jax.nn.dot_product_attention(
                 q, k, v, scale=q.shape[-1] ** -0.5, is_causal=True,
                 query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                implementation=default_implementation(q.dtype, q.shape[-1]) if implementation == "auto" else implementation,
+                implementation=_jax_implementation(implementation, q),
             )  # [B, T, N, H]
         return jnp.where(valid[:, :, None, None], encoded, jnp.zeros_like(encoded))  # padding sees nothing
 
@@ -153,13 +161,13 @@ class Attention(nnx.Module):
 
     def __init__(
         self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int,
-        rope_base: float | None, dtype: jnp.dtype, rngs: nnx.Rngs, implementation: AttentionImpl = "auto",
-        block_size: int = 512,
+        rope_base: float | None, dtype: jnp.dtype, rngs: nnx.Rngs,
+        implementation: AttentionImpl | str = AttentionImpl.AUTO, block_size: int = 512,
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.rope_base = rope_base
-        self.implementation = implementation
+        self.implementation = AttentionImpl(implementation)
         self.block_size = block_size  # blockwise attention's query and key block
         self.dtype = dtype
         key = rngs.params
@@ -184,7 +192,7 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, LayerKV]:
         """Attends x[B, T, D] under mask bool[B, T, S]; returns (out [B, T, D], keys/values).
 
-        A SegmentMask (self-attention, no cache) lets implementation "blockwise" attend
+        A SegmentMask (self-attention, no cache) lets AttentionImpl.BLOCKWISE attend
         without a [T, T] mask or score matrix; other implementations build it densely.
 
         Without a cache, S = T and the returned LayerKV holds this chunk's keys and
@@ -192,8 +200,20 @@ class Attention(nnx.Module):
         slots cache_index[b] + 0 .. T - 1, attention runs over all S cache slots, and
         the updated cache is returned.
         """
+        q, k, v = self._project(x.astype(self.dtype), positions=positions)
+        if cache is None:
+            keys = LayerKV(k=k, v=v)
+        else:
+            if cache_index is None:
+                raise ValueError("attention with a KV cache needs cache_index int32[B]")
+            keys = _write_cache(cache, k=k, v=v, cache_index=cache_index)  # [B, S, K, H]
+        encoded = self._attend(q, keys, mask=mask, cached=cache is not None)  # [B, T, N, H]
+        out = jnp.einsum("BTNH,NHD->BTD", encoded, read_weight(self.o, self.dtype))
+        return out, keys
+
+    def _project(self, x: jax.Array, *, positions: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x[B, T, D] (compute dtype) -> q [B, T, N, H], k and v [B, T, K, H], RoPE applied."""
         dtype = self.dtype
-        x = x.astype(dtype)
         q = jnp.einsum("BTD,DNH->BTNH", x, read_weight(self.q, dtype))
         k = jnp.einsum("BTD,DKH->BTKH", x, read_weight(self.k, dtype))
         v = jnp.einsum("BTD,DKH->BTKH", x, read_weight(self.v, dtype))
@@ -202,44 +222,43 @@ class Attention(nnx.Module):
                 raise ValueError("this attention uses RoPE: pass positions int32[B, T]")
             q = apply_rope(q, positions=positions, base=self.rope_base)
             k = apply_rope(k, positions=positions, base=self.rope_base)
+        return q, k, v
 
-        if cache is not None:
-            if cache_index is None:
-                raise ValueError("attention with a KV cache needs cache_index int32[B]")
-            batch, num_new = x.shape[:2]
-            slots = cache_index[:, None] + jnp.arange(num_new, dtype=jnp.int32)[None, :]  # [B, T]
-            rows = jnp.broadcast_to(jnp.arange(batch)[:, None], slots.shape)  # [B, T]
-            # Writes past the end of the cache are dropped; the sampler stops before.
-            cache = LayerKV(
-                k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
-                v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
-            )  # [B, S, K, H]
-            keys = cache
-        else:
-            keys = LayerKV(k=k, v=v)
-
-        if isinstance(mask, SegmentMask) and cache is None and self.implementation == "blockwise":
-            encoded = blockwise_attention(
-                q, k.astype(dtype), v.astype(dtype), segment_ids=mask.segment_ids, media_spans=mask.media_spans,
+    def _attend(self, q: jax.Array, keys: LayerKV, *, mask: jax.Array | SegmentMask, cached: bool) -> jax.Array:
+        """q[B, T, N, H] over keys [B, S, K, H] -> [B, T, N, H], by the path the mask allows."""
+        dtype = self.dtype
+        k, v = keys.k.astype(dtype), keys.v.astype(dtype)
+        segments = mask if isinstance(mask, SegmentMask) and not cached else None
+        if segments is not None and self.implementation == AttentionImpl.BLOCKWISE:
+            return blockwise_attention(
+                q, k, v, segment_ids=segments.segment_ids, media_spans=segments.media_spans,
                 q_block=self.block_size, kv_block=self.block_size,
-            )  # [B, T, N, H]
-        elif isinstance(mask, SegmentMask) and cache is None and mask.causal:
-            implementation = "auto" if self.implementation == "blockwise" else self.implementation
-            encoded = causal_self_attention(
-                q, k.astype(dtype), v.astype(dtype), segments=mask, implementation=implementation,
-            )  # [B, T, N, H]
-        else:
-            dense = mask.dense() if isinstance(mask, SegmentMask) else mask  # [B, T, S]
-            implementation = self.implementation
-            if cache is not None and implementation in ("auto", "blockwise"):
-                # A decode step's few queries over the cache: XLA's fused attention beat
-                # cuDNN's kernel there (nano-1 on an H100: 2.11 vs 2.30 ms per token at
-                # batch 1, equal at batch 32; benchmarks/decode.py --attention).
-                implementation = "xla"
-            elif implementation == "blockwise":  # a prefix with a cache: no blockwise path
-                implementation = "auto"
-            encoded = dot_product_attention(
-                q, keys.k.astype(dtype), keys.v.astype(dtype), mask=dense, implementation=implementation,
-            )  # [B, T, N, H]
-        out = jnp.einsum("BTNH,NHD->BTD", encoded, read_weight(self.o, dtype))
-        return out, keys
+            )
+        if segments is not None and segments.causal:
+            implementation = (AttentionImpl.AUTO if self.implementation == AttentionImpl.BLOCKWISE
+                              else self.implementation)
+            return causal_self_attention(q, k, v, segments=segments, implementation=implementation)
+        dense = mask.dense() if isinstance(mask, SegmentMask) else mask  # [B, T, S]
+        return dot_product_attention(q, k, v, mask=dense, implementation=self._dense_implementation(cached=cached))
+
+    def _dense_implementation(self, *, cached: bool) -> AttentionImpl:
+        """The implementation for a dense mask: blockwise has no such path."""
+        if cached and self.implementation in (AttentionImpl.AUTO, AttentionImpl.BLOCKWISE):
+            # A decode step's few queries over the cache: XLA's fused attention is faster there
+            # than cuDNN's kernel (docs/performance.md has the measurements).
+            return AttentionImpl.XLA
+        if self.implementation == AttentionImpl.BLOCKWISE:
+            return AttentionImpl.AUTO
+        return self.implementation
+
+
+def _write_cache(cache: LayerKV, *, k: jax.Array, v: jax.Array, cache_index: jax.Array) -> LayerKV:
+    """The cache with row b's T new keys and values written at slots cache_index[b] + 0 .. T - 1."""
+    batch, num_new = k.shape[:2]
+    slots = cache_index[:, None] + jnp.arange(num_new, dtype=jnp.int32)[None, :]  # [B, T]
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], slots.shape)  # [B, T]
+    # Writes past the end of the cache are dropped; the sampler stops before.
+    return LayerKV(
+        k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
+        v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
+    )  # [B, S, K, H]

@@ -35,8 +35,8 @@ def _zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 class ConvSubsampling(nnx.Module):
     """Two stride-2 convolutions over time (kernel 3, the mel bins as input channels), then a
-    linear map to the width. One-dimensional, as in Whisper's front end: on CPUs it costs a
-    few percent of a 2-D (time x mel) stack with as many channels, and learns as well here."""
+    linear map to the width. One-dimensional, as in Whisper's front end: on CPUs a small
+    fraction of the cost of a 2-D (time x mel) stack with as many channels."""
 
     def __init__(self, *, num_mels: int, width: int, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.dtype = dtype

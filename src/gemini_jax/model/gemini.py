@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from gemini_jax.batch import AUDIO_KEYS, FRAME_KEYS, IMAGE_KEYS
-from gemini_jax.config import ModelConfig
+from gemini_jax.config import ModelConfig, PromptAttention
 from gemini_jax.model.attention import KVCache, LayerKV
 from gemini_jax.model.audio import AudioEncoder
 from gemini_jax.model.layers import Embedder, SoftTokens
@@ -220,7 +220,7 @@ class Gemini(nnx.Module):
         # Without encoders and with causal prompts nothing is bidirectional (data/encode.py
         # writes no spans for such a model), and the mask says so statically: spans given
         # anyway are ignored, by every attention implementation alike.
-        causal = config.vision is None and config.audio is None and config.prompt_attention == "causal"
+        causal = config.vision is None and config.audio is None and config.prompt_attention == PromptAttention.CAUSAL
         spans = jnp.zeros_like(batch["media_spans"]) if causal else batch["media_spans"]
         return SegmentMask(segment_ids=batch["segment_ids"], media_spans=spans, causal=causal)
 
@@ -300,8 +300,8 @@ def count_params(config: ModelConfig) -> dict[str, int]:
 
     The blocks of each stack (decoder, vision, audio) are alike, so a component's count is
     affine in its depth: n(d) = n(1) + (d - 1) * (n(2) - n(1)). Counting abstract models with
-    one and two blocks per stack is exact and takes a second, where tracing every block of the
-    largest presets under eval_shape took over a minute.
+    one and two blocks per stack is exact, and fast where tracing every block of the largest
+    presets under eval_shape is not.
     """
     def with_depth(depth: int) -> ModelConfig:
         vision = config.vision and dataclasses.replace(config.vision, depth=depth)

@@ -3,9 +3,9 @@
     packed = pack_halves(codes)                     # int4 codes [K, N] -> uint8 [K / 2, N]
     y = int4_matmul(x, packed, scales, group_size=32)   # x [M, K] -> float32 [M, N]
 
-Why. XLA does not fuse a grouped dequantization into the matmul that follows it: on the H100
-the model's int4 decode step materialised bfloat16 weights and ran at 0.55x the speed of
-bfloat16 weights (issue 5), where reading half a byte per weight instead of two should make
+Why. XLA does not fuse a grouped dequantization into the matmul that follows it, so the
+model's int4 decode step materialises bfloat16 weights and runs slower than with bfloat16
+weights (docs/performance.md), where reading half a byte per weight instead of two should make
 it faster. This kernel reads the codes once, converts them in registers and multiplies, so a
 decode step's traffic is the codes and scales only. It is not yet the decoder's path:
 `benchmarks/int4_matmul.py` times it against dequantize-then-matmul and bfloat16 weights on

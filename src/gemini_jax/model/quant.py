@@ -14,19 +14,16 @@ the contraction axis (not the output axis) are what GPTQ, AWQ and llama.cpp use:
 row of the input only coarsens its own groups.
 
 In memory codes are `jnp.int4` (or int8), not packed bytes, so that XLA knows their width (on
-CPU an int4 array takes one byte per value in memory). XLA did not fuse the grouped
-dequantization into the GPU matmul, though: on the H100 an int4 decode step ran at 0.55x the
-speed of bfloat16 weights (benchmarks/decode.py); int4_kernel.py is the fused kernel that is
-to replace this path once measured. In a
-checkpoint they are packed two per uint8 (`to_storage`): Orbax writes an int4 array one byte
-per value (measured: the same bytes as int8), so explicit packing is what gets the file to
-~0.56 bytes per parameter at group 32 (0.5 for the codes + 2 / 32 for the bf16 scales).
+CPU an int4 array takes one byte per value in memory). XLA does not fuse the grouped
+dequantization into the GPU matmul, so int4 weights save memory but not decode time until the
+fused kernel of int4_kernel.py replaces this path (docs/performance.md has the measurements).
+In a checkpoint codes are packed two per uint8 (`to_storage`), because Orbax writes an int4
+array one byte per value: packed, the file holds ~0.56 bytes per parameter at group 32 (0.5
+for the codes + 2 / 32 for the bf16 scales).
 
-Why not qwix: its PTQ provider finds weights by intercepting `jnp.einsum`/`dot_general`
-during a traced forward pass (which here needs image, audio and video inputs to reach every
-layer), does not cover the tied embedding's `jnp.take` lookup, wraps only the methods it
-intercepts (our sampler calls `prefill` and `decode_step` on a merged graph), and saves its
-int4 arrays unpacked. The few functions below do what we need for our own einsum layers.
+The few functions below do what our own einsum layers need, where qwix's PTQ (which finds
+weights by intercepting a traced forward pass) misses the tied embedding's lookup and saves
+int4 unpacked (docs/model.md says more).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax.config import AttentionImpl, ModelConfig
+from gemini_jax.config import AttentionImpl, ModelConfig, RematPolicy
 from gemini_jax.model.attention import Attention, KVCache, LayerKV
 from gemini_jax.model.layers import GeGLU, RMSNorm
 from gemini_jax.model.mask import SegmentMask
@@ -23,7 +23,7 @@ class Block(nnx.Module):
     def __init__(
         self, *, width: int, num_heads: int, num_kv_heads: int, head_dim: int, mlp_dim: int,
         rope_base: float | None, norm_eps: float, dtype: jnp.dtype, rngs: nnx.Rngs,
-        attention_impl: AttentionImpl = "auto", attention_block: int = 512,
+        attention_impl: AttentionImpl | str = AttentionImpl.AUTO, attention_block: int = 512,
     ):
         self.pre_attn_norm = RMSNorm(width, eps=norm_eps)
         self.attn = Attention(
@@ -51,11 +51,11 @@ class Block(nnx.Module):
         return x, kv
 
 
-# Remat policy name (ModelConfig.remat) -> what jax.checkpoint may keep; "full" keeps nothing.
+# ModelConfig.remat -> what jax.checkpoint may keep; FULL keeps nothing.
 _REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    RematPolicy.FULL: None,
+    RematPolicy.DOTS: jax.checkpoint_policies.checkpoint_dots,
+    RematPolicy.DOTS_NO_BATCH: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -95,7 +95,7 @@ class Decoder(nnx.Module):
             return self.final_norm(x), kvs
         kvs = []
         rematted = None
-        if self.config.remat != "none" and cache is None:  # a decode step has nothing to recompute
+        if self.config.remat != RematPolicy.NONE and cache is None:  # a decode step has nothing to recompute
             rematted = nnx.remat(
                 lambda block, x: block(x, mask=mask, positions=positions), policy=_REMAT_POLICIES[self.config.remat]
             )
@@ -129,7 +129,7 @@ class Decoder(nnx.Module):
             x, kv = nnx.merge(graphdef, state)(x, mask=mask, positions=positions)
             return x, (kv.k, kv.v)
 
-        if self.config.remat != "none":
+        if self.config.remat != RematPolicy.NONE:
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat])
         x, (k, v) = jax.lax.scan(body, x, stacked)  # k, v: [depth, B, T, K, H]
         return x, tuple(LayerKV(k=k[i], v=v[i]) for i in range(len(self.blocks)))

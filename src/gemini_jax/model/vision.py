@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax.config import VisionConfig
+from gemini_jax.config import FramePooling, Pooling, PositionEmbedding, VisionBlock, VisionConfig
 from gemini_jax.model.attention import dot_product_attention
 from gemini_jax.model.layers import (
     LayerNorm,
@@ -173,7 +173,7 @@ class VisionEncoder(nnx.Module):
         if config.frame_stem_channels is not None:
             self.frame_patch_embed = _patch_embedding(config, config.frame_stem_channels, dtype=dtype, rngs=rngs)
         table_init = nnx.initializers.normal(stddev=0.02)
-        if config.position_embedding == "learned":
+        if config.position_embedding == PositionEmbedding.LEARNED:
             cells = config.max_grid * config.max_grid
             self.pos_embed = param(table_init(rngs.params(), (cells, width), jnp.float32), "position", "embed")
         else:
@@ -181,7 +181,7 @@ class VisionEncoder(nnx.Module):
             self.row_embed = param(table_init(rngs.params(), grid, jnp.float32), "position", "embed")
             self.col_embed = param(table_init(rngs.params(), grid, jnp.float32), "position", "embed")
         norm_eps = norm_eps if config.norm_eps is None else config.norm_eps
-        if config.block == "siglip":
+        if config.block == VisionBlock.SIGLIP:
             self.blocks = nnx.List([
                 SiglipBlock(width=width, num_heads=config.num_heads, mlp_dim=config.mlp_dim, norm_eps=norm_eps,
                             dtype=dtype, rngs=rngs)
@@ -198,7 +198,7 @@ class VisionEncoder(nnx.Module):
                 for _ in range(config.depth)
             ])
             self.encoder_norm = RMSNorm(width, eps=norm_eps)
-        if config.pooling == "attention":
+        if config.pooling == Pooling.ATTENTION:
             query_init = nnx.initializers.normal(stddev=1.0)
             self.image_queries = param(
                 query_init(rngs.params(), (config.image_soft_tokens, width), jnp.float32), "queries", "embed"
@@ -236,7 +236,7 @@ class VisionEncoder(nnx.Module):
 
         embed = self.frame_patch_embed if frames and self.config.frame_stem_channels is not None else self.patch_embed
         x = embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
-        if self.config.position_embedding == "learned":
+        if self.config.position_embedding == PositionEmbedding.LEARNED:
             cells = coords[..., 0] * self.config.max_grid + coords[..., 1]  # [BI, P], row-major
             x = x + jnp.take(self.pos_embed[...], cells, axis=0, mode="clip").astype(x.dtype)
         else:
@@ -252,11 +252,11 @@ class VisionEncoder(nnx.Module):
             x, _ = block(x, mask=patch_attn_mask)
         x = self.encoder_norm(x)
 
-        if self.config.pooling == "none":
+        if self.config.pooling == Pooling.NONE:
             tokens = self.out_proj(x).reshape(batch, slots, num_patches, -1)  # [B, I, P, E]
             return SoftTokens(tokens=tokens, valid=patch_mask)
         queries = (self.frame_queries if frames else self.image_queries)[...]
-        if frames and self.config.frame_pooling == "grid":
+        if frames and self.config.frame_pooling == FramePooling.GRID:
             mask = grid_cells(coords, mask, side=math.isqrt(self.config.frame_soft_tokens))  # [BI, Q, P]
         pooled = self.pool(queries, x, mask)  # [BI, Q, D]
         tokens = self.out_proj(self.out_norm(pooled))  # [BI, Q, E]
