@@ -44,18 +44,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gemini_jax.config import ConfigError, ModelConfig, VisionConfig
-from gemini_jax.convert.gemma import (
-    CONFIG_FILE,
-    ConversionError,
-    _decoder_config_from_hf,
-    _import_run,
-    _read_json,
-    _same,
-    _Tensor,
-    _tensors,
-    _transposed,
+from gemini_jax.config import (
+    ConfigError,
+    ModelConfig,
+    Pooling,
+    PositionEmbedding,
+    PromptAttention,
+    PromptFormat,
+    VisionBlock,
+    VisionConfig,
 )
+from gemini_jax.convert import gemma
+from gemini_jax.convert.gemma_config import Refuse, decoder_config_from_hf
+from gemini_jax.convert.hf_dir import CONFIG_FILE, ConversionError, read_json
+from gemini_jax.convert.tensor_map import AS_IS, TRANSPOSED, TensorSpec, decoder_tensors
 
 ARCHITECTURE = "PaliGemmaForConditionalGeneration"
 MODEL_TYPE = "paligemma"
@@ -100,6 +102,38 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
     def refuse(why: str) -> ConversionError:
         return ConversionError(f"{source}: {why}")
 
+    text, vision = _text_and_vision(values, refuse=refuse)
+    siglip, eps = _siglip_fields(vision, refuse=refuse)
+    image_token = _image_token(values, text=text, vision=vision, refuse=refuse)
+    grid = siglip["image_size"] // siglip["patch_size"]
+    try:
+        vision_config = VisionConfig(
+            patch_size=siglip["patch_size"], max_patches=grid * grid, frame_max_patches=grid * grid, max_grid=grid,
+            width=siglip["hidden_size"], depth=siglip["num_hidden_layers"], num_heads=siglip["num_attention_heads"],
+            mlp_dim=siglip["intermediate_size"], pooling=Pooling.NONE, block=VisionBlock.SIGLIP,
+            position_embedding=PositionEmbedding.LEARNED, norm_eps=float(eps), projector_bias=True,
+            # PaliGemma's processor stretches every image to image_size x image_size; the
+            # tower's learned position table knows only that full square grid.
+            keep_aspect_ratio=False,
+        )
+    except ConfigError as e:
+        raise refuse(str(e)) from None
+    # PaliGemma lets the image and the prompt see each other (a prefix LM); the text config's
+    # use_bidirectional_attention is that, not a bidirectional decoder. Its prompts are
+    # `<image> x n <bos> prompt \n`, not the chat template (prompt_format="prefix").
+    return decoder_config_from_hf(text, refuse=refuse, dtype=dtype, prompt_attention=PromptAttention.BIDIRECTIONAL,
+                                  prompt_format=PromptFormat.PREFIX, vision=vision_config, image_token_id=image_token)
+
+
+def _positive_int(where: dict[str, Any], key: str, *, name: str, refuse: Refuse, default: int | None = None) -> int:
+    value = where.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise refuse(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _text_and_vision(values: dict[str, Any], *, refuse: Refuse) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The text and vision sub-configs, after checking that this is PaliGemma-1 with a SigLIP tower."""
     if not is_paligemma(values) or values.get("model_type", MODEL_TYPE) != MODEL_TYPE:
         raise refuse(f"architectures {values.get('architectures')} / model_type {values.get('model_type')!r} is not "
                      f"PaliGemma; accepted: architectures [{ARCHITECTURE!r}], model_type {MODEL_TYPE!r}")
@@ -115,14 +149,13 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
                      f"{VISION_MODEL_TYPE!r}")
     if values.get("tie_word_embeddings", True) is False:
         raise refuse("tie_word_embeddings is false; this model's output layer is its embedding (tied)")
+    return text, vision
 
-    def integer(where: dict[str, Any], key: str, name: str, default: int | None = None) -> int:
-        value = where.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise refuse(f"{name} must be a positive integer, got {value!r}")
-        return value
 
-    v = {key: integer(vision, key, f"vision_config.{key}", SIGLIP_DEFAULTS.get(key)) for key in (
+def _siglip_fields(vision: dict[str, Any], *, refuse: Refuse) -> tuple[dict[str, int], float]:
+    """The SigLIP tower's sizes (SiglipVisionConfig's defaults where left out) and its LayerNorm epsilon."""
+    sizes = {key: _positive_int(vision, key, name=f"vision_config.{key}", refuse=refuse,
+                                default=SIGLIP_DEFAULTS.get(key)) for key in (
         "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")}
     if vision.get("num_channels", 3) != 3:
         raise refuse(f"vision_config.num_channels is {vision['num_channels']}; accepted: 3 (RGB)")
@@ -132,67 +165,53 @@ def _config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Mode
     eps = vision.get("layer_norm_eps", SIGLIP_DEFAULTS["layer_norm_eps"])
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps <= 0:
         raise refuse(f"vision_config.layer_norm_eps must be a positive number, got {eps!r}")
-    if v["image_size"] % v["patch_size"]:
-        raise refuse(f"vision_config.image_size {v['image_size']} is not a multiple of patch_size {v['patch_size']}")
-    if v["hidden_size"] % v["num_attention_heads"]:
-        raise refuse(f"vision_config.hidden_size {v['hidden_size']} is not a multiple of num_attention_heads "
-                     f"{v['num_attention_heads']}")
+    if sizes["image_size"] % sizes["patch_size"]:
+        raise refuse(f"vision_config.image_size {sizes['image_size']} is not a multiple of patch_size "
+                     f"{sizes['patch_size']}")
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise refuse(f"vision_config.hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
+                     f"{sizes['num_attention_heads']}")
+    return sizes, eps
 
-    text_width = integer(text, "hidden_size", "text_config.hidden_size")
+
+def _image_token(values: dict[str, Any], *, text: dict[str, Any], vision: dict[str, Any], refuse: Refuse) -> int:
+    """The image placeholder id, after checking that projected image features fit decoder token slots."""
+    text_width = _positive_int(text, "hidden_size", name="text_config.hidden_size", refuse=refuse)
     projection = values.get("projection_dim", vision.get("projection_dim", text_width))
     if projection != text_width:
         raise refuse(f"projection_dim {projection!r} differs from text_config.hidden_size {text_width}; the "
                      f"projected image features fill decoder token slots, so the two must be equal")
-    vocab = integer(text, "vocab_size", "text_config.vocab_size")
+    vocab = _positive_int(text, "vocab_size", name="text_config.vocab_size", refuse=refuse)
     image_token = values.get("image_token_index", values.get("image_token_id"))
     if not isinstance(image_token, int) or isinstance(image_token, bool) or not 0 <= image_token < vocab:
         raise refuse(f"image_token_index must be a token id in 0 .. {vocab - 1} (text_config.vocab_size), "
                      f"got {image_token!r}")
-
-    grid = v["image_size"] // v["patch_size"]
-    try:
-        vision_config = VisionConfig(
-            patch_size=v["patch_size"], max_patches=grid * grid, frame_max_patches=grid * grid, max_grid=grid,
-            width=v["hidden_size"], depth=v["num_hidden_layers"], num_heads=v["num_attention_heads"],
-            mlp_dim=v["intermediate_size"], pooling="none", block="siglip", position_embedding="learned",
-            norm_eps=float(eps), projector_bias=True,
-            # PaliGemma's processor stretches every image to image_size x image_size; the
-            # tower's learned position table knows only that full square grid.
-            keep_aspect_ratio=False,
-        )
-    except ConfigError as e:
-        raise refuse(str(e)) from None
-    # PaliGemma lets the image and the prompt see each other (a prefix LM); the text config's
-    # use_bidirectional_attention is that, not a bidirectional decoder. Its prompts are
-    # `<image> x n <bos> prompt \n`, not the chat template (prompt_format="prefix").
-    return _decoder_config_from_hf(text, refuse=refuse, dtype=dtype, prompt_attention="bidirectional",
-                                   prompt_format="prefix", vision=vision_config, image_token_id=image_token)
+    return image_token
 
 
-def _vision_tensors(config: ModelConfig) -> list[_Tensor]:
+def _vision_tensors(config: ModelConfig) -> list[TensorSpec]:
     """The SigLIP tower and the projector, mapped as the module docstring's table says."""
     vision = config.vision
     D, F, E, p = vision.width, vision.mlp_dim, config.width, vision.patch_size
-    same, transposed = (_same, _same), (_transposed, _transposed)
     hf, ours = VISION_PREFIX, ("vision",)
     patch_kernel = (
         lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * 3, D),  # [D, 3, p, p] -> [(row, col, channel), D]
         lambda k: k.reshape(p, p, 3, D).transpose(3, 2, 0, 1),
     )
     tensors = [
-        _Tensor(hf + "embeddings.patch_embedding.weight", (*ours, "patch_embed", "kernel"), (D, 3, p, p),
+        TensorSpec(hf + "embeddings.patch_embedding.weight", (*ours, "patch_embed", "kernel"), (D, 3, p, p),
                 *patch_kernel),
-        _Tensor(hf + "embeddings.patch_embedding.bias", (*ours, "patch_embed", "bias"), (D,), *same),
-        _Tensor(hf + "embeddings.position_embedding.weight", (*ours, "pos_embed"), (vision.max_patches, D), *same),
+        TensorSpec(hf + "embeddings.patch_embedding.bias", (*ours, "patch_embed", "bias"), (D,), *AS_IS),
+        TensorSpec(hf + "embeddings.position_embedding.weight", (*ours, "pos_embed"), (vision.max_patches, D), *AS_IS),
     ]
 
-    def linear(hf_name: str, path: tuple, out_dim: int, in_dim: int) -> list[_Tensor]:
-        return [_Tensor(hf_name + ".weight", (*path, "kernel"), (out_dim, in_dim), *transposed),
-                _Tensor(hf_name + ".bias", (*path, "bias"), (out_dim,), *same)]
+    def linear(hf_name: str, path: tuple, out_dim: int, in_dim: int) -> list[TensorSpec]:
+        return [TensorSpec(hf_name + ".weight", (*path, "kernel"), (out_dim, in_dim), *TRANSPOSED),
+                TensorSpec(hf_name + ".bias", (*path, "bias"), (out_dim,), *AS_IS)]
 
-    def norm(hf_name: str, path: tuple) -> list[_Tensor]:
-        return [_Tensor(hf_name + ".weight", (*path, "scale"), (D,), *same),
-                _Tensor(hf_name + ".bias", (*path, "bias"), (D,), *same)]
+    def norm(hf_name: str, path: tuple) -> list[TensorSpec]:
+        return [TensorSpec(hf_name + ".weight", (*path, "scale"), (D,), *AS_IS),
+                TensorSpec(hf_name + ".bias", (*path, "bias"), (D,), *AS_IS)]
 
     for i in range(vision.depth):
         layer, block = f"{hf}encoder.layers.{i}.", (*ours, "blocks", i)
@@ -219,9 +238,9 @@ def import_paligemma(
     float32. Nothing is written unless every input checks out; a ConversionError names
     the bad file or tensor.
     """
-    return _import_run(
+    return gemma.import_run(
         hf_dir, run_dir, dtype=dtype, config_from_hf=_config_from_hf,
-        tensors_for=lambda config: _tensors(config, prefix=DECODER_PREFIX) + _vision_tensors(config),
+        tensors_for=lambda config: decoder_tensors(config, prefix=DECODER_PREFIX) + _vision_tensors(config),
         architecture=ARCHITECTURE, model=f"PaliGemma-1 {ARCHITECTURE}",
         embedding=DECODER_PREFIX + "embed_tokens.weight", rename=_rename,
     )
@@ -229,12 +248,10 @@ def import_paligemma(
 
 def import_hf(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype: str = "float32") -> ModelConfig:
     """Imports a Hugging Face directory as `import_paligemma` or `import_gemma`, as its config.json says."""
-    from gemini_jax.convert import gemma
-
     config_path = Path(hf_dir) / CONFIG_FILE
     if not Path(hf_dir).is_dir():
         raise ConversionError(f"Hugging Face directory {str(hf_dir)!r} does not exist")
-    values = _read_json(config_path)
+    values = read_json(config_path)
     if is_paligemma(values):
         return import_paligemma(hf_dir, run_dir, dtype=dtype)
     if gemma.ARCHITECTURE in (values.get("architectures") or []) or values.get("model_type") == gemma.MODEL_TYPE:
