@@ -1,7 +1,9 @@
 """Media preprocessing: image patch grids, audio loading and log-mel, video frame sampling."""
 
 import math
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -228,3 +230,84 @@ def test_bad_videos_are_named(tmp_path):
         media.load_video(tmp_path / "clip.mp4", num_frames=4)
     with pytest.raises(media.MediaError, match="video array"):
         media.load_video(np.zeros((3, 4, 4), np.uint8), num_frames=2)
+
+
+# --- limits read from headers, before decoding ----------------------------------------------------
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit black PNG of width x height: a few KB that decode to width * height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails a test that decodes pixels or samples: the limits must refuse from the header alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded media that its header already put over a limit")
+
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    monkeypatch.setattr(soundfile.SoundFile, "read", refuse)
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, no_decoding):
+    (tmp_path / "wide.png").write_bytes(bomb_png(10_000, 10_000))  # 100 Mpx: PIL's bomb warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not escape either
+        with pytest.raises(media.MediaError, match=r"wide.png.*10000 x 10000.*limit of 50000000 pixels"):
+            media.load_image(tmp_path / "wide.png")
+    with pytest.raises(media.MediaTooLarge, match=r"<bytes>.*300 x 200 = 60000 pixels.*limit of 50000"):
+        media.load_image(bomb_png(300, 200), max_pixels=50_000)
+
+
+def test_a_decompression_bomb_is_a_media_error_naming_the_file_and_limit(tmp_path, monkeypatch):
+    assert media.load_image(bomb_png(30, 20), max_pixels=600).shape == (20, 30, 3)  # at the limit: decoded
+    (tmp_path / "bomb.png").write_bytes(bomb_png(14_000, 14_000))  # over twice PIL's limit: its error
+    with pytest.raises(media.MediaTooLarge, match=r"bomb.png.*limit of \d+ pixels"):
+        media.load_image(tmp_path / "bomb.png", max_pixels=None)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's warning band: over 1000, under 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(media.MediaTooLarge, match=r"<bytes>.*limit of 1000 pixels"):
+            media.load_image(bomb_png(50, 30), max_pixels=None)
+
+
+def _silent_flac(path, seconds: float, rate: int = 16_000) -> None:
+    with soundfile.SoundFile(path, "w", samplerate=rate, channels=1, format="FLAC") as out:
+        block = np.zeros(rate * 10, np.int16)
+        for _ in range(int(seconds // 10)):
+            out.write(block)
+
+
+def test_audio_over_the_duration_limit_is_refused_from_the_header(tmp_path, no_decoding):
+    _silent_flac(tmp_path / "hour.flac", 3600)  # a few KB of FLAC; 230 MB once decoded
+    assert (tmp_path / "hour.flac").stat().st_size < 200_000
+    with pytest.raises(media.MediaTooLarge, match=r"hour.flac.*3600.00 s.*at most 30.0 s"):
+        media.load_audio(tmp_path / "hour.flac", max_seconds=30.0)
+    with pytest.raises(media.MediaTooLarge, match=r"<bytes>.*3600.00 s.*at most 30.0 s"):
+        media.load_audio((tmp_path / "hour.flac").read_bytes(), max_seconds=30.0)
+
+
+def test_audio_headers_with_absurd_rates_or_channels_are_refused(tmp_path, no_decoding):
+    soundfile.write(tmp_path / "wide.wav", np.zeros((10, 40), np.float32), 16_000)
+    with pytest.raises(media.MediaTooLarge, match=r"wide.wav.*40 channels.*at most 32"):
+        media.load_audio(tmp_path / "wide.wav")
+    soundfile.write(tmp_path / "fast.wav", np.zeros(10, np.float32), 1_000_000)
+    with pytest.raises(media.MediaTooLarge, match=r"fast.wav.*1000000 Hz.*at most 384000 Hz"):
+        media.load_audio(tmp_path / "fast.wav")
+
+
+def test_animations_over_the_frame_limit_are_refused_from_the_header(tmp_path):
+    _gif(tmp_path / "clip.gif", 10)
+    with pytest.raises(media.MediaTooLarge, match=r"clip.gif.*10 frames.*at most 4"):
+        media.load_video(tmp_path / "clip.gif", num_frames=2, max_frames=4)
+    with pytest.raises(media.MediaTooLarge, match=r"clip.gif.*10 frames of 8 x 6.*at most 100 pixels"):
+        media.load_video(tmp_path / "clip.gif", num_frames=2, max_video_pixels=100)
+    assert media.load_video(tmp_path / "clip.gif", num_frames=2, max_frames=10).shape == (2, 6, 8, 3)

@@ -8,7 +8,9 @@
   resampled with a warning) -> log-mel frames, one per 10 ms hop;
 - video: frames sampled uniformly from an animated GIF/WebP/PNG or a uint8[F, H, W, 3] array.
 
-Every failure at this boundary is a `MediaError` naming the file and what is accepted.
+Every failure at this boundary is a `MediaError` naming the file and what is accepted. Sizes are
+checked from the header before anything is decoded (pixels, frames, duration, channels, rate): a
+few KB of PNG or FLAC can declare gigabytes, and over a limit is a `MediaTooLarge` naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -35,8 +38,20 @@ AUDIO_FORMATS = "a WAV/FLAC/OGG file or its bytes (soundfile), or examples.Audio
 VIDEO_FORMATS = "an animated GIF, WebP or PNG (APNG) file, or uint8[F, H, W, 3]"
 
 
+# Under Pillow's decompression-bomb warning (89 Mpx), so that our limit, not its warning, speaks first.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_VIDEO_FRAMES = 10_000
+MAX_VIDEO_PIXELS = 500_000_000  # every frame up to the last sampled one is decoded
+MAX_AUDIO_CHANNELS = 32
+MAX_SAMPLE_RATE = 384_000  # the highest rate audio hardware records
+
+
 class MediaError(ValueError):
     """A media file or array that cannot be used."""
+
+
+class MediaTooLarge(MediaError):
+    """Media whose header declares more than a limit allows; refused before decoding."""
 
 
 class Patches(NamedTuple):
@@ -60,12 +75,40 @@ def _open_file(path: str | os.PathLike, accepted: str) -> bytes:
     return data
 
 
-def _open_pil(source: object, accepted: str) -> Image.Image:
+# warnings.catch_warnings swaps process-wide state: one thread at a time, for the header only.
+_PIL_WARNINGS = threading.Lock()
+
+
+def _open_pil(source: object, accepted: str, *, max_pixels: int | None) -> Image.Image:
+    """The image with only its header read, refused if it declares more than `max_pixels` pixels."""
     data = _open_file(source, accepted) if isinstance(source, (str, os.PathLike)) else source
+    name = _name(source)
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now, so that a truncated file fails here with its name
+        with _PIL_WARNINGS, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise MediaTooLarge(f"image {name} is refused by Pillow as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"media file {name} is not a readable image ({e}); accepted: {accepted}") from None
+    for w in caught:  # anything but the bomb warning goes on to the caller's filters
+        if not issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    width, height = image.size
+    limits = [(max_pixels, "")] if max_pixels is not None else []
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        limits.append((Image.MAX_IMAGE_PIXELS, "Pillow's decompression-bomb "))
+    for limit, kind in limits:
+        if width * height > limit:
+            raise MediaTooLarge(f"image {name} is {width} x {height} = {width * height} pixels, over the "
+                                f"{kind}limit of {limit} pixels")
+    return image
+
+
+def _decode(image: Image.Image, source: object, accepted: str) -> Image.Image:
+    try:
+        image.load()  # decode now, so that a truncated file fails here with its name
+    except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"media file {_name(source)} is not a readable image ({e}); accepted: {accepted}") from None
     return image
 
@@ -93,14 +136,16 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
     raise MediaError(f"{where}: image array has shape {array.shape}; accepted: {IMAGE_FORMATS}")
 
 
-def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> np.ndarray:
-    """An image as uint8[H, W, 3] (grey and RGBA become RGB)."""
+def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, *,
+               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image as uint8[H, W, 3] (grey and RGBA become RGB); a file or bytes over `max_pixels`
+    (None: Pillow's own bomb limits only) is refused from its header."""
     if isinstance(source, np.ndarray):
         image = _array_to_rgb(source, "image array")
     elif isinstance(source, Image.Image):
         image = _to_rgb(source)
     elif isinstance(source, (str, os.PathLike, bytes)):
-        image = _to_rgb(_open_pil(source, IMAGE_FORMATS))
+        image = _to_rgb(_decode(_open_pil(source, IMAGE_FORMATS, max_pixels=max_pixels), source, IMAGE_FORMATS))
     else:
         raise MediaError(f"cannot read an image from {type(source).__name__}; accepted: {IMAGE_FORMATS}")
     if image.shape[0] < 1 or image.shape[1] < 1:
@@ -154,7 +199,23 @@ def image_patches(image: np.ndarray, *, patch_size: int, max_patches: int, max_g
     return Patches(patches=np.ascontiguousarray(patches), coords=coords)
 
 
-def _audio_samples(source: str | os.PathLike | bytes | Audio) -> tuple[np.ndarray, int]:
+def _audio_frames_allowed(sound: soundfile.SoundFile, name: str, *, max_seconds: float | None) -> int:
+    """How many frames to read (-1: all), once the header's rate, channels and duration are within limits."""
+    if sound.samplerate > MAX_SAMPLE_RATE:
+        raise MediaTooLarge(f"audio {name} is sampled at {sound.samplerate} Hz; at most {MAX_SAMPLE_RATE} Hz "
+                            "is accepted")
+    if sound.channels > MAX_AUDIO_CHANNELS:
+        raise MediaTooLarge(f"audio {name} has {sound.channels} channels; at most {MAX_AUDIO_CHANNELS} are accepted")
+    if max_seconds is None:
+        return -1
+    if sound.frames / sound.samplerate > max_seconds:
+        raise MediaTooLarge(f"audio {name} lasts {sound.frames / sound.samplerate:.2f} s; the model accepts clips "
+                            f"of at most {max_seconds} s")
+    return sound.frames  # what the header declared, never more: the limit holds whatever the data says
+
+
+def _audio_samples(source: str | os.PathLike | bytes | Audio, *, max_seconds: float | None
+                   ) -> tuple[np.ndarray, int]:
     """float32[N, channels] and the rate, as stored."""
     if isinstance(source, Audio):
         samples = np.asarray(source.samples)
@@ -171,24 +232,27 @@ def _audio_samples(source: str | os.PathLike | bytes | Audio) -> tuple[np.ndarra
     if isinstance(source, (str, os.PathLike, bytes)):
         data = _open_file(source, AUDIO_FORMATS) if not isinstance(source, bytes) else source
         try:
-            samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+            with soundfile.SoundFile(io.BytesIO(data)) as sound:
+                frames = _audio_frames_allowed(sound, _name(source), max_seconds=max_seconds)
+                samples = sound.read(frames, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
             raise MediaError(
                 f"media file {_name(source)} is not readable audio ({e}); accepted: {AUDIO_FORMATS}") from None
-        return samples, int(rate)
+        return samples, int(sound.samplerate)
     raise MediaError(f"cannot read audio from {type(source).__name__}; accepted: {AUDIO_FORMATS}")
 
 
 def load_audio(
     source: str | os.PathLike | bytes | Audio, *, sample_rate: int = 16_000, max_seconds: float | None = None
 ) -> np.ndarray:
-    """A clip as mono float32[N] at `sample_rate`; other channel counts and rates are converted with a warning."""
+    """A clip as mono float32[N] at `sample_rate`; other channel counts and rates are converted with a warning.
+    A file or bytes lasting over `max_seconds` is refused from its header."""
     name = _name(source)
-    samples, rate = _audio_samples(source)  # [N, channels]
+    samples, rate = _audio_samples(source, max_seconds=max_seconds)  # [N, channels]
     if samples.shape[0] == 0:
         raise MediaError(f"audio {name} has no samples (accepted: {AUDIO_FORMATS})")
     if max_seconds is not None and samples.shape[0] / rate > max_seconds:
-        raise MediaError(
+        raise MediaTooLarge(
             f"audio {name} lasts {samples.shape[0] / rate:.2f} s; the model accepts clips of at most {max_seconds} s"
         )
     if samples.shape[1] > 1:
@@ -259,11 +323,27 @@ def _uniform_indices(total: int, count: int) -> list[int]:
     return [int((i + 0.5) * total / count) for i in range(count)]
 
 
-def load_video(source: str | os.PathLike | bytes | np.ndarray, *, num_frames: int) -> np.ndarray:
+def _check_animation(image: Image.Image, name: str, *, max_frames: int | None,
+                     max_video_pixels: int | None) -> int:
+    """The frame count, from the header (GIF: by skipping frames undecoded), within the limits."""
+    total = getattr(image, "n_frames", 1)
+    if max_frames is not None and total > max_frames:
+        raise MediaTooLarge(f"video {name} has {total} frames; at most {max_frames} are accepted")
+    width, height = image.size
+    if max_video_pixels is not None and total * width * height > max_video_pixels:
+        raise MediaTooLarge(f"video {name} has {total} frames of {width} x {height} = {total * width * height} "
+                            f"pixels in all; at most {max_video_pixels} pixels are accepted")
+    return total
+
+
+def load_video(source: str | os.PathLike | bytes | np.ndarray, *, num_frames: int,
+               max_pixels: int | None = MAX_IMAGE_PIXELS, max_frames: int | None = MAX_VIDEO_FRAMES,
+               max_video_pixels: int | None = MAX_VIDEO_PIXELS) -> np.ndarray:
     """uint8[F, H, W, 3]: `num_frames` frames sampled uniformly (all of them when the clip has fewer).
 
     A still image (a PNG, a one-frame GIF) is a one-frame video: the model sees what
-    there is rather than failing on a clip the user thinks of as short.
+    there is rather than failing on a clip the user thinks of as short. A file's frame
+    size, frame count and their product are checked against the limits before decoding.
     """
     if num_frames < 1:
         raise MediaError(f"num_frames must be at least 1, got {num_frames}")
@@ -273,8 +353,14 @@ def load_video(source: str | os.PathLike | bytes | np.ndarray, *, num_frames: in
         return np.ascontiguousarray(source[_uniform_indices(source.shape[0], num_frames)])
     if not isinstance(source, (str, os.PathLike, bytes)):
         raise MediaError(f"cannot read a video from {type(source).__name__}; accepted: {VIDEO_FORMATS}")
-    image = _open_pil(source, VIDEO_FORMATS)
-    total = getattr(image, "n_frames", 1)
+    image = _open_pil(source, VIDEO_FORMATS, max_pixels=max_pixels)
+    try:
+        total = _check_animation(image, _name(source), max_frames=max_frames, max_video_pixels=max_video_pixels)
+    except MediaError:
+        raise
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise MediaError(f"media file {_name(source)} is not a readable animation ({e})") from None
+    _decode(image, source, VIDEO_FORMATS)
     wanted = set(_uniform_indices(total, num_frames))
     frames = []
     try:
@@ -282,6 +368,8 @@ def load_video(source: str | os.PathLike | bytes | np.ndarray, *, num_frames: in
         for index, frame in enumerate(ImageSequence.Iterator(image)):
             if index in wanted:
                 frames.append(_to_rgb(frame))
+            if len(frames) == len(wanted):
+                break
     except (OSError, ValueError, EOFError) as e:
         raise MediaError(f"media file {_name(source)}: frame {len(frames)} is unreadable ({e})") from None
     if not frames or len({f.shape for f in frames}) != 1:
