@@ -1,4 +1,4 @@
-"""A SentencePiece BPE tokenizer with the reserved ids of `config.py`.
+"""A SentencePiece BPE tokenizer with the reserved ids of `config/schema.py`.
 
 Layout (what `train_tokenizer` makes): pad 0, eos 1, bos 2, unk 3, then the user-defined
 symbols below from id 4 (turn markers, the three media placeholders, the media begin/end
@@ -39,7 +39,7 @@ START_OF_IMAGE, END_OF_IMAGE = "<start_of_image>", "<end_of_image>"
 START_OF_VIDEO, END_OF_VIDEO = "<start_of_video>", "<end_of_video>"
 START_OF_AUDIO, END_OF_AUDIO = "<start_of_audio>", "<end_of_audio>"
 
-# The order fixes the ids (4, 5, ...): it must agree with config.py's constants.
+# The order fixes the ids (4, 5, ...): it must agree with config/schema.py's constants.
 SPECIAL_TOKENS = (
     START_OF_TURN, END_OF_TURN, IMAGE, FRAME, AUDIO,
     START_OF_IMAGE, END_OF_IMAGE, START_OF_VIDEO, END_OF_VIDEO, START_OF_AUDIO, END_OF_AUDIO,
