@@ -8,11 +8,13 @@ Routes: POST /v1/chat/completions (stream: true answers with server-sent events,
 lines ending in `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (JSON, or Prometheus
 text with ?format=prometheus).
 
-The engine runs in one background thread; a request's handler encodes its prompt (media
-decoding included) in a worker thread, submits it, and waits on an asyncio queue that the
-engine feeds after each step. So requests join the batch at its next step, and the event loop
-never blocks on the model. Admission is bounded: once every slot is busy and `max_queue`
-requests wait, a new one is refused with 429 at once rather than left to time out.
+The engine runs in one background thread; a request's handler reads the body, then parses,
+validates and encodes it (media decoding included, sized from headers first) in a small pool of
+worker threads, submits it, and waits on an asyncio queue that the engine feeds after each
+step. So requests join the batch at its next step, and the event loop never blocks on the
+model or on a large upload: /health answers while an image decodes. Admission is bounded: once
+every slot is busy and `max_queue` requests wait, a new one is refused with 429 at once rather
+than left to time out. No malformed request is a 500 (docs/serving.md lists the checks).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,11 +49,14 @@ from gemini_jax.data.tokenizer import TokenizerError
 from gemini_jax.sample.chat_api import (
     APIError,
     ChatRequest,
+    RequestLimits,
     chunk_body,
     completion_body,
     parse_chat_request,
 )
-from gemini_jax.sample.engine import Engine, Event, QueueFull
+from gemini_jax.sample.engine import Engine, Event, QueueFull, Row
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +65,8 @@ class ServerConfig:
     api_key: str | None = None  # None: no authentication
     max_request_bytes: int = 8 << 20  # a few images fit; a video would not (none is accepted over HTTP)
     default_max_tokens: int = 256  # when a request gives no max_tokens (also capped by the context)
+    max_image_pixels: int = 4096 * 4096  # per uploaded image, read from its header before decoding
+    media_workers: int = 2  # threads that parse, decode and encode requests, off the event loop
 
 
 @dataclasses.dataclass
@@ -96,6 +105,11 @@ class ChatServer:
         self.engine = engine
         self.config = config
         self.counters = _Counters()
+        audio = engine.config.audio
+        self.limits = RequestLimits(max_image_pixels=config.max_image_pixels,
+                                    max_audio_seconds=audio.max_seconds if audio else RequestLimits().max_audio_seconds)
+        # Bounded: a burst of uploads queues here instead of decoding in as many threads at once.
+        self._workers = ThreadPoolExecutor(max_workers=config.media_workers, thread_name_prefix="media-decode")
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -113,6 +127,7 @@ class ChatServer:
         try:
             yield
         finally:
+            self._workers.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(self.engine.close)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
@@ -163,14 +178,20 @@ class ChatServer:
     async def chat_completions(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            chat = parse_chat_request(await _read_body(request, self.config.max_request_bytes))
-            submitted, events = await self._submit(chat)
+            raw = await _read_body(request, self.config.max_request_bytes)
+            loop = asyncio.get_running_loop()
+            chat, row = await loop.run_in_executor(self._workers, self._prepare, raw)
+            submitted, events = self._submit(chat, row)
         except APIError as e:
             if e.status == 429:
                 self.counters.requests_refused += 1
             elif e.status < 500:
                 self.counters.requests_rejected += 1
             return _error(e)
+        except Exception:  # a bug, not the client's fault: an answer and a log, not a dropped connection
+            log.exception("preparing a chat request failed")
+            self.counters.requests_failed += 1
+            return _error(APIError(500, "internal error while preparing the request", type="server_error"))
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = chat.model or self.config.model_name
         if chat.stream:
@@ -191,16 +212,20 @@ class ChatServer:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _submit(self, chat: ChatRequest):
-        """Encodes (in a worker thread: media decoding is CPU work) and queues the prompt."""
-        engine = self.engine
+    def _prepare(self, raw: bytes) -> tuple[ChatRequest, Row]:
+        """The body parsed, checked and encoded: CPU work for a worker thread, never the event loop."""
+        chat = parse_chat_request(raw, limits=self.limits)
         try:
-            row = await run_in_threadpool(engine.encode, chat.example)
+            return chat, self.engine.encode(chat.example)
         except EncodeError as e:
             code = "context_length_exceeded" if "context" in str(e) else None
             raise APIError(400, str(e), param="messages", code=code) from None
         except (ExampleError, MediaError, TokenizerError) as e:
             raise APIError(400, str(e), param="messages") from None
+
+    def _submit(self, chat: ChatRequest, row: Row):
+        """Queues the encoded prompt with its token budget."""
+        engine = self.engine
         length = int(row["tokens"].shape[0])
         room = engine.max_len - length
         if chat.max_tokens is None:
