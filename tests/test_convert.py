@@ -278,6 +278,10 @@ BAD_INPUTS = {
     "an untied output layer": (
         lambda d: _edit_tensors(d, lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"] + 1)),
         ["lm_head.weight", "model.embed_tokens.weight"]),
+    "architectures not a list": (lambda d: _edit_config(d, architectures=5), ["config.json", "architectures", "5"]),
+    "a width that is a string": (lambda d: _edit_config(d, hidden_size="wide"), ["config.json", "hidden_size", "wide"]),
+    "fifty million layers": (lambda d: _edit_config(d, num_hidden_layers=50_000_000),
+                             ["config.json", "num_hidden_layers 50,000,000", "tensors"]),
     "a truncated file": (_truncate, ["model.safetensors", "truncated"]),
     "a missing shard": (_shard_index_names_a_missing_file,
                         ["model.safetensors.index.json", "model-00002-of-00002.safetensors"]),

@@ -182,6 +182,9 @@ def test_the_cli_names_what_is_wrong(runs, tmp_path, capsys):
     assert main(["quantize", "--checkpoint", str(float_run), "--out", str(tmp_path / "q"), "--group-size", "48"]) == 2
     assert "group size 48 does not divide" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()  # nothing is written before the weights are quantized
+    (tmp_path / "a-file").write_text("")
+    assert main(["quantize", "--checkpoint", str(float_run), "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_the_server_loads_float_and_quantized_runs(build_model, tok, runs):

@@ -61,6 +61,7 @@ from gemini_jax.convert.hf_dir import (
     read_json,
     read_tensors,
     require_new_or_empty,
+    stored_tensor_count,
     weight_files,
 )
 from gemini_jax.convert.tensor_map import TensorSpec, abstract_params, decoder_tensors, path_of, same
@@ -98,11 +99,18 @@ def import_run(
     config_path = hf_dir / CONFIG_FILE
     config = config_from_hf(read_json(config_path), source=config_path, dtype=dtype)
     check_tokenizer(hf_dir / TOKENIZER_FILE, vocab_size=config.vocab_size)
+    files = weight_files(hf_dir)
+    stored = stored_tensor_count(files)
+    # Every layer stores several tensors: a depth above the count is a wrong config.json, and
+    # listing its tensors would take minutes and all memory before any tensor is read.
+    if config.depth > stored:
+        raise ConversionError(f"{config_path}: num_hidden_layers {config.depth:,} cannot be: the weight files hold "
+                              f"{stored:,} tensors in all, and each layer has several")
 
     specs = tensors_for(config)
     expected = {spec.hf_name: spec.hf_shape for spec in specs}
     expected[TIED_HEAD] = (config.vocab_size, config.width)
-    tensors = read_tensors(weight_files(hf_dir), expected, model=model, embedding=embedding, rename=rename)
+    tensors = read_tensors(files, expected, model=model, embedding=embedding, rename=rename)
     _write_run(run_dir, config=config, specs=specs, tensors=tensors, hf_dir=hf_dir,
                source=f"huggingface {architecture}")
     return config

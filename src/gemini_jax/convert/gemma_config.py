@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gemini_jax.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, ModelConfig, PromptAttention
-from gemini_jax.convert.hf_dir import ConversionError
+from gemini_jax.convert.hf_dir import ConversionError, architectures as hf_architectures
 
 ARCHITECTURE = "GemmaForCausalLM"
 MODEL_TYPE = "gemma"
@@ -27,7 +27,7 @@ def config_from_hf(values: dict[str, Any], *, source: Path, dtype: str) -> Model
     def refuse(why: str) -> ConversionError:
         return ConversionError(f"{source}: {why}")
 
-    architectures = values.get("architectures") or []
+    architectures = hf_architectures(values, source=source)
     model_type = values.get("model_type")
     # Saved configs name the class; a hand-written one may give only the model type.
     supported = architectures == [ARCHITECTURE] if architectures else model_type == MODEL_TYPE

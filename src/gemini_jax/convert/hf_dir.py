@@ -92,6 +92,27 @@ def _safetensors_error(path: Path, error: Exception) -> ConversionError:
     return ConversionError(f"{path}: cannot read this safetensors file, it may be truncated or damaged ({error})")
 
 
+def architectures(values: dict[str, Any], *, source: Path) -> list[str]:
+    """config.json's "architectures": a list of class names (absent: none)."""
+    found = values.get("architectures") or []
+    if not isinstance(found, list) or not all(isinstance(name, str) for name in found):
+        raise ConversionError(f"{source}: \"architectures\" must be a list of class names, e.g. "
+                              f"[\"GemmaForCausalLM\"], got {found!r:.80}")
+    return found
+
+
+def stored_tensor_count(files: list[Path]) -> int:
+    """How many tensors the weight files hold, from their headers alone."""
+    count = 0
+    for path in files:
+        try:
+            with safe_open(path, framework="np") as f:
+                count += len(f.keys())
+        except SafetensorError as e:
+            raise _safetensors_error(path, e) from None
+    return count
+
+
 def read_tensors(
     files: list[Path], expected: dict[str, tuple[int, ...]], *, model: str, embedding: str,
     rename: Callable[[str], str | None],

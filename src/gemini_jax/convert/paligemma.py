@@ -56,7 +56,7 @@ from gemini_jax.config import (
 )
 from gemini_jax.convert import gemma
 from gemini_jax.convert.gemma_config import Refuse, decoder_config_from_hf
-from gemini_jax.convert.hf_dir import CONFIG_FILE, ConversionError, read_json
+from gemini_jax.convert.hf_dir import CONFIG_FILE, ConversionError, architectures, read_json
 from gemini_jax.convert.tensor_map import AS_IS, TRANSPOSED, TensorSpec, decoder_tensors
 
 ARCHITECTURE = "PaliGemmaForConditionalGeneration"
@@ -252,6 +252,7 @@ def import_hf(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, dtype: s
     if not Path(hf_dir).is_dir():
         raise ConversionError(f"Hugging Face directory {str(hf_dir)!r} does not exist")
     values = read_json(config_path)
+    architectures(values, source=config_path)  # a list of names, or a clear error
     if is_paligemma(values):
         return import_paligemma(hf_dir, run_dir, dtype=dtype)
     if gemma.ARCHITECTURE in (values.get("architectures") or []) or values.get("model_type") == gemma.MODEL_TYPE:

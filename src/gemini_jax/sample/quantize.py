@@ -34,6 +34,8 @@ def quantize_run(source: str | os.PathLike, out: str | os.PathLike, *, group_siz
     source, out = Path(source), Path(out)
     if checkpoint.read_quantization(source) is not None:
         raise checkpoint.CheckpointError(f"{str(source)!r} is already quantized; quantize the float run it came from")
+    if out.exists() and not out.is_dir():
+        raise checkpoint.CheckpointError(f"--out {str(out)!r} is a file; give a new or empty directory")
     if out.exists() and any(out.iterdir()):
         raise checkpoint.CheckpointError(f"output directory {str(out)!r} exists and is not empty")
     config = checkpoint.read_config(source)
