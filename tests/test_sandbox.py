@@ -251,6 +251,8 @@ _CREATORS = {
 
 @pytest.mark.parametrize("creator", sorted(_CREATORS))
 def test_creating_files_outside_the_work_dir_fails(visible_dir, creator):
+    if creator != "sqlite3" and not isolation().jail:
+        pytest.skip("only the read-only filesystem stops mknod and mkfifo (they raise no audit event)")
     path = visible_dir / "created"
     limits = [FAST] + ([OS_ONLY] if isolation().jail else [])
     for limit in limits:
@@ -289,7 +291,7 @@ def test_the_work_dir_has_a_disk_quota():
 
 
 def test_the_program_runs_as_a_user_of_its_own():
-    if not isolation().root:
+    if not isolation().own_uid:
         pytest.skip("only root can give the program another user")
     source = "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\nopen('/etc/shadow').read()"
     result = run_program(source, limits=OS_ONLY)

@@ -10,6 +10,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 _UNSHARE_CANDIDATES = (  # strongest first
@@ -29,8 +30,11 @@ class Isolation:
 
     unshare_flags: tuple[str, ...] | None  # network (+ PID, + mount, + user) namespaces via unshare(1)
     pids_cgroup: Path | None  # parent dir where a per-run pids cgroup can be made (root only)
-    nproc_rlimit: bool  # RLIMIT_NPROC bounds processes: always, since as root the program gets its own uid
-    root: bool  # the evaluator runs as root: the program runs as a fresh uid and gid that own no file
+    nproc_rlimit: bool  # RLIMIT_NPROC bounds processes (not for root, so only when the program has its own uid)
+    root: bool  # the evaluator runs as root
+    # The program runs as a fresh uid and gid that own no file: as root, when the jail can show it the
+    # interpreter or the interpreter's dirs are open to every user anyway.
+    own_uid: bool
 
     @property
     def jail(self) -> bool:
@@ -106,7 +110,15 @@ def _probe_pids_cgroup() -> Path | None:
 
 @functools.cache
 def isolation() -> Isolation:
-    return Isolation(
-        unshare_flags=_probe_unshare(), pids_cgroup=_probe_pids_cgroup(), nproc_rlimit=True,
-        root=os.geteuid() == 0,
-    )
+    flags, root = _probe_unshare(), os.geteuid() == 0
+    jail = flags is not None and "-m" in flags
+    own_uid = root and (jail or all(_open_to_all(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)))
+    return Isolation(unshare_flags=flags, pids_cgroup=_probe_pids_cgroup(), nproc_rlimit=own_uid or not root,
+                     root=root, own_uid=own_uid)
+
+
+def _open_to_all(path: str) -> bool:
+    """Whether every user may enter each directory down to `path`."""
+    path = os.path.realpath(path)
+    parts = [p for p in path.split("/") if p]
+    return all(os.stat("/" + "/".join(parts[:i])).st_mode & 0o001 for i in range(1, len(parts) + 1))

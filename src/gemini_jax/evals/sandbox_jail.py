@@ -87,8 +87,8 @@ def _remount_read_only(*, writable: str) -> None:
 
 
 def _drop(uid: int, gid: int) -> None:
-    if os.geteuid() != 0:
-        return  # an ordinary user already: nothing to give up
+    if os.geteuid() != 0 or uid == 0:
+        return  # an ordinary user already, or root without a jail that could show a new user the interpreter
     if _in_initial_user_namespace():
         os.setgroups([])
         os.setgid(gid)

@@ -89,12 +89,12 @@ class RunDir:
         self.limits, self.iso = limits, iso
         self.root = Path(tempfile.mkdtemp(prefix="gemini-jax-sandbox-"))
         self.work = self.root / "work"
-        self.uid = _FIRST_RUN_UID + secrets.randbelow(_RUN_UIDS) if iso.root else os.getuid()
+        self.uid = _FIRST_RUN_UID + secrets.randbelow(_RUN_UIDS) if iso.own_uid else os.getuid()
         self.cgroup: Path | None = None
         try:
             self.root.chmod(0o711)  # the program's user passes through to its work dir, sees nothing else
             self.work.mkdir(mode=0o700)
-            if iso.root:
+            if iso.own_uid:
                 os.chown(self.work, self.uid, self.uid)
             self.write_private("program.py", source.encode("utf-8"))
             if iso.pids_cgroup is not None:
@@ -116,7 +116,7 @@ class RunDir:
         """Starts `command` in its own session; output to root/<name>.out and .err (root-only)."""
         if sandboxed:
             # As root the program is alone under its uid; otherwise it shares the count with the user.
-            nproc = self.limits.max_processes if self.iso.root else _user_process_count() + self.limits.max_processes
+            nproc = self.limits.max_processes if self.iso.own_uid else _user_process_count() + self.limits.max_processes
             preexec = _preexec(self.limits, self.cgroup, nproc)
         else:
             preexec = _preexec(self.limits, None, None)
