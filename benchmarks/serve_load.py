@@ -1,7 +1,7 @@
 """Load on `gemini-jax serve`: many concurrent clients, every answer checked (prints JSON).
 
     python benchmarks/serve_load.py [--clients 256] [--slots 16] [--max-queue 64] [--max-tokens 8]
-                                    [--checkpoint RUN_DIR] [--time-limit 300]
+                                    [--checkpoint RUN_DIR] [--time-limit 300] [--mixed --hostile 64]
 
 Starts the HTTP server on loopback (uvicorn in a subprocess: clients in the same process
 would compete with it for the GIL and measure themselves) with the demo preset's model at random
@@ -10,6 +10,13 @@ with one greedy request drawn from a set of varied prompts (some with an image),
 each answer against `Sampler`'s direct greedy output for the same prompt, one prompt at a time:
 an answer from another request, a lost one or a corrupted one counts as mismatched; a 429 is a
 refusal. Compilation is warmed up first (one request per prompt shape) and timed apart.
+
+--mixed fires the same valid requests alone, then while --hostile requests arrive at the same
+moment from another process (an hour of FLAC, 10000 and 14000 pixel-square PNGs of a few KB,
+NaN, Infinity, 10^10, a lone surrogate, 100,000 nested brackets, broken JSON), --rounds times
+each, and reports the valid requests' p99 latency in both and the ratio of their medians, every
+5xx (there must be none), the hostile requests' statuses, the server's peak memory (resident
+set, sampled, and the kernel's high-water mark) and whether every valid answer is right.
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ import base64
 import inspect
 import io
 import json
+import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -141,16 +152,17 @@ def start_server(args: argparse.Namespace, tokenizer_path: str | None, port: int
     raise RuntimeError("the server did not answer /health within 300 s")
 
 
-async def fire(url: str, bodies: list[dict], *, time_limit: float) -> list[tuple[int, str, int, float]]:
-    """All requests at once: (status, text, completion tokens, latency s) each; status 0 = no answer."""
+async def fire(url: str, bodies: list[bytes], *, time_limit: float) -> list[tuple[int, str, int, float]]:
+    """All requests at once (JSON bodies, as bytes): (status, text, completion tokens, latency s)
+    each; status 0 = no answer."""
     import httpx
 
     limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
     async with httpx.AsyncClient(timeout=time_limit, limits=limits) as client:
-        async def one(body):
+        async def one(body: bytes):
             start = time.perf_counter()
             try:
-                response = await client.post(url, json=body)
+                response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
             except httpx.HTTPError as e:
                 return 0, f"{type(e).__name__}: {e}", 0, time.perf_counter() - start
             latency = time.perf_counter() - start
@@ -162,7 +174,174 @@ async def fire(url: str, bodies: list[dict], *, time_limit: float) -> list[tuple
         return await asyncio.wait_for(asyncio.gather(*(one(b) for b in bodies)), time_limit)
 
 
-def main() -> None:
+# -- the mixed mode: hostile requests among valid ones ---------------------------------------------
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit black PNG: a few KB that decode to width x height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def silent_flac(seconds: int) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(buffer, "w", samplerate=16_000, channels=1, format="FLAC") as out:
+        for _ in range(seconds // 10):
+            out.write(np.zeros(160_000, np.int16))
+    return buffer.getvalue()
+
+
+HOSTILE_KINDS = ("audio_1h_flac", "image_10000px_png", "image_14000px_png", "top_p_nan", "temperature_infinity",
+                 "top_k_1e10", "lone_surrogate", "nested_100k", "not_json")
+
+
+def hostile_kinds() -> dict[str, bytes]:
+    """Request bodies that must each be refused with a 4xx, quickly, without disturbing the rest."""
+    def media_body(part: dict) -> bytes:
+        return json.dumps({"messages": [{"role": "user", "content": [part]}], "max_tokens": 2}).encode()
+
+    def png(width: int) -> bytes:
+        url = "data:image/png;base64," + base64.b64encode(bomb_png(width, width)).decode()
+        return media_body({"type": "image_url", "image_url": {"url": url}})
+
+    def raw(extra: str, content: str = '"Is it red?"') -> bytes:
+        return f'{{"messages": [{{"role": "user", "content": {content}}}], "max_tokens": 2{extra}}}'.encode()
+
+    audio = {"data": base64.b64encode(silent_flac(3600)).decode(), "format": "flac"}
+    return {
+        "audio_1h_flac": media_body({"type": "input_audio", "input_audio": audio}),
+        "image_10000px_png": png(10_000), "image_14000px_png": png(14_000),
+        "top_p_nan": raw(', "top_p": NaN'), "temperature_infinity": raw(', "temperature": Infinity'),
+        "top_k_1e10": raw(', "top_k": 10000000000'), "lone_surrogate": raw("", '"\\ud800"'),
+        "nested_100k": raw(', "x": ' + "[" * 100_000 + "]" * 100_000), "not_json": b"{not json",
+    }
+
+
+class ServerUsage:
+    """The server's resident set, sampled every 20 ms while running, and the CPU seconds it spent
+    (Linux /proc; zeros elsewhere)."""
+
+    def __init__(self, pid: int):
+        self.path, self.peak_kib, self._stop = f"/proc/{pid}/status", 0, threading.Event()
+        self.cpu_s = 0.0
+
+    def cpu(self) -> float:
+        try:
+            with open(self.path.replace("status", "stat")) as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def read(self, field: str) -> int | None:
+        try:
+            with open(self.path) as status:
+                return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+        except (OSError, StopIteration):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_kib = max(self.peak_kib, self.read("VmRSS") or 0)
+
+    def __enter__(self) -> "ServerUsage":
+        self.peak_kib, self._cpu_start = self.read("VmRSS") or 0, self.cpu()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cpu_s = self.cpu() - self._cpu_start
+
+
+def selected_kinds(args: argparse.Namespace) -> list[str]:
+    kinds = list(HOSTILE_KINDS)
+    if args.hostile_kinds is not None:
+        unknown = set(args.hostile_kinds) - set(kinds)
+        if unknown:
+            raise SystemExit(f"--hostile-kinds: unknown {sorted(unknown)}; known: {list(HOSTILE_KINDS)}")
+        kinds = [k for k in kinds if k in args.hostile_kinds]
+    return [kinds[i % len(kinds)] for i in range(args.hostile)]
+
+
+def attack_child(args: argparse.Namespace) -> None:
+    """The hostile clients, in their own process as real ones would be: they fire when the parent
+    writes a line, then print (kind, status, latency s) of each request as JSON."""
+    names = selected_kinds(args)
+    bodies = hostile_kinds()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    results = asyncio.run(fire(args.attack_url, [bodies[name] for name in names], time_limit=args.time_limit))
+    print(json.dumps([[name, r[0], r[3]] for name, r in zip(names, results)]), flush=True)
+
+
+def attacked(args: argparse.Namespace, url: str, valid: list[bytes]) -> tuple[list, list]:
+    """The valid requests' results, fired while the hostile process fires its own, and its results."""
+    command = [sys.executable, __file__, "--attack-url", url, "--hostile", str(args.hostile),
+               "--time-limit", str(args.time_limit)] + (["--hostile-kinds", *args.hostile_kinds]
+                                                        if args.hostile_kinds else [])
+    attacker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if attacker.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the hostile clients did not start (status {attacker.wait()})")
+    attacker.stdin.write("go\n")
+    attacker.stdin.flush()
+    results = asyncio.run(fire(url, valid, time_limit=args.time_limit))
+    hostile, _ = attacker.communicate(timeout=args.time_limit)
+    return results, json.loads(hostile)
+
+
+def mixed_runs(args: argparse.Namespace, url: str, pid: int, valid: list[bytes], picks, expected) -> dict:
+    """The valid load alone, then the same load while `args.hostile` hostile requests arrive from
+    another process, in `args.rounds` alternating pairs (p99s compared by their medians: one run
+    on a shared machine is noisy)."""
+    runs: dict[str, list[dict]] = {"all_valid": [], "mixed_valid": []}
+    statuses: dict[str, dict[int, int]] = {}
+    fives, unanswered, hostile_max, memory = 0, 0, 0.0, {"all_valid": 0, "mixed_valid": 0}
+    cpu: dict[str, list[float]] = {"all_valid": [], "mixed_valid": []}
+    for _ in range(args.rounds):
+        for run in runs:
+            with ServerUsage(pid) as peak:
+                if run == "all_valid":
+                    results, hostile = asyncio.run(fire(url, valid, time_limit=args.time_limit)), []
+                else:
+                    results, hostile = attacked(args, url, valid)
+            memory[run] = max(memory[run], peak.peak_kib)
+            cpu[run].append(peak.cpu_s)
+            for name, status, latency in hostile:
+                statuses.setdefault(name, {}).setdefault(status, 0)
+                statuses[name][status] += 1
+                hostile_max = max(hostile_max, latency)
+            fives += sum(r[0] >= 500 for r in results) + sum(h[1] >= 500 for h in hostile)
+            unanswered += sum(r[0] == 0 for r in results) + sum(h[1] == 0 for h in hostile)
+            runs[run].append(summary(results, picks, expected))
+    p99 = {run: statistics.median(r["latency_p99_s"] or float("nan") for r in rounds) for run, rounds in runs.items()}
+    return {
+        "mode": "mixed", "valid_requests": len(valid), "hostile_requests": args.hostile, "rounds": args.rounds,
+        "valid_p99_s_per_round": {run: [r["latency_p99_s"] for r in rounds] for run, rounds in runs.items()},
+        "valid_p99_s_median": p99,
+        "p99_ratio_mixed_to_all_valid": round(p99["mixed_valid"] / p99["all_valid"], 2),
+        "server_5xx": fives, "no_answer": unanswered,
+        "every_valid_answer_right": all(r["ok"] == len(valid) for rounds in runs.values() for r in rounds),
+        "refused_429": {run: sum(r["refused"] for r in rounds) for run, rounds in runs.items()},
+        "hostile_statuses": statuses, "hostile_latency_max_s": round(hostile_max, 3),
+        "server_cpu_s_median": {run: round(statistics.median(values), 2) for run, values in cpu.items()},
+        "server_peak_rss_mib": {**{run: round(kib / 1024, 1) for run, kib in memory.items()},
+                                "lifetime_high_water": round((ServerUsage(pid).read("VmHWM") or 0) / 1024, 1)},
+        "examples_failed": [e for rounds in runs.values() for r in rounds for e in r["examples_failed"]][:3],
+    }
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a run directory (default: random demo weights)")
     parser.add_argument("--preset", default="demo", help="preset of the random-weight model")
@@ -176,11 +355,41 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds for the whole load")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval of the server process (default: Python's 5 ms)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="run the valid load alone, then mixed with hostile requests, and compare")
+    parser.add_argument("--hostile", type=int, default=64, help="hostile requests in the mixed run")
+    parser.add_argument("--hostile-kinds", nargs="+", default=None, help="only these kinds (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating all-valid and mixed runs")
     parser.add_argument("--serve-port", type=int, default=None, help=argparse.SUPPRESS)  # the child's mode
     parser.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--attack-url", default=None, help=argparse.SUPPRESS)  # the hostile clients' mode
+    return parser.parse_args()
+
+
+def summary(results, picks, expected) -> dict:
+    """Counts and latencies of the valid requests of one run (`picks`: their prompts' indices)."""
+    ok = [r for r, i in zip(results, picks) if r[0] == 200 and r[1] == expected[i]]
+    mismatched = [(int(i), r[1], expected[i]) for r, i in zip(results, picks) if r[0] == 200 and r[1] != expected[i]]
+    failed = [(r[0], r[1][:200]) for r in results if r[0] not in (200, 429)]
+    latencies = sorted(r[3] for r in results if r[0] == 200)
+    return {
+        "requests": len(results), "ok": len(ok), "refused": sum(r[0] == 429 for r in results),
+        "mismatched": len(mismatched), "failed": len(failed),
+        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
+        "latency_p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3)
+        if latencies else None,
+        "tokens": sum(r[2] for r in results if r[0] == 200),
+        "examples_mismatched": mismatched[:3], "examples_failed": failed[:3],
+    }
+
+
+def main() -> None:
+    args = parse_args()
     if args.serve_port is not None:
         serve_child(args)
+        return
+    if args.attack_url is not None:
+        attack_child(args)
         return
 
     from gemini_jax.sample.server import load_run
@@ -194,36 +403,37 @@ def main() -> None:
 
     server = start_server(args, getattr(tokenizer, "path", None), port := free_port())
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    bodies = [request_body(*item, args.max_tokens) for item in items]
+    bodies = [json.dumps(request_body(*item, args.max_tokens)).encode() for item in items]
+    picks = np.random.default_rng(1).integers(0, len(items), args.clients)
     try:
         start = time.perf_counter()
         asyncio.run(fire(url, bodies, time_limit=args.time_limit))  # compiles every prompt shape once
         warmup_s = time.perf_counter() - start
-        picks = np.random.default_rng(1).integers(0, len(items), args.clients)
-        start = time.perf_counter()
-        results = asyncio.run(fire(url, [bodies[i] for i in picks], time_limit=args.time_limit))
-        wall = time.perf_counter() - start
+        if args.mixed:
+            report = mixed_runs(args, url, server.pid, [bodies[i] for i in picks], picks, expected)
+        else:
+            start = time.perf_counter()
+            results = asyncio.run(fire(url, [bodies[i] for i in picks], time_limit=args.time_limit))
+            wall = time.perf_counter() - start
     finally:
         server.terminate()
         server.wait(30)
 
-    ok = [r for r, i in zip(results, picks) if r[0] == 200 and r[1] == expected[i]]
-    mismatched = [(int(i), r[1], expected[i]) for r, i in zip(results, picks) if r[0] == 200 and r[1] != expected[i]]
-    refused = sum(r[0] == 429 for r in results)
-    failed = [(r[0], r[1][:200]) for r in results if r[0] not in (200, 429)]
-    latencies = sorted(r[3] for r in results if r[0] == 200)
-    tokens = sum(r[2] for r in results if r[0] == 200)
+    common = {"distinct_prompts": len(items), "slots": args.slots, "max_queue": args.max_queue,
+              "max_tokens": args.max_tokens, "model": args.checkpoint or f"{args.preset} (random weights)"}
+    if args.mixed:
+        print(json.dumps({**report, **common, "setup_s": round(setup_s, 1), "warmup_s": round(warmup_s, 1)},
+                         indent=2))
+        return
+    run = summary(results, picks, expected)
+    latency_count = sum(r[0] == 200 for r in results)
     print(json.dumps({
-        "requests": len(results), "ok": len(ok), "refused": refused, "mismatched": len(mismatched),
-        "failed": len(failed), "distinct_prompts": len(items), "slots": args.slots, "max_queue": args.max_queue,
-        "max_tokens": args.max_tokens, "model": args.checkpoint or f"{args.preset} (random weights)",
-        "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 2),
-        "tokens_per_s": round(tokens / wall, 1),
-        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
-        "latency_p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3)
-        if latencies else None,
+        **{k: run[k] for k in ("requests", "ok", "refused", "mismatched", "failed")}, **common,
+        "wall_s": round(wall, 2), "requests_per_s": round(latency_count / wall, 2),
+        "tokens_per_s": round(run["tokens"] / wall, 1),
+        "latency_p50_s": run["latency_p50_s"], "latency_p99_s": run["latency_p99_s"],
         "setup_s": round(setup_s, 1), "warmup_s": round(warmup_s, 1),
-        "examples_mismatched": mismatched[:3], "examples_failed": failed[:3],
+        "examples_mismatched": run["examples_mismatched"], "examples_failed": run["examples_failed"],
     }, indent=2))
 
 

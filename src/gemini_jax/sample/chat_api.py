@@ -50,7 +50,9 @@ _SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong, _SHOW.maxlist, _
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestLimits:
-    max_depth: int = 16  # a chat request nests 6 deep; the JSON parser recurses per level
+    """What one request may hold; over a limit is refused before the work it would cost."""
+
+    max_depth: int = 32  # a chat request nests 6 deep; room for clients' tool schemas, none for a bomb
     max_image_pixels: int = 4096 * 4096  # per image, read from its header before decoding
     max_audio_seconds: float = 30.0  # per clip, from its header (the server passes the model's)
 
