@@ -238,3 +238,13 @@ def test_running_the_demo_again_resumes_its_run(run):
     from gemini_jax.checkpoint import model_differences
 
     assert model_differences(json.loads(json.dumps(dataclasses.asdict(PRESETS["demo"]))), PRESETS["demo"]) == []
+
+
+def test_serve_hands_its_limits_and_step_to_the_server(monkeypatch):
+    from gemini_jax.sample import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda run_dir, **options: seen.update(options, run_dir=run_dir))
+    assert cli.main(["serve", "--checkpoint", "runs/x", "--step", "3", "--max-image-pixels", "100",
+                     "--media-workers", "3"]) == 0
+    assert (seen["run_dir"], seen["step"], seen["max_image_pixels"], seen["media_workers"]) == ("runs/x", 3, 100, 3)

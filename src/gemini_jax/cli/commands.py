@@ -107,6 +107,7 @@ def serve(args: argparse.Namespace) -> None:
 
     serve_run(args.checkpoint, host=args.host, port=args.port, slots=args.slots, max_queue=args.max_queue,
               max_request_bytes=args.max_request_bytes, max_len=args.max_len, step=args.step,
+              max_image_pixels=args.max_image_pixels, media_workers=args.media_workers,
               api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
 
 

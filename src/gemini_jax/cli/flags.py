@@ -234,6 +234,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=positive_int, default=8 << 20, help="larger request bodies get 413")
     p.add_argument("--step", type=non_negative_int, default=None,
                    help="the checkpoint step to serve (default: the latest)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096,
+                   help="larger uploaded images (width x height, read from the header) get 413")
+    p.add_argument("--media-workers", type=positive_int, default=2,
+                   help="threads that parse requests and decode their media, off the event loop")
     p.add_argument("--max-len", type=positive_int, default=None,
                    help="cache positions per slot, prompt + answer (default: the model's context)")
     p.add_argument("--api-key", default=None,

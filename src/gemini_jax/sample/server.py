@@ -298,7 +298,8 @@ def load_run(run_dir: str, *, step: int | None = None):
 
 def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 8, max_queue: int = 64,
           max_request_bytes: int = 8 << 20, api_key: str | None = None, max_len: int | None = None,
-          step: int | None = None) -> None:
+          step: int | None = None, max_image_pixels: int = ServerConfig.max_image_pixels,
+          media_workers: int = ServerConfig.media_workers) -> None:
     """Loads a run directory's model (at checkpoint `step`) and serves it until interrupted."""
     import uvicorn
 
@@ -312,5 +313,6 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
     except ValueError as e:  # the flags: slots, queue, cache length
         raise ConfigError(f"serve: {e}") from None
     name = run_dir.rstrip("/").split("/")[-1] or "gemini-jax"
-    server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes))
+    server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes,
+                                             max_image_pixels=max_image_pixels, media_workers=media_workers))
     uvicorn.run(server.app, host=host, port=port, log_level="info")
