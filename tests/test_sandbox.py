@@ -15,8 +15,9 @@ needs_jail = pytest.mark.skipif(not isolation().jail, reason="no mount namespace
 @pytest.fixture
 def visible_dir(request):
     """A writable dir the sandbox can see (the jail empties /tmp and the home dir)."""
-    path = request.config.cache.mkdir("sandbox-victims") / f"{os.getpid()}-{request.node.name}"
-    path.mkdir()
+    # Under the repository (outside /tmp and the home dir), also without pytest's cache plugin.
+    path = request.config.rootpath / ".pytest_cache" / "sandbox-victims" / f"{os.getpid()}-{request.node.name}"
+    path.mkdir(parents=True)
     path.chmod(0o777)  # writable for the program's own uid too: only the jail may stop it
     yield path
     for child in path.iterdir():

@@ -76,7 +76,8 @@ def test_garbage_on_the_reply_pipe_is_an_error():
 
 
 def test_hidden_dirs_look_empty(tmp_path, request):
-    secret_dir = request.config.cache.mkdir("sandbox-hidden")
+    secret_dir = request.config.rootpath / ".pytest_cache" / "sandbox-hidden"
+    secret_dir.mkdir(parents=True, exist_ok=True)
     (secret_dir / "answers.txt").write_text("42")
     program = f"import os\ndef f(x):\n    return sorted(os.listdir({str(secret_dir)!r}))\n"
     result = run_judged(program=program, entry_point="f", context=CONTEXT, tests="assert f(0) == []",
