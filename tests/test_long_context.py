@@ -20,8 +20,8 @@ from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals.tasks import nll_position, retrieval
 from gemini_jax.recipes import long_context, train_and_evaluate
-from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train import TrainConfig, Trainer
+from gemini_jax.train.optimizer import OptimizerConfig
 
 SPEC = kv.RetrievalSpec(num_pairs=5, key_digits=3, value_digits=4)
 FILLER = inspect.getsource(textwrap)

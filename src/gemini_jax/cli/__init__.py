@@ -22,7 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
-from gemini_jax.cli.flags import BENCHMARK_TASKS, DEMO_TASKS, LONG_CONTEXT_TASKS, build_parser
+from gemini_jax.cli.flags import (
+    BENCHMARK_TASKS,
+    DEMO_TASKS,
+    LONG_CONTEXT_TASKS,
+    build_parser,
+)
 
 __all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "build_parser", "entry", "huge_pages_environ",
            "main"]
@@ -33,11 +38,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gemini_jax.checkpoint import CheckpointError
     from gemini_jax.config import ConfigError
     from gemini_jax.convert.gemma import ConversionError
+    from gemini_jax.data.corpora.speech import SpeechError
     from gemini_jax.data.encode import EncodeError
     from gemini_jax.data.examples import ExampleError
     from gemini_jax.data.media import MediaError
     from gemini_jax.data.pipeline import DataError
-    from gemini_jax.data.corpora.speech import SpeechError
     from gemini_jax.data.tokenizer import TokenizerError
     from gemini_jax.evals.tasks.base import TaskDataError
     from gemini_jax.model.quant import QuantizationError

@@ -80,7 +80,13 @@ def distill(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from gemini_jax.evals.registry import DEFAULT_TASKS, EvalOptions, evaluate_run, format_results, refuse_unused_options
+    from gemini_jax.evals.registry import (
+        DEFAULT_TASKS,
+        EvalOptions,
+        evaluate_run,
+        format_results,
+        refuse_unused_options,
+    )
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
     options = EvalOptions(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,

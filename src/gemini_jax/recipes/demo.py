@@ -23,8 +23,8 @@ from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.recipes.demo_streams import demo_data
 from gemini_jax.recipes.runner import Setup, Timings
-from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.optimizer import OptimizerConfig
 
 TOKENIZER_RECIPE = 1  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
 QUICK_EVAL_LIMIT = 200  # test examples per task in the evaluations every `train.eval_every` steps

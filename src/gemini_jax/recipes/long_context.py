@@ -27,16 +27,26 @@ from typing import Any, ClassVar
 
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
-from gemini_jax.data.corpora.kv_retrieval import FillerSource, RetrievalSpec, TrainingRows, standard_library_files
+from gemini_jax.data.corpora.kv_retrieval import (
+    FillerSource,
+    RetrievalSpec,
+    TrainingRows,
+    standard_library_files,
+)
 from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.evals.registry import EvalOptions, EvalTask, evaluate, format_results
 from gemini_jax.evals.tasks import nll_position, retrieval
-from gemini_jax.evals.tasks.long_context import PLOT_FILE, KvRetrieval, NllByPosition, default_lengths
+from gemini_jax.evals.tasks.long_context import (
+    PLOT_FILE,
+    KvRetrieval,
+    NllByPosition,
+    default_lengths,
+)
 from gemini_jax.model import Gemini
 from gemini_jax.recipes.runner import Setup, Timings
-from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.optimizer import OptimizerConfig
 
 QUICK_RETRIEVAL_PER_CELL = 10  # held-out examples per position at seq_len, every `train.eval_every` steps
 QUICK_NLL_DOCUMENTS = 4  # held-out documents whose mean NLL is logged likewise

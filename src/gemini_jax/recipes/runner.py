@@ -16,7 +16,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,13 +128,3 @@ def recipe_as_json(recipe: Recipe) -> Any:
     """The recipe's fields as JSON (enums and paths as their strings)."""
     return json.loads(json.dumps(dataclasses.asdict(recipe), default=str))
 
-
-def refuse_unknown(recipe: Recipe, names: Sequence[str]) -> None:
-    """Raises a ConfigError naming the fields among `names` that this recipe does not have."""
-    from gemini_jax.config import ConfigError
-
-    fields = {f.name for f in dataclasses.fields(recipe)}
-    unknown = [name for name in names if name not in fields]
-    if unknown:
-        raise ConfigError(f"recipe {recipe.name!r} has no setting {', '.join(unknown)}; it has "
-                          f"{', '.join(sorted(fields))}")
