@@ -79,7 +79,9 @@ def test_hidden_dirs_look_empty(tmp_path, request):
     secret_dir = request.config.rootpath / ".pytest_cache" / "sandbox-hidden"
     secret_dir.mkdir(parents=True, exist_ok=True)
     (secret_dir / "answers.txt").write_text("42")
-    program = f"import os\ndef f(x):\n    return sorted(os.listdir({str(secret_dir)!r}))\n"
+    # Where the repository lies under /tmp, the jail's empty /tmp hides the whole dir: also "nothing".
+    program = (f"import os\ndef f(x):\n    d = {str(secret_dir)!r}\n"
+               f"    return sorted(os.listdir(d)) if os.path.isdir(d) else []\n")
     result = run_judged(program=program, entry_point="f", context=CONTEXT, tests="assert f(0) == []",
                         limits=FAST, hidden=[secret_dir])
     from gemini_jax.evals.sandbox import isolation
