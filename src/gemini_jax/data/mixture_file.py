@@ -1,0 +1,207 @@
+"""A mixture file: which prepared data directories a run trains on, in what proportions, in
+which stages, scored by which metrics.
+
+    mixture = load_mixture("data/mixture.yaml")     # YAML (.yaml, .yml) or JSON (.json)
+    mixture.stage_steps(total_steps=1000)           # steps per stage, e.g. [800, 200]
+
+    sources:
+      digits: {path: prepared/digits}               # a prepared DATA_DIR, relative to this file
+      text:   {path: prepared/stdlib, seq_len: 128, batch_size: 16}
+    stages:                                         # optional; without it, one stage of `weights`
+      - {until: 0.8, weights: {digits: 1.0, text: 1.0}}   # until: a share of the steps (<= 1) or a step (> 1)
+      - {weights: {digits: 3.0}}                    # the last stage has no `until`; a stage may drop a source
+    weights: {digits: 1.0, text: 0.5}               # when there are no stages (default: 1 each)
+    metrics: [exact_match]                          # scored on validation during training, test at the end
+    eval:                                           # optional held-out sets for the final evaluation
+      digits_test: test.jsonl                       # a contents-format JSONL file, or a prepared DATA_DIR (its test split)
+
+Every mistake is a MixtureError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gemini_jax.data.records import DataError
+
+MANIFEST_FILE = "manifest.json"
+METRICS = ("exact_match", "loss", "perplexity")  # what the prepared-data evaluation computes
+_TOP_KEYS = ("sources", "weights", "stages", "metrics", "eval")
+_SOURCE_KEYS = ("path", "seq_len", "batch_size")
+_STAGE_KEYS = ("until", "weights")
+
+
+class MixtureError(DataError):
+    """A mixture file that cannot be used as written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path  # a prepared DATA_DIR
+    seq_len: int | None = None  # None: the recipe's
+    batch_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    weights: Mapping[str, float]  # source name -> share of the batches (the sources it names)
+    until: float | None = None  # a share of the steps (<= 1) or a step (> 1); None: the last stage
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    name: str
+    path: Path  # a .jsonl file, or a prepared DATA_DIR whose test split is read
+
+    @property
+    def is_jsonl(self) -> bool:
+        return self.path.is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    path: Path
+    sources: Mapping[str, Source]
+    stages: tuple[Stage, ...]
+    metrics: tuple[str, ...]
+    eval_sets: tuple[EvalSet, ...] = ()
+
+    def stage_steps(self, total_steps: int) -> list[int]:
+        """Steps each stage runs, the last taking the rest (shares are rounded down)."""
+        ends = [int(s.until * total_steps) if s.until <= 1 else int(s.until) for s in self.stages[:-1]]
+        if any(b <= a for a, b in zip([0, *ends], ends)) or (ends and ends[-1] >= total_steps):
+            raise MixtureError(f"{self.path}: stages end at steps {ends} of {total_steps}: each must end after "
+                               f"the one before it and before the last step (give more steps, or other `until`s)")
+        return [b - a for a, b in zip([0, *ends], [*ends, total_steps])]
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise MixtureError(f"mixture file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise MixtureError(f"{path}: not valid YAML: {e}") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MixtureError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    raise MixtureError(f"{path}: a mixture file is .yaml, .yml or .json")
+
+
+def _mapping(value: Any, where: str, *, keys: tuple[str, ...] | None = None) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise MixtureError(f"{where}: expected a mapping, got {value!r}")
+    unknown = [k for k in value if keys is not None and k not in keys]
+    if unknown:
+        raise MixtureError(f"{where}: unknown key(s) {unknown}; accepted: {list(keys)}")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MixtureError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _source(name: str, spec: Any, base: Path, where: str) -> Source:
+    if isinstance(spec, str):
+        spec = {"path": spec}
+    spec = _mapping(spec, where, keys=_SOURCE_KEYS)
+    if not isinstance(spec.get("path"), str):
+        raise MixtureError(f"{where}.path: expected the path of a prepared data directory")
+    path = base / spec["path"]
+    if not path.is_dir():
+        raise MixtureError(f"{where}.path: {str(path)!r} does not exist")
+    if not (path / MANIFEST_FILE).is_file():
+        raise MixtureError(f"{where}.path: {str(path)!r} is not a prepared data directory (no {MANIFEST_FILE}): "
+                           f"run `gemini-jax data prepare SOURCES... --out {path}` (to the end)")
+    sizes = {k: _positive_int(spec[k], f"{where}.{k}") for k in ("seq_len", "batch_size") if k in spec}
+    return Source(name=name, path=path, **sizes)
+
+
+def _weights(value: Any, sources: Mapping[str, Source], where: str) -> dict[str, float]:
+    weights = _mapping(value, where)
+    for name, weight in weights.items():
+        if name not in sources:
+            raise MixtureError(f"{where}.{name}: no source {name!r}; sources: {list(sources)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise MixtureError(f"{where}.{name}: a weight is a finite number above 0, got {weight!r} "
+                               f"(to drop a source, leave it out)")
+    return {name: float(weight) for name, weight in weights.items()}
+
+
+def _stages(data: dict, sources: Mapping[str, Source], where: str) -> tuple[Stage, ...]:
+    if "stages" not in data:
+        weights = data.get("weights", {name: 1.0 for name in sources})
+        return (Stage(weights=_weights(weights, sources, f"{where}: weights")),)
+    if "weights" in data:
+        raise MixtureError(f"{where}: give `weights` or `stages`, not both (each stage has its own weights)")
+    specs = data["stages"]
+    if not isinstance(specs, list) or not specs:
+        raise MixtureError(f"{where}: stages: expected a list of {{until, weights}}")
+    stages = []
+    for i, spec in enumerate(specs):
+        at = f"{where}: stages[{i}]"
+        spec = _mapping(spec, at, keys=_STAGE_KEYS)
+        until = spec.get("until")
+        last = i == len(specs) - 1
+        if last != (until is None):
+            raise MixtureError(f"{at}.until: every stage but the last needs `until`, and the last has none")
+        if until is not None and (isinstance(until, bool) or not isinstance(until, (int, float))
+                                  or not math.isfinite(until) or until <= 0 or (until > 1 and until != int(until))):
+            raise MixtureError(f"{at}.until: expected a share of the steps in (0, 1] or a whole step above 1, "
+                               f"got {until!r}")
+        if "weights" not in spec:
+            raise MixtureError(f"{at}: needs `weights`")
+        stages.append(Stage(weights=_weights(spec["weights"], sources, f"{at}.weights"), until=until))
+    bounds = [s.until for s in stages[:-1]]
+    for kind in (lambda u: u <= 1, lambda u: u > 1):  # shares and steps compare among themselves
+        same = [u for u in bounds if kind(u)]
+        if any(b <= a for a, b in zip(same, same[1:])):
+            raise MixtureError(f"{where}: stages' `until` must increase, got {bounds}")
+    return tuple(stages)
+
+
+def _eval_sets(value: Any, base: Path, where: str) -> tuple[EvalSet, ...]:
+    sets = []
+    for name, spec in _mapping(value, where).items():
+        if not isinstance(spec, str):
+            raise MixtureError(f"{where}.{name}: expected the path of a .jsonl file or a prepared data directory")
+        path = base / spec
+        if path.is_file() and path.suffix != ".jsonl":
+            raise MixtureError(f"{where}.{name}: {str(path)!r} is not a .jsonl file")
+        if not path.exists():
+            raise MixtureError(f"{where}.{name}: {str(path)!r} does not exist")
+        if path.is_dir() and not (path / MANIFEST_FILE).is_file():
+            raise MixtureError(f"{where}.{name}: {str(path)!r} is not a prepared data directory (no {MANIFEST_FILE})")
+        sets.append(EvalSet(name=str(name), path=path))
+    return tuple(sets)
+
+
+def load_mixture(path: str | Path) -> Mixture:
+    """Reads and checks a mixture file (see the module docstring for its keys)."""
+    path = Path(path)
+    data = _mapping(_read(path), str(path), keys=_TOP_KEYS)
+    where, base = str(path), path.parent
+    if "sources" not in data:
+        raise MixtureError(f"{where}: needs `sources` (name: {{path: PREPARED_DIR}})")
+    sources = {str(name): _source(str(name), spec, base, f"{where}: sources.{name}")
+               for name, spec in _mapping(data["sources"], f"{where}: sources").items()}
+    metrics = data.get("metrics", [])
+    if not isinstance(metrics, list) or any(m not in METRICS for m in metrics):
+        raise MixtureError(f"{where}: metrics: expected a list of {list(METRICS)}, got {metrics!r}")
+    eval_sets = _eval_sets(data["eval"], base, f"{where}: eval") if "eval" in data else ()
+    return Mixture(path=path, sources=sources, stages=_stages(data, sources, where), metrics=tuple(metrics),
+                   eval_sets=eval_sets)

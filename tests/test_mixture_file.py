@@ -1,0 +1,75 @@
+"""The mixture file: its schema, its stage arithmetic, and an error naming file and key for each mistake."""
+
+import json
+
+import pytest
+
+from gemini_jax.data.mixture_file import MixtureError, load_mixture
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Two prepared-looking directories (a manifest is what marks one complete) and an unfinished one."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "test.jsonl").write_text("")
+    return tmp_path
+
+
+def write(folder, data, name="mix.json"):
+    path = folder / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_weights_default_to_one_each(data):
+    mixture = load_mixture(write(data, {"sources": {"a": {"path": "a"}, "b": "b"}}))
+    assert [dict(s.weights) for s in mixture.stages] == [{"a": 1.0, "b": 1.0}]
+    assert mixture.sources["a"].path == data / "a"
+    assert mixture.stage_steps(10) == [10]
+
+
+def test_yaml_stages_by_share_and_step(data):
+    (data / "mix.yaml").write_text(
+        "sources:\n  a: {path: a, seq_len: 64, batch_size: 4}\n  b: {path: b}\n"
+        "stages:\n  - {until: 0.5, weights: {a: 1}}\n  - {until: 80, weights: {a: 1, b: 2}}\n"
+        "  - {weights: {b: 1}}\nmetrics: [exact_match]\neval: {held: test.jsonl, other: b}\n")
+    mixture = load_mixture(data / "mix.yaml")
+    assert mixture.sources["a"].seq_len == 64 and mixture.sources["a"].batch_size == 4
+    assert mixture.stage_steps(100) == [50, 30, 20]
+    assert mixture.metrics == ("exact_match",)
+    assert [(e.name, e.is_jsonl) for e in mixture.eval_sets] == [("held", True), ("other", False)]
+    with pytest.raises(MixtureError, match="stages end at steps"):
+        mixture.stage_steps(60)  # the step-80 boundary lies past the end
+
+
+@pytest.mark.parametrize("mixture, message", [
+    ({"sources": {"a": "a"}, "weights": {"c": 1}}, r"weights\.c: no source 'c'"),
+    ({"sources": {"a": "a"}, "weights": {"a": -1}}, r"weights\.a: a weight is a finite number above 0"),
+    ({"sources": {"a": "a"}, "weights": {"a": 0}}, r"weights\.a"),
+    ({"sources": {"a": "a"}, "weights": {"a": float("nan")}}, r"weights\.a"),
+    ({"sources": {"a": "missing"}}, r"sources\.a\.path: .*missing' does not exist"),
+    ({"sources": {"a": "unfinished"}}, r"sources\.a\.path: .*no manifest\.json.*data prepare"),
+    ({"sources": {"a": "a"}, "stages": [{"until": 0.5, "weights": {"a": 1}}, {"until": 0.4, "weights": {"a": 1}},
+                                        {"weights": {"a": 1}}]}, "must increase"),
+    ({"sources": {"a": "a"}, "stages": [{"weights": {"a": 1}}, {"weights": {"a": 1}}]}, r"stages\[0\]\.until"),
+    ({"sources": {"a": "a"}, "metrics": ["bleu"]}, "metrics: expected a list of"),
+    ({"sources": {"a": "a"}, "wieghts": {"a": 1}}, r"unknown key\(s\) \['wieghts'\]"),
+    ({"sources": {"a": {"path": "a", "seqlen": 3}}}, r"sources\.a: unknown key\(s\) \['seqlen'\]"),
+    ({"sources": {"a": {"path": "a", "seq_len": 0}}}, r"sources\.a\.seq_len: expected a positive integer"),
+    ({"sources": {"a": "a"}, "eval": {"x": "nope.jsonl"}}, r"eval\.x: .* does not exist"),
+])
+def test_mistakes_name_file_and_key(data, mixture, message):
+    path = write(data, mixture)
+    with pytest.raises(MixtureError, match=message) as error:
+        load_mixture(path)
+    assert str(path) in str(error.value)
+
+
+def test_unknown_extension_and_missing_file(data):
+    with pytest.raises(MixtureError, match="does not exist"):
+        load_mixture(data / "none.yaml")
+    with pytest.raises(MixtureError, match=".yaml, .yml or .json"):
+        load_mixture(write(data, {}, name="mix.toml"))
