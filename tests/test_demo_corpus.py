@@ -28,6 +28,8 @@ def test_counts_match_sizes(corpus):
     }
     for (task, split), count in expected.items():
         examples = corpus.examples(task, split)
+        if split == "train":  # the train file holds train and validation
+            examples = examples + corpus.examples(task, "validation")
         assert len(examples) == count, (task, split)
         assert all(isinstance(e, Example) and e.task == task for e in examples)
         assert corpus.manifest["counts"][task][split] == count
@@ -37,7 +39,7 @@ def test_counts_match_sizes(corpus):
 
 def test_vqa_examples_use_disjoint_images_of_the_wheel(corpus):
     images = {}
-    for split in demo.SPLITS:
+    for split in demo.READ_SPLITS:
         images[split] = set()
         for example in corpus.examples("vqa", split):
             user, model = example.contents
@@ -47,6 +49,7 @@ def test_vqa_examples_use_disjoint_images_of_the_wheel(corpus):
             assert os.path.isfile(user.parts[0].image) and "easy_vqa" in user.parts[0].image
             images[split].add(os.path.realpath(user.parts[0].image))
     assert images["train"] and images["test"] and not images["train"] & images["test"]
+    assert not images["validation"] & (images["train"] | images["test"])
 
 
 def test_asr_test_texts_and_voice_are_held_out(corpus):
@@ -67,7 +70,7 @@ def test_asr_test_texts_and_voice_are_held_out(corpus):
 
 def test_asr_numbers_are_spoken_as_words(corpus):
     words_to_number = {speech.number_words(n): n for n in range(10_000)}
-    numbers = [r for s in demo.SPLITS for r in corpus.records("asr", s) if r.kind == "number"]
+    numbers = [r for s in demo.READ_SPLITS for r in corpus.records("asr", s) if r.kind == "number"]
     assert numbers and all(r.meta["answer"] in words_to_number for r in numbers)
     for r in numbers:  # each number's split is the one its hash names
         split = "test" if demo.is_test(f"number:{words_to_number[r.meta['answer']]}") else "train"
@@ -77,7 +80,7 @@ def test_asr_numbers_are_spoken_as_words(corpus):
 def test_asr_build_is_bit_identical_run_to_run(corpus, tmp_path):
     again = DemoCorpus.build(tmp_path, sizes=TINY, progress=False)
     assert again.root != corpus.root
-    for split in demo.SPLITS:
+    for split in demo.READ_SPLITS:
         for a, b in zip(corpus.examples("asr", split), again.examples("asr", split), strict=True):
             with open(a.contents[0].parts[0].audio, "rb") as fa, open(b.contents[0].parts[0].audio, "rb") as fb:
                 assert fa.read() == fb.read()
@@ -85,9 +88,10 @@ def test_asr_build_is_bit_identical_run_to_run(corpus, tmp_path):
 
 def test_video_parameters_are_held_out_and_clips_reload(corpus):
     keys = {s: {json.dumps([r.meta["clip"], r.meta["params"]], sort_keys=True) for r in corpus.records("video", s)}
-            for s in demo.SPLITS}
-    assert len(keys["train"]) == TINY.video_train and len(keys["test"]) == TINY.video_test  # no duplicates
-    assert not keys["train"] & keys["test"]
+            for s in demo.READ_SPLITS}
+    assert len(keys["train"]) + len(keys["validation"]) == TINY.video_train  # no duplicates
+    assert len(keys["test"]) == TINY.video_test
+    assert not keys["train"] & keys["test"] and not keys["validation"] & (keys["train"] | keys["test"])
     records = corpus.records("video", "test")
     kinds = {r.kind for r in records}
     assert {"direction", "size"} <= kinds <= {"direction", "order_first", "order_last", "size"}
@@ -101,30 +105,48 @@ def test_video_parameters_are_held_out_and_clips_reload(corpus):
 
 
 def test_text_files_are_split_by_path(corpus):
-    paths = {s: {r.meta["path"] for r in corpus.records("text", s)} for s in demo.SPLITS}
-    assert not paths["train"] & paths["test"]
+    paths = {s: {r.meta["path"] for r in corpus.records("text", s)} for s in demo.READ_SPLITS}
+    assert not paths["train"] & paths["test"] and not paths["validation"] & (paths["train"] | paths["test"])
     example = corpus.examples("text", "train")[0]
     assert example.raw_text and example.train_on == "all" and example.task == "text"
     for record in corpus.records("text", "train"):  # only a single over-long line may exceed the limit
         assert len(record.meta["text"]) <= stdlib_text.TEXT_CHUNK_CHARS or record.meta["text"].count("\n") <= 1
 
 
-def test_tokenizer_corpus_knows_every_answer_word(corpus):
+def test_validation_is_carved_from_train_by_hash(corpus):
+    for task in demo.TASKS:
+        train, validation = corpus.records(task, "train"), corpus.records(task, "validation")
+        ids = {id(r.meta) for r in train}
+        assert not any(id(r.meta) in ids for r in validation)
+    # Every question about one image falls on the same side; so does every clip of one transcript.
+    assert not {r.meta["image_id"] for r in corpus.records("vqa", "train")} & {
+        r.meta["image_id"] for r in corpus.records("vqa", "validation")}
+    assert not {r.meta["answer"] for r in corpus.records("asr", "train")} & {
+        r.meta["answer"] for r in corpus.records("asr", "validation")}
+    big = DemoCorpus.build(corpus.root.parent, sizes=TINY, progress=False)
+    assert [r.meta for r in big.records("asr", "validation")] == [r.meta for r in corpus.records("asr", "validation")]
+
+
+def test_tokenizer_corpus_reads_train_only(corpus):
     lines = list(corpus.tokenizer_corpus())
-    words = set(" ".join(lines).split())
-    for split in demo.SPLITS:
-        for task in ("vqa", "asr", "video"):
-            for example in corpus.examples(task, split):
-                assert set(example.contents[1].parts[0].text.split()) <= words
+    text = "\n".join(lines)
+    words = set(text.split())
+    for task in ("vqa", "asr", "video"):
+        for example in corpus.examples(task, "train"):
+            assert set(example.contents[1].parts[0].text.split()) <= words
+    held_out = [r for task in ("asr",) for split in ("validation", "test") for r in corpus.records(task, split)]
+    assert held_out and not any(r.meta["prompt"] + r.meta["answer"] in lines for r in held_out)
+    assert not any(r.meta["answer"] in lines for r in corpus.records("asr", "test"))
     assert corpus.records("text", "train")[0].meta["text"] in lines
     assert corpus.records("text", "test")[0].meta["text"] not in lines
+    assert not any(r.meta["text"] in lines for r in corpus.records("text", "validation"))
 
 
 def test_unknown_task_or_split_names_the_accepted_values(corpus):
     with pytest.raises(ValueError, match="vqa, asr, video, text"):
         corpus.examples("speech", "train")
-    with pytest.raises(ValueError, match="train, test"):
-        corpus.examples("vqa", "validation")
+    with pytest.raises(ValueError, match="train, validation, test"):
+        corpus.examples("vqa", "dev")
 
 
 def test_sizes_are_checked():

@@ -168,3 +168,16 @@ def test_format_results_prints_each_family_as_before():
     assert format_results({**bench, **long}).split("\n\n") == [
         format_results(bench), "nll_by_position: mean NLL (nats/token) by tokens of context\n"
         "  nll@ctx=1            5.000\n  documents            2\n  length               32"]
+
+
+def test_demo_sets_on_validation_read_validation_records(run, corpus, tmp_path):
+    """What a recipe chooses on while it trains is validation; test is the final evaluation's."""
+    _, model, tokenizer = run
+    for split in ("validation", "test"):
+        records = tmp_path / f"{split}.jsonl"
+        tasks = [t for t in demo_sets.demo_sets(split=split) if t.name in ("asr", "text")]
+        results = evaluate(model, tokenizer, tasks, EvalOptions(progress=False, records=str(records)), corpus=corpus)
+        assert results["asr"]["examples"] == len(corpus.records("asr", split))
+        assert results["text"]["documents"] == len(corpus.records("text", split))
+        answers = {json.loads(line)["reference"] for line in records.read_text().splitlines()}
+        assert answers == {r.meta["answer"] for r in corpus.records("asr", split)}

@@ -62,7 +62,13 @@ def test_an_example_is_deterministic_and_asks_for_the_pair_at_its_position(tok, 
 def test_train_and_test_keys_and_text_are_kept_apart(tok, sources):
     train, test = sources
     train_keys, test_keys = set(kv.split_keys("train", 3)), set(kv.split_keys("test", 3))
-    assert not train_keys & test_keys and len(train_keys | test_keys) == 1000 and 50 < len(test_keys) < 150
+    validation_keys = set(kv.split_keys("validation", 3))
+    assert not train_keys & test_keys and not validation_keys & (train_keys | test_keys)
+    assert len(train_keys | validation_keys | test_keys) == 1000 and 50 < len(test_keys) < 150
+    assert 20 < len(validation_keys) < 80  # 5% of train's keys
+    validation = kv.FillerSource(FILLER, tok, split="validation")
+    assert all(k in validation_keys for e in kv.test_set(validation, lengths=[200], positions=[0.5], per_cell=3,
+                                                         spec=SPEC) for k, _ in e.pairs)
     examples = kv.test_set(test, lengths=[200, 260], positions=[0.0, 1.0], per_cell=3, spec=SPEC)
     assert len(examples) == 12 and {e.length for e in examples} == {200, 260}
     assert all(k in test_keys for e in examples for k, _ in e.pairs)

@@ -26,8 +26,8 @@ from gemini_jax.recipes.runner import Setup, Timings
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.optimizer import OptimizerConfig
 
-TOKENIZER_RECIPE = 1  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
-QUICK_EVAL_LIMIT = 200  # test examples per task in the evaluations every `train.eval_every` steps
+TOKENIZER_RECIPE = 2  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
+QUICK_EVAL_LIMIT = 200  # validation examples per task in the evaluations every `train.eval_every` steps
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,14 +86,16 @@ class DemoRecipe:
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
         with timings.phase("data_setup_s"):
             data = demo_data(corpus, tokenizer=tokenizer, config=config, recipe=self)
-        tasks = demo_sets(text_seq_len=self.text_seq_len)
+        tests = demo_sets(text_seq_len=self.text_seq_len)  # read once, by the final evaluation
+        validation = demo_sets(text_seq_len=self.text_seq_len, split="validation")
 
         def final(model: Gemini) -> dict[str, Any]:
             options = EvalOptions(limit=self.eval_limit, progress=self.train.progress)
-            return evaluate(model, tokenizer, tasks, options, corpus=corpus)
+            return evaluate(model, tokenizer, tests, options, corpus=corpus)
 
         def quick(model: Gemini) -> dict[str, Any]:
-            return evaluate(model, tokenizer, tasks, EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False), corpus=corpus)
+            options = EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False)
+            return evaluate(model, tokenizer, validation, options, corpus=corpus)
 
         return Setup(config=config, tokenizer=tokenizer, data=data, quick_evaluate=quick, evaluate=final,
                      format_results=format_results)

@@ -122,7 +122,7 @@ class RetrievalRecipe(_LongContextRecipe):
             data = TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=self.seq_len,
                                 batch_size=self.batch_size, seed=self.train.seed, spec=self.spec,
                                 queries=self.queries, short_steps=int(self.short_share * self.train.steps))
-        held_out = FillerSource.standard_library("test", tokenizer) if self.train.eval_every else None
+        held_out = FillerSource.standard_library("validation", tokenizer) if self.train.eval_every else None
 
         def quick(model: Gemini) -> dict[str, float]:
             scores = retrieval.evaluate(model, tokenizer, lengths=[self.seq_len], per_cell=QUICK_RETRIEVAL_PER_CELL,
@@ -153,8 +153,8 @@ class LongTextRecipe(_LongContextRecipe):
         with timings.phase("data_setup_s"):
             data = TextWindows(tokenizer.encode("".join(standard_library_files("train"))), seq_len=self.seq_len,
                                batch_size=self.batch_size, bos_id=tokenizer.bos_id, seed=self.train.seed)
-        held_out = (nll_position.held_out_documents(tokenizer, length=self.seq_len, count=QUICK_NLL_DOCUMENTS)
-                    if self.train.eval_every else None)
+        held_out = (nll_position.held_out_documents(tokenizer, length=self.seq_len, count=QUICK_NLL_DOCUMENTS,
+                                                    split="validation") if self.train.eval_every else None)
 
         def quick(model: Gemini) -> dict[str, float]:
             return {"nll": float(nll_position.nll_by_position(model, held_out, batch_size=4).mean())}

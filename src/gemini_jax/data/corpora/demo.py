@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from gemini_jax.data.corpora.demo_tasks import BUILDERS, DemoSizes, easy_vqa_data_dir
-from gemini_jax.data.corpora.held_out import SPLITS, is_test
+from gemini_jax.data.corpora.held_out import READ_SPLITS, SPLITS, is_test, is_validation
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
-__all__ = ["MANIFEST", "SPLITS", "TASKS", "VERSION", "DemoCorpus", "DemoRecord", "DemoSizes", "is_test"]
+__all__ = ["MANIFEST", "READ_SPLITS", "SPLITS", "TASKS", "VERSION", "DemoCorpus", "DemoRecord", "DemoSizes",
+           "is_test"]
 
 VERSION = 5
 TASKS = ("vqa", "asr", "video", "text")
@@ -111,22 +112,31 @@ class DemoCorpus:
         return corpus
 
     def records(self, task: str, split: str) -> list[DemoRecord]:
-        """Examples with their kind and parameters; task in TASKS, split in SPLITS."""
+        """Examples with their kind and parameters; task in TASKS, split in READ_SPLITS
+        ("train" is the train file without the validation items carved from it)."""
         _check(task=task, split=split)
         if (task, split) not in self._records:
-            media_root = easy_vqa_data_dir() if task == "vqa" else self.root
-            with open(self.root / f"{task}-{split}.jsonl", encoding="utf-8") as f:
-                self._records[task, split] = [_record(task, json.loads(line), media_root=media_root) for line in f]
+            if split == "test":
+                self._records[task, split] = self._read(task, "test")
+            else:
+                rows = self._read(task, "train")
+                for name in ("train", "validation"):
+                    self._records[task, name] = [r for r in rows if _is_validation(task, r.meta) == (name == "validation")]
         return self._records[task, split]
 
+    def _read(self, task: str, split: str) -> list[DemoRecord]:
+        media_root = easy_vqa_data_dir() if task == "vqa" else self.root
+        with open(self.root / f"{task}-{split}.jsonl", encoding="utf-8") as f:
+            return [_record(task, json.loads(line), media_root=media_root) for line in f]
+
     def examples(self, task: str, split: str) -> list[Example]:
-        """The examples of one task and split, in a fixed order; task in TASKS, split in SPLITS."""
+        """The examples of one task and split, in a fixed order; task in TASKS, split in READ_SPLITS."""
         return [record.example for record in self.records(task, split)]
 
     def tokenizer_corpus(self) -> Iterator[str]:
         """Raw text for tokenizer training: the training documents, every training prompt and
-        answer, and one line holding every answer word of both splits, so the tokenizer knows
-        each word a model may have to write (no test prompt or transcript is included)."""
+        answer, and one line holding every training answer word. Nothing of validation or test
+        is read: a word only they hold is written in smaller pieces."""
         for record in self.records("text", "train"):
             yield record.meta["text"]
         seen = set()
@@ -136,7 +146,7 @@ class DemoCorpus:
                     if line not in seen:
                         seen.add(line)
                         yield line
-        words = {w for task in ("vqa", "asr", "video") for split in SPLITS for r in self.records(task, split)
+        words = {w for task in ("vqa", "asr", "video") for r in self.records(task, "train")
                  for w in r.meta["answer"].split()}
         yield " ".join(sorted(words))
 
@@ -157,8 +167,19 @@ def _record(task: str, row: dict[str, Any], *, media_root: Path) -> DemoRecord:
 def _check(*, task: str, split: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown demo task {task!r}; accepted: {', '.join(TASKS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown demo split {split!r}; accepted: {', '.join(SPLITS)}")
+    if split not in READ_SPLITS:
+        raise ValueError(f"unknown demo split {split!r}; accepted: {', '.join(READ_SPLITS)}")
+
+
+# What identifies a training item for the validation rule: every question about one image, every
+# clip of one transcript, every chunk of one file falls on the same side.
+_VALIDATION_KEY = {"vqa": lambda m: f"image:{m['image_id']}", "asr": lambda m: f"transcript:{m['answer']}",
+                   "video": lambda m: "clip:" + json.dumps(m["params"], sort_keys=True),
+                   "text": lambda m: f"stdlib:{m['path']}"}
+
+
+def _is_validation(task: str, meta: Mapping[str, Any]) -> bool:
+    return is_validation(_VALIDATION_KEY[task](meta))
 
 
 def _subdir(sizes: DemoSizes) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from gemini_jax.data.corpora.held_out import is_test
+from gemini_jax.data.corpora.held_out import READ_SPLITS, is_test, is_validation
 from gemini_jax.data.corpora.stdlib_text import stdlib_sources
 from gemini_jax.data.tokenizer import Tokenizer
 
@@ -56,13 +56,24 @@ def is_test_key(key: str) -> bool:
     return is_test(f"kv-key:{key}")
 
 
+def _split_of(key: str) -> str:
+    """train, validation (carved from train) or test, by the demo's hash rules."""
+    if is_test(key):
+        return "test"
+    return "validation" if is_validation(key) else "train"
+
+
+def _check_split(split: str) -> None:
+    if split not in READ_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(READ_SPLITS)}, got {split!r}")
+
+
 @functools.cache
 def split_keys(split: str, digits: int) -> tuple[str, ...]:
-    """Every key of `digits` digits that belongs to `split` ("train" or "test")."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """Every key of `digits` digits that belongs to `split` (train, validation or test)."""
+    _check_split(split)
     keys = (f"{k:0{digits}d}" for k in range(10**digits))
-    return tuple(k for k in keys if is_test_key(k) == (split == "test"))
+    return tuple(k for k in keys if _split_of(f"kv-key:{k}") == split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,19 +119,16 @@ class RetrievalExample:
 
 
 def standard_library_files(split: str) -> list[str]:
-    """The texts of the standard-library files of the demo's `split` (train or held-out test)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES)
-            if is_test(f"stdlib:{path}") == (split == "test")]
+    """The texts of the standard-library files of the demo's `split` (train, validation or test)."""
+    _check_split(split)
+    return [text for path, text in stdlib_sources(max_bytes=STDLIB_BYTES) if _split_of(f"stdlib:{path}") == split]
 
 
 class FillerSource:
     """Lines of text with their token counts, from which fillers of a token budget are cut."""
 
     def __init__(self, text: str, tokenizer: Tokenizer, *, split: str):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        _check_split(split)
         self.split = split
         self.tokenizer = tokenizer
         self.lines = [line for line in text.splitlines(keepends=True) if line.strip()]
@@ -131,7 +139,7 @@ class FillerSource:
 
     @classmethod
     def standard_library(cls, split: str, tokenizer: Tokenizer) -> FillerSource:
-        """The standard-library files of the demo's `split` (train or held-out test), concatenated."""
+        """The standard-library files of the demo's `split` (train, validation or test), concatenated."""
         return cls("".join(standard_library_files(split)), tokenizer, split=split)
 
     def filler(self, rng: np.random.Generator, budget: int) -> list[str]:
@@ -208,13 +216,15 @@ def make_example(source: FillerSource, rng: np.random.Generator, *, length: int,
 def test_set(source: FillerSource, *, lengths: Sequence[int], positions: Sequence[float] = POSITIONS,
              per_cell: int, seed: int = 0, spec: RetrievalSpec = RetrievalSpec()) -> list[RetrievalExample]:
     """`per_cell` single-query examples for every (length, position), each cell from its own seed,
-    so a cell's examples do not change when other lengths or positions are asked for."""
-    if source.split != "test":
-        raise ValueError("the test set takes its filler from held-out text: give a 'test' FillerSource")
-    keys = split_keys("test", spec.key_digits)
+    so a cell's examples do not change when other lengths or positions are asked for. Filler and
+    keys come from the source's held-out split: test, or validation while a recipe trains."""
+    if source.split == "train":
+        raise ValueError("a held-out set takes its filler from held-out text: give a 'validation' or 'test' "
+                         "FillerSource")
+    keys = split_keys(source.split, spec.key_digits)
     if spec.num_pairs > len(keys):
-        raise ValueError(f"{spec.num_pairs} pairs need more distinct test keys than {len(keys)} of {spec.key_digits} "
-                         f"digits")
+        raise ValueError(f"{spec.num_pairs} pairs need more distinct {source.split} keys than {len(keys)} of "
+                         f"{spec.key_digits} digits")
     examples = []
     for length in lengths:
         for position in positions:

@@ -137,8 +137,10 @@ class _DemoSet(EvalTask):
     reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records"})
     default_batch_size: ClassVar[int] = 256
 
+    split: str  # "test" for the final evaluation; "validation" while a recipe trains and chooses
+
     def test_records(self, context: EvalContext) -> list:
-        return context.shared(demo_corpus).records(self.name, "test")[: context.options.limit]
+        return context.shared(demo_corpus).records(self.name, self.split)[: context.options.limit]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,6 +149,7 @@ class QuestionSet(_DemoSet):
 
     name: str
     max_new_tokens: int
+    split: str = "test"
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from tqdm.auto import tqdm
@@ -167,6 +170,7 @@ class CodePerplexity(_DemoSet):
     """The text set: loss and perplexity per token of held-out code, packed into rows of `seq_len`."""
 
     name: str = "text"
+    split: str = "test"
     seq_len: int = 128  # the demo recipe's text_seq_len
     rows_per_batch: int = 16  # fixed: --batch-size is the number of questions sampled together
 
@@ -182,7 +186,8 @@ class CodePerplexity(_DemoSet):
         return TaskOutcome({**perplexity(loss_sum, count), "documents": len(documents)})
 
 
-def demo_sets(*, text_seq_len: int = 128) -> tuple[EvalTask, ...]:
-    """The four demo sets, in TASKS's order; `text_seq_len` is the recipe's text row length."""
-    questions = [QuestionSet(name=name, max_new_tokens=ANSWER_TOKENS[name]) for name in TASKS if name != "text"]
-    return (*questions, CodePerplexity(seq_len=text_seq_len))
+def demo_sets(*, text_seq_len: int = 128, split: str = "test") -> tuple[EvalTask, ...]:
+    """The four demo sets, in TASKS's order, on `split`; `text_seq_len` is the recipe's text row length."""
+    questions = [QuestionSet(name=name, max_new_tokens=ANSWER_TOKENS[name], split=split)
+                 for name in TASKS if name != "text"]
+    return (*questions, CodePerplexity(seq_len=text_seq_len, split=split))

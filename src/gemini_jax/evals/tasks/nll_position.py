@@ -31,9 +31,10 @@ from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 
 
-def held_out_documents(tokenizer: Tokenizer, *, length: int, count: int) -> np.ndarray:
-    """int32[count, length]: `<bos>` then consecutive tokens of the held-out files, concatenated."""
-    text = "".join(standard_library_files("test"))
+def held_out_documents(tokenizer: Tokenizer, *, length: int, count: int, split: str = "test") -> np.ndarray:
+    """int32[count, length]: `<bos>` then consecutive tokens of the held-out files of `split`
+    (test, or validation while a recipe trains), concatenated."""
+    text = "".join(standard_library_files(split))
     ids = np.asarray(tokenizer.encode(text), np.int32)
     available = len(ids) // (length - 1)
     if available < count:
