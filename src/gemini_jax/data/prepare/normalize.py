@@ -1,0 +1,26 @@
+"""Text normalisation: one spelling for the same text, before filters, dedup and training.
+
+Unicode NFC; `\r\n` and `\r` become `\n`; control characters other than `\n` and `\t` are dropped;
+runs of spaces and tabs inside a line become one space (leading indentation is kept, so Python
+source stays valid); trailing spaces go; at most two blank lines in a row. Idempotent:
+`normalize_text(normalize_text(t)) == normalize_text(t)`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")  # C0/C1 less \t \n, zero-width space, BOM
+_INNER_BLANKS = re.compile(r"(?<=\S)[ \t\u00a0\u2000-\u200a\u3000]{2,}(?=\S)|(?<=\S)[\t\u00a0\u2000-\u200a\u3000](?=\S)")
+_TRAILING = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{4,}")  # three or more blank lines
+
+
+def normalize_text(text: str) -> str:
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _TRAILING.sub("", text)
+    text = _INNER_BLANKS.sub(" ", text)
+    return _BLANK_LINES.sub("\n\n\n", text)
