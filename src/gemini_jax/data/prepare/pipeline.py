@@ -1,0 +1,432 @@
+"""`gemini-jax data prepare`: the user's sources in, a prepared data directory out.
+
+    report = prepare(["chats.jsonl", "docs/"], "data/mine", PrepareOptions(vocab_size=4000))
+
+Pass 1 reads every record in order, checks it, normalises its text, runs the filters
+(heuristic quality on raw-text documents, the classifier, safety, decontamination; the
+first that objects removes it), feeds the kept ones' text to exact and near dedup, and
+spools the encoded records to one temporary ArrayRecord file. Pass 2 streams the spool to
+the split shards (by sha256 of the record), skipping dedup's duplicates. Then the tokenizer
+(trained on a sample of the train text, or copied), report.json, manifest.json last, and
+the `.partial` directory renamed into place. Memory holds dedup's hashes, not the records.
+With `workers > 1` pass 1's per-record work runs in a process pool, in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from gemini_jax.data.examples import PART_KINDS, Content, Example, Part
+from gemini_jax.data.prepare.record_codec import decode_record, encode_record
+from gemini_jax.data.prepare.report import StageStats, print_summary
+from gemini_jax.data.prepare.shards import ShardWriter, read_spool, spool_writer
+from gemini_jax.data.prepare.sources import (BadRecords, RawRecord, RecordInvalid, check_sources, iter_sources,
+                                             load_record)
+from gemini_jax.data.prepared import FORMAT, MANIFEST, PARTIAL_SUFFIX
+from gemini_jax.data.records import DataError
+
+SPLITS = ("train", "validation", "test")
+CODE_SUFFIXES = frozenset(".py .pyi .js .ts .c .h .cc .cpp .hpp .java .go .rs .rb .sh .lua .jl .scala .kt".split())
+CHUNK = 64  # records per task sent to a worker: large enough to pay for the pickling
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    """What `data prepare` does; every field is a flag of the command."""
+
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.0
+    normalize: bool = True
+    quality: bool = True  # heuristic filters (text documents only; chat examples' text is short)
+    classifier_good: tuple[str, ...] = ()  # JSONL/text sources of good examples -> model-based filter
+    classifier_bad: tuple[str, ...] = ()
+    classifier_threshold: float = 0.5
+    safety: bool = True
+    dedup: bool = True  # exact
+    near_dedup: bool = True  # MinHash
+    near_dedup_threshold: float = 0.8
+    decontaminate: bool = True
+    decontaminate_n: int = 13
+    eval_jsonl: tuple[str, ...] = ()
+    eval_data_dir: str | None = None
+    vocab_size: int | None = None  # train a tokenizer on a sample of the prepared text
+    tokenizer: str | None = None  # or copy this one (a run dir or a .model file)
+    tokenizer_sample_bytes: int = 100 << 20
+    max_bad_records: int = 0  # bad records skipped and counted; more is an error
+    records_per_shard: int = 10_000
+    workers: int = 1
+    overwrite: bool = False
+
+    def __post_init__(self):
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DataError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise DataError("validation_fraction + test_fraction must stay below 1: nothing would be left to train on")
+        if bool(self.classifier_good) != bool(self.classifier_bad):
+            raise DataError("the quality classifier needs both good and bad examples (--classifier-good and "
+                            "--classifier-bad)")
+        if self.vocab_size is not None and self.tokenizer is not None:
+            raise DataError("give either --vocab-size (train a tokenizer) or --tokenizer (copy one), not both")
+        for name in ("records_per_shard", "workers", "decontaminate_n", "tokenizer_sample_bytes"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name} must be 1 or more, got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass 1's per-record work: pure functions of the record and the filters, so they can run anywhere.
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    where: str
+    input_bytes: int
+    bad: str | None = None  # why the record is unusable
+    removed_by: str | None = None  # the filter that removed it
+    reason: str | None = None
+    text: str = ""  # the whole text when kept (dedup reads it); the first 200 characters when removed
+    media: str = ""  # sha256 of each media blob when kept: the same words with another image are no duplicate
+    text_bytes: int = 0
+    record: bytes | None = None  # the encoded record when kept
+    changed: bool = False  # normalisation changed its text
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """The filters pass 1 runs, in order; built once and copied to each worker."""
+
+    normalize: bool
+    prose: object | None  # HeuristicQuality for documents
+    code: object | None  # HeuristicQuality.for_code for source files
+    others: tuple  # classifier, safety, decontamination: every record
+
+    def names(self) -> list[str]:
+        return (["quality"] if self.prose is not None else []) + [f.name for f in self.others]
+
+
+def _text_of(example: Example) -> str:
+    return "\n".join(p.text for turn in example.contents for p in turn.parts if p.kind == "text")
+
+
+def _normalized(example: Example) -> Example:
+    from gemini_jax.data.prepare.normalize import normalize_text
+
+    turns = tuple(Content(t.role, tuple(Part(text=normalize_text(p.text)) if p.kind == "text" else p
+                                        for p in t.parts)) for t in example.contents)
+    return dataclasses.replace(example, contents=turns)
+
+
+def process(raw: RawRecord, filters: Filters) -> Outcome:
+    """Check, normalise, filter and encode one record."""
+    size = len(raw.payload.encode("utf-8", "surrogatepass"))
+    try:
+        example = load_record(raw)
+        before = _text_of(example)
+        if filters.normalize:
+            example = _normalized(example)
+        text = _text_of(example)
+        checks = list(filters.others)
+        if example.raw_text and filters.prose is not None:
+            is_code = Path(raw.where.split(":")[0]).suffix in CODE_SUFFIXES
+            checks.insert(0, filters.code if is_code else filters.prose)
+        for check in checks:
+            reason = check(text)
+            if reason is not None:
+                return Outcome(raw.where, size, removed_by=check.name, reason=reason, text=text[:200],
+                               text_bytes=len(text.encode("utf-8", "surrogatepass")))
+        record = encode_record(example)
+    except (RecordInvalid, ValueError) as e:  # ExampleError and MediaError are ValueErrors
+        message = str(e)
+        return Outcome(raw.where, size, bad=message if message.startswith(raw.where) else f"{raw.where}: {message}")
+    blobs = [getattr(p, p.kind) for turn in example.contents for p in turn.parts if p.kind != "text"]
+    return Outcome(raw.where, size, text=text, text_bytes=len(text.encode("utf-8")), record=record,
+                   changed=text != before, media=" ".join(hashlib.sha256(b).hexdigest() for b in blobs))
+
+
+_WORKER_FILTERS: Filters | None = None
+
+
+def _init_worker(filters: Filters) -> None:
+    global _WORKER_FILTERS
+    _WORKER_FILTERS = filters
+
+
+def _process_chunk(raws: list[RawRecord]) -> list[Outcome]:
+    return [process(raw, _WORKER_FILTERS) for raw in raws]
+
+
+def _chunks(items: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _outcomes(raws: Iterable[RawRecord], filters: Filters, workers: int) -> Iterator[Outcome]:
+    """Every record's outcome, in input order; at most 4 chunks a worker in flight (flat memory)."""
+    if workers == 1:
+        for raw in raws:
+            yield process(raw, filters)
+        return
+    import multiprocessing
+
+    # spawn: the parent may hold threads (grain, JAX) that a fork would copy in a broken state.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(filters,)) as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for chunk in _chunks(raws, CHUNK):
+            pending.append(pool.submit(_process_chunk, chunk))
+            if len(pending) >= 4 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the filters.
+
+
+def _texts(sources: Sequence[str], what: str) -> list[str]:
+    texts = []
+    for raw in iter_sources(sources):
+        try:
+            texts.append(_text_of(load_record(raw)))
+        except RecordInvalid as e:
+            raise DataError(f"{what}: {e}") from None
+    return texts
+
+
+def build_filters(options: PrepareOptions) -> Filters:
+    others = []
+    if options.classifier_good:
+        from gemini_jax.data.prepare.classifier import ClassifierFilter, QualityClassifier
+
+        classifier = QualityClassifier.train(_texts(options.classifier_good, "--classifier-good"),
+                                             _texts(options.classifier_bad, "--classifier-bad"))
+        others.append(ClassifierFilter(classifier, options.classifier_threshold))
+    if options.safety:
+        from gemini_jax.data.prepare.safety import SafetyFilter
+
+        others.append(SafetyFilter())
+    if options.decontaminate:
+        from gemini_jax.data.prepare.decontaminate import Decontaminator, eval_sets
+
+        sets = eval_sets(data_dir=options.eval_data_dir, jsonl=options.eval_jsonl)
+        others.append(Decontaminator(sets, n=options.decontaminate_n))
+    prose = code = None
+    if options.quality:
+        from gemini_jax.data.prepare.quality import HeuristicQuality
+
+        prose, code = HeuristicQuality(), HeuristicQuality.for_code()
+    return Filters(normalize=options.normalize, prose=prose, code=code, others=tuple(others))
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+
+def _split_of(record: bytes, options: PrepareOptions) -> str:
+    """By the record's hash, never its position: the same example lands in the same split every run."""
+    u = int.from_bytes(hashlib.sha256(record).digest()[:8], "big") / 2**64
+    if u < options.test_fraction:
+        return "test"
+    if u < options.test_fraction + options.validation_fraction:
+        return "validation"
+    return "train"
+
+
+def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
+    """The fresh `.partial` directory, once `out` may be written."""
+    partial = Path(f"{out}{PARTIAL_SUFFIX}")
+    if out.exists():
+        if not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
+            raise DataError(f"--out {str(out)!r} exists and is not a prepared data directory; choose another path")
+        if (out / MANIFEST).is_file() and not options.overwrite:
+            raise DataError(f"--out {str(out)!r} already holds prepared data; pass --overwrite to replace it")
+    for source in sources:
+        if Path(source).is_dir() and Path(source).resolve() in (partial.resolve(), *partial.resolve().parents):
+            raise DataError(f"--out {str(out)!r} lies inside the source folder {source!r}; write it elsewhere")
+    if partial.exists():
+        print(f"data prepare: removing {partial} left by an unfinished run", file=sys.stderr)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _pass1(sources, partial: Path, options: PrepareOptions, filters: Filters, stats: dict, bad: BadRecords,
+           progress: bool) -> tuple[int, int, set[int]]:
+    """Spools the kept records; returns (records read, bytes read, spool indices of duplicates)."""
+    from tqdm import tqdm
+
+    dedups = []
+    if options.dedup:
+        from gemini_jax.data.prepare.dedup import ExactDedup
+
+        dedups.append(("dedup", ExactDedup()))
+    if options.near_dedup:
+        from gemini_jax.data.prepare.dedup import NearDedup
+
+        dedups.append(("near_dedup", NearDedup(threshold=options.near_dedup_threshold)))
+    spool = spool_writer(partial / "spool.array_record")
+    kept = read = bytes_read = 0
+    bar = tqdm(desc="data prepare", unit=" rec", disable=not progress, file=sys.stderr, mininterval=0.5)
+    started = time.perf_counter()
+    for outcome in _outcomes(iter_sources(sources), filters, options.workers):
+        read += 1
+        bytes_read += outcome.input_bytes
+        bar.update()
+        if read % 256 == 0:
+            bar.set_postfix_str(f"{bytes_read / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} MB/s")
+        if outcome.bad is not None:
+            bad.add(outcome.bad)
+            continue
+        if filters.normalize:
+            stats["normalize"].records_in += 1
+            stats["normalize"].records_changed += outcome.changed
+        for name in filters.names():
+            stats[name].records_in += 1
+            if outcome.removed_by == name:
+                stats[name].remove(outcome.where, outcome.reason, outcome.text, outcome.text_bytes)
+                break
+        if outcome.removed_by is not None:
+            continue
+        for name, dedup in dedups:
+            if not outcome.media:
+                dedup.add(kept, outcome.text)
+            elif name == "dedup":  # near dedup reads words: it would merge records that differ only in media
+                dedup.add(kept, f"{outcome.text}\n{outcome.media}")
+        spool.write(outcome.record)
+        kept += 1
+    bar.close()
+    spool.close()
+    duplicates: set[int] = set()
+    for name, dedup in dedups:
+        found = dedup.duplicates() - duplicates
+        stats[name].records_in = kept - len(duplicates)
+        stats[name].pending = found
+        duplicates |= found
+    return read, bytes_read, duplicates
+
+
+def _pass2(partial: Path, options: PrepareOptions, stats: dict, duplicates: set[int]) -> dict:
+    """Streams the spool into the split shards; returns the manifest's splits and what it saw."""
+    writers = {name: ShardWriter(partial, name, records_per_shard=options.records_per_shard)
+               for name in SPLITS if name != "test" or options.test_fraction > 0}
+    dedup_stats = [s for s in stats.values() if getattr(s, "pending", None) is not None]
+    kinds: set[str] = set()
+    text_only = True
+    sample, sample_bytes = [], 0
+    want_sample = options.vocab_size is not None
+    for index, record in enumerate(read_spool(partial / "spool.array_record")):
+        example = decode_record(record)
+        if index in duplicates:
+            text = _text_of(example)
+            stage = next(s for s in dedup_stats if index in s.pending)
+            stage.remove(f"record {index}", "a duplicate of an earlier record", text, len(text.encode("utf-8")))
+            continue
+        kinds.update(p.kind for turn in example.contents for p in turn.parts)
+        text_only &= example.raw_text and all(p.kind == "text" for t in example.contents for p in t.parts)
+        split = _split_of(record, options)
+        writers[split].write(record)
+        if want_sample and split == "train" and sample_bytes < options.tokenizer_sample_bytes:
+            text = _text_of(example)
+            sample.append(text)
+            sample_bytes += len(text.encode("utf-8"))
+    (partial / "spool.array_record").unlink()
+    splits = {}
+    for name, writer in writers.items():
+        splits[name] = {"records": writer.records, "files": writer.close()}
+    if not splits["train"]["records"]:
+        raise DataError("no records left for the train split: every record was bad, removed or a duplicate "
+                        "(see the counts above)")
+    modalities = [k for k in PART_KINDS if k in kinds]
+    return {"splits": splits, "modalities": modalities, "text_only": text_only, "sample": sample}
+
+
+def _tokenizer(partial: Path, options: PrepareOptions, sample: list[str]) -> str | None:
+    from gemini_jax.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+
+    target = partial / "tokenizer.model"
+    if options.vocab_size is not None:
+        if not any(text.strip() for text in sample):
+            raise DataError("--vocab-size: the train split holds no text to train a tokenizer on")
+        train_tokenizer(sample, vocab_size=options.vocab_size, path=target)
+        return target.name
+    if options.tokenizer is None:
+        return None
+    source = Path(options.tokenizer)
+    if source.is_dir():
+        from gemini_jax.checkpoint import CheckpointError, tokenizer_path
+
+        try:
+            source = tokenizer_path(source)
+        except CheckpointError as e:
+            raise DataError(f"--tokenizer: {e}") from None
+    try:
+        Tokenizer.load(source)
+    except (OSError, TokenizerError) as e:
+        raise DataError(f"--tokenizer {options.tokenizer!r}: not a SentencePiece model ({e}); accepted: a run "
+                        "directory or a .model file") from None
+    shutil.copyfile(source, target)
+    return target.name
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prepare(sources: Sequence[str], out: str, options: PrepareOptions, *, progress: bool = True) -> dict:
+    """Prepares `sources` into the directory `out`; returns the report (also written to report.json)."""
+    started = time.perf_counter()
+    out_path = Path(out)
+    check_sources(sources)
+    partial = _start(sources, out_path, options)
+    filters = build_filters(options)
+    stats = {"normalize": StageStats()} if options.normalize else {}
+    stats |= {name: StageStats() for name in filters.names()}
+    stats |= {name: StageStats() for name, on in (("dedup", options.dedup), ("near_dedup", options.near_dedup)) if on}
+    bad = BadRecords(budget=options.max_bad_records)
+    read, bytes_read, duplicates = _pass1(sources, partial, options, filters, stats, bad, progress)
+    seen = _pass2(partial, options, stats, duplicates)
+    tokenizer = _tokenizer(partial, options, seen.pop("sample"))
+    seconds = time.perf_counter() - started
+    kept = {name: split["records"] for name, split in seen["splits"].items()}
+    report = {
+        "stages": {name: s.as_dict() for name, s in stats.items()},
+        "totals": {"records_in": read, "bytes_in": bytes_read, "bad_records": bad.count,
+                   "records_removed": sum(s.records_removed for s in stats.values()),
+                   "records_kept": sum(kept.values())},
+        "splits": kept,
+        "bad_records": bad.report(),
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(bytes_read / 1e6 / max(seconds, 1e-9), 3),
+    }
+    _write_json(partial / "report.json", report)
+    digest = hashlib.sha256((partial / tokenizer).read_bytes()).hexdigest() if tokenizer else None
+    manifest = {"format": FORMAT, **seen, "tokenizer": tokenizer, "tokenizer_sha256": digest,
+                "sources": [str(Path(s).resolve()) for s in sources], "options": dataclasses.asdict(options)}
+    _write_json(partial / MANIFEST, manifest)
+    if out_path.exists():
+        shutil.rmtree(out_path)
+    os.replace(partial, out_path)
+    if progress:
+        print_summary(report, file=sys.stderr)
+    return report
