@@ -35,6 +35,7 @@ from gemini_jax.evals.tasks import TASKS as BENCHMARKS
 from gemini_jax.evals.tasks import TaskDataError
 from gemini_jax.evals.tasks import demo
 from gemini_jax.evals.tasks import long_context
+from gemini_jax.evals.tasks import prepared
 
 if TYPE_CHECKING:
     from gemini_jax.data.corpora.demo import DemoCorpus
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 TaskLike = str | EvalTask  # a registry name, or a task instance with its own parameters
 
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
-    *demo.demo_sets(), long_context.KvRetrieval(), long_context.NllByPosition(),
+    *demo.demo_sets(), *prepared.prepared_sets(), long_context.KvRetrieval(), long_context.NllByPosition(),
     *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
 DEFAULT_TASKS = demo.TASKS  # what `gemini-jax eval` runs without --tasks
 

@@ -1,0 +1,245 @@
+"""Training on the user's own data: a mixture file of prepared data directories.
+
+    gemini-jax data prepare my.jsonl --out data/mine --vocab-size 1024
+    gemini-jax train --data mixture.yaml --run-dir runs/mine [--preset demo | --init-from RUN]
+
+    results = train_on_data(DataRecipe(mixture="mixture.yaml", run_dir="runs/mine"))
+
+Each source (data/mixture_file.py) becomes a stream of batches: raw-text sources packed into
+rows (`packed_text`), conversations encoded and padded to one shape per source (`batched`),
+with the media slots the data needs. Sources are interleaved by weight, stage by stage.
+During training (`--eval-every`) each source's validation split is scored (loss and the
+mixture's metrics); the final evaluation scores each source's test split (when it was
+prepared with one) and the mixture's `eval:` sets, and every validation loss. `init_from`
+starts from another run's latest parameters (a trained or an imported Gemma run), keeping
+its model config and tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gemini_jax import checkpoint
+from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
+from gemini_jax.data import pipeline
+from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
+from gemini_jax.data.mixture_file import Mixture, MixtureError, load_mixture
+from gemini_jax.data.prepared import PreparedData, open_prepared
+from gemini_jax.data.tokenizer import Tokenizer
+from gemini_jax.model import Gemini
+from gemini_jax.recipes.runner import Setup, Timings, train_and_evaluate
+from gemini_jax.train import Trainer, distributed
+from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.optimizer import OptimizerConfig
+
+QUICK_EVAL_LIMIT = 200  # validation examples per source in the evaluations during training
+SHAPE_SAMPLE = 300  # training examples (besides all validation ones) that set a source's row shapes
+# Encoded rows are kept after their first epoch for sources up to this size; a row holds float32
+# patches (4 bytes a pixel), so a larger source re-encodes instead of filling memory.
+CACHE_ROWS_UP_TO = 20_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataRecipe:
+    """A model trained on a mixture file's prepared data, evaluated on its held-out splits."""
+
+    name: ClassVar[str] = "data"
+    multi_device: ClassVar[bool] = True
+    eval_limit_field: ClassVar[str] = "eval_limit"
+    mixture: str  # a mixture file (YAML or JSON)
+    run_dir: str | None = None  # None: runs/data
+    preset: str = "demo"  # the model, unless init_from
+    model: ModelConfig | None = None  # replaces the preset (tests)
+    init_from: str | None = None  # a run directory: its config, tokenizer and latest parameters
+    dtype: str | None = None  # the compute dtype; None: the model's
+    train: TrainConfig = TrainConfig(
+        steps=1_000, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.01))
+    batch_size: int = 32  # a source's own batch_size replaces it
+    seq_len: int | None = None  # None: the longest validation example, at most the model's context
+    eval_limit: int | None = None  # examples per set in the final evaluation; None: all
+    evaluate_at_end: bool = True
+
+    def model_config(self, tokenizer: Tokenizer) -> ModelConfig:
+        if self.init_from is not None:
+            config = checkpoint.read_config(self.init_from)
+        else:  # a fresh model's embedding table fits the tokenizer exactly
+            config = override(self.model or get_preset(self.preset), vocab_size=tokenizer.vocab_size)
+        return config if self.dtype is None else override(config, dtype=self.dtype)
+
+    def make_trainer(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: Any = None) -> Trainer:
+        """The Trainer, its model holding `init_from`'s parameters (a resumed run then restores its own)."""
+        if self.init_from is not None:
+            checkpoint.load_params(self.init_from, model)
+        return Trainer(model, optimizer, mesh=mesh)
+
+    def setup(self, run_dir: Path, timings: Timings) -> Setup:
+        from gemini_jax.evals.registry import EvalOptions, evaluate
+        from gemini_jax.evals.tasks.demo import format_table
+
+        mixture = load_mixture(self.mixture)
+        data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
+        tokenizer_file = choose_tokenizer(data, init_from=self.init_from)
+        tokenizer = Tokenizer.load(tokenizer_file)
+        config = self.model_config(tokenizer)
+        check_modalities(data, config)
+        checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
+        with timings.phase("data_setup_s"):
+            stream = mixture_stream(mixture, data, tokenizer=tokenizer, config=config, recipe=self)
+        quick_sets, final_sets = evaluation_sets(mixture, data)
+
+        def quick(model: Gemini) -> dict[str, Any]:
+            return evaluate(model, tokenizer, quick_sets, EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False))
+
+        def final(model: Gemini) -> dict[str, Any]:
+            return evaluate(model, tokenizer, final_sets, EvalOptions(limit=self.eval_limit,
+                                                                      progress=self.train.progress))
+
+        return Setup(config=config, tokenizer=tokenizer, data=stream, quick_evaluate=quick, evaluate=final,
+                     format_results=format_table)
+
+
+def train_on_data(recipe: DataRecipe) -> dict[str, Any]:
+    """`train_and_evaluate` for a DataRecipe, starting from `recipe.init_from`'s parameters if given."""
+    return train_and_evaluate(recipe, make_trainer=recipe.make_trainer)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _prepared_with(data: PreparedData) -> str:
+    options = data.manifest.get("options", {})
+    if options.get("tokenizer"):
+        return f"--tokenizer {options['tokenizer']}"
+    return f"--vocab-size {options['vocab_size']}" if options.get("vocab_size") else "its own tokenizer"
+
+
+def choose_tokenizer(data: Mapping[str, PreparedData], *, init_from: str | None) -> Path:
+    """The init run's tokenizer, or the one the prepared sources share; an error says what to do
+    when they disagree or none has one."""
+    with_tokenizer = {name: d for name, d in data.items() if d.tokenizer_path is not None}
+    digests = {name: _sha256(d.tokenizer_path) for name, d in with_tokenizer.items()}
+    if len(set(digests.values())) > 1:
+        named = ", ".join(f"{with_tokenizer[n].path} ({_prepared_with(with_tokenizer[n])})" for n in digests)
+        raise ConfigError(f"the sources were prepared with different tokenizers: {named}; prepare them all with "
+                          f"one (`data prepare --tokenizer` naming the same run or .model file)")
+    if init_from is not None:
+        run_tokenizer = checkpoint.tokenizer_path(init_from)
+        run_digest = _sha256(run_tokenizer)
+        for name, digest in digests.items():
+            if digest != run_digest:
+                d = with_tokenizer[name]
+                raise ConfigError(f"{init_from}'s tokenizer does not match {d.path}'s (prepared with "
+                                  f"{_prepared_with(d)}); re-run `gemini-jax data prepare --tokenizer {init_from}`")
+        return run_tokenizer
+    if not with_tokenizer:
+        raise ConfigError(f"no tokenizer: the sources ({', '.join(str(d.path) for d in data.values())}) were prepared "
+                          f"without one; prepare with --vocab-size N (trains one) or --tokenizer RUN_DIR, or give "
+                          f"--init-from RUN_DIR")
+    return next(iter(with_tokenizer.values())).tokenizer_path
+
+
+def check_modalities(data: Mapping[str, PreparedData], config: ModelConfig) -> None:
+    """Media parts need the model's encoder for them: refused now, not at the first batch."""
+    needs = {"image": ("vision", config.vision), "video": ("vision", config.vision), "audio": ("audio", config.audio)}
+    for name, d in data.items():
+        missing = [kind for kind in d.modalities if kind in needs and needs[kind][1] is None]
+        if missing:
+            raise ConfigError(f"{d.path} holds {', '.join(missing)} parts, but the model has no "
+                              f"{needs[missing[0]][0]} encoder: choose a --preset with one (e.g. demo)")
+
+
+def _local(global_batch: int) -> int:
+    """This process's rows of a global batch (every process reads its own records)."""
+    _, count = distributed.data_shard()
+    if global_batch % count:
+        raise ConfigError(f"batch size {global_batch} must be a multiple of the {count} processes")
+    return global_batch // count
+
+
+def _sample(examples: Sequence[Any], count: int) -> list[Any]:
+    step = max(1, len(examples) // count)
+    return [examples[i] for i in range(0, len(examples), step)][:count]
+
+
+def row_shapes(data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig, seq_len: int | None) -> dict[str, int]:
+    """One source's batch shapes: rows fit the longest of its validation examples and a sample
+    of its training ones (at most the model's context; longer ones are skipped as bad records),
+    media slots the most any of them holds."""
+    examples = [*data.split("validation"), *_sample(data.split("train"), SHAPE_SAMPLE)]
+    cache = MediaCache(max_bytes=256 << 20)
+    rows = []
+    for example in examples:
+        try:
+            rows.append(encode_example(example, tokenizer=tokenizer, config=config, media_cache=cache))
+        except EncodeError:
+            continue  # longer than the context: training skips it too
+    if not rows:
+        raise MixtureError(f"{data.path}: none of its sampled examples fits the model's context of "
+                           f"{config.max_seq_len} tokens")
+    most = lambda key: max((r[key].shape[0] for r in rows if key in r), default=0)
+    longest = 8 * math.ceil(most("tokens") / 8)
+    shapes = {"seq_len": seq_len or min(longest, config.max_seq_len), "max_images": most("image_patches"),
+              "max_frames": most("frame_patches"), "max_audio_clips": most("audio_mels")}
+    if shapes["max_audio_clips"]:
+        shapes["max_mel_frames"] = max(r["audio_mels"].shape[1] for r in rows if "audio_mels" in r)
+    return shapes
+
+
+def source_stream(data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig, batch_size: int,
+                  seq_len: int | None, seed: int):
+    """One source's training batches: packed rows of text, or padded conversations."""
+    train = data.split("train")
+    if not len(train):
+        raise MixtureError(f"{data.path}: its train split is empty")
+    if data.text_only:
+        return pipeline.packed_text(train, tokenizer=tokenizer, seq_len=seq_len or config.max_seq_len,
+                                    batch_size=_local(batch_size), seed=seed, num_threads=1, prefetch_batches=1,
+                                    error_budget=max(10, len(train) // 100), shard=distributed.data_shard())
+    shapes = row_shapes(data, tokenizer=tokenizer, config=config, seq_len=seq_len)
+    source = pipeline.encoded_source(train, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
+                                     error_budget=max(10, len(train) // 100), cache_rows=len(train) <= CACHE_ROWS_UP_TO)
+    return pipeline.batched(source, batch_size=_local(batch_size), seed=seed, config=config, num_threads=1,
+                            prefetch_batches=1, shard=distributed.data_shard(), **shapes)
+
+
+def mixture_stream(mixture: Mixture, data: Mapping[str, PreparedData], *, tokenizer: Tokenizer,
+                   config: ModelConfig, recipe: DataRecipe):
+    """The training stream: each stage's sources interleaved by its weights, stage after stage."""
+    streams = {name: source_stream(data[name], tokenizer=tokenizer, config=config, seed=recipe.train.seed,
+                                   batch_size=source.batch_size or recipe.batch_size,
+                                   seq_len=source.seq_len or recipe.seq_len)
+               for name, source in mixture.sources.items()
+               if any(name in stage.weights for stage in mixture.stages)}
+
+    def mixed(weights: Mapping[str, float]):
+        return pipeline.mixture({name: streams[name] for name in weights}, weights=dict(weights))
+
+    steps = mixture.stage_steps(recipe.train.steps)
+    stages = [(mixed(stage.weights), count) for stage, count in zip(mixture.stages, steps)]
+    if len(stages) == 1:
+        return iter(stages[0][0])
+    return iter(pipeline.staged([*stages[:-1], (stages[-1][0], None)]))
+
+
+def evaluation_sets(mixture: Mixture, data: Mapping[str, PreparedData]):
+    """(the sets scored during training, those of the final evaluation): validation during
+    training, never test; test splits and the `eval:` sets at the end, with validation loss."""
+    from gemini_jax.evals.tasks.prepared import PreparedSet
+
+    metrics = tuple(dict.fromkeys([*mixture.metrics, "loss", "perplexity"]))
+    validation = functools.partial(PreparedSet, split="validation")
+    quick = [validation(name=f"{name}/validation", examples=d.split("validation"), metrics=metrics)
+             for name, d in data.items() if len(d.split("validation"))]
+    final = [PreparedSet(name=f"{name}/test", examples=d.split("test"), metrics=metrics)
+             for name, d in data.items() if "test" in d.splits and len(d.split("test"))]
+    final += [PreparedSet(name=e.name, path=str(e.path), metrics=metrics) for e in mixture.eval_sets]
+    final += [validation(name=f"{name}/validation", examples=d.split("validation"), metrics=("loss", "perplexity"))
+              for name, d in data.items() if len(d.split("validation"))]
+    return quick, final

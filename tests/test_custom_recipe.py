@@ -1,0 +1,125 @@
+"""Training on a mixture of prepared data: the digits example end to end on the tiny `test`
+model (a few steps), resumption, --init-from, and the tokenizer checks."""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from gemini_jax import checkpoint
+from gemini_jax.config import ConfigError, get_preset
+from gemini_jax.data.examples import from_json
+from gemini_jax.data.prepare.record_codec import encode_record
+from gemini_jax.data.prepare.shards import ShardWriter
+from gemini_jax.data.tokenizer import train_tokenizer
+from gemini_jax.model import Gemini
+from gemini_jax.recipes.custom import DataRecipe, train_on_data
+from gemini_jax.train import TrainConfig
+from gemini_jax.train.optimizer import OptimizerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def digits_example():
+    spec = importlib.util.spec_from_file_location("digits", ROOT / "examples" / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare(jsonl: Path, out: Path, *, tokenizer_text: str) -> None:
+    """A prepared directory as `data prepare` writes it: records split by hash, a tokenizer, the manifest."""
+    lines = jsonl.read_text().splitlines()
+    examples = [from_json(json.loads(line), base_dir=jsonl.parent) for line in lines]
+    out.mkdir(parents=True)
+    writers = {split: ShardWriter(out, split, records_per_shard=100) for split in ("train", "validation")}
+    for example in examples:
+        record = encode_record(example)
+        writers["validation" if hashlib.sha256(record).digest()[0] % 8 == 0 else "train"].write(record)
+    splits = {split: {"files": w.close(), "records": w.records} for split, w in writers.items()}
+    train_tokenizer([tokenizer_text] * 20, vocab_size=400, path=out / "tokenizer.model")
+    digest = hashlib.sha256((out / "tokenizer.model").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps({
+        "format": 1, "splits": splits, "modalities": ["image", "text"], "text_only": False,
+        "tokenizer": "tokenizer.model", "tokenizer_sha256": digest, "sources": [str(jsonl)],
+        "options": {"vocab_size": 400}}))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    digits_example().write(out, limit=40)
+    prepare(out / "train.jsonl", out / "prepared", tokenizer_text="What digit is this? 0 1 2 3 4 5 6 7 8 9")
+    return out
+
+
+def recipe(digits: Path, run_dir: Path, *, steps: int, **changes) -> DataRecipe:
+    train = TrainConfig(steps=steps, log_every=1, checkpoint_every=2, progress=False,
+                        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+    return DataRecipe(mixture=str(digits / "mixture.yaml"), run_dir=str(run_dir), model=get_preset("test"),
+                      train=train, batch_size=4, eval_limit=6, **changes)
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    results = train_on_data(recipe(digits, run_dir, steps=2))
+    return run_dir, results
+
+
+def test_trains_and_scores_the_held_out_sets(trained):
+    run_dir, results = trained
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert 0 <= saved["digits_test"]["exact_match"] <= 100 and saved["digits_test"]["examples"] == 6
+    assert saved["digits/validation"]["loss"] > 0
+    assert results["digits_test"] == saved["digits_test"]
+    assert steps_logged(run_dir) == [1, 2]
+
+
+def test_resumes_from_its_last_checkpoint(digits, trained, tmp_path):
+    run_dir, _ = trained
+    copy = tmp_path / "run"
+    import shutil
+    shutil.copytree(run_dir, copy)
+    train_on_data(recipe(digits, copy, steps=4, evaluate_at_end=False))
+    assert steps_logged(copy) == [1, 2, 3, 4]
+    assert checkpoint.Checkpointer(copy).latest_step() == 4
+
+
+def params(model):
+    return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def test_init_from_starts_from_the_runs_parameters(digits, trained, tmp_path):
+    run_dir, _ = trained
+    start = recipe(digits, tmp_path / "tuned", steps=1, init_from=str(run_dir), preset="ignored")
+    fresh = Gemini(start.model_config(tokenizer=None), rngs=nnx.Rngs(7))
+    trainer = start.make_trainer(fresh, start.train.resolved().optimizer)
+    expected = params(checkpoint.load_run(run_dir).model)
+    assert all(np.array_equal(a, b) for a, b in zip(params(trainer.model), expected))
+    train_on_data(dataclasses_replace(start, evaluate_at_end=False))
+    assert checkpoint.read_config(tmp_path / "tuned") == checkpoint.read_config(run_dir)
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+    return dataclasses.replace(obj, **changes)
+
+
+def test_init_from_refuses_data_prepared_with_another_tokenizer(digits, trained, tmp_path):
+    run_dir, _ = trained
+    other = tmp_path / "other"
+    prepare(digits / "train.jsonl", other / "prepared", tokenizer_text="another text entirely, with other words")
+    (other / "mixture.yaml").write_text("sources:\n  digits: {path: prepared}\n")
+    with pytest.raises(ConfigError, match=r"tokenizer does not match .*prepared.*--vocab-size 400.*--tokenizer"):
+        train_on_data(dataclasses_replace(recipe(other, tmp_path / "run", steps=1), init_from=str(run_dir)))
