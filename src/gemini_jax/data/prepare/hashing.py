@@ -45,7 +45,12 @@ def hash_grams(hashes: np.ndarray, n: int) -> np.ndarray:
     count = len(hashes) - n + 1
     if count <= 0:
         return np.zeros(0, np.uint64)
-    grams = hashes[:count].copy()
+    return hash_grams_at(hashes, np.arange(count), n)
+
+
+def hash_grams_at(hashes: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """uint64[len(starts)]: `hash_grams(hashes, n)[starts]`, computing only those grams."""
+    grams = hashes[starts]
     for j in range(1, n):
-        grams = grams * _PRIME + hashes[j:j + count]
+        grams = grams * _PRIME + hashes[starts + j]
     return mix(grams)

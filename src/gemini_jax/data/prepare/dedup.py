@@ -1,0 +1,172 @@
+"""Exact and near-duplicate detection in two passes: `add(index, text)` for every record, then
+`duplicates()` -> the indices to drop (all but the first of each group).
+
+Memory is a few numpy arrays per record, never the text: `ExactDedup` keeps 8 bytes per record
+(a hash of the lowercased, whitespace-collapsed text); `NearDedup` keeps one uint64 per LSH band and,
+to verify candidates, the MinHash signature (uint32 x num_perm: 512 B at 128 permutations).
+
+`NearDedup`: MinHash (datasketch, 32-bit affine permutations) over the set of word 5-gram shingles;
+locality-sensitive hashing with b bands of r rows, chosen as datasketch's `MinHashLSH` does: the (b, r)
+with b * r <= num_perm that minimises the sum of the false-positive area (the probability that a pair
+below the Jaccard threshold collides in some band, integrated over similarity 0..threshold) and the
+false-negative area (threshold..1). For 128 permutations at 0.8 that is 9 bands of 13 rows. Pairs that
+share a band are candidates; with `verify` a candidate counts only when its estimated Jaccard similarity
+(the fraction of equal signature entries) reaches the threshold. Groups are the connected components.
+`signature(text)` is a plain function so that a pool of workers can compute signatures and the parent
+adds them with `add_signature`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+from datasketch import MinHash
+
+from gemini_jax.data.prepare.hashing import hash_grams, hash_words, mix, words
+
+SHINGLE_WORDS = 5
+
+
+class _Column:
+    """A growing 1-D or 2-D numpy array (amortised doubling)."""
+
+    def __init__(self, dtype, width: int | None = None):
+        self.data = np.zeros((16,) if width is None else (16, width), dtype)
+        self.size = 0
+
+    def append(self, value) -> None:
+        if self.size == len(self.data):
+            self.data = np.concatenate([self.data, np.zeros_like(self.data)])
+        self.data[self.size] = value
+        self.size += 1
+
+    def view(self) -> np.ndarray:
+        return self.data[:self.size]
+
+
+class ExactDedup:
+    """Records whose lowercased text is equal after collapsing whitespace."""
+
+    name = "dedup"
+
+    def __init__(self):
+        self._indices = _Column(np.int64)
+        self._keys = _Column(np.uint64)
+
+    @staticmethod
+    def key(text: str) -> int:
+        canonical = " ".join(text.lower().split()).encode("utf-8")
+        return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
+
+    def add(self, index: int, text: str) -> None:
+        self.add_key(index, self.key(text))
+
+    def add_key(self, index: int, key: int) -> None:
+        self._indices.append(index)
+        self._keys.append(key)
+
+    def duplicates(self) -> set[int]:
+        keys, indices = self._keys.view(), self._indices.view()
+        order = np.lexsort((indices, keys))  # by key, then index: the first of each run is kept
+        keys, indices = keys[order], indices[order]
+        repeat = np.r_[False, keys[1:] == keys[:-1]]
+        return set(indices[repeat].tolist())
+
+
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return MinHash(num_perm=num_perm, seed=seed).permutations
+
+
+def signature(text: str, *, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """uint32[num_perm]: the MinHash of the text's word 5-gram shingles (one shingle of all its words
+    when it has fewer than 5; an empty text has the all-max signature)."""
+    hashes = hash_words(words(text))
+    n = min(SHINGLE_WORDS, len(hashes))
+    shingles = hash_grams(hashes, n) >> np.uint64(32) if n else np.zeros(0, np.uint64)  # 32-bit for affine32
+    minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=_permutations(num_perm, seed),
+                      scheme="affine32")
+    minhash.update_batch(np.unique(shingles).tolist())
+    return minhash.hashvalues
+
+
+def _area(fn, lo: float, hi: float) -> float:
+    s = np.linspace(lo, hi, 201)
+    return float(np.trapezoid(fn(s), s))
+
+
+def lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) minimising false-positive plus false-negative area around the threshold."""
+    best, best_error = (1, num_perm), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            collide = lambda s: 1.0 - (1.0 - s ** r) ** b  # noqa: E731  P(some band equal | Jaccard s)
+            error = _area(collide, 0.0, threshold) + _area(lambda s: 1.0 - collide(s), threshold, 1.0)
+            if error < best_error:
+                best, best_error = (b, r), error
+    return best
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
+    return lsh_bands(num_perm, threshold)
+
+
+class NearDedup:
+    """Records whose word 5-gram sets have (estimated) Jaccard similarity >= threshold."""
+
+    name = "near_dedup"
+
+    def __init__(self, num_perm: int = 128, threshold: float = 0.8, *, seed: int = 1, verify: bool = True):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"near-dedup threshold must be in (0, 1], got {threshold}")
+        self.num_perm, self.threshold, self.seed, self.verify = num_perm, threshold, seed, verify
+        self.bands, self.rows = _cached_lsh_bands(num_perm, threshold)
+        self._row_weights = mix(np.arange(1, self.rows + 1, dtype=np.uint64))  # [R] pseudo-random weights
+        self._indices = _Column(np.int64)
+        self._band_hashes = _Column(np.uint64, self.bands)
+        self._signatures = _Column(np.uint32, num_perm) if verify else None
+
+    def signature(self, text: str) -> np.ndarray:
+        return signature(text, num_perm=self.num_perm, seed=self.seed)
+
+    def add(self, index: int, text: str) -> None:
+        self.add_signature(index, self.signature(text))
+
+    def add_signature(self, index: int, sig: np.ndarray) -> None:
+        if sig.shape != (self.num_perm,):
+            raise ValueError(f"a signature of {self.num_perm} permutations was expected, got shape {sig.shape}")
+        rows = sig[:self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)  # [B, R]
+        band = mix((rows * self._row_weights).sum(axis=1))  # [B]: a hash of each band's rows
+        self._indices.append(index)
+        self._band_hashes.append(band)
+        if self._signatures is not None:
+            self._signatures.append(sig)
+
+    def duplicates(self) -> set[int]:
+        count = self._indices.size
+        parent = np.arange(count)
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        bands = self._band_hashes.view()
+        sigs = self._signatures.view() if self._signatures is not None else None
+        for b in range(self.bands):
+            order = np.argsort(bands[:, b], kind="stable")  # equal hashes stay in position order
+            column = bands[order, b]
+            same = np.flatnonzero(column[1:] == column[:-1]) + 1  # positions whose predecessor is equal
+            for k in same.tolist():
+                first, member = int(order[k - 1]), int(order[k])
+                if sigs is not None and np.mean(sigs[first] == sigs[member]) < self.threshold:
+                    continue
+                a, c = find(first), find(member)
+                if a != c:
+                    parent[max(a, c)] = min(a, c)  # the root is the earliest record of the group
+        roots = np.fromiter((find(i) for i in range(count)), np.int64, count)
+        return set(self._indices.view()[roots != np.arange(count)].tolist())
