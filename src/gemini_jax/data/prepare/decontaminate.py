@@ -152,10 +152,13 @@ def _jsonl_texts(path: Path) -> list[str]:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{number}"
             try:
-                example = from_json(json.loads(line), base_dir=path.parent, where=f"{path}:{number}")
+                example = from_json(json.loads(line), base_dir=path.parent, where=where)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}); expected one contents-format "
+                raise ValueError(f"{where}: malformed JSON ({e.msg}); expected one contents-format "
                                  f"example per line") from None
+            except ValueError as e:
+                raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
             texts += _example_texts(example)
     return texts

@@ -7,11 +7,14 @@ to verify candidates, the MinHash signature (uint32 x num_perm: 512 B at 128 per
 
 `NearDedup`: MinHash (datasketch, 32-bit affine permutations) over the set of word 5-gram shingles;
 locality-sensitive hashing with b bands of r rows, chosen as datasketch's `MinHashLSH` does: the (b, r)
-with b * r <= num_perm that minimises the sum of the false-positive area (the probability that a pair
-below the Jaccard threshold collides in some band, integrated over similarity 0..threshold) and the
-false-negative area (threshold..1). For 128 permutations at 0.8 that is 9 bands of 13 rows. Pairs that
-share a band are candidates; with `verify` a candidate counts only when its estimated Jaccard similarity
-(the fraction of equal signature entries) reaches the threshold. Groups are the connected components.
+with b * r <= num_perm that minimises the weighted sum of the false-positive area (the probability that a
+pair below the Jaccard threshold collides in some band, integrated over similarity 0..threshold) and the
+false-negative area (threshold..1). Candidates are verified, so a false positive costs only a comparison
+while a false negative keeps a duplicate: the weights are 0.1 and 0.9, which gives 14 bands of 9 rows for
+128 permutations at 0.8 (a pair at Jaccard 0.85 collides with probability 0.97; equal weights would give
+9 x 13 and 0.69). Pairs that share a band are candidates; with `verify` a candidate counts only when its
+estimated Jaccard similarity (the fraction of equal signature entries) reaches the threshold. Groups are
+the connected components.
 `signature(text)` is a plain function so that a pool of workers can compute signatures and the parent
 adds them with `add_signature`.
 """
@@ -97,13 +100,15 @@ def _area(fn, lo: float, hi: float) -> float:
     return float(np.trapezoid(fn(s), s))
 
 
-def lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
-    """(bands, rows) minimising false-positive plus false-negative area around the threshold."""
+def lsh_bands(num_perm: int, threshold: float, *, false_positive_weight: float = 0.1,
+              false_negative_weight: float = 0.9) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted false-positive and false-negative areas around the threshold."""
     best, best_error = (1, num_perm), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
             collide = lambda s: 1.0 - (1.0 - s ** r) ** b  # noqa: E731  P(some band equal | Jaccard s)
-            error = _area(collide, 0.0, threshold) + _area(lambda s: 1.0 - collide(s), threshold, 1.0)
+            error = (false_positive_weight * _area(collide, 0.0, threshold)
+                     + false_negative_weight * _area(lambda s: 1.0 - collide(s), threshold, 1.0))
             if error < best_error:
                 best, best_error = (b, r), error
     return best

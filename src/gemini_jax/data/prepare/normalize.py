@@ -1,8 +1,8 @@
 """Text normalisation: one spelling for the same text, before filters, dedup and training.
 
-Unicode NFC; `\r\n` and `\r` become `\n`; control characters other than `\n` and `\t` are dropped;
+`\r\n` and `\r` become `\n`; control characters other than `\n` and `\t` are dropped;
 runs of spaces and tabs inside a line become one space (leading indentation is kept, so Python
-source stays valid); trailing spaces go; at most two blank lines in a row. Idempotent:
+source stays valid); trailing spaces go; at most two blank lines in a row; Unicode NFC. Idempotent:
 `normalize_text(normalize_text(t)) == normalize_text(t)`.
 """
 
@@ -18,9 +18,9 @@ _BLANK_LINES = re.compile(r"\n{4,}")  # three or more blank lines
 
 
 def normalize_text(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = _TRAILING.sub("", text)
     text = _INNER_BLANKS.sub(" ", text)
-    return _BLANK_LINES.sub("\n\n\n", text)
+    text = _BLANK_LINES.sub("\n\n\n", text)
+    return unicodedata.normalize("NFC", text)  # last: dropping a control character can join a letter to its accent
