@@ -1,9 +1,11 @@
 """Training on a mixture of prepared data: the digits example end to end on the tiny `test`
 model (a few steps), resumption, --init-from, and the tokenizer checks."""
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -86,10 +88,10 @@ def test_trains_and_scores_the_held_out_sets(trained):
     assert steps_logged(run_dir) == [1, 2]
 
 
+@pytest.mark.slow
 def test_resumes_from_its_last_checkpoint(digits, trained, tmp_path):
     run_dir, _ = trained
     copy = tmp_path / "run"
-    import shutil
     shutil.copytree(run_dir, copy)
     train_on_data(recipe(digits, copy, steps=4, evaluate_at_end=False))
     assert steps_logged(copy) == [1, 2, 3, 4]
@@ -102,18 +104,20 @@ def params(model):
 
 def test_init_from_starts_from_the_runs_parameters(digits, trained, tmp_path):
     run_dir, _ = trained
-    start = recipe(digits, tmp_path / "tuned", steps=1, init_from=str(run_dir), preset="ignored")
+    start = recipe(digits, tmp_path / "tuned", steps=1, init_from=str(run_dir))
     fresh = Gemini(start.model_config(tokenizer=None), rngs=nnx.Rngs(7))
     trainer = start.make_trainer(fresh, start.train.resolved().optimizer)
     expected = params(checkpoint.load_run(run_dir).model)
     assert all(np.array_equal(a, b) for a, b in zip(params(trainer.model), expected))
-    train_on_data(dataclasses_replace(start, evaluate_at_end=False))
+
+
+@pytest.mark.slow
+def test_init_from_trains_the_runs_model(digits, trained, tmp_path):
+    run_dir, _ = trained
+    start = recipe(digits, tmp_path / "tuned", steps=1, init_from=str(run_dir), evaluate_at_end=False)
+    train_on_data(start)
     assert checkpoint.read_config(tmp_path / "tuned") == checkpoint.read_config(run_dir)
-
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-    return dataclasses.replace(obj, **changes)
+    assert (tmp_path / "tuned" / "tokenizer.model").read_bytes() == (run_dir / "tokenizer.model").read_bytes()
 
 
 def test_init_from_refuses_data_prepared_with_another_tokenizer(digits, trained, tmp_path):
@@ -122,4 +126,19 @@ def test_init_from_refuses_data_prepared_with_another_tokenizer(digits, trained,
     prepare(digits / "train.jsonl", other / "prepared", tokenizer_text="another text entirely, with other words")
     (other / "mixture.yaml").write_text("sources:\n  digits: {path: prepared}\n")
     with pytest.raises(ConfigError, match=r"tokenizer does not match .*prepared.*--vocab-size 400.*--tokenizer"):
-        train_on_data(dataclasses_replace(recipe(other, tmp_path / "run", steps=1), init_from=str(run_dir)))
+        train_on_data(dataclasses.replace(recipe(other, tmp_path / "run", steps=1), init_from=str(run_dir)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "mix.yaml", "--task", "demo"], "give one of them"),
+    (["--init-from", "runs/x"], "--init-from needs --data"),
+    (["--data", "mix.yaml", "--init-from", "runs/x", "--preset", "demo"], "drop --preset"),
+    (["--data", "mix.txt"], "expected a mixture file ending in .yaml"),
+    (["--data", "missing.yaml"], "mixture file 'missing.yaml' does not exist"),
+    (["--data", "mix.yaml", "--cache-dir", "c"], "--cache-dir does nothing"),
+])
+def test_flags_are_checked_before_anything_loads(argv, message, capsys):
+    from gemini_jax import cli
+
+    assert cli.main(["train", "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err

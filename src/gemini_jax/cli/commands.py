@@ -61,11 +61,25 @@ def _start_backend(args: argparse.Namespace, recipe: Any) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
+    from gemini_jax.config import ConfigError
     from gemini_jax.recipes import RECIPES, train_and_evaluate
+    from gemini_jax.recipes.custom import DataRecipe, train_on_data
 
-    recipe = recipe_from_flags(RECIPES[args.task], args, run_dir=args.run_dir, preset=args.preset)
+    fields = {"run_dir": args.run_dir} | ({} if args.preset is None else {"preset": args.preset})
+    if args.data is None:
+        if args.init_from is not None:
+            raise ConfigError("--init-from needs --data MIXTURE (the demo and long-context recipes start afresh)")
+        recipe = recipe_from_flags(RECIPES[args.task or "demo"], args, **fields)
+        _start_backend(args, recipe)
+        _write_json(args.output, train_and_evaluate(recipe))
+        return
+    if args.task is not None:
+        raise ConfigError(f"--data trains on your mixture, --task {args.task} on a built-in one: give one of them")
+    if args.init_from is not None and args.preset is not None:
+        raise ConfigError("--init-from keeps its run's model: drop --preset")
+    recipe = recipe_from_flags(DataRecipe, args, mixture=args.data, init_from=args.init_from, **fields)
     _start_backend(args, recipe)
-    _write_json(args.output, train_and_evaluate(recipe))
+    _write_json(args.output, train_on_data(recipe))
 
 
 def distill(args: argparse.Namespace) -> None:

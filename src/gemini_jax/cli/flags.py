@@ -54,7 +54,7 @@ def _add_result_flags(p: argparse.ArgumentParser) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the demo model on the embedded corpus (or the long-context retrieval recipe), then evaluate it",
+        help="train the demo model on the embedded corpus (or a long-context recipe, or your own data), then evaluate it",
         description="Builds the embedded demo corpus (cached), trains its tokenizer, trains one "
         "multimodal model on the mixture of tasks (easy-VQA, spoken-number transcription, video "
         "questions, standard-library code), then evaluates it on the held-out test sets. "
@@ -62,21 +62,40 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "trains the preset's decoder (text only) on synthetic key-value retrieval at --seq-len tokens and "
         "evaluates it by context length and position; --task long_text trains it on --seq-len-token "
         "windows of standard-library code and plots its loss by token position "
-        "(src/gemini_jax/recipes/long_context.py).",
+        "(src/gemini_jax/recipes/long_context.py). --data MIXTURE trains on your own prepared data "
+        "(src/gemini_jax/recipes/custom.py), from the --preset's random initialisation or from --init-from RUN_DIR.",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--task", choices=TRAIN_TASKS, default="demo",
-                   help="demo: the multimodal demo; kv_retrieval: the long-context recipe, a text-only decoder "
-                   "trained on synthetic key-value retrieval, evaluated by context length and position; "
+    p.add_argument("--task", choices=TRAIN_TASKS, default=None,
+                   help="demo (the default): the multimodal demo; kv_retrieval: the long-context recipe, a text-only "
+                   "decoder trained on synthetic key-value retrieval, evaluated by context length and position; "
                    "long_text: that decoder trained on long documents, evaluated by NLL by token position")
+
+    def mixture_file(text: str) -> str:
+        if not text.endswith((".yaml", ".yml", ".json")):
+            raise argparse.ArgumentTypeError(f"expected a mixture file ending in .yaml, .yml or .json, got {text!r}")
+        return text
+
+    p.add_argument("--data", type=mixture_file, default=None, metavar="MIXTURE",
+                   help="train on your own data instead of a --task: a mixture file (YAML or JSON) naming directories "
+                   "written by `gemini-jax data prepare`, their weights or stages and metrics (docs/your-data.md); "
+                   "validation splits are scored during training (--eval-every), test splits and the file's eval "
+                   "sets at the end")
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="with --data: start from this run's latest parameters, keeping its model config and "
+                   "tokenizer (a `gemini-jax train` run or one imported by `gemini-jax convert`); the data must be "
+                   "prepared with its tokenizer (`data prepare --tokenizer RUN_DIR`); --preset does not apply")
     p.add_argument("--run-dir", default=None,
-                   help="where checkpoints, metrics.jsonl and loss.png go (default: runs/<task>)")
+                   help="where checkpoints, metrics.jsonl and loss.png go (default: runs/<task>; with --data: runs/data)")
     p.add_argument("--seq-len", type=positive_int, default=None,
-                   help="kv_retrieval and long_text: training row length in tokens, the longest context "
-                   "(default: the recipe's)")
+                   help="kv_retrieval and long_text: training row length in tokens, the longest context; --data: "
+                   "row length of the sources without their own seq_len (default: the recipe's; --data: the longest "
+                   "validation example, at most the model's context)")
     p.add_argument("--cache-dir", default=None,
                    help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
-    p.add_argument("--preset", default="demo", help="model preset (see gemini_jax.config.PRESETS)")
+    p.add_argument("--preset", default=None,
+                   help="model preset (see `gemini-jax presets`; default: the recipe's, demo); with --data its "
+                   "vocabulary takes the prepared tokenizer's size")
     _add_schedule_flags(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute dtype (parameters stay float32; default: the preset's)")
