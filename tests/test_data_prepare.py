@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,6 +29,17 @@ PROSE = ("The river runs past the old mill and the children watch the water turn
          "In the evening the miller walks to the village with a sack of flour on his back, "
          "and the baker thanks him and gives him bread for his family. When winter comes the river "
          "freezes, the wheel stops, and the miller mends his nets by the fire.")
+
+
+VOCAB = ("the of and to in that with have be river mill children water wheel evening miller village flour baker "
+         "bread family winter frozen nets fire stone bridge market morning garden apple orchard lantern window "
+         "teacher letter journey harbour sailor weather mountain valley shepherd meadow kitchen kettle candle").split()
+
+
+def _prose(seed: int) -> str:
+    """Eight sentences of ten random words: passes the quality rules, shares no 5-gram run with another seed."""
+    rng = random.Random(seed)
+    return " ".join(" ".join(rng.choice(VOCAB) for _ in range(10)).capitalize() + "." for _ in range(8))
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -164,6 +176,32 @@ def test_text_only_tokenizer_and_filters(tmp_path):
     assert open_prepared(tmp_path / "copy").manifest["tokenizer_sha256"] == data.manifest["tokenizer_sha256"]
 
 
+def test_every_stage_removes_what_it_should(tmp_path):
+    for name, color in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        Image.new("RGB", (4, 4), color).save(tmp_path / f"{name}.png")
+    leaked = "the quick brown fox jumps over the lazy dog while the farmer counts his seven sheep"
+    _write_jsonl(tmp_path / "eval.jsonl", [{"contents": [{"role": "user", "parts": [{"text": leaked}]}]}])
+    chats = _write_jsonl(tmp_path / "chats.jsonl", [_chat(0, "red.png"), _chat(0, "blue.png"), _chat(0, "red.png")])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(20):
+        (docs / f"{i:02d}.txt").write_text(_prose(i))
+    (docs / "exact.txt").write_text(_prose(3).upper())  # exact dedup ignores case and spacing
+    (docs / "near.txt").write_text(_prose(4)[:-1] + " kettle.")
+    (docs / "leak.txt").write_text(f"{_prose(30)} {leaked}.")
+    (docs / "rude.txt").write_text(_prose(31) + " fuck" * 5)
+    (docs / "short.txt").write_text("Too short.")
+    options = PrepareOptions(eval_jsonl=(str(tmp_path / "eval.jsonl"),), workers=2, records_per_shard=7)
+    report = prepare([str(chats), str(docs)], str(tmp_path / "out"), options, progress=False)
+    removed = {name: [e["where"] for e in stage["examples"]] for name, stage in report["stages"].items()}
+    assert removed == {"normalize": [], "quality": [str(docs / "short.txt")], "safety": [str(docs / "rude.txt")],
+                       "decontaminate": [str(docs / "leak.txt")], "dedup": [f"{chats}:3", str(docs / "exact.txt")],
+                       "near_dedup": [str(docs / "near.txt")]}
+    assert "eval.jsonl" in report["stages"]["decontaminate"]["examples"][0]["reason"]
+    assert report["totals"]["records_kept"] == 22  # 20 documents, the question about red and the one about blue
+    assert report["stages"]["dedup"]["records_in"] == 25 and report["stages"]["near_dedup"]["records_in"] == 23
+
+
 def test_out_is_refused_when_it_holds_something(tmp_path):
     path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(5)])
     prepare([str(path)], str(tmp_path / "out"), PrepareOptions(**BARE), progress=False)
@@ -177,16 +215,17 @@ def test_out_is_refused_when_it_holds_something(tmp_path):
 
 
 def test_two_workers_write_the_same_bytes_as_one(tmp_path):
-    path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(300)] + ["{bad"])
+    path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(300)] + ["{bad"]
+                        + [{"contents": [{"role": "model", "parts": [{"text": _prose(i % 20)}]}]} for i in range(40)])
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        options = PrepareOptions(**(BARE | dict(normalize=True, quality=True)), workers=workers,
-                                 records_per_shard=50, max_bad_records=1)
+        options = PrepareOptions(workers=workers, records_per_shard=50, max_bad_records=1)
         prepare([str(path)], str(out), options, progress=False)
         manifest = json.loads((out / "manifest.json").read_text())
         outputs.append((manifest["splits"], {p.name: p.read_bytes() for p in out.glob("*.array_record")}))
     assert outputs[0] == outputs[1] and outputs[0][0]["train"]["records"] > 250
+    assert sum(split["records"] for split in outputs[0][0].values()) == 320  # 20 of the 40 documents are duplicates
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -198,12 +237,12 @@ KILLED_RUN = textwrap.dedent("""
 
 
 def test_a_killed_run_leaves_only_partial_and_a_rerun_restarts(tmp_path):
-    path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(200_000)])
+    path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(30_000)])
     out = tmp_path / "out"
     spool = tmp_path / "out.partial" / "spool.array_record"
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path), str(out)])
     try:
-        while not (spool.exists() and spool.stat().st_size > 0) and process.poll() is None:
+        while not spool.exists() and process.poll() is None:  # the run has started writing
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it could be killed"
         os.kill(process.pid, signal.SIGKILL)

@@ -4,8 +4,9 @@
 
 Pass 1 reads every record in order, checks it, normalises its text, runs the filters
 (heuristic quality on raw-text documents, the classifier, safety, decontamination; the
-first that objects removes it), feeds the kept ones' text to exact and near dedup, and
-spools the encoded records to one temporary ArrayRecord file. Pass 2 streams the spool to
+first that objects removes it), computes the kept ones' exact-dedup keys and MinHash
+signatures, and spools the encoded records (and where each came from) to temporary
+ArrayRecord files. Pass 2 streams the spool to
 the split shards (by sha256 of the record), skipping dedup's duplicates. Then the tokenizer
 (trained on a sample of the train text, or copied), report.json, manifest.json last, and
 the `.partial` directory renamed into place. Memory holds dedup's hashes, not the records.
@@ -15,6 +16,7 @@ With `workers > 1` pass 1's per-record work runs in a process pool, in order.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -94,11 +96,12 @@ class Outcome:
     bad: str | None = None  # why the record is unusable
     removed_by: str | None = None  # the filter that removed it
     reason: str | None = None
-    text: str = ""  # the whole text when kept (dedup reads it); the first 200 characters when removed
-    media: str = ""  # sha256 of each media blob when kept: the same words with another image are no duplicate
+    text: str = ""  # the first 200 characters when removed
     text_bytes: int = 0
     record: bytes | None = None  # the encoded record when kept
     changed: bool = False  # normalisation changed its text
+    exact_key: int | None = None  # ExactDedup's key when kept and exact dedup is on
+    signature: object = None  # NearDedup's MinHash signature when kept, text-only and near dedup is on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Filters:
     prose: object | None  # HeuristicQuality for documents
     code: object | None  # HeuristicQuality.for_code for source files
     others: tuple  # classifier, safety, decontamination: every record
+    exact_dedup: object | None  # ExactDedup, NearDedup: the workers compute keys and signatures,
+    near_dedup: object | None  # the parent's copies collect them
 
     def names(self) -> list[str]:
         return (["quality"] if self.prose is not None else []) + [f.name for f in self.others]
@@ -148,9 +153,21 @@ def process(raw: RawRecord, filters: Filters) -> Outcome:
     except (RecordInvalid, ValueError) as e:  # ExampleError and MediaError are ValueErrors
         message = str(e)
         return Outcome(raw.where, size, bad=message if message.startswith(raw.where) else f"{raw.where}: {message}")
+    return Outcome(raw.where, size, text_bytes=len(text.encode("utf-8")), record=record, changed=text != before,
+                   **_dedup_keys(example, text, filters))
+
+
+def _dedup_keys(example: Example, text: str, filters: Filters) -> dict:
+    """Exact dedup hashes the text with each media blob's digest: the same question about another image is
+    no duplicate. Near dedup reads words only, so records with media are left to exact dedup."""
     blobs = [getattr(p, p.kind) for turn in example.contents for p in turn.parts if p.kind != "text"]
-    return Outcome(raw.where, size, text=text, text_bytes=len(text.encode("utf-8")), record=record,
-                   changed=text != before, media=" ".join(hashlib.sha256(b).hexdigest() for b in blobs))
+    keys = {}
+    if filters.exact_dedup is not None:
+        digests = "".join(f"\n{hashlib.sha256(b).hexdigest()}" for b in blobs)
+        keys["exact_key"] = filters.exact_dedup.key(text + digests)
+    if filters.near_dedup is not None and not blobs:
+        keys["signature"] = filters.near_dedup.signature(text)
+    return keys
 
 
 _WORKER_FILTERS: Filters | None = None
@@ -176,24 +193,40 @@ def _chunks(items: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
         yield chunk
 
 
-def _outcomes(raws: Iterable[RawRecord], filters: Filters, workers: int) -> Iterator[Outcome]:
-    """Every record's outcome, in input order; at most 4 chunks a worker in flight (flat memory)."""
+@contextlib.contextmanager
+def _pool(filters: Filters, workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A started pool of `workers` processes holding the filters (None for one worker).
+
+    Forked, where the system can: a spawned worker would import this package again, JAX and grain
+    included (about 5 s each). Every process starts here, before the parent opens any file or
+    starts a thread of its own, so that nothing half-held is copied into a child."""
     if workers == 1:
-        for raw in raws:
-            yield process(raw, filters)
+        yield None
         return
     import multiprocessing
 
-    # spawn: the parent may hold threads (grain, JAX) that a fork would copy in a broken state.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                              initializer=_init_worker, initargs=(filters,)) as pool:
-        pending: collections.deque[Future] = collections.deque()
-        for chunk in _chunks(raws, CHUNK):
-            pending.append(pool.submit(_process_chunk, chunk))
-            if len(pending) >= 4 * workers:
-                yield from pending.popleft().result()
-        while pending:
+        for started in [pool.submit(int) for _ in range(workers)]:
+            started.result()
+        yield pool
+
+
+def _outcomes(raws: Iterable[RawRecord], filters: Filters, pool: ProcessPoolExecutor | None,
+              workers: int) -> Iterator[Outcome]:
+    """Every record's outcome, in input order; at most 4 chunks a worker in flight (flat memory)."""
+    if pool is None:
+        for raw in raws:
+            yield process(raw, filters)
+        return
+    pending: collections.deque[Future] = collections.deque()
+    for chunk in _chunks(raws, CHUNK):
+        pending.append(pool.submit(_process_chunk, chunk))
+        if len(pending) >= 4 * workers:
             yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +265,17 @@ def build_filters(options: PrepareOptions) -> Filters:
         from gemini_jax.data.prepare.quality import HeuristicQuality
 
         prose, code = HeuristicQuality(), HeuristicQuality.for_code()
-    return Filters(normalize=options.normalize, prose=prose, code=code, others=tuple(others))
+    exact = near = None
+    if options.dedup:
+        from gemini_jax.data.prepare.dedup import ExactDedup
+
+        exact = ExactDedup()
+    if options.near_dedup:
+        from gemini_jax.data.prepare.dedup import NearDedup
+
+        near = NearDedup(threshold=options.near_dedup_threshold)
+    return Filters(normalize=options.normalize, prose=prose, code=code, others=tuple(others), exact_dedup=exact,
+                   near_dedup=near)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,22 +313,21 @@ def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
 def _pass1(sources, partial: Path, options: PrepareOptions, filters: Filters, stats: dict, bad: BadRecords,
            progress: bool) -> tuple[int, int, set[int]]:
     """Spools the kept records; returns (records read, bytes read, spool indices of duplicates)."""
+    with _pool(filters, options.workers) as pool:
+        return _spool(sources, partial, filters, stats, bad, progress, pool, options.workers)
+
+
+def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecords, progress: bool,
+           pool: ProcessPoolExecutor | None, workers: int) -> tuple[int, int, set[int]]:
     from tqdm import tqdm
 
-    dedups = []
-    if options.dedup:
-        from gemini_jax.data.prepare.dedup import ExactDedup
-
-        dedups.append(("dedup", ExactDedup()))
-    if options.near_dedup:
-        from gemini_jax.data.prepare.dedup import NearDedup
-
-        dedups.append(("near_dedup", NearDedup(threshold=options.near_dedup_threshold)))
+    exact, near = filters.exact_dedup, filters.near_dedup
     spool = spool_writer(partial / "spool.array_record")
+    wheres = spool_writer(partial / "spool-where.array_record")  # for the report's examples of duplicates
     kept = read = bytes_read = 0
     bar = tqdm(desc="data prepare", unit=" rec", disable=not progress, file=sys.stderr, mininterval=0.5)
     started = time.perf_counter()
-    for outcome in _outcomes(iter_sources(sources), filters, options.workers):
+    for outcome in _outcomes(iter_sources(sources), filters, pool, workers):
         read += 1
         bytes_read += outcome.input_bytes
         bar.update()
@@ -304,17 +346,20 @@ def _pass1(sources, partial: Path, options: PrepareOptions, filters: Filters, st
                 break
         if outcome.removed_by is not None:
             continue
-        for name, dedup in dedups:
-            if not outcome.media:
-                dedup.add(kept, outcome.text)
-            elif name == "dedup":  # near dedup reads words: it would merge records that differ only in media
-                dedup.add(kept, f"{outcome.text}\n{outcome.media}")
+        if outcome.exact_key is not None:
+            exact.add_key(kept, outcome.exact_key)
+        if outcome.signature is not None:
+            near.add_signature(kept, outcome.signature)
         spool.write(outcome.record)
+        wheres.write(outcome.where.encode("utf-8", "surrogateescape"))
         kept += 1
     bar.close()
     spool.close()
+    wheres.close()
     duplicates: set[int] = set()
-    for name, dedup in dedups:
+    for name, dedup in (("dedup", exact), ("near_dedup", near)):
+        if dedup is None:
+            continue
         found = dedup.duplicates() - duplicates
         stats[name].records_in = kept - len(duplicates)
         stats[name].pending = found
@@ -331,12 +376,14 @@ def _pass2(partial: Path, options: PrepareOptions, stats: dict, duplicates: set[
     text_only = True
     sample, sample_bytes = [], 0
     want_sample = options.vocab_size is not None
-    for index, record in enumerate(read_spool(partial / "spool.array_record")):
+    records = zip(read_spool(partial / "spool.array_record"), read_spool(partial / "spool-where.array_record"))
+    for index, (record, where) in enumerate(records):
         example = decode_record(record)
         if index in duplicates:
             text = _text_of(example)
             stage = next(s for s in dedup_stats if index in s.pending)
-            stage.remove(f"record {index}", "a duplicate of an earlier record", text, len(text.encode("utf-8")))
+            stage.remove(where.decode("utf-8", "surrogateescape"), "a duplicate of an earlier record", text,
+                         len(text.encode("utf-8")))
             continue
         kinds.update(p.kind for turn in example.contents for p in turn.parts)
         text_only &= example.raw_text and all(p.kind == "text" for t in example.contents for p in t.parts)
@@ -347,6 +394,7 @@ def _pass2(partial: Path, options: PrepareOptions, stats: dict, duplicates: set[
             sample.append(text)
             sample_bytes += len(text.encode("utf-8"))
     (partial / "spool.array_record").unlink()
+    (partial / "spool-where.array_record").unlink()
     splits = {}
     for name, writer in writers.items():
         splits[name] = {"records": writer.records, "files": writer.close()}
