@@ -163,5 +163,11 @@ def quantize(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def data(args: argparse.Namespace) -> None:
+    from gemini_jax.cli.data_command import run
+
+    run(args)
+
+
 HANDLERS = {"train": train, "distill": distill, "eval": evaluate, "generate": generate, "serve": serve,
-            "presets": presets, "convert": convert, "quantize": quantize}
+            "presets": presets, "convert": convert, "quantize": quantize, "data": data}

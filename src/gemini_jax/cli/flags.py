@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from gemini_jax.cli.data_command import add_parser as add_data_command
 from gemini_jax.cli.types import (
     lengths,
     non_negative_float,
@@ -336,4 +337,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_presets(sub)
     _add_convert(sub)
     _add_quantize(sub)
+    add_data_command(sub)
     return parser
