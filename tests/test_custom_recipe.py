@@ -142,3 +142,15 @@ def test_flags_are_checked_before_anything_loads(argv, message, capsys):
 
     assert cli.main(["train", "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_reads_a_jsonl_file_or_a_prepared_split(digits, trained):
+    from gemini_jax.evals.registry import EvalOptions, evaluate_run
+    from gemini_jax.evals.tasks import TaskDataError
+
+    run_dir, _ = trained
+    results = evaluate_run(run_dir, ["prepared"], EvalOptions(data_dir=str(digits / "test.jsonl"), limit=3,
+                                                              progress=False))
+    assert results["prepared"]["examples"] == 3 and 0 <= results["prepared"]["exact_match"] <= 100
+    with pytest.raises(TaskDataError, match="no split 'test'"):  # prepared without --test-fraction
+        evaluate_run(run_dir, ["prepared"], EvalOptions(data_dir=str(digits / "prepared"), progress=False))
