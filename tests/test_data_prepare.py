@@ -199,6 +199,7 @@ def test_every_stage_removes_what_it_should(tmp_path):
                        "near_dedup": [str(docs / "near.txt")]}
     assert "eval.jsonl" in report["stages"]["decontaminate"]["examples"][0]["reason"]
     assert report["totals"]["records_kept"] == 22  # 20 documents, the question about red and the one about blue
+    assert report["stages"]["quality"]["records_in"] == 25  # the documents: chats are not held to prose rules
     assert report["stages"]["dedup"]["records_in"] == 25 and report["stages"]["near_dedup"]["records_in"] == 23
 
 

@@ -100,6 +100,7 @@ class Outcome:
     text_bytes: int = 0
     record: bytes | None = None  # the encoded record when kept
     changed: bool = False  # normalisation changed its text
+    document: bool = False  # a raw-text document: the only kind the quality rules read
     exact_key: int | None = None  # ExactDedup's key when kept and exact dedup is on
     signature: object = None  # NearDedup's MinHash signature when kept, text-only and near dedup is on
 
@@ -148,13 +149,13 @@ def process(raw: RawRecord, filters: Filters) -> Outcome:
             reason = check(text)
             if reason is not None:
                 return Outcome(raw.where, size, removed_by=check.name, reason=reason, text=text[:200],
-                               text_bytes=len(text.encode("utf-8", "surrogatepass")))
+                               text_bytes=len(text.encode("utf-8", "surrogatepass")), document=example.raw_text)
         record = encode_record(example)
     except (RecordInvalid, ValueError) as e:  # ExampleError and MediaError are ValueErrors
         message = str(e)
         return Outcome(raw.where, size, bad=message if message.startswith(raw.where) else f"{raw.where}: {message}")
     return Outcome(raw.where, size, text_bytes=len(text.encode("utf-8")), record=record, changed=text != before,
-                   **_dedup_keys(example, text, filters))
+                   document=example.raw_text, **_dedup_keys(example, text, filters))
 
 
 def _dedup_keys(example: Example, text: str, filters: Filters) -> dict:
@@ -340,6 +341,8 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
             stats["normalize"].records_in += 1
             stats["normalize"].records_changed += outcome.changed
         for name in filters.names():
+            if name == "quality" and not outcome.document:
+                continue
             stats[name].records_in += 1
             if outcome.removed_by == name:
                 stats[name].remove(outcome.where, outcome.reason, outcome.text, outcome.text_bytes)
