@@ -80,7 +80,7 @@ class DataRecipe:
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
         from gemini_jax.evals.registry import EvalOptions, evaluate
-        from gemini_jax.evals.tasks.demo import format_table
+        from gemini_jax.evals.benchmark import format_table  # its task column fits the longest name
 
         mixture = load_mixture(self.mixture)
         data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
