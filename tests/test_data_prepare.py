@@ -101,6 +101,11 @@ def test_empty_and_missing_sources(tmp_path):
         list(iter_sources([str(tmp_path / "empty")]))
     (tmp_path / "e.jsonl").write_text("\n")
     (tmp_path / "e.txt").write_text("")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mod.py").write_text(f"# {PROSE}\n")
+    report = prepare([str(tmp_path / "pkg")], str(tmp_path / "out"), PrepareOptions(**BARE), progress=False)
+    assert report["skipped_files"]["count"] == 1 and report["bad_records"]["count"] == 0  # an empty file in a folder
     assert _errors([str(tmp_path / "e.jsonl"), str(tmp_path / "e.txt")]) == [
         f"{tmp_path / 'e.jsonl'}: an empty JSONL file: no records (one JSON object a line expected)",
         f"{tmp_path / 'e.txt'}: an empty text file: no document"]

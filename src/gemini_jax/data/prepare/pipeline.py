@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from gemini_jax.data.examples import PART_KINDS, Content, Example, Part
+from gemini_jax.data.examples import PART_KINDS, Content, Example, ExampleError, Part
 from gemini_jax.data.prepare.record_codec import decode_record, encode_record
 from gemini_jax.data.prepare.report import StageStats, print_summary
 from gemini_jax.data.prepare.shards import ShardWriter, read_spool, spool_writer
@@ -94,6 +94,7 @@ class Outcome:
     where: str
     input_bytes: int
     bad: str | None = None  # why the record is unusable
+    skipped: str | None = None  # an empty file met in a folder: reported, not counted as bad
     removed_by: str | None = None  # the filter that removed it
     reason: str | None = None
     text: str = ""  # the first 200 characters when removed
@@ -134,6 +135,8 @@ def _normalized(example: Example) -> Example:
 
 def process(raw: RawRecord, filters: Filters) -> Outcome:
     """Check, normalise, filter and encode one record."""
+    if raw.kind == "skip":
+        return Outcome(raw.where, 0, skipped=f"{raw.where}: {raw.payload}")
     size = len(raw.payload.encode("utf-8", "surrogatepass"))
     try:
         example = load_record(raw)
@@ -143,7 +146,7 @@ def process(raw: RawRecord, filters: Filters) -> Outcome:
         text = _text_of(example)
         checks = list(filters.others)
         if example.raw_text and filters.prose is not None:
-            is_code = Path(raw.where.split(":")[0]).suffix in CODE_SUFFIXES
+            is_code = raw.kind == "text" and Path(raw.where).suffix in CODE_SUFFIXES
             checks.insert(0, filters.code if is_code else filters.prose)
         for check in checks:
             reason = check(text)
@@ -151,7 +154,7 @@ def process(raw: RawRecord, filters: Filters) -> Outcome:
                 return Outcome(raw.where, size, removed_by=check.name, reason=reason, text=text[:200],
                                text_bytes=len(text.encode("utf-8", "surrogatepass")), document=example.raw_text)
         record = encode_record(example)
-    except (RecordInvalid, ValueError) as e:  # ExampleError and MediaError are ValueErrors
+    except (RecordInvalid, ExampleError) as e:  # a bad record; anything else is a bug and propagates
         message = str(e)
         return Outcome(raw.where, size, bad=message if message.startswith(raw.where) else f"{raw.where}: {message}")
     return Outcome(raw.where, size, text_bytes=len(text.encode("utf-8")), record=record, changed=text != before,
@@ -312,13 +315,13 @@ def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
 
 
 def _pass1(sources, partial: Path, options: PrepareOptions, filters: Filters, stats: dict, bad: BadRecords,
-           progress: bool) -> tuple[int, int, set[int]]:
+           skipped: BadRecords, progress: bool) -> tuple[int, int, set[int]]:
     """Spools the kept records; returns (records read, bytes read, spool indices of duplicates)."""
     with _pool(filters, options.workers) as pool:
-        return _spool(sources, partial, filters, stats, bad, progress, pool, options.workers)
+        return _spool(sources, partial, filters, stats, bad, skipped, progress, pool, options.workers)
 
 
-def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecords, progress: bool,
+def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecords, skipped: BadRecords, progress: bool,
            pool: ProcessPoolExecutor | None, workers: int) -> tuple[int, int, set[int]]:
     from tqdm import tqdm
 
@@ -336,6 +339,9 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
             bar.set_postfix_str(f"{bytes_read / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} MB/s")
         if outcome.bad is not None:
             bad.add(outcome.bad)
+            continue
+        if outcome.skipped is not None:
+            skipped.add(outcome.skipped)
             continue
         if filters.normalize:
             stats["normalize"].records_in += 1
@@ -455,7 +461,8 @@ def prepare(sources: Sequence[str], out: str, options: PrepareOptions, *, progre
     stats |= {name: StageStats() for name in filters.names()}
     stats |= {name: StageStats() for name, on in (("dedup", options.dedup), ("near_dedup", options.near_dedup)) if on}
     bad = BadRecords(budget=options.max_bad_records)
-    read, bytes_read, duplicates = _pass1(sources, partial, options, filters, stats, bad, progress)
+    skipped = BadRecords(budget=sys.maxsize)
+    read, bytes_read, duplicates = _pass1(sources, partial, options, filters, stats, bad, skipped, progress)
     seen = _pass2(partial, options, stats, duplicates)
     tokenizer = _tokenizer(partial, options, seen.pop("sample"))
     seconds = time.perf_counter() - started
@@ -467,6 +474,7 @@ def prepare(sources: Sequence[str], out: str, options: PrepareOptions, *, progre
                    "records_kept": sum(kept.values())},
         "splits": kept,
         "bad_records": bad.report(),
+        "skipped_files": skipped.report(),
         "seconds": round(seconds, 3),
         "mb_per_s": round(bytes_read / 1e6 / max(seconds, 1e-9), 3),
     }

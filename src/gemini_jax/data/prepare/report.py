@@ -41,7 +41,9 @@ def print_summary(report: dict, *, file: TextIO) -> None:
         print(f"{name:<16}{stage['records_in']:>10}{stage['records_removed']:>10}"
               f"{stage['bytes_removed'] / 1e6:>12.2f}", file=file)
     totals = report["totals"]
+    skipped = report.get("skipped_files", {}).get("count", 0)
     print(f"read {totals['records_in']} records ({totals['bytes_in'] / 1e6:.2f} MB), {totals['bad_records']} bad, "
-          f"{totals['records_removed']} removed, {totals['records_kept']} kept in "
+          + (f"{skipped} empty files skipped, " if skipped else "")
+          + f"{totals['records_removed']} removed, {totals['records_kept']} kept in "
           f"{report['seconds']:.1f} s ({report['mb_per_s']:.2f} MB/s)", file=file)
     print("splits: " + ", ".join(f"{name} {count}" for name, count in report["splits"].items()), file=file)

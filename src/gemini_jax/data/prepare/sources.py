@@ -28,7 +28,7 @@ from gemini_jax.data.records import DataError
 
 # Files a folder may hold next to its JSONL that are not text documents.
 MEDIA_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .gif .webp .bmp .tif .tiff .wav .flac .ogg .mp3 .mp4 .apng .npy".split())
+    ".png .jpg .jpeg .gif .webp .bmp .ico .tif .tiff .wav .flac .ogg .mp3 .mp4 .apng .npy".split())
 # Small limits for validation: enough to prove a file decodes, not a cap on what training accepts.
 VALIDATE_VIDEO_FRAMES = 1
 
@@ -40,7 +40,7 @@ class RecordInvalid(ValueError):
 @dataclasses.dataclass(frozen=True)
 class RawRecord:
     where: str  # "path:line" for JSONL, "path" for a document
-    kind: str  # "jsonl" | "text" | "bad" (an unreadable file: `payload` says why)
+    kind: str  # "jsonl" | "text" | "bad" (an unreadable file) | "skip" (an empty file in a folder): `payload` says why
     payload: str  # the JSON line, the document's text, or the reason
     base_dir: str = "."
 
@@ -64,25 +64,33 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
     except UnicodeDecodeError as e:
         yield RawRecord(f"{path}", "bad", f"not UTF-8 text ({e.reason} at byte {e.start} of a block)")
         return
+    except OSError as e:
+        yield RawRecord(f"{path}", "bad", f"unreadable ({e.strerror})")
+        return
     if count == 0:
         yield RawRecord(f"{path}", "bad", "an empty JSONL file: no records (one JSON object a line expected)")
 
 
-def _iter_text(path: Path) -> Iterator[RawRecord]:
-    data = path.read_bytes()
+def _iter_text(path: Path, *, in_folder: bool) -> Iterator[RawRecord]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        yield RawRecord(f"{path}", "bad", f"unreadable ({e.strerror})")
+        return
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         yield RawRecord(f"{path}", "bad", f"not UTF-8 text ({e.reason} at byte {e.start})")
         return
     if not text.strip():
-        yield RawRecord(f"{path}", "bad", "an empty text file: no document")
+        # An empty __init__.py in a package is normal; an empty file named as a source is a mistake.
+        yield RawRecord(f"{path}", "skip" if in_folder else "bad", "an empty text file: no document")
         return
     yield RawRecord(f"{path}", "text", text)
 
 
-def _iter_file(path: Path) -> Iterator[RawRecord]:
-    yield from (_iter_jsonl(path) if path.suffix == ".jsonl" else _iter_text(path))
+def _iter_file(path: Path, *, in_folder: bool) -> Iterator[RawRecord]:
+    yield from (_iter_jsonl(path) if path.suffix == ".jsonl" else _iter_text(path, in_folder=in_folder))
 
 
 def _folder_files(folder: Path) -> Iterator[Path]:
@@ -101,7 +109,7 @@ def iter_source(source: str) -> Iterator[RawRecord]:
     files = _folder_files(path) if path.is_dir() else iter([path])
     count = 0
     for file in files:
-        for raw in _iter_file(file):
+        for raw in _iter_file(file, in_folder=path.is_dir()):
             count += 1
             yield raw
     if count == 0:
@@ -175,7 +183,7 @@ def _parse_json(raw: RawRecord) -> Example:
 
 def load_record(raw: RawRecord) -> Example:
     """The checked example of one raw record, media as bytes; RecordInvalid if it is bad."""
-    if raw.kind == "bad":
+    if raw.kind in ("bad", "skip"):
         raise RecordInvalid(f"{raw.where}: {raw.payload}")
     if raw.kind == "text":
         return text_document(raw.payload)
