@@ -16,6 +16,8 @@ from flax import nnx
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, get_preset
 from gemini_jax.data.examples import from_json
+from gemini_jax.data.prepare.pipeline import PrepareOptions
+from gemini_jax.data.prepare.pipeline import prepare as prepare_data
 from gemini_jax.data.prepare.record_codec import encode_record
 from gemini_jax.data.prepare.shards import ShardWriter
 from gemini_jax.data.tokenizer import train_tokenizer
@@ -34,8 +36,8 @@ def digits_example():
     return module
 
 
-def prepare(jsonl: Path, out: Path, *, tokenizer_text: str) -> None:
-    """A prepared directory as `data prepare` writes it: records split by hash, a tokenizer, the manifest."""
+def prepare_by_hand(jsonl: Path, out: Path, *, tokenizer_text: str) -> None:
+    """A prepared directory as `data prepare` writes it, with a tokenizer trained on `tokenizer_text`."""
     lines = jsonl.read_text().splitlines()
     examples = [from_json(json.loads(line), base_dir=jsonl.parent) for line in lines]
     out.mkdir(parents=True)
@@ -56,7 +58,9 @@ def prepare(jsonl: Path, out: Path, *, tokenizer_text: str) -> None:
 def digits(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     digits_example().write(out, limit=40)
-    prepare(out / "train.jsonl", out / "prepared", tokenizer_text="What digit is this? 0 1 2 3 4 5 6 7 8 9")
+    options = PrepareOptions(vocab_size=400, validation_fraction=0.15, decontaminate=False, near_dedup=False)
+    report = prepare_data([str(out / "train.jsonl")], str(out / "prepared"), options, progress=False)
+    assert json.loads((out / "prepared" / "manifest.json").read_text())["splits"]["validation"]["records"], report
     return out
 
 
@@ -123,7 +127,7 @@ def test_init_from_trains_the_runs_model(digits, trained, tmp_path):
 def test_init_from_refuses_data_prepared_with_another_tokenizer(digits, trained, tmp_path):
     run_dir, _ = trained
     other = tmp_path / "other"
-    prepare(digits / "train.jsonl", other / "prepared", tokenizer_text="another text entirely, with other words")
+    prepare_by_hand(digits / "train.jsonl", other / "prepared", tokenizer_text="another text entirely, with other words")
     (other / "mixture.yaml").write_text("sources:\n  digits: {path: prepared}\n")
     with pytest.raises(ConfigError, match=r"tokenizer does not match .*prepared.*--vocab-size 400.*--tokenizer"):
         train_on_data(dataclasses.replace(recipe(other, tmp_path / "run", steps=1), init_from=str(run_dir)))
