@@ -286,3 +286,20 @@ def test_command_runs_prepare(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _parse(["data", "prepare", str(path), "--out", "x", "--validation-fraction", "1.5"])
     assert "--validation-fraction" in capsys.readouterr().err
+
+
+def test_through_the_command_line(tmp_path, capsys):
+    from gemini_jax.cli import main
+
+    path = _write_jsonl(tmp_path / "d.jsonl", [_chat(i) for i in range(10)] + ["{oops"])
+    out = str(tmp_path / "out")
+    assert main(["data", "prepare", str(path), "--out", out, "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "gemini-jax data: error: 1 bad records exceed --max-bad-records=0" in error and "d.jsonl:11" in error
+    assert main(["data", "prepare", str(path), "--out", out, "--no-progress", "--max-bad-records", "1"]) == 0
+    assert open_prepared(out).manifest["options"]["max_bad_records"] == 1
+    assert main(["data", "prepare", str(tmp_path / "nope"), "--out", out, "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["data", "prepare", "--help"]) == 0
+    assert "--near-dedup-threshold" in capsys.readouterr().out
+
