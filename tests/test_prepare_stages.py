@@ -215,6 +215,9 @@ def test_decontaminator_finds_long_and_short_eval_texts():
     assert check(f"{PROSE} name the LARGEST ocean. {PROSE}").startswith("decontaminate: shares a 4-gram with quiz")
     assert check(f"{PROSE} name the largest lake") is None  # not contiguous
     assert check(PROSE + " yes") is None  # under min_words: not indexed
+    numbers = " ".join(map(str, range(1, 30)))
+    assert Decontaminator({"table": [f"assert f() == [{numbers}]"]})(f"x = [{numbers}]") is None
+    assert Decontaminator({"table": [f"assert f() == [{numbers}]"]})(f"assert f() == [{numbers}]") is not None
 
 
 def test_eval_sets_reads_humaneval_benchmarks_and_jsonl(tmp_path):

@@ -7,7 +7,7 @@ came from); a record's n-grams are rolling hashes over its word hashes, looked u
 `np.searchsorted`. Most positions of a clean record start no eval gram at all, so a bitmap of every
 eval text's `min_words`-grams picks the candidate starts first and only those are hashed and looked up. An eval text shorter than n words is indexed whole, as one gram of its own length,
 and matches a record holding the same words contiguously; texts under `min_words` words ("yes",
-"red") are skipped, since they would match almost anything.
+"red") are skipped, since they would match almost anything, and so are grams made only of numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemini_jax.data.prepare.hashing import hash_grams, hash_grams_at, hash_words, words
+from gemini_jax.data.prepare.hashing import hash_grams, hash_grams_at, hash_words, word_hashes, words
 
 _BITMAP_BITS = 22  # 4 MiB of booleans: ~2% false candidates at 100k indexed prefixes
 
@@ -46,7 +46,7 @@ class Decontaminator:
                 length = min(n, len(tokens))
                 hashes = hash_words(tokens)
                 self._prefixes[_bucket(hash_grams(hashes, min_words))] = True
-                grams = np.unique(hash_grams(hashes, length))
+                grams = np.unique(hash_grams(hashes, length)[_has_a_letter(tokens, length)])
                 owner = np.full(len(grams), len(self._sources), np.int32)
                 self._sources.append((set_name, " ".join(tokens[:6])))
                 by_length.setdefault(length, ([], []))[0].append(grams)
@@ -64,7 +64,7 @@ class Decontaminator:
         return len(self._sources)
 
     def __call__(self, text: str) -> str | None:
-        hashes = hash_words(words(text))
+        _, hashes = word_hashes(text)
         candidates = np.flatnonzero(self._prefixes[_bucket(hash_grams(hashes, self.min_words))])  # gram starts
         for length, (index, owners) in self._index.items():
             starts = candidates[candidates + length <= len(hashes)]
@@ -77,6 +77,14 @@ class Decontaminator:
                 set_name, first_words = self._sources[owners[where[hits[0]]]]
                 return f"decontaminate: shares a {length}-gram with {set_name} ({first_words} ...)"
         return None
+
+
+def _has_a_letter(tokens: list[str], n: int) -> np.ndarray:
+    """bool[W - n + 1]: which n-grams hold a word that is not a number. Grams of numbers alone ("0 0 0
+    ...", "1 2 3 ... 13") come from test tables and match unrelated code, so they are not indexed."""
+    numeric = np.fromiter((t.isdigit() for t in tokens), np.int64, len(tokens))  # [W]
+    runs = np.convolve(numeric, np.ones(n, np.int64), mode="valid")  # [W - n + 1]: numbers per window
+    return runs < n
 
 
 def _bucket(hashes: np.ndarray) -> np.ndarray:

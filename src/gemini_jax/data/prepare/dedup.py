@@ -27,7 +27,7 @@ import hashlib
 import numpy as np
 from datasketch import MinHash
 
-from gemini_jax.data.prepare.hashing import hash_grams, hash_words, mix, words
+from gemini_jax.data.prepare.hashing import hash_grams, mix, word_hashes
 
 SHINGLE_WORDS = 5
 
@@ -86,12 +86,12 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def signature(text: str, *, num_perm: int = 128, seed: int = 1) -> np.ndarray:
     """uint32[num_perm]: the MinHash of the text's word 5-gram shingles (one shingle of all its words
     when it has fewer than 5; an empty text has the all-max signature)."""
-    hashes = hash_words(words(text))
+    _, hashes = word_hashes(text)
     n = min(SHINGLE_WORDS, len(hashes))
     shingles = hash_grams(hashes, n) >> np.uint64(32) if n else np.zeros(0, np.uint64)  # 32-bit for affine32
     minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=_permutations(num_perm, seed),
                       scheme="affine32")
-    minhash.update_batch(np.unique(shingles).tolist())
+    minhash.update_batch(shingles.tolist())  # a repeated shingle changes no minimum
     return minhash.hashvalues
 
 

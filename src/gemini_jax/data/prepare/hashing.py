@@ -21,6 +21,19 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+_last: tuple[str, list[str], np.ndarray] | None = None
+
+
+def word_hashes(text: str) -> tuple[list[str], np.ndarray]:
+    """`words(text)` and their `hash_words`, remembered for the last text: the quality, safety,
+    decontamination and near-dedup stages each ask for the same record's words in turn."""
+    global _last
+    if _last is None or _last[0] is not text:  # identity: the held reference keeps the id from reuse
+        tokens = words(text)
+        _last = (text, tokens, hash_words(tokens))
+    return _last[1], _last[2]
+
+
 def mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: spreads every input bit over the whole 64-bit output."""
     x = x ^ (x >> np.uint64(30))

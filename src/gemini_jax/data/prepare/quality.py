@@ -27,13 +27,14 @@ import re
 
 import numpy as np
 
-from gemini_jax.data.prepare.hashing import hash_grams, hash_words
+from gemini_jax.data.prepare.hashing import word_hashes
 
 _BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "-", "*", "·")
 _ELLIPSES = ("...", "…")
 _STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 _ALPHA = re.compile(r"[^\W\d_]")  # a letter in any script
+_PRIME = np.uint64(1099511628211)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,7 +118,7 @@ class HeuristicQuality:
             ("paragraphs", _PARAGRAPH_BREAK.split(text), self.max_duplicate_paragraphs,
              self.max_duplicate_paragraph_chars),
         ):
-            parts = [p.strip() for p in parts if p.strip()]
+            parts = [p for p in map(str.strip, parts) if p]
             if not parts:
                 continue
             seen: set[str] = set()
@@ -132,24 +133,30 @@ class HeuristicQuality:
             share = repeated_chars / sum(map(len, parts))
             if share > max_chars:
                 return f"gopher: characters in duplicate {what} {share:.2f} > {max_chars:g}"
-        return self._top_ngrams(tokens)
+        return self._top_ngrams(text)
 
-    def _top_ngrams(self, tokens: list[str]) -> str | None:
+    def _top_ngrams(self, text: str) -> str | None:
         """Gopher's repetition of the most frequent n-gram: its characters times its count, over
-        the characters of all words."""
-        hashes = hash_words(tokens)
+        the characters of all words (words as the other stages read them: lowercased runs of
+        letters, digits and underscores)."""
+        tokens, hashes = word_hashes(text)
         lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))  # [W]
         total = lengths.sum()
+        grams = hashes
         for n, limit in zip((2, 3, 4), self.max_top_ngram_chars):
-            grams = hash_grams(hashes, n)
-            if len(grams) == 0:
+            grams = grams[:-1] * _PRIME + hashes[n - 1:]  # [W - n + 1]: a polynomial hash suffices to count
+            if len(grams) < 2:
                 break
-            values, first, counts = np.unique(grams, return_index=True, return_counts=True)
-            top = np.argmax(counts)
-            if counts[top] < 2:
+            ordered = np.sort(grams)
+            last_of_run = np.append(np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1)
+            runs = np.diff(last_of_run, prepend=-1)
+            longest = np.argmax(runs)
+            count = runs[longest]
+            if count < 2:
                 continue
-            chars = lengths[first[top]:first[top] + n].sum()
-            share = float(counts[top] * chars / total)
+            first = np.argmax(grams == ordered[last_of_run[longest]])
+            chars = lengths[first:first + n].sum()
+            share = float(count * chars / total)
             if share > limit:
                 return f"gopher: top {n}-gram covers {share:.2f} of characters > {limit:g}"
         return None

@@ -1,4 +1,5 @@
-"""A word-list safety filter: whole words, case-insensitive.
+"""A word-list safety filter: whole words, case-insensitive (words as the other stages read them:
+runs of letters, digits and underscores; a listed phrase matches its words in a row).
 
 The shipped list is `blocklist.txt` beside this module (a short curated English list; see its header).
 Even strong words turn up in quoted or reported text, so one match does not remove a document: it is
@@ -12,7 +13,8 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 
-_TOKEN = re.compile(r"\w+(?:[-'.]\w+)*")  # hyphenated words, contractions and dotted names stay one token
+from gemini_jax.data.prepare.hashing import word_hashes
+
 
 
 def shipped_words() -> list[str]:
@@ -28,21 +30,20 @@ class SafetyFilter:
     name = "safety"
 
     def __init__(self, words: Iterable[str] | None = None, *, max_fraction: float = 0.005):
-        entries = {w.strip().lower() for w in (shipped_words() if words is None else words)} - {""}
+        entries = {" ".join(re.findall(r"\w+", w.lower())) for w in (shipped_words() if words is None else words)} - {""}
         self.words = frozenset(e for e in entries if " " not in e)
         phrases = sorted((e for e in entries if " " in e), key=len, reverse=True)
         self.phrases = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, phrases)) + r")(?!\w)") if phrases else None
         self.max_fraction = max_fraction
 
     def __call__(self, text: str) -> str | None:
-        lowered = text.lower()
-        tokens = _TOKEN.findall(lowered)
+        tokens, _ = word_hashes(text)
         if not tokens:
             return None
         words = self.words
         matches = sum(1 for t in tokens if t in words)
         if self.phrases is not None:
-            matches += len(self.phrases.findall(" ".join(lowered.split())))
+            matches += len(self.phrases.findall(" ".join(tokens)))
         if matches > self.max_fraction * len(tokens):
             return f"safety: {matches} blocklisted words in {len(tokens)} ({matches / len(tokens):.3f} > {self.max_fraction:g})"
         return None
