@@ -86,8 +86,10 @@ def _read(path: Path) -> Any:
         raise MixtureError(f"mixture file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
+        try:
+            import yaml
+        except ImportError:
+            raise MixtureError(f"{path}: reading YAML needs PyYAML (`pip install pyyaml`); or write the file as JSON")
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
