@@ -222,12 +222,22 @@ def throughput_one(gigabytes: float, workers: int) -> dict:
             copy += 1
         options = PrepareOptions(workers=workers, eval_data_dir=str(fixtures))
         with _PeakMemory() as memory:
+            cpu_before = _cpu_seconds()
             started = time.perf_counter()
             report = prepare([str(tmp / "corpus")], str(tmp / "out"), options, progress=False)
             seconds = time.perf_counter() - started
+            cpu = _cpu_seconds() - cpu_before
+    # mb_per_cpu_s: throughput per CPU-second of the process and its (joined) workers, a figure that
+    # holds on a shared machine where wall-clock MB/s depends on the other load
     return {"gigabytes": gigabytes, "input_bytes": written, "workers": workers, "seconds": round(seconds, 1),
-            "mb_per_s": round(written / 1e6 / seconds, 2), "peak_rss_mb": round(memory.peak / 2**20),
+            "mb_per_s": round(written / 1e6 / seconds, 2), "cpu_seconds": round(cpu, 1),
+            "mb_per_cpu_s": round(written / 1e6 / cpu, 2), "peak_rss_mb": round(memory.peak / 2**20),
             "report": report}
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def main() -> None:

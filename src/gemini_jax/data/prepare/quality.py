@@ -148,13 +148,14 @@ class HeuristicQuality:
             if len(grams) < 2:
                 break
             ordered = np.sort(grams)
-            last_of_run = np.append(np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1)
-            runs = np.diff(last_of_run, prepend=-1)
+            run_starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+            if len(run_starts) == len(ordered) - 1:  # every gram distinct
+                continue
+            bounds = np.concatenate(([0], run_starts, [len(ordered)]))
+            runs = bounds[1:] - bounds[:-1]
             longest = np.argmax(runs)
             count = runs[longest]
-            if count < 2:
-                continue
-            first = np.argmax(grams == ordered[last_of_run[longest]])
+            first = np.argmax(grams == ordered[bounds[longest]])
             chars = lengths[first:first + n].sum()
             share = float(count * chars / total)
             if share > limit:
