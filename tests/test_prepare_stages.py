@@ -220,6 +220,13 @@ def test_decontaminator_finds_long_and_short_eval_texts():
     assert Decontaminator({"table": [f"assert f() == [{numbers}]"]})(f"assert f() == [{numbers}]") is not None
 
 
+def test_decontaminator_refuses_bad_lengths():
+    with pytest.raises(ValueError, match="min_words <= n"):
+        Decontaminator({}, n=3)
+    with pytest.raises(ValueError, match="max_fraction"):
+        SafetyFilter(max_fraction=1.5)
+
+
 def test_eval_sets_reads_humaneval_benchmarks_and_jsonl(tmp_path):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps(

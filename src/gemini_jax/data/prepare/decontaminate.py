@@ -32,8 +32,8 @@ class Decontaminator:
     name = "decontaminate"
 
     def __init__(self, eval_sets: Mapping[str, Iterable[str]], n: int = 13, *, min_words: int = 4):
-        if n < 1:
-            raise ValueError(f"decontamination n-gram length must be >= 1, got {n}")
+        if not 1 <= min_words <= n:
+            raise ValueError(f"decontamination needs 1 <= min_words <= n; got min_words={min_words}, n={n}")
         self.n, self.min_words = n, min_words
         self._prefixes = np.zeros(1 << _BITMAP_BITS, bool)  # which min_words-gram hashes start an eval gram
         self._sources: list[tuple[str, str]] = []  # (eval set, first words of the text)

@@ -13,8 +13,7 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 
-from gemini_jax.data.prepare.hashing import word_hashes
-
+from gemini_jax.data.prepare.hashing import WORD, word_hashes
 
 
 def shipped_words() -> list[str]:
@@ -30,7 +29,10 @@ class SafetyFilter:
     name = "safety"
 
     def __init__(self, words: Iterable[str] | None = None, *, max_fraction: float = 0.005):
-        entries = {" ".join(re.findall(r"\w+", w.lower())) for w in (shipped_words() if words is None else words)} - {""}
+        if not 0.0 <= max_fraction < 1.0:
+            raise ValueError(f"safety max_fraction must be in [0, 1), got {max_fraction}")
+        listed = shipped_words() if words is None else words
+        entries = {" ".join(WORD.findall(w.lower())) for w in listed} - {""}
         self.words = frozenset(e for e in entries if " " not in e)
         phrases = sorted((e for e in entries if " " in e), key=len, reverse=True)
         self.phrases = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, phrases)) + r")(?!\w)") if phrases else None
@@ -40,10 +42,10 @@ class SafetyFilter:
         tokens, _ = word_hashes(text)
         if not tokens:
             return None
-        words = self.words
-        matches = sum(1 for t in tokens if t in words)
+        matches = sum(1 for t in tokens if t in self.words)
         if self.phrases is not None:
             matches += len(self.phrases.findall(" ".join(tokens)))
         if matches > self.max_fraction * len(tokens):
-            return f"safety: {matches} blocklisted words in {len(tokens)} ({matches / len(tokens):.3f} > {self.max_fraction:g})"
+            share = matches / len(tokens)
+            return f"safety: {matches} blocklisted words in {len(tokens)} ({share:.3f} > {self.max_fraction:g})"
         return None
