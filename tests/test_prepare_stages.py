@@ -222,7 +222,8 @@ def test_decontaminator_finds_long_and_short_eval_texts():
 
 def test_decontaminator_refuses_bad_lengths():
     with pytest.raises(ValueError, match="min_words <= n"):
-        Decontaminator({}, n=3)
+        Decontaminator({}, n=0)
+    assert Decontaminator({"s": ["a b c d"]}, n=3)("x a b c y") is not None  # min_words follows a small n
     with pytest.raises(ValueError, match="max_fraction"):
         SafetyFilter(max_fraction=1.5)
 

@@ -31,7 +31,8 @@ class Decontaminator:
 
     name = "decontaminate"
 
-    def __init__(self, eval_sets: Mapping[str, Iterable[str]], n: int = 13, *, min_words: int = 4):
+    def __init__(self, eval_sets: Mapping[str, Iterable[str]], n: int = 13, *, min_words: int | None = None):
+        min_words = min(4, n) if min_words is None else min_words
         if not 1 <= min_words <= n:
             raise ValueError(f"decontamination needs 1 <= min_words <= n; got min_words={min_words}, n={n}")
         self.n, self.min_words = n, min_words
