@@ -2,12 +2,13 @@
 an evaluation set.
 
 Words are lowercased runs of letters, digits and underscores, so case, punctuation and whitespace do
-not matter. The index is one sorted uint64 array of n-gram hashes (plus, per hash, which eval text it
-came from); a record's n-grams are rolling hashes over its word hashes, looked up with
+not matter. The index is a sorted uint64 array of n-gram hashes per gram length (plus, per hash, which
+eval text it came from); a record's n-grams are rolling hashes over its word hashes, looked up with
 `np.searchsorted`. Most positions of a clean record start no eval gram at all, so a bitmap of every
-eval text's `min_words`-grams picks the candidate starts first and only those are hashed and looked up. An eval text shorter than n words is indexed whole, as one gram of its own length,
-and matches a record holding the same words contiguously; texts under `min_words` words ("yes",
-"red") are skipped, since they would match almost anything, and so are grams made only of numbers.
+eval text's `min_words`-grams (default 4) picks the candidate starts first, and only those are hashed
+and looked up. An eval text shorter than n words is indexed whole, as one gram of its own length, and
+matches a record holding the same words contiguously; texts under `min_words` words ("yes", "red") are
+skipped, since they would match almost anything, and so are grams made only of numbers.
 """
 
 from __future__ import annotations
