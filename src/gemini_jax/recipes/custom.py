@@ -33,7 +33,7 @@ from gemini_jax.data.mixture_file import Mixture, MixtureError, load_mixture
 from gemini_jax.data.prepared import PreparedData, open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
-from gemini_jax.recipes.runner import Setup, Timings, train_and_evaluate
+from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.train import Trainer, distributed
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.optimizer import OptimizerConfig
@@ -73,8 +73,8 @@ class DataRecipe:
         return config if self.dtype is None else override(config, dtype=self.dtype)
 
     def make_trainer(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: Any = None) -> Trainer:
-        """The Trainer, its model holding `init_from`'s parameters (a resumed run then restores its own)."""
-        if self.init_from is not None:
+        """The Trainer, its model holding `init_from`'s parameters (a run being resumed restores its own)."""
+        if self.init_from is not None and not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
         return Trainer(model, optimizer, mesh=mesh)
 
