@@ -226,7 +226,7 @@ def test_eval_refuses_options_that_its_tasks_would_ignore(capsys):
     assert cli.main(["eval", "--tasks", "mmlu", "--cache-dir", "somewhere"]) == 2
     assert "--cache-dir (for demo sets only)" in capsys.readouterr().err
     assert cli.main(["eval", "--tasks", "kv_retrieval", "--records", "r.jsonl"]) == 2
-    assert "--records (for benchmarks and demo sets only)" in capsys.readouterr().err
+    assert "--records (for benchmarks, demo sets and your data only)" in capsys.readouterr().err
 
 
 def test_running_the_demo_again_resumes_its_run(run):

@@ -46,8 +46,9 @@ def corpus(tmp_path_factory):
 
 
 def test_the_registry_holds_every_evaluation_once():
-    assert list(TASKS)[:6] == ["vqa", "asr", "video", "text", "kv_retrieval", "nll_by_position"]
-    assert set(BENCHMARKS) <= set(TASKS) and len(TASKS) == 6 + len(BENCHMARKS)
+    assert list(TASKS)[:8] == ["vqa", "asr", "video", "text", "kv_retrieval", "nll_by_position",
+                               "prepared", "prepared_validation"]
+    assert set(BENCHMARKS) <= set(TASKS) and len(TASKS) == 8 + len(BENCHMARKS)
     assert {t.family for t in TASKS.values()} == set(Family)
     assert all(TASKS[name].family is Family.DEMO_SETS for name in registry.DEFAULT_TASKS)
     assert registry.DEFAULT_TASKS == demo_sets.TASKS
@@ -61,6 +62,7 @@ def test_unknown_tasks_are_listed_with_the_known_ones(tmp_path):
     assert "unknown task(s) nope, nada" in message
     assert "benchmarks: mmlu, gsm8k" in message and "demo sets: vqa, asr, video, text" in message
     assert "long context: kv_retrieval, nll_by_position" in message
+    assert "your data: prepared, prepared_validation" in message
     with pytest.raises(TaskDataError, match="named twice"):
         registry.resolve(["text", demo_sets.CodePerplexity(seq_len=64)])
 
@@ -72,7 +74,7 @@ def test_options_no_chosen_task_reads_are_named():
                                                         "--lengths (for long context only)"]
     assert unused_options(["kv_retrieval"], options) == [
         "--cache-dir (for demo sets only)", "--shots (for benchmarks only)",
-        "--records (for benchmarks and demo sets only)"]
+        "--records (for benchmarks, demo sets and your data only)"]
     assert unused_options(["vqa", "mmlu", "nll_by_position"], options) == []  # a mixture reads them all
     assert unused_options(list(TASKS), EvalOptions()) == []  # defaults are never refused
     with pytest.raises(TaskDataError, match=r"do nothing for demo sets and long context: --data-dir \(for benchmarks"):

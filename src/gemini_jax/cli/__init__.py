@@ -26,11 +26,12 @@ from gemini_jax.cli.flags import (
     BENCHMARK_TASKS,
     DEMO_TASKS,
     LONG_CONTEXT_TASKS,
+    PREPARED_TASKS,
     build_parser,
 )
 
-__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "build_parser", "entry", "huge_pages_environ",
-           "main"]
+__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "build_parser", "entry",
+           "huge_pages_environ", "main"]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

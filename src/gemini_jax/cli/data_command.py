@@ -73,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds `data` and its sub-command `prepare`."""
     p = sub.add_parser("data", help="prepare your own data for training (see docs/data.md)",
                        description="Commands for your own data.")
-    _add_prepare(p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND"))
+    _add_prepare(p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND",
+                                    help="prepare: sources to a prepared data directory"))
 
 
 def options_from_args(args: argparse.Namespace):

@@ -165,6 +165,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
+PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
 
@@ -180,16 +181,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "match for easy-VQA, transcription and video questions; word error rate; perplexity of held-out "
         "standard-library code). Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
         "by context length and the queried pair's position, and NLL by token position on held-out long "
-        "documents (plotted as a PNG). Prints a table of {task: {metric: value}}.",
+        "documents (plotted as a PNG). Your data (prepared, prepared_validation): exact match, loss and "
+        "perplexity on a prepared data directory's test or validation split, or on a .jsonl file. "
+        "Prints a table of {task: {metric: value}}.",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
                    + ",".join(DEMO_TASKS) + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
-                   + "), in any mixture; default: all demo sets")
+                   + "), or your data (" + ",".join(PREPARED_TASKS) + "), in any mixture; default: all demo sets")
     p.add_argument("--data-dir", default=None,
-                   help="benchmarks: the folder holding one sub-folder per task (humaneval needs none)")
+                   help="benchmarks: the folder holding one sub-folder per task (humaneval needs none); your "
+                   "data: a prepared data directory (`gemini-jax data prepare`) or a .jsonl file")
     p.add_argument("--cache-dir", default=None, help="demo sets: the demo corpus cache (as for train)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="at most this many examples per task (kv_retrieval: per length and position, default 100; "

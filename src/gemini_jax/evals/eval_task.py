@@ -27,6 +27,7 @@ class Family(enum.Enum):
     BENCHMARKS = "benchmarks"
     DEMO_SETS = "demo sets"
     LONG_CONTEXT = "long context"
+    YOUR_DATA = "your data"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

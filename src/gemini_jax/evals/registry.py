@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 TaskLike = str | EvalTask  # a registry name, or a task instance with its own parameters
 
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
-    *demo.demo_sets(), *prepared.prepared_sets(), long_context.KvRetrieval(), long_context.NllByPosition(),
+    *demo.demo_sets(), long_context.KvRetrieval(), long_context.NllByPosition(), *prepared.prepared_sets(),
     *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
 DEFAULT_TASKS = demo.TASKS  # what `gemini-jax eval` runs without --tasks
 
@@ -75,8 +75,14 @@ def unused_options(tasks: Sequence[TaskLike], options: EvalOptions) -> list[str]
     for name in EvalOptions.__dataclass_fields__:
         if name not in read and getattr(options, name) != getattr(defaults, name):
             readers = families([t for t in TASKS.values() if name in t.reads])
-            unused.append(f"{flag(name)} (for {' and '.join(f.value for f in readers)} only)")
+            unused.append(f"{flag(name)} (for {_spoken_list(f.value for f in readers)} only)")
     return unused
+
+
+def _spoken_list(words: Iterable[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    words = list(words)
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
 
 
 def refuse_unused_options(tasks: Sequence[TaskLike], options: EvalOptions) -> None:
@@ -84,7 +90,7 @@ def refuse_unused_options(tasks: Sequence[TaskLike], options: EvalOptions) -> No
     look like a 5-shot score)."""
     unused = unused_options(tasks, options)
     if unused:
-        kinds = " and ".join(f.value for f in families(resolve(tasks)))
+        kinds = _spoken_list(f.value for f in families(resolve(tasks)))
         raise TaskDataError(f"these options do nothing for {kinds}: {', '.join(unused)}; drop them")
 
 

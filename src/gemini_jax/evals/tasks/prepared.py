@@ -122,7 +122,7 @@ class PreparedSet(EvalTask):
     path: str | None = None  # None: --data-dir
     examples: Sequence[Example] | None = dataclasses.field(default=None, repr=False)
     metrics: tuple[str, ...] = METRICS
-    family: ClassVar[Family] = Family.DEMO_SETS
+    family: ClassVar[Family] = Family.YOUR_DATA
     reads: ClassVar[frozenset[str]] = frozenset({"data_dir", "records"})
     default_batch_size: ClassVar[int] = 64
 
