@@ -162,6 +162,19 @@ def test_split_follows_the_record_not_its_position(tmp_path):
     assert forward == validation_texts("backward", rows[::-1]) and 5 < len(forward) < 35
 
 
+def test_a_group_lands_in_one_split(tmp_path):
+    """Ten groups of six examples (say, copies of one image): each group whole in one split."""
+    rows = [_chat(i) | {"group": i // 6} for i in range(60)]
+    path = _write_jsonl(tmp_path / "g.jsonl", rows)
+    prepare([str(path)], str(tmp_path / "out"), PrepareOptions(**BARE, validation_fraction=0.3), progress=False)
+    data = open_prepared(tmp_path / "out")
+    groups = {name: {e.group for e in data.split(name)} for name in ("train", "validation")}
+    assert groups["validation"] and groups["train"] and not groups["train"] & groups["validation"]
+    assert len(data.split("validation")) == 6 * len(groups["validation"])
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [_chat(0) | {"group": [1]}])
+    assert _errors([str(bad)]) == [f"{bad}:1: 'group' must be a string or an integer, got [1]"]
+
+
 def test_text_only_tokenizer_and_filters(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -74,13 +74,16 @@ class Example:
 
     `train_on` says where the loss goes: "model" (the model's turns, the default) or
     "all" (every text token, for plain language modelling). `raw_text` examples are
-    rendered without the chat template (a document, not a conversation).
+    rendered without the chat template (a document, not a conversation). Examples that share a
+    `group` (e.g. several questions on one image, or augmented copies of one original) land in one
+    split together: `data prepare` splits by the group's hash instead of the example's.
     """
 
     contents: tuple[Content, ...]
     train_on: Literal["model", "all"] = "model"
     raw_text: bool = False
     task: str = ""
+    group: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "contents", tuple(self.contents))
@@ -117,9 +120,13 @@ def from_json(data: dict[str, Any], *, base_dir: str | os.PathLike = ".", where:
             contents.append(Content(turn.get("role", "user"), tuple(parts)))
         except ExampleError as e:
             raise ExampleError(f"{where}: contents[{i}]: {e}") from None
+    group = data.get("group", "")
+    if isinstance(group, bool) or not isinstance(group, (str, int)):
+        raise ExampleError(f"{where}: 'group' must be a string or an integer, got {group!r}")
     return Example(
         contents=tuple(contents),
         train_on=data.get("train_on", "model"),
         raw_text=bool(data.get("raw_text", False)),
         task=str(data.get("task", "")),
+        group=str(group),
     )

@@ -286,9 +286,11 @@ def build_filters(options: PrepareOptions) -> Filters:
 # The run.
 
 
-def _split_of(record: bytes, options: PrepareOptions) -> str:
-    """By the record's hash, never its position: the same example lands in the same split every run."""
-    u = int.from_bytes(hashlib.sha256(record).digest()[:8], "big") / 2**64
+def _split_of(record: bytes, options: PrepareOptions, *, group: str = "") -> str:
+    """By the hash of the record, or of its group when it has one (a group's examples stay
+    together), never by position: the same example lands in the same split every run."""
+    key = b"group:" + group.encode("utf-8") if group else record
+    u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
     if u < options.test_fraction:
         return "test"
     if u < options.test_fraction + options.validation_fraction:
@@ -396,7 +398,7 @@ def _pass2(partial: Path, options: PrepareOptions, stats: dict, duplicates: set[
             continue
         kinds.update(p.kind for turn in example.contents for p in turn.parts)
         text_only &= example.raw_text and all(p.kind == "text" for t in example.contents for p in t.parts)
-        split = _split_of(record, options)
+        split = _split_of(record, options, group=example.group)
         writers[split].write(record)
         if want_sample and split == "train" and sample_bytes < options.tokenizer_sample_bytes:
             text = _text_of(example)

@@ -76,6 +76,8 @@ def encode_record(example: Example) -> bytes:
                 parts.append({part.kind: {"bytes": len(blob)}})
         turns.append({"role": turn.role, "parts": parts})
     head = {"contents": turns, "train_on": example.train_on, "raw_text": example.raw_text, "task": example.task}
+    if example.group:  # absent when empty: an example without one encodes as it always has
+        head["group"] = example.group
     try:
         text = json.dumps(head, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
@@ -118,7 +120,7 @@ def decode_record(data: bytes) -> Example:
                 parts.append(Part(**{kind: value}))
             contents.append(Content(turn["role"], tuple(parts)))
         example = Example(contents=tuple(contents), train_on=head["train_on"], raw_text=head["raw_text"],
-                          task=head["task"])
+                          task=head["task"], group=str(head.get("group", "")))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         if isinstance(e, RecordError):
             raise
