@@ -115,3 +115,19 @@ def test_periodic_hooks_run_at_their_steps_and_at_the_end(tmp_path):
     # Steps 2 and 4, not 6: the loop evaluates the last step itself (`run`), after the final checkpoint.
     assert [r["step"] for r in MetricsLog(tmp_path).read()] == [2, 4]
     assert evaluation.last_metrics == {"eval_loss": 2.0}
+
+
+def test_time_waiting_for_data_is_measured(tmp_path):
+    """A pipeline that takes 0.1 s a batch: at least that much waiting per step is counted."""
+    import time
+
+    def slow(batches):
+        for batch in batches:
+            time.sleep(0.1)
+            yield batch
+
+    config = TrainConfig(steps=5, progress=False, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+    result = train(config=CONFIG, run_dir=tmp_path, data=slow(random_text_batches(CONFIG.vocab_size)),
+                   train_config=config)
+    assert result.data_wait_seconds >= 0.5 and 0 < result.data_wait_fraction <= 1
+    assert f"{100 * result.data_wait_fraction:.1f}% of the time waiting for data" in result.summary()

@@ -118,6 +118,7 @@ def train_and_evaluate(recipe: Recipe, *, make_trainer: Callable[..., Trainer] =
         print(setup.format_results(results))
     timings["peak_memory_mb"] = _peak_memory_mb()
     timings["training_tokens_per_s"] = result.tokens_per_second
+    timings["data_wait_percent"] = 100 * result.data_wait_fraction
     log("phases: " + ", ".join(f"{k} {v:,.1f}" for k, v in timings.items()))
     summary = {**results, "task": recipe.name, "recipe": recipe_as_json(recipe), "run": dict(timings)}
     Path(run_dir, RESULTS_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,18 @@ class TrainResult:
     tokens_per_second: float
     wall_seconds: float
     eval_metrics: dict[str, Any]
+    # Seconds the loop waited for its next batch: the pipeline falling behind the step (the step
+    # runs asynchronously, so a pipeline that keeps up hands its batch over at once).
+    data_wait_seconds: float = 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_wait_seconds / max(self.wall_seconds, 1e-9)
 
     def summary(self) -> str:
-        """One line for the log: steps, time, rate and final loss."""
+        """One line for the log: steps, time, rate, time waiting for data and final loss."""
         return (f"trained {self.step} steps in {self.wall_seconds:.0f} s, {self.tokens_per_second:,.0f} tokens/s, "
-                f"final loss {self.final_loss:.4f}")
+                f"{100 * self.data_wait_fraction:.1f}% of the time waiting for data, final loss {self.final_loss:.4f}")
 
 
 def build_trainer(*, config: ModelConfig, train_config: TrainConfig, make_trainer: Callable[..., Trainer]) -> Trainer:
@@ -104,11 +112,13 @@ def train(*, config: ModelConfig, run_dir: str | os.PathLike, data: Iterator[Map
                                                                    end=end)]
     hooks += [replica] if replica is not None else []
 
-    step = start
+    step, data_wait = start, 0.0
     while step < end:
         step += 1
         try:
+            asked = time.perf_counter()
             batch = next(data)
+            data_wait += time.perf_counter() - asked
             tokens = non_padding_tokens(batch)
             metrics = take_step(trainer, batch, step=step, sdc_check_every=train_config.sdc_check_every, log=log)
             outcome = StepOutcome(metrics=metrics, tokens=tokens)
@@ -130,4 +140,4 @@ def train(*, config: ModelConfig, run_dir: str | os.PathLike, data: Iterator[Map
         plot_losses(log.read(), run_dir / LOSS_PLOT_FILE)
     return TrainResult(model=trainer.model, step=end, final_loss=logger.last_loss,
                        tokens_per_second=logger.total_tokens / max(wall, 1e-9), wall_seconds=wall,
-                       eval_metrics=evaluation.last_metrics)
+                       eval_metrics=evaluation.last_metrics, data_wait_seconds=data_wait)
