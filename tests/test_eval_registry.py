@@ -170,6 +170,8 @@ def test_format_results_prints_each_family_as_before():
     assert format_results({**bench, **long}).split("\n\n") == [
         format_results(bench), "nll_by_position: mean NLL (nats/token) by tokens of context\n"
         "  nll@ctx=1            5.000\n  documents            2\n  length               32"]
+    mine = {"prepared": {"exact_match": 97.5, "examples": 40}}
+    assert format_results({**demo, **mine}).split("\n\n")[1].splitlines()[2] == "prepared exact_match                 97.50"
 
 
 def test_demo_sets_on_validation_read_validation_records(run, corpus, tmp_path):

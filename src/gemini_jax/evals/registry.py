@@ -132,6 +132,6 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     for name, metrics in results.items():
         family = TASKS[name].family if name in TASKS else Family.BENCHMARKS
         sections.setdefault(family, {})[name] = metrics
-    formats = {Family.DEMO_SETS: demo.format_table, Family.LONG_CONTEXT: long_context.format_results,
-               Family.BENCHMARKS: benchmark.format_table}
+    formats = {Family.DEMO_SETS: demo.format_table, Family.YOUR_DATA: demo.format_table,
+               Family.LONG_CONTEXT: long_context.format_results, Family.BENCHMARKS: benchmark.format_table}
     return "\n\n".join(formats[family](section) for family, section in sections.items())
