@@ -44,7 +44,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     stages.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicates")
     stages.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
                         help="keep near duplicates (MinHash over words; text-only records)")
-    stages.add_argument("--near-dedup-threshold", type=unit_interval, default=0.8,
+    stages.add_argument("--near-dedup-threshold", type=unit_interval, default=0.6,
                         help="estimated Jaccard similarity from which records are near duplicates "
                         "(default: %(default)s)")
     stages.add_argument("--no-decontaminate", dest="decontaminate", action="store_false",

@@ -56,7 +56,7 @@ class PrepareOptions:
     safety: bool = True
     dedup: bool = True  # exact
     near_dedup: bool = True  # MinHash
-    near_dedup_threshold: float = 0.8
+    near_dedup_threshold: float = 0.6
     decontaminate: bool = True
     decontaminate_n: int = 13
     eval_jsonl: tuple[str, ...] = ()
