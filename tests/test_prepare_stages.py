@@ -204,6 +204,24 @@ def test_near_dedup_groups_similar_texts():
     assert dedup.duplicates() == {100 + i for i in range(20)} | {200 + i for i in range(20)}
 
 
+def test_near_dedup_with_signatures_in_a_file_finds_the_same(tmp_path):
+    rng = random.Random(2)
+    docs = [" ".join(rng.choices([f"w{i}" for i in range(500)], k=200)) for _ in range(30)]
+    docs += [d.replace("w1 ", "x ", 3) for d in docs[:10]]
+    found = []
+    for spill in (False, True):
+        dedup = NearDedup()
+        if spill:
+            dedup.spill_signatures_to(tmp_path / "sigs")
+        for i, doc in enumerate(docs):
+            dedup.add(i, doc)
+        found.append(dedup.duplicates())
+    assert found[0] == found[1] and len(found[0]) >= 9
+    assert (tmp_path / "sigs").stat().st_size == len(docs) * 128 * 4
+    with pytest.raises(ValueError, match="before the first signature"):
+        dedup.spill_signatures_to(tmp_path / "again")
+
+
 # --- decontaminate -----------------------------------------------------------------------------------
 
 def test_word_gram_hashes_ignore_case_punctuation_and_spacing():

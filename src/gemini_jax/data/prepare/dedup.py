@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from datasketch import MinHash
@@ -135,6 +138,16 @@ class NearDedup:
         self._indices = _Column(np.int64)
         self._band_hashes = _Column(np.uint64, self.bands)
         self._signatures = _Column(np.uint32, num_perm) if verify else None
+        self._spill: BinaryIO | None = None
+        self._spill_path: Path | None = None
+
+    def spill_signatures_to(self, path: str | os.PathLike) -> None:
+        """Keep the signatures kept for verification in a file at `path` rather than in memory
+        (they are most of this index: 512 bytes a record at 128 permutations). Call before `add`."""
+        if self._signatures is None or self._signatures.size:
+            raise ValueError("spill_signatures_to comes before the first signature, and only with verify")
+        self._spill_path = Path(path)
+        self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed by duplicates()
 
     def signature(self, text: str) -> np.ndarray:
         return signature(text, num_perm=self.num_perm, seed=self.seed)
@@ -149,7 +162,9 @@ class NearDedup:
         band = mix((rows * self._row_weights).sum(axis=1))  # [B]: a hash of each band's rows
         self._indices.append(index)
         self._band_hashes.append(band)
-        if self._signatures is not None:
+        if self._spill is not None:
+            self._spill.write(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
+        elif self._signatures is not None:
             self._signatures.append(sig)
 
     def duplicates(self) -> set[int]:
@@ -164,6 +179,12 @@ class NearDedup:
 
         bands = self._band_hashes.view()
         sigs = self._signatures.view() if self._signatures is not None else None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        if self._spill_path is not None:
+            sigs = (np.memmap(self._spill_path, dtype=np.uint32, mode="r", shape=(count, self.num_perm))
+                    if count else np.zeros((0, self.num_perm), np.uint32))
         for b in range(self.bands):
             order = np.argsort(bands[:, b], kind="stable")  # equal hashes stay in position order
             column = bands[order, b]
