@@ -144,7 +144,7 @@ class NearDedup:
     def spill_signatures_to(self, path: str | os.PathLike) -> None:
         """Keep the signatures kept for verification in a file at `path` rather than in memory
         (they are most of this index: 512 bytes a record at 128 permutations). Call before `add`."""
-        if self._signatures is None or self._signatures.size:
+        if self._signatures is None or self._indices.size:
             raise ValueError("spill_signatures_to comes before the first signature, and only with verify")
         self._spill_path = Path(path)
         self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed by duplicates()
