@@ -40,7 +40,7 @@ import numpy as np
 
 from gemini_jax.data.encode import EncodeError, encode_example
 from gemini_jax.data.media_cache import MediaCache
-from gemini_jax.data.examples import Example
+from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
@@ -339,6 +339,18 @@ class Engine:
             log.exception("listener of request %d raised", request.id)
 
     # -- running -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Compiles, before any request, the programs of a short text request: its prefill (the
+        smallest length bucket), the copy into a slot and the decode step every request runs.
+        Call it before `start`. Longer prompts and media compile at their first use, or load from
+        JAX's persistent compilation cache where an earlier run compiled them."""
+        prompt = Example(contents=(Content("user", (Part(text="Hello"),)),))
+        self._prefill_into(0, Request(-1, self.encode(prompt), SamplingParams(max_new_tokens=1), (), None))
+        # Every slot is idle: the step leaves their cache indices and validity as they were.
+        tokens, self.cache = self.programs.decode(self.cache, self._tokens, self._steps, self._active,
+                                                  self._sampling, self._seeds)
+        jax.block_until_ready(tokens)
 
     def run_until_idle(self) -> None:
         """Steps in the calling thread until no request is waiting or decoding."""

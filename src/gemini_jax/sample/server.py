@@ -312,6 +312,7 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
         engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
     except ValueError as e:  # the flags: slots, queue, cache length
         raise ConfigError(f"serve: {e}") from None
+    engine.warm_up()  # before the port opens: ready means the first request compiles nothing
     name = run_dir.rstrip("/").split("/")[-1] or "gemini-jax"
     server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes,
                                              max_image_pixels=max_image_pixels, media_workers=media_workers))
