@@ -19,6 +19,7 @@ flags.py defines the flags, commands.py one handler per command; this module run
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -52,6 +53,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
             SpeechError, TokenizerError, TaskDataError, QuantizationError)
 
 
+def _enable_compile_cache(args: argparse.Namespace) -> None:
+    """JAX's persistent compilation cache for a command that compiles, unless turned off."""
+    from gemini_jax import compile_cache
+
+    if hasattr(args, "no_compile_cache") and not args.no_compile_cache and not os.environ.get(compile_cache.OFF_ENV):
+        compile_cache.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     from gemini_jax.cli.commands import HANDLERS
 
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # a usage error (2, its line printed) or --help (0)
         return int(e.code or 0)
+    _enable_compile_cache(args)
     try:
         HANDLERS[args.command](args)
     except _user_errors() as e:

@@ -327,6 +327,18 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=non_negative_int, default=None, help="the checkpoint step to quantize (default: the latest)")
 
 
+# The commands that compile XLA programs: each takes --no-compile-cache.
+COMPILING_COMMANDS = ("train", "distill", "eval", "generate", "serve", "convert", "quantize")
+
+
+def _add_compile_cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="compile every program afresh instead of loading those an earlier command compiled from "
+                   "JAX's persistent compilation cache (default: on, in $GEMINI_JAX_CACHE/jax-compile or "
+                   "~/.cache/gemini-jax/jax-compile, or $JAX_COMPILATION_CACHE_DIR if set; "
+                   "GEMINI_JAX_NO_COMPILE_CACHE=1 also turns it off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemini-jax",
@@ -342,4 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_quantize(sub)
     add_data_command(sub)
+    for name in COMPILING_COMMANDS:
+        _add_compile_cache_flag(sub.choices[name])
     return parser
