@@ -5,8 +5,9 @@
     print(gemini_jax.generate(run, "What shape is this?", images=["shape.png"]))
 """
 
+from gemini_jax import compile_cache  # compile_cache.enable(): what the commands compile, kept on disk
 from gemini_jax.api import evaluate, generate, load, train_recipe, user_turn
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluate", "generate", "load", "train_recipe", "user_turn"]
+__all__ = ["compile_cache", "evaluate", "generate", "load", "train_recipe", "user_turn"]
