@@ -212,14 +212,16 @@ def test_near_dedup_with_signatures_in_a_file_finds_the_same(tmp_path):
     for spill in (False, True):
         dedup = NearDedup()
         if spill:
-            dedup.spill_signatures_to(tmp_path / "sigs")
+            dedup.spill_to(tmp_path / "index")
+            dedup.spill_chunk = 7  # several writes, and a last partial one
         for i, doc in enumerate(docs):
             dedup.add(i, doc)
         found.append(dedup.duplicates())
     assert found[0] == found[1] and len(found[0]) >= 9
-    assert (tmp_path / "sigs").stat().st_size == len(docs) * 128 * 4
+    assert (tmp_path / "index" / "signatures.u32").stat().st_size == len(docs) * 128 * 4
+    assert (tmp_path / "index" / "band-000.u64").stat().st_size == len(docs) * 8
     with pytest.raises(ValueError, match="before the first signature"):
-        dedup.spill_signatures_to(tmp_path / "again")
+        dedup.spill_to(tmp_path / "again")
 
 
 # --- decontaminate -----------------------------------------------------------------------------------

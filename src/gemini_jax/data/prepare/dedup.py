@@ -27,7 +27,6 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from datasketch import MinHash
@@ -128,6 +127,7 @@ class NearDedup:
     """Records whose word 3-gram sets have (estimated) Jaccard similarity >= threshold."""
 
     name = "near_dedup"
+    spill_chunk = 4096  # records held in memory between writes when spilled
 
     def __init__(self, num_perm: int = 128, threshold: float = 0.6, *, seed: int = 1, verify: bool = True):
         if not 0.0 < threshold <= 1.0:
@@ -138,16 +138,39 @@ class NearDedup:
         self._indices = _Column(np.int64)
         self._band_hashes = _Column(np.uint64, self.bands)
         self._signatures = _Column(np.uint32, num_perm) if verify else None
-        self._spill: BinaryIO | None = None
-        self._spill_path: Path | None = None
+        self._folder: Path | None = None  # where the index lives when spilled (spill_to)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (band hashes, signature) not yet written
 
-    def spill_signatures_to(self, path: str | os.PathLike) -> None:
-        """Keep the signatures kept for verification in a file at `path` rather than in memory
-        (they are most of this index: 512 bytes a record at 128 permutations). Call before `add`."""
-        if self._signatures is None or self._indices.size:
-            raise ValueError("spill_signatures_to comes before the first signature, and only with verify")
-        self._spill_path = Path(path)
-        self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed by duplicates()
+    def spill_to(self, folder: str | os.PathLike) -> None:
+        """Keep the band hashes (one file a band) and the signatures in files under `folder`
+        rather than in memory, so that memory stays flat as records grow: `duplicates()` reads
+        one band at a time (8 bytes a record) and looks signatures up in a memory map. Call
+        before the first `add`."""
+        if self._indices.size:
+            raise ValueError("spill_to comes before the first signature is added")
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        for b in range(self.bands):
+            self._band_file(b).write_bytes(b"")
+        self._signature_file().write_bytes(b"")
+
+    def _band_file(self, b: int) -> Path:
+        return self._folder / f"band-{b:03d}.u64"
+
+    def _signature_file(self) -> Path:
+        return self._folder / "signatures.u32"
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        bands = np.stack([band for band, _ in self._pending])  # [N, B]
+        for b in range(self.bands):
+            with open(self._band_file(b), "ab") as f:
+                f.write(np.ascontiguousarray(bands[:, b]).tobytes())
+        if self.verify:
+            with open(self._signature_file(), "ab") as f:
+                f.write(np.stack([sig for _, sig in self._pending]).astype(np.uint32).tobytes())
+        self._pending = []
 
     def signature(self, text: str) -> np.ndarray:
         return signature(text, num_perm=self.num_perm, seed=self.seed)
@@ -161,11 +184,19 @@ class NearDedup:
         rows = sig[:self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)  # [B, R]
         band = mix((rows * self._row_weights).sum(axis=1))  # [B]: a hash of each band's rows
         self._indices.append(index)
+        if self._folder is not None:
+            self._pending.append((band, sig))
+            if len(self._pending) >= self.spill_chunk:
+                self._flush()
+            return
         self._band_hashes.append(band)
-        if self._spill is not None:
-            self._spill.write(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
-        elif self._signatures is not None:
+        if self._signatures is not None:
             self._signatures.append(sig)
+
+    def _band(self, b: int) -> np.ndarray:
+        if self._folder is None:
+            return self._band_hashes.view()[:, b]
+        return np.fromfile(self._band_file(b), dtype=np.uint64)
 
     def duplicates(self) -> set[int]:
         count = self._indices.size
@@ -177,17 +208,15 @@ class NearDedup:
                 i = parent[i]
             return i
 
-        bands = self._band_hashes.view()
         sigs = self._signatures.view() if self._signatures is not None else None
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
-        if self._spill_path is not None:
-            sigs = (np.memmap(self._spill_path, dtype=np.uint32, mode="r", shape=(count, self.num_perm))
-                    if count else np.zeros((0, self.num_perm), np.uint32))
+        if self._folder is not None:
+            self._flush()
+            sigs = (np.memmap(self._signature_file(), dtype=np.uint32, mode="r", shape=(count, self.num_perm))
+                    if self.verify and count else None)
         for b in range(self.bands):
-            order = np.argsort(bands[:, b], kind="stable")  # equal hashes stay in position order
-            column = bands[order, b]
+            hashes = self._band(b)
+            order = np.argsort(hashes, kind="stable")  # equal hashes stay in position order
+            column = hashes[order]
             same = np.flatnonzero(column[1:] == column[:-1]) + 1  # positions whose predecessor is equal
             for k in same.tolist():
                 first, member = int(order[k - 1]), int(order[k])

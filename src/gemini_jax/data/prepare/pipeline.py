@@ -328,8 +328,8 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
     from tqdm import tqdm
 
     exact, near = filters.exact_dedup, filters.near_dedup
-    if near is not None and near.verify:
-        near.spill_signatures_to(partial / "near-dedup-signatures.u32")  # memory stays flat as records grow
+    if near is not None:
+        near.spill_to(partial / "near-dedup")  # its index on disk: memory stays flat as records grow
     spool = spool_writer(partial / "spool.array_record")
     wheres = spool_writer(partial / "spool-where.array_record")  # for the report's examples of duplicates
     kept = read = bytes_read = 0
@@ -377,7 +377,7 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
         stats[name].records_in = kept - len(duplicates)
         stats[name].pending = found
         duplicates |= found
-    (partial / "near-dedup-signatures.u32").unlink(missing_ok=True)
+    shutil.rmtree(partial / "near-dedup", ignore_errors=True)
     return read, bytes_read, duplicates
 
 
