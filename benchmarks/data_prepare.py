@@ -250,10 +250,15 @@ def main() -> None:
     args = parser.parse_args()
     # The demo corpus's test questions join the eval sets when its cache exists; a fresh, empty cache
     # keeps the measurement the same on every machine.
-    os.environ["GEMINI_JAX_CACHE"] = tempfile.mkdtemp(prefix="data-prepare-bench-cache-")
-    if args.one_size is not None:
-        print(json.dumps(throughput_one(args.one_size, args.workers)))
-        return
+    with tempfile.TemporaryDirectory(prefix="data-prepare-bench-cache-") as cache:
+        os.environ["GEMINI_JAX_CACHE"] = cache
+        if args.one_size is not None:
+            print(json.dumps(throughput_one(args.one_size, args.workers)))
+        else:
+            print(json.dumps(measure(args), indent=2))
+
+
+def measure(args: argparse.Namespace) -> dict:
     result = {}
     if not args.skip_removal:
         result["removal"] = removal(args.docs, args.workers)
@@ -262,7 +267,7 @@ def main() -> None:
         child = subprocess.run([sys.executable, __file__, "--one-size", str(size), "--workers", str(args.workers)],
                                check=True, capture_output=True, text=True)
         result["throughput"].append(json.loads(child.stdout.strip().splitlines()[-1]))
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from typing import NamedTuple
 import numpy as np
 import soundfile
 from PIL import Image, ImageSequence, UnidentifiedImageError
-from scipy import signal
 
 from gemini_jax.config import AudioConfig
 from gemini_jax.data.examples import Audio
@@ -261,6 +260,8 @@ def load_audio(
     if rate != sample_rate:
         g = math.gcd(rate, sample_rate)
         warnings.warn(f"audio {name}: resampled from {rate} Hz to {sample_rate} Hz", stacklevel=2)
+        from scipy import signal  # here: importing scipy.signal costs about 0.9 s of every start
+
         mono = signal.resample_poly(mono, sample_rate // g, rate // g)
     if not np.all(np.isfinite(mono)):
         raise MediaError(f"audio {name} holds NaN or infinite samples")

@@ -17,6 +17,9 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 # group_size:1 puts every record in its own chunk: a random read decodes one record, not 65,536.
 WRITER_OPTIONS = "group_size:1"
+# The spool is only read in order: chunks of 256 records keep its index (which writer and reader
+# hold in memory, an entry a chunk) 256 times smaller than one chunk a record would.
+SPOOL_OPTIONS = "group_size:256"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -65,7 +68,7 @@ class ShardWriter:
 
 def spool_writer(path: str | os.PathLike) -> ArrayRecordWriter:
     """A single temporary ArrayRecord file, read back in order by `read_spool`."""
-    return ArrayRecordWriter(str(path), WRITER_OPTIONS)
+    return ArrayRecordWriter(str(path), SPOOL_OPTIONS)
 
 
 def read_spool(path: str | os.PathLike, *, batch: int = 256):
