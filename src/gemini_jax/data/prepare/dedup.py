@@ -123,6 +123,21 @@ def _cached_lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
     return lsh_bands(num_perm, threshold)
 
 
+class _SignatureFile:
+    """Signatures read one at a time from a spilled file. Not a memory map: the pages a map touches
+    count as the process's memory, and verifying candidates touches most of them."""
+
+    def __init__(self, path: Path, num_perm: int):
+        self._fd = os.open(path, os.O_RDONLY)
+        self._size = 4 * num_perm
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.frombuffer(os.pread(self._fd, self._size, index * self._size), dtype=np.uint32)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class NearDedup:
     """Records whose word 3-gram sets have (estimated) Jaccard similarity >= threshold."""
 
@@ -144,7 +159,7 @@ class NearDedup:
     def spill_to(self, folder: str | os.PathLike) -> None:
         """Keep the band hashes (one file a band) and the signatures in files under `folder`
         rather than in memory, so that memory stays flat as records grow: `duplicates()` reads
-        one band at a time (8 bytes a record) and looks signatures up in a memory map. Call
+        one band at a time (8 bytes a record) and reads signatures one at a time. Call
         before the first `add`."""
         if self._indices.size:
             raise ValueError("spill_to comes before the first signature is added")
@@ -211,8 +226,7 @@ class NearDedup:
         sigs = self._signatures.view() if self._signatures is not None else None
         if self._folder is not None:
             self._flush()
-            sigs = (np.memmap(self._signature_file(), dtype=np.uint32, mode="r", shape=(count, self.num_perm))
-                    if self.verify and count else None)
+            sigs = _SignatureFile(self._signature_file(), self.num_perm) if self.verify else None
         for b in range(self.bands):
             hashes = self._band(b)
             order = np.argsort(hashes, kind="stable")  # equal hashes stay in position order
@@ -225,5 +239,7 @@ class NearDedup:
                 a, c = find(first), find(member)
                 if a != c:
                     parent[max(a, c)] = min(a, c)  # the root is the earliest record of the group
+        if isinstance(sigs, _SignatureFile):
+            sigs.close()
         roots = np.fromiter((find(i) for i in range(count)), np.int64, count)
         return set(self._indices.view()[roots != np.arange(count)].tolist())
