@@ -3,7 +3,8 @@
 
 Memory is a few numpy arrays per record, never the text: `ExactDedup` keeps 8 bytes per record
 (a hash of the lowercased, whitespace-collapsed text); `NearDedup` keeps one uint64 per LSH band and,
-to verify candidates, the MinHash signature (uint32 x num_perm: 512 B at 128 permutations).
+to verify candidates, the MinHash signature (uint32 x num_perm: 512 B at 128 permutations), in memory
+or, after `spill_to(folder)`, in files (memory then holds an 8-byte index a record).
 
 `NearDedup`: MinHash (datasketch, 32-bit affine permutations) over the set of word 3-gram shingles;
 locality-sensitive hashing with b bands of r rows, chosen as datasketch's `MinHashLSH` does: the (b, r)
