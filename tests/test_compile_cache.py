@@ -144,10 +144,16 @@ def jax_cache_settings():
 
 
 def test_enable_takes_a_given_directory_then_jaxs_own_then_the_projects(jax_cache_settings, tmp_path, monkeypatch):
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    assert compile_cache.enable() == tmp_path / "users"
+    # Unbounded entries have no access-time files: bounding their directory would fail every write.
+    assert jax.config.jax_compilation_cache_max_size == -1
     given = tmp_path / "given"
     assert compile_cache.enable(given) == given and jax.config.jax_compilation_cache_dir == str(given)
     assert given.stat().st_mode & 0o777 == 0o700
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    assert jax.config.jax_compilation_cache_max_size == compile_cache.MAX_BYTES
     assert compile_cache.enable() == given  # a directory JAX already has wins over the default
     jax.config.update("jax_compilation_cache_dir", None)
     monkeypatch.setenv("GEMINI_JAX_CACHE", str(tmp_path / "project"))

@@ -29,21 +29,26 @@ def default_dir() -> Path:
 def enable(path: str | os.PathLike | None = None) -> Path:
     """Turns on JAX's persistent compilation cache in `path` and returns the directory.
 
-    Without `path`: the directory JAX already has (JAX_COMPILATION_CACHE_DIR, jax.config),
-    else `default_dir()`. Every program is cached, however quickly it compiled.
+    Without `path`: the directory JAX already has (JAX_COMPILATION_CACHE_DIR, jax.config), with
+    its size bound as it is, else `default_dir()`. Every program is cached, however quickly it
+    compiled.
     """
     import filelock  # noqa: F401  JAX needs it for the locked, size-bounded cache; fail here, not mid-compile
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
-    directory = Path(path or jax.config.jax_compilation_cache_dir or default_dir()).expanduser()
+    configured = jax.config.jax_compilation_cache_dir
+    directory = Path(path or configured or default_dir()).expanduser()
     # Entries are executables that JAX runs: readable and writable by their owner only.
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     # JAX's defaults skip programs that compile in under a second; a command's many small ones add up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # any size, and no backend override
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    if path is not None or not configured:
+        # A directory JAX was already given keeps its own bound: entries written without one have
+        # no access-time files, and a bounded cache then fails every write into that directory.
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     # JAX opens its cache once, at the first compile, from the settings of that moment.
     compilation_cache.reset_cache()
     return directory
