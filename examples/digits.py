@@ -48,7 +48,7 @@ def example(image_path: str, label: int, group: int | None = None) -> str:
     return json.dumps(row if group is None else row | {"group": group})
 
 
-def write(out: Path, limit: int | None = None, *, shifts: bool = True) -> None:
+def write(out: Path, limit: int | None = None) -> None:
     digits = load_digits()
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = {"train": [], "test": []}
@@ -58,8 +58,7 @@ def write(out: Path, limit: int | None = None, *, shifts: bool = True) -> None:
         if hashlib.sha256(data).digest()[0] % 5 == 0:
             lines["test"].append(example(f"images/{i:04d}.png", label))
             continue
-        moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)] if shifts else [(0, 0)]
-        for dy, dx in moves:
+        for dy, dx in [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]:
             name = f"images/{i:04d}.png" if (dy, dx) == (0, 0) else f"images/{i:04d}_{dy:+d}{dx:+d}.png"
             if (dy, dx) != (0, 0):
                 (out / name).write_bytes(png(shifted(image, dy, dx)))
