@@ -3,7 +3,7 @@
     python benchmarks/video_frames.py [--cache-dir DIR] [--batches 40] [--steps 10] [--rounds 6]
 
 For each setting of the vision encoder's frames (patches per frame, how frame queries pool):
-build the demo's video stream (`demo_streams._task_streams`, as training does) and time its first
+build the demo's video stream (`custom.source_streams` over its prepared source, as training does) and time its first
 `--batches` batches (the clips are decoded, resized and cut into patches on first use: the
 first epoch's cost). Then compiled training steps on one batch per setting, with a VQA
 batch's step as the unit of the demo's other batches: `--rounds` rounds of `--steps` steps
@@ -26,10 +26,12 @@ from flax import nnx
 
 from gemini_jax.config import get_preset
 from gemini_jax.data.corpora.demo import DemoCorpus
-from gemini_jax.data.encode import MediaCache
+from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
+from gemini_jax.data.mixture_file import load_mixture
+from gemini_jax.data.prepared import open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
-from gemini_jax.recipes import demo, demo_streams
+from gemini_jax.recipes import custom, demo
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer
 
@@ -42,8 +44,9 @@ SETTINGS = (
 
 def first_batches(corpus: DemoCorpus, tokenizer: Tokenizer, config, task: str, count: int) -> tuple[list, float]:
     """The first `count` batches of a task's training stream, and seconds per batch to read them."""
-    (stream, _), = demo_streams._task_streams(corpus, task, tokenizer=tokenizer, config=config,
-                                             recipe=demo.DemoRecipe(), media_cache=MediaCache(max_bytes=2 << 30)).values()
+    source = load_mixture(demo.demo_mixture(), base=prepare_demo_sources(corpus, progress=False)).sources[task]
+    (stream, _), = custom.source_streams(source, open_prepared(source.path), tokenizer=tokenizer, config=config,
+                                         batch_size=demo.DemoRecipe().batch_size, seq_len=None, seed=0).values()
     start = time.perf_counter()
     batches = list(itertools.islice(iter(stream), count))
     return batches, (time.perf_counter() - start) / count

@@ -11,10 +11,14 @@ import gemini_jax
 from gemini_jax import cli
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
+from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
+from gemini_jax.data.mixture_file import load_mixture
+from gemini_jax.data.prepared import open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.evals.registry import EvalOptions, evaluate_run
 from gemini_jax.recipes import demo, train_and_evaluate
-from gemini_jax.recipes.demo_streams import demo_data
+from gemini_jax.recipes.custom import DataRecipe, mixture_stream
+from gemini_jax.train import TrainConfig
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 SIZES = DemoSizes.tiny()
@@ -48,45 +52,42 @@ def test_demo_trains_and_reports_every_task(run):
     assert (root / "run" / "loss.png").exists()
 
 
-def test_training_stream_follows_the_recipe_stages(run):
+def test_the_demo_prepares_its_tasks_like_anyones_data(run):
+    root, _ = run
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    sources = prepare_demo_sources(corpus, progress=False)
+    for task in ("vqa", "asr", "video", "text"):
+        records = corpus.records(task, "train")  # validation left out: the recipe scores it
+        split = open_prepared(sources / task).split("train")
+        assert len(split) == len(records)
+        assert sorted(e.task for e in split) == sorted(f"{task}:{r.kind}" for r in records)
+
+
+def test_training_stream_follows_the_demo_mixture(run):
     root, _ = run
     corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
     tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
+    mixture = load_mixture(demo.demo_mixture(), base=prepare_demo_sources(corpus, progress=False))
+    assert mixture.stage_steps(50) == [4, 5, 41] and mixture.stage_steps(10_000) == [900, 900, 8200]
+    recipe = DataRecipe(mixture=str(mixture.path), model=CONFIG, batch_size=4, train=TrainConfig(steps=50))
+    data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
+    stream = mixture_stream(mixture, data, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
     shapes = {"circle", "rectangle", "triangle"}
-    recipe = with_steps(demo.DemoRecipe(batch_size=4, stages=(("vqa:shape", 0.1), ("asr", 0.1)), weights=(
-        ("vqa", 3.0), ("asr", 3.0), ("video", 2.0), ("text", 0.5), ("vqa:shape", 1.0))), 50)
-    assert recipe.stage_steps() == [5, 5] and demo.DemoRecipe().stage_steps() == [900, 900]
-    data = demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
 
     def answers(batch):
         return {tokenizer.decode([int(t) for t in row[mask > 0]]).removesuffix("<end_of_turn>").strip()
                 for row, mask in zip(batch["targets"], batch["loss_mask"]) if mask.any()}
 
-    assert all("image_patches" in b and answers(b) <= shapes for b in (next(data) for _ in range(5)))
-    assert all("audio_mels" in next(data) for _ in range(5))
-    after = [next(data) for _ in range(20)]
+    speech = [next(stream) for _ in range(4)]
+    assert all("audio_mels" in b for b in speech)
+    # Two groups by clip length, each padded to its own longest clip.
+    assert len({b["audio_mels"].shape for b in speech}) == 2
+    assert all("image_patches" in b and answers(b) <= shapes for b in (next(stream) for _ in range(5)))
+    after = [next(stream) for _ in range(30)]
     assert any("frame_patches" in b for b in after)
     assert any(answers(b) & {"yes", "no"} for b in after if "image_patches" in b)
-    # "vqa:shape" keeps its own stream afterwards: whole batches of shape answers.
+    # The shape questions keep a source of their own afterwards: whole batches of shape answers.
     assert any(answers(b) <= shapes for b in after if "image_patches" in b)
-    unstaged = demo.DemoRecipe(batch_size=4, stages=(), weights=(("vqa", 3.0), ("asr", 3.0), ("video", 2.0)))
-    plain = demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=unstaged)
-    assert not any(answers(b) <= shapes for b in (next(plain) for _ in range(30)) if "image_patches" in b)
-
-
-@pytest.mark.parametrize("name", ["speech", "vqa:", "text:code", "asr:number+"])
-def test_unknown_recipe_streams_are_refused(run, name):
-    root, _ = run
-    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
-    tokenizer = Tokenizer.load(root / "run" / "tokenizer.model")
-    recipe = demo.DemoRecipe(batch_size=4, weights=(("vqa", 1.0), (name, 1.0)))
-    with pytest.raises(ValueError, match="demo stream"):
-        demo_data(corpus, tokenizer=tokenizer, config=CONFIG, recipe=recipe)
-
-
-def test_recipe_stages_must_leave_steps_for_the_mixture():
-    with pytest.raises(ValueError, match="summing below 1"):
-        demo.DemoRecipe(stages=(("vqa:shape", 0.6), ("asr", 0.4)))
 
 
 def test_eval_of_the_checkpoint_repeats_the_final_evaluation(run):

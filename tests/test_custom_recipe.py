@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, get_preset
@@ -158,3 +159,35 @@ def test_eval_reads_a_jsonl_file_or_a_prepared_split(digits, trained):
     assert results["prepared"]["examples"] == 3 and 0 <= results["prepared"]["exact_match"] <= 100
     with pytest.raises(TaskDataError, match="no split 'test'"):  # prepared without --test-fraction
         evaluate_run(run_dir, ["prepared"], EvalOptions(data_dir=str(digits / "prepared"), progress=False))
+
+
+def test_a_source_keeps_its_tasks_and_buckets_by_media_size(tmp_path):
+    from gemini_jax.data.mixture_file import MixtureError, Source
+    from gemini_jax.data.prepared import open_prepared
+    from gemini_jax.recipes.custom import source_groups
+
+    rows = []
+    for i in range(12):  # images of 4 to 48 pixels a side: PNG bytes grow with the side
+        side = 4 * (i + 1)
+        path = tmp_path / f"{i}.png"
+        noise = np.random.default_rng(i).integers(0, 255, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(path)
+        rows.append({"contents": [{"role": "user", "parts": [{"image": path.name}, {"text": "size?"}]},
+                                  {"role": "model", "parts": [{"text": str(side)}]}], "task": "ab"[i % 2]})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    options = PrepareOptions(validation_fraction=0.0, decontaminate=False, near_dedup=False)
+    prepare_data([str(tmp_path / "data.jsonl")], str(tmp_path / "prepared"), options, progress=False)
+    data = open_prepared(tmp_path / "prepared")
+
+    def answers(examples):
+        return [int(e.contents[-1].parts[0].text) for e in examples]
+
+    assert list(source_groups(Source("s", data.path), data)) == ["s"]
+    only_a = source_groups(Source("s", data.path, tasks=("a",)), data)["s"]
+    assert sorted(answers(only_a)) == [4, 12, 20, 28, 36, 44]
+    groups = source_groups(Source("s", data.path, buckets=3), data)
+    assert list(groups) == ["s-0", "s-1", "s-2"] and [len(g) for g in groups.values()] == [4, 4, 4]
+    assert sorted(answers(groups["s-0"])) == [36, 40, 44, 48]  # the largest media first
+    assert sorted(answers(groups["s-2"])) == [4, 8, 12, 16]
+    with pytest.raises(MixtureError, match=r"no training records of tasks \['c'\]; its tasks: \['a', 'b'\]"):
+        source_groups(Source("s", data.path, tasks=("c",)), data)

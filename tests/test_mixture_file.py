@@ -60,12 +60,42 @@ def test_yaml_stages_by_share_and_step(data):
     ({"sources": {"a": {"path": "a", "seqlen": 3}}}, r"sources\.a: unknown key\(s\) \['seqlen'\]"),
     ({"sources": {"a": {"path": "a", "seq_len": 0}}}, r"sources\.a\.seq_len: expected a positive integer"),
     ({"sources": {"a": "a"}, "eval": {"x": "nope.jsonl"}}, r"eval\.x: .* does not exist"),
+    ({"sources": {"a": {"path": "a", "tasks": "vqa"}}}, r"sources\.a\.tasks: expected a list of names"),
+    ({"sources": {"a": {"path": "a", "buckets": 0}}}, r"sources\.a\.buckets: expected a positive integer"),
+    ({"sources": {"a": {"path": "a", "augment": "mixup"}}}, r"sources\.a\.augment: expected one of \['specaugment'\]"),
+    ({"sources": {"a": {"path": "a", "cache": "yes"}}}, r"sources\.a\.cache: expected true or false"),
+    ({"sources": {"a": "a"}, "eval_tasks": ["vqa", "mmlu_pro"]}, r"eval_tasks: unknown task\(s\) \['mmlu_pro'\]"),
 ])
 def test_mistakes_name_file_and_key(data, mixture, message):
     path = write(data, mixture)
     with pytest.raises(MixtureError, match=message) as error:
         load_mixture(path)
     assert str(path) in str(error.value)
+
+
+def test_source_options_and_eval_tasks(data):
+    mixture = load_mixture(write(data, {
+        "sources": {"a": {"path": "a", "tasks": ["vqa:shape"], "buckets": 2, "augment": "specaugment", "cache": True},
+                    "b": "b"},
+        "eval_tasks": ["vqa", "text"]}))
+    a, b = mixture.sources["a"], mixture.sources["b"]
+    assert (a.tasks, a.buckets, a.augment, a.cache) == (("vqa:shape",), 2, "specaugment", True)
+    assert (b.tasks, b.buckets, b.augment, b.cache) == (None, 1, None, None)
+    assert mixture.eval_tasks == ("vqa", "text")
+
+
+def test_paths_may_be_relative_to_another_folder(data, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("mixtures")
+    path = write(elsewhere, {"sources": {"a": "a"}})
+    with pytest.raises(MixtureError, match="does not exist"):
+        load_mixture(path)
+    assert load_mixture(path, base=data).sources["a"].path == data / "a"
+
+
+def test_a_short_run_may_round_a_stage_to_no_steps(data):
+    mixture = load_mixture(write(data, {"sources": {"a": "a", "b": "b"}, "stages": [
+        {"until": 0.09, "weights": {"a": 1}}, {"until": 0.18, "weights": {"b": 1}}, {"weights": {"a": 1}}]}))
+    assert mixture.stage_steps(6) == [0, 1, 5]
 
 
 def test_unknown_extension_and_missing_file(data):

@@ -130,3 +130,19 @@ def from_json(data: dict[str, Any], *, base_dir: str | os.PathLike = ".", where:
         task=str(data.get("task", "")),
         group=str(group),
     )
+
+
+def to_json(example: Example) -> dict[str, Any]:
+    """The JSON `from_json` reads back (media given as file paths, written as they are)."""
+    turns = []
+    for turn in example.contents:
+        parts = []
+        for part in turn.parts:
+            value = getattr(part, part.kind)
+            if part.kind != "text" and not isinstance(value, (str, os.PathLike)):
+                raise ExampleError(f"a {part.kind} part holds a {type(value).__name__}; to_json writes file paths only")
+            parts.append({part.kind: os.fspath(value) if part.kind != "text" else value})
+        turns.append({"role": turn.role, "parts": parts})
+    data: dict[str, Any] = {"contents": turns, "train_on": example.train_on, "raw_text": example.raw_text}
+    data |= {key: getattr(example, key) for key in ("task", "group") if getattr(example, key)}
+    return data

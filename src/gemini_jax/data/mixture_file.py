@@ -7,6 +7,8 @@ which stages, scored by which metrics.
     sources:
       digits: {path: prepared/digits}               # a prepared DATA_DIR, relative to this file
       text:   {path: prepared/stdlib, seq_len: 128, batch_size: 16}
+      speech: {path: prepared/speech, buckets: 2, augment: specaugment, cache: true}
+      shapes: {path: prepared/vqa, tasks: ["vqa:shape"]}   # only the records of these `task`s
     stages:                                         # optional; without it, one stage of `weights`
       - {until: 0.8, weights: {digits: 1.0, text: 1.0}}   # until: a share of the steps (<= 1) or a step (> 1)
       - {weights: {digits: 3.0}}                    # the last stage has no `until`; a stage may drop a source
@@ -14,6 +16,14 @@ which stages, scored by which metrics.
     metrics: [exact_match]                          # scored on validation during training, test at the end
     eval:                                           # optional held-out sets for the final evaluation
       digits_test: test.jsonl                       # a contents-format JSONL file, or a prepared DATA_DIR (its test split)
+    eval_tasks: [vqa, asr]                          # `gemini-jax eval` tasks: validation during training
+                                                    # (those that have one), test at the end
+
+Source keys besides `path`: `seq_len` and `batch_size` replace the recipe's; `tasks` keeps the
+records whose `task` is listed; `buckets: N` splits a source into N groups by the size of its
+media (clip length for audio), each padded to its own longest rather than the source's;
+`augment: specaugment` masks time and frequency bands of audio features; `cache` keeps encoded
+rows in memory after their first epoch (default: sources of up to 20,000 records).
 
 Every mistake is a MixtureError naming the file and the key.
 """
@@ -31,8 +41,9 @@ from gemini_jax.data.records import DataError
 
 MANIFEST_FILE = "manifest.json"
 METRICS = ("exact_match", "loss", "perplexity")  # what the prepared-data evaluation computes
-_TOP_KEYS = ("sources", "weights", "stages", "metrics", "eval")
-_SOURCE_KEYS = ("path", "seq_len", "batch_size")
+_TOP_KEYS = ("sources", "weights", "stages", "metrics", "eval", "eval_tasks")
+_SOURCE_KEYS = ("path", "seq_len", "batch_size", "tasks", "buckets", "augment", "cache")
+AUGMENTS = ("specaugment",)
 _STAGE_KEYS = ("until", "weights")
 
 
@@ -46,6 +57,10 @@ class Source:
     path: Path  # a prepared DATA_DIR
     seq_len: int | None = None  # None: the recipe's
     batch_size: int | None = None
+    tasks: tuple[str, ...] | None = None  # keep only records of these tasks; None: all
+    buckets: int = 1  # groups by media size, each with its own row shapes
+    augment: str | None = None  # one of AUGMENTS
+    cache: bool | None = None  # keep encoded rows after the first epoch; None: by the source's size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +86,13 @@ class Mixture:
     stages: tuple[Stage, ...]
     metrics: tuple[str, ...]
     eval_sets: tuple[EvalSet, ...] = ()
+    eval_tasks: tuple[str, ...] = ()  # registry task names
 
     def stage_steps(self, total_steps: int) -> list[int]:
-        """Steps each stage runs, the last taking the rest (shares are rounded down)."""
+        """Steps each stage runs, the last taking the rest (shares are rounded down: in a short
+        run, a stage may round to no steps)."""
         ends = [int(s.until * total_steps) if s.until <= 1 else int(s.until) for s in self.stages[:-1]]
-        if any(b <= a for a, b in zip([0, *ends], ends)) or (ends and ends[-1] >= total_steps):
+        if any(b < a for a, b in zip([0, *ends], ends)) or (ends and ends[-1] >= total_steps):
             raise MixtureError(f"{self.path}: stages end at steps {ends} of {total_steps}: each must end after "
                                f"the one before it and before the last step (give more steps, or other `until`s)")
         return [b - a for a, b in zip([0, *ends], [*ends, total_steps])]
@@ -129,8 +146,25 @@ def _source(name: str, spec: Any, base: Path, where: str) -> Source:
     if not (path / MANIFEST_FILE).is_file():
         raise MixtureError(f"{where}.path: {str(path)!r} is not a prepared data directory (no {MANIFEST_FILE}): "
                            f"run `gemini-jax data prepare SOURCES... --out {path}` (to the end)")
-    sizes = {k: _positive_int(spec[k], f"{where}.{k}") for k in ("seq_len", "batch_size") if k in spec}
-    return Source(name=name, path=path, **sizes)
+    fields: dict[str, Any] = {k: _positive_int(spec[k], f"{where}.{k}")
+                              for k in ("seq_len", "batch_size", "buckets") if k in spec}
+    if "tasks" in spec:
+        fields["tasks"] = _names(spec["tasks"], f"{where}.tasks")
+    if "augment" in spec:
+        if spec["augment"] not in AUGMENTS:
+            raise MixtureError(f"{where}.augment: expected one of {list(AUGMENTS)}, got {spec['augment']!r}")
+        fields["augment"] = spec["augment"]
+    if "cache" in spec:
+        if not isinstance(spec["cache"], bool):
+            raise MixtureError(f"{where}.cache: expected true or false, got {spec['cache']!r}")
+        fields["cache"] = spec["cache"]
+    return Source(name=name, path=path, **fields)
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise MixtureError(f"{where}: expected a list of names, got {value!r}")
+    return tuple(value)
 
 
 def _weights(value: Any, sources: Mapping[str, Source], where: str) -> dict[str, float]:
@@ -192,11 +226,12 @@ def _eval_sets(value: Any, base: Path, where: str) -> tuple[EvalSet, ...]:
     return tuple(sets)
 
 
-def load_mixture(path: str | Path) -> Mixture:
-    """Reads and checks a mixture file (see the module docstring for its keys)."""
+def load_mixture(path: str | Path, *, base: str | Path | None = None) -> Mixture:
+    """Reads and checks a mixture file (see the module docstring for its keys); its paths are
+    relative to `base`, by default the file's folder."""
     path = Path(path)
     data = _mapping(_read(path), str(path), keys=_TOP_KEYS)
-    where, base = str(path), path.parent
+    where, base = str(path), Path(base) if base is not None else path.parent
     if "sources" not in data:
         raise MixtureError(f"{where}: needs `sources` (name: {{path: PREPARED_DIR}})")
     sources = {str(name): _source(str(name), spec, base, f"{where}: sources.{name}")
@@ -205,5 +240,16 @@ def load_mixture(path: str | Path) -> Mixture:
     if not isinstance(metrics, list) or any(m not in METRICS for m in metrics):
         raise MixtureError(f"{where}: metrics: expected a list of {list(METRICS)}, got {metrics!r}")
     eval_sets = _eval_sets(data["eval"], base, f"{where}: eval") if "eval" in data else ()
+    eval_tasks = _eval_tasks(data["eval_tasks"], f"{where}: eval_tasks") if "eval_tasks" in data else ()
     return Mixture(path=path, sources=sources, stages=_stages(data, sources, where), metrics=tuple(metrics),
-                   eval_sets=eval_sets)
+                   eval_sets=eval_sets, eval_tasks=eval_tasks)
+
+
+def _eval_tasks(value: Any, where: str) -> tuple[str, ...]:
+    from gemini_jax.evals.registry import TASKS
+
+    names = _names(value, where)
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise MixtureError(f"{where}: unknown task(s) {unknown}; `gemini-jax eval --help` lists them")
+    return names

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,10 @@ from typing import Any, ClassVar
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
 from gemini_jax.data import pipeline
+from gemini_jax.data.augment import SpecAugment
 from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
-from gemini_jax.data.mixture_file import Mixture, MixtureError, load_mixture
+from gemini_jax.data.examples import Example
+from gemini_jax.data.mixture_file import Mixture, MixtureError, Source, load_mixture
 from gemini_jax.data.prepared import PreparedData, open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
@@ -40,6 +43,7 @@ from gemini_jax.train.optimizer import OptimizerConfig
 
 QUICK_EVAL_LIMIT = 200  # validation examples per source in the evaluations during training
 SHAPE_SAMPLE = 300  # training examples (besides all validation ones) that set a source's row shapes
+SHAPE_LARGEST = 40  # and its first ones: a bucket's largest
 # Encoded rows are kept after their first epoch for sources up to this size; a row holds float32
 # patches (4 bytes a pixel), so a larger source re-encodes instead of filling memory.
 CACHE_ROWS_UP_TO = 20_000
@@ -79,29 +83,36 @@ class DataRecipe:
         return Trainer(model, optimizer, mesh=mesh)
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
-        from gemini_jax.evals.registry import EvalOptions, evaluate
-        from gemini_jax.evals.benchmark import format_table  # its task column fits the longest name
+        return mixture_setup(self, load_mixture(self.mixture), run_dir=run_dir, timings=timings)
 
-        mixture = load_mixture(self.mixture)
-        data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
-        tokenizer_file = choose_tokenizer(data, init_from=self.init_from)
-        tokenizer = Tokenizer.load(tokenizer_file)
-        config = self.model_config(tokenizer)
-        check_modalities(data, config)
-        checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
-        with timings.phase("data_setup_s"):
-            stream = mixture_stream(mixture, data, tokenizer=tokenizer, config=config, recipe=self)
-        quick_sets, final_sets = evaluation_sets(mixture, data)
 
-        def quick(model: Gemini) -> dict[str, Any]:
-            return evaluate(model, tokenizer, quick_sets, EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False))
+def mixture_setup(recipe: DataRecipe, mixture: Mixture, *, run_dir: Path, timings: Timings,
+                  tokenizer_file: str | Path | None = None, corpus: Any = None) -> Setup:
+    """The run `recipe` trains on `mixture`: its tokenizer (`tokenizer_file`, else the init run's
+    or the sources'), model config, training stream and evaluations. `corpus` is a built
+    DemoCorpus for the mixture's demo `eval_tasks` (None: they build the default one)."""
+    from gemini_jax.evals.registry import EvalOptions, evaluate, format_results
 
-        def final(model: Gemini) -> dict[str, Any]:
-            return evaluate(model, tokenizer, final_sets, EvalOptions(limit=self.eval_limit,
-                                                                      progress=self.train.progress))
+    data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
+    tokenizer_file = tokenizer_file or choose_tokenizer(data, init_from=recipe.init_from)
+    tokenizer = Tokenizer.load(tokenizer_file)
+    config = recipe.model_config(tokenizer)
+    check_modalities(data, config)
+    checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
+    with timings.phase("data_setup_s"):
+        stream = mixture_stream(mixture, data, tokenizer=tokenizer, config=config, recipe=recipe)
+    quick_sets, final_sets = evaluation_sets(mixture, data)
 
-        return Setup(config=config, tokenizer=tokenizer, data=stream, quick_evaluate=quick, evaluate=final,
-                     format_results=format_table)
+    def quick(model: Gemini) -> dict[str, Any]:
+        options = EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False)
+        return evaluate(model, tokenizer, quick_sets, options, corpus=corpus)
+
+    def final(model: Gemini) -> dict[str, Any]:
+        options = EvalOptions(limit=recipe.eval_limit, progress=recipe.train.progress)
+        return evaluate(model, tokenizer, final_sets, options, corpus=corpus)
+
+    return Setup(config=config, tokenizer=tokenizer, data=stream, quick_evaluate=quick, evaluate=final,
+                 format_results=format_results)
 
 
 def train_on_data(recipe: DataRecipe) -> dict[str, Any]:
@@ -168,20 +179,65 @@ def _sample(examples: Sequence[Any], count: int) -> list[Any]:
     return [examples[i] for i in range(0, len(examples), step)][:count]
 
 
-def row_shapes(data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig, seq_len: int | None) -> dict[str, int]:
-    """One source's batch shapes: rows fit the longest of its validation examples and a sample
-    of its training ones (at most the model's context; longer ones are skipped as bad records),
-    media slots the most any of them holds."""
-    examples = [*data.split("validation"), *_sample(data.split("train"), SHAPE_SAMPLE)]
+class Subset(Sequence[Example]):
+    """Some records of a split, by index."""
+
+    def __init__(self, examples: Sequence[Example], indices: Sequence[int]):
+        self._examples, self._indices = examples, list(indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._examples[self._indices[i]]
+
+
+def _media_bytes(example: Example) -> int:
+    return sum(len(getattr(p, p.kind)) for turn in example.contents for p in turn.parts if p.kind != "text")
+
+
+def _text_chars(example: Example) -> int:
+    return sum(len(p.text) for turn in example.contents for p in turn.parts if p.kind == "text")
+
+
+def source_groups(source: Source, data: PreparedData) -> dict[str, Sequence[Example]]:
+    """A source's training records in its groups: {name: records}. A source keeps the records of
+    its `tasks`; with `buckets: N` they are cut into N groups by media size (largest first),
+    so that short clips are not padded to the longest."""
+    train = data.split("train")
+    if source.tasks is None and source.buckets == 1:
+        return {source.name: train}
+    examples = [train[i] for i in range(len(train))]  # one read; media stay encoded bytes
+    indices = [i for i, e in enumerate(examples) if source.tasks is None or e.task in source.tasks]
+    if not indices:
+        found = sorted({e.task for e in examples})
+        raise MixtureError(f"{source.name}: {data.path} holds no training records of tasks {list(source.tasks)}; "
+                           f"its tasks: {found}")
+    if source.buckets == 1:
+        return {source.name: Subset(train, indices)}
+    by_size = sorted(indices, key=lambda i: (-_media_bytes(examples[i]), -_text_chars(examples[i]), i))
+    cuts = [round(k * len(by_size) / source.buckets) for k in range(source.buckets + 1)]
+    return {f"{source.name}-{k}": Subset(train, by_size[a:b]) for k, (a, b) in enumerate(itertools.pairwise(cuts))
+            if b > a}
+
+
+def row_shapes(examples: Sequence[Example], validation: Sequence[Example], *, tokenizer: Tokenizer,
+               config: ModelConfig, seq_len: int | None, where: Any) -> dict[str, int]:
+    """One group's batch shapes: rows fit the longest of its validation examples and a sample of
+    its training ones, the first (a bucket's largest) among them (at most the model's context;
+    longer ones are skipped as bad records), media slots the most any of them holds."""
+    sample = [*validation, *examples[:SHAPE_LARGEST], *_sample(examples, SHAPE_SAMPLE)]
     cache = MediaCache(max_bytes=256 << 20)
     rows = []
-    for example in examples:
+    for example in sample:
         try:
             rows.append(encode_example(example, tokenizer=tokenizer, config=config, media_cache=cache))
         except EncodeError:
             continue  # longer than the context: training skips it too
     if not rows:
-        raise MixtureError(f"{data.path}: none of its sampled examples fits the model's context of "
+        raise MixtureError(f"{where}: none of its sampled examples fits the model's context of "
                            f"{config.max_seq_len} tokens")
     most = lambda key: max((r[key].shape[0] for r in rows if key in r), default=0)
     longest = 8 * math.ceil(most("tokens") / 8)
@@ -192,34 +248,50 @@ def row_shapes(data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig,
     return shapes
 
 
-def source_stream(data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig, batch_size: int,
-                  seq_len: int | None, seed: int):
-    """One source's training batches: packed rows of text, or padded conversations."""
-    train = data.split("train")
-    if not len(train):
+def source_streams(source: Source, data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig,
+                   batch_size: int, seq_len: int | None, seed: int) -> dict[str, tuple[Any, int]]:
+    """One source's training batches, {group: (stream, records)}: packed rows of text, or
+    padded conversations, one stream per group."""
+    if not len(data.split("train")):
         raise MixtureError(f"{data.path}: its train split is empty")
+    groups = source_groups(source, data)
     if data.text_only:
-        return pipeline.packed_text(train, tokenizer=tokenizer, seq_len=seq_len or config.max_seq_len,
-                                    batch_size=_local(batch_size), seed=seed, num_threads=1, prefetch_batches=1,
-                                    error_budget=max(10, len(train) // 100), shard=distributed.data_shard())
-    shapes = row_shapes(data, tokenizer=tokenizer, config=config, seq_len=seq_len)
-    source = pipeline.encoded_source(train, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
-                                     error_budget=max(10, len(train) // 100), cache_rows=len(train) <= CACHE_ROWS_UP_TO)
-    return pipeline.batched(source, batch_size=_local(batch_size), seed=seed, config=config, num_threads=1,
-                            prefetch_batches=1, shard=distributed.data_shard(), **shapes)
+        return {name: (pipeline.packed_text(
+            train, tokenizer=tokenizer, seq_len=seq_len or config.max_seq_len, batch_size=_local(batch_size),
+            seed=seed, num_threads=1, prefetch_batches=1, error_budget=max(10, len(train) // 100),
+            shard=distributed.data_shard()), len(train)) for name, train in groups.items()}
+    augment = SpecAugment() if source.augment == "specaugment" else None
+    validation = data.split("validation")
+    streams = {}
+    for name, train in groups.items():
+        shapes = row_shapes(train, validation, tokenizer=tokenizer, config=config, seq_len=seq_len,
+                            where=f"{data.path} ({name})")
+        cache = source.cache if source.cache is not None else len(train) <= CACHE_ROWS_UP_TO
+        rows = pipeline.encoded_source(train, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
+                                       error_budget=max(10, len(train) // 100), cache_rows=cache)
+        streams[name] = (pipeline.batched(rows, batch_size=_local(batch_size), seed=seed, config=config,
+                                          augment=augment, num_threads=1, prefetch_batches=1,
+                                          shard=distributed.data_shard(), **shapes), len(train))
+    return streams
 
 
 def mixture_stream(mixture: Mixture, data: Mapping[str, PreparedData], *, tokenizer: Tokenizer,
                    config: ModelConfig, recipe: DataRecipe):
-    """The training stream: each stage's sources interleaved by its weights, stage after stage."""
-    streams = {name: source_stream(data[name], tokenizer=tokenizer, config=config, seed=recipe.train.seed,
-                                   batch_size=source.batch_size or recipe.batch_size,
-                                   seq_len=source.seq_len or recipe.seq_len)
+    """The training stream: each stage's sources interleaved by its weights (a source's weight
+    shared among its groups by their sizes), stage after stage."""
+    streams = {name: source_streams(source, data[name], tokenizer=tokenizer, config=config, seed=recipe.train.seed,
+                                    batch_size=source.batch_size or recipe.batch_size,
+                                    seq_len=source.seq_len or recipe.seq_len)
                for name, source in mixture.sources.items()
                if any(name in stage.weights for stage in mixture.stages)}
 
     def mixed(weights: Mapping[str, float]):
-        return pipeline.mixture({name: streams[name] for name in weights}, weights=dict(weights))
+        chosen, shares = {}, {}
+        for name, weight in weights.items():
+            total = sum(n for _, n in streams[name].values())
+            for group, (stream, n) in streams[name].items():
+                chosen[group], shares[group] = stream, weight * n / total
+        return pipeline.mixture(chosen, weights=shares)
 
     steps = mixture.stage_steps(recipe.train.steps)
     stages = [(mixed(stage.weights), count) for stage, count in zip(mixture.stages, steps)]
@@ -231,6 +303,7 @@ def mixture_stream(mixture: Mixture, data: Mapping[str, PreparedData], *, tokeni
 def evaluation_sets(mixture: Mixture, data: Mapping[str, PreparedData]):
     """(the sets scored during training, those of the final evaluation): validation during
     training, never test; test splits and the `eval:` sets at the end, with validation loss."""
+    from gemini_jax.evals.registry import resolve
     from gemini_jax.evals.tasks.prepared import PreparedSet
 
     metrics = tuple(dict.fromkeys([*mixture.metrics, "loss", "perplexity"]))
@@ -242,4 +315,7 @@ def evaluation_sets(mixture: Mixture, data: Mapping[str, PreparedData]):
     final += [PreparedSet(name=e.name, path=str(e.path), metrics=metrics) for e in mixture.eval_sets]
     final += [validation(name=f"{name}/validation", examples=d.split("validation"), metrics=("loss", "perplexity"))
               for name, d in data.items() if len(d.split("validation"))]
+    tasks = resolve(mixture.eval_tasks) if mixture.eval_tasks else []
+    quick += [dataclasses.replace(t, split="validation") for t in tasks if "split" in t.__dataclass_fields__]
+    final += tasks
     return quick, final
