@@ -191,3 +191,37 @@ def test_a_source_keeps_its_tasks_and_buckets_by_media_size(tmp_path):
     assert sorted(answers(groups["s-2"])) == [4, 8, 12, 16]
     with pytest.raises(MixtureError, match=r"no training records of tasks \['c'\]; its tasks: \['a', 'b'\]"):
         source_groups(Source("s", data.path, tasks=("c",)), data)
+
+
+def test_a_float_shape_is_relative_to_the_runs():
+    from gemini_jax.data.mixture_file import Source
+    from gemini_jax.recipes.custom import source_shape
+
+    config = get_preset("test")
+    run = DataRecipe(mixture="mix.yaml", batch_size=8, seq_len=512)
+    assert source_shape(Source("s", None, seq_len=0.5, batch_size=2.0), recipe=run, config=config) == (16, 256)
+    assert source_shape(Source("s", None, seq_len=100, batch_size=3), recipe=run, config=config) == (3, 100)
+    assert source_shape(Source("s", None), recipe=run, config=config) == (8, 512)
+    unset = dataclasses.replace(run, seq_len=None)  # a share of the model's context; else its examples decide
+    assert source_shape(Source("s", None, seq_len=0.5), recipe=unset, config=config) == (8, config.max_seq_len // 2)
+    assert source_shape(Source("s", None), recipe=unset, config=config) == (8, None)
+
+
+@pytest.mark.parametrize("sources, trained_on", [
+    ({"digits": {"path": "prepared", "packing": "windows"}}, "digits"),
+    ({"digits": "prepared", "rows": {"generate": "kv_retrieval", "filler": "digits"}}, "rows"),
+])
+def test_windows_and_fillers_take_text_only_sources(digits, tmp_path, sources, trained_on):
+    from gemini_jax.data.mixture_file import MixtureError, load_mixture
+    from gemini_jax.data.tokenizer import Tokenizer
+    from gemini_jax.recipes.custom import mixture_stream, open_sources
+
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps({"sources": sources, "weights": {trained_on: 1}}))
+    mixture = load_mixture(path, base=digits)
+    data = open_sources(mixture)
+    assert list(data) == ["digits"]  # a generated source has nothing to open
+    tokenizer = Tokenizer.load(data["digits"].tokenizer_path)
+    with pytest.raises(MixtureError, match="holds more than raw text"):
+        mixture_stream(mixture, data, tokenizer=tokenizer, config=get_preset("test"),
+                       recipe=DataRecipe(mixture=str(path), batch_size=2))

@@ -1,6 +1,6 @@
 """Long context: the key-value retrieval generator (deterministic, the queried pair where asked,
-train and test apart), accuracy by length and position, NLL by position against a direct
-computation, and the plot."""
+train and test apart), the recipes' training streams built from their mixture files, accuracy by
+length and position, NLL by position against a direct computation, and the plot."""
 
 import dataclasses
 import inspect
@@ -16,15 +16,21 @@ from flax import nnx
 from gemini_jax import cli, recipes
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora import kv_retrieval as kv
+from gemini_jax.data.corpora import stdlib_prepared
 from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals.tasks import nll_position, retrieval
 from gemini_jax.recipes import long_context, train_and_evaluate
+from gemini_jax.recipes.runner import Timings
 from gemini_jax.train import TrainConfig, Trainer
 from gemini_jax.train.optimizer import OptimizerConfig
 
 SPEC = kv.RetrievalSpec(num_pairs=5, key_digits=3, value_digits=4)
 FILLER = inspect.getsource(textwrap)
+# The standard library's files of each split, in tests: halves of one module (and digits for the
+# tokenizer, which keys and values are written in).
+TEXTS = {"train": FILLER[: len(FILLER) // 2] + "0123456789: \n" * 50, "validation": FILLER[len(FILLER) // 2:],
+         "test": FILLER[len(FILLER) // 2:]}
 
 
 @pytest.fixture(scope="module")
@@ -187,15 +193,82 @@ def test_text_windows_score_every_token_of_bos_led_windows_and_resume():
         TextWindows(ids, seq_len=400, batch_size=1, bos_id=2)
 
 
-def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeypatch):
+@pytest.fixture
+def small_library(monkeypatch):
+    """The standard library replaced by TEXTS wherever the long-context recipes read it."""
+    files = lambda split: [TEXTS[split]]
+    for module in (long_context, stdlib_prepared, nll_position, kv):
+        monkeypatch.setattr(module, "standard_library_files", files)
+    return TEXTS
+
+
+def recipe_stream(recipe, run_dir):
+    return recipe.setup(run_dir, Timings()).data
+
+
+def test_retrieval_trains_on_short_rows_then_full_ones_and_resumes(tmp_path, small_library):
+    """kv_retrieval.yaml: the first 3/4 of the steps rows of half the length, twice as many, as
+    the recipe's TrainingRows made them; then full rows; the answers alone scored."""
+    config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=512).text_only
+    recipe = long_context.RetrievalRecipe(run_dir=str(tmp_path / "run"), model=config, seq_len=512, batch_size=2,
+                                          cache_dir=str(tmp_path / "cache"), train=TrainConfig(steps=8, seed=3))
+    stream = recipe_stream(recipe, tmp_path / "run")
+    batches = [next(stream) for _ in range(8)]
+    assert [b["tokens"].shape for b in batches] == [(4, 256)] * 6 + [(2, 512)] * 2
+    tokenizer = long_context.prepare_tokenizer(tmp_path / "run", config)
+    filler = kv.FillerSource(small_library["train"], tokenizer, split="train")
+    rows = kv.TrainingRows(filler, seq_len=512, batch_size=2, seed=3, queries=8, short_steps=6)
+    for batch in batches[:6]:
+        expected = next(rows)
+        assert all(np.array_equal(batch[k], expected[k]) for k in expected)
+    for batch in batches:
+        scored = batch["loss_mask"] > 0
+        assert 0 < scored.sum() < (batch["segment_ids"] > 0).sum() / 3  # answers, not the context
+        answers = tokenizer.decode(batch["targets"][scored]).split()
+        assert answers and all(a.isdigit() and len(a) == 4 for a in answers)
+    # Resumed across the stage boundary from a saved position, the stream goes on as it did.
+    stream = recipe_stream(recipe, tmp_path / "run")
+    for _ in range(5):
+        next(stream)
+    state = stream.get_state()
+    resumed = recipe_stream(recipe, tmp_path / "run")
+    resumed.set_state(state)
+    for expected in batches[5:]:
+        batch = next(resumed)
+        assert all(np.array_equal(batch[k], expected[k]) for k in expected)
+    assert [p.name[:10] for p in (tmp_path / "cache").iterdir()] == ["stdlib-v1-"]  # prepared once, reused
+
+
+def test_long_text_trains_on_windows_of_its_text(tmp_path, small_library):
+    """long_text.yaml: rows of seq_len consecutive tokens of the training text, every token
+    scored, as the recipe's TextWindows made them; a resumed stream continues where it stopped."""
+    config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=64).text_only
+    recipe = long_context.LongTextRecipe(run_dir=str(tmp_path / "run"), model=config, seq_len=64, batch_size=3,
+                                         cache_dir=str(tmp_path / "cache"), train=TrainConfig(steps=10, seed=2))
+    stream = recipe_stream(recipe, tmp_path / "run")
+    tokenizer = long_context.prepare_tokenizer(tmp_path / "run", config)
+    ids = tokenizer.encode(small_library["train"])
+    windows = TextWindows(ids, seq_len=64, batch_size=3, bos_id=tokenizer.bos_id, seed=2)
+    for _ in range(3):
+        batch, expected = next(stream), next(windows)
+        assert {k: v.shape for k, v in batch.items()} == {k: (3, 64) for k in expected}
+        assert all(np.array_equal(batch[k], expected[k]) for k in expected)
+        assert np.all(batch["loss_mask"] == 1) and np.all(batch["tokens"][:, 0] == tokenizer.bos_id)
+        np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
+        assert all(any(ids[i:i + 64] == row.tolist() for i in range(len(ids) - 63)) for row in batch["targets"])
+    state = stream.get_state()
+    resumed = recipe_stream(recipe, tmp_path / "run")
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["targets"], next(stream)["targets"])
+
+
+def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeypatch, small_library):
     """`train --task long_text` end to end on a tiny decoder: it learns (its loss ends below a
     uniform guess's) and the run holds its NLL-by-position table, plot and results."""
-    texts = [FILLER[: len(FILLER) // 2], FILLER[len(FILLER) // 2:]]
-    monkeypatch.setattr(long_context, "standard_library_files", lambda split: [texts[split == "test"]])
-    monkeypatch.setattr(nll_position, "standard_library_files", lambda split: [texts[split == "test"]])
     config = dataclasses.replace(PRESETS["test"], vocab_size=400, max_seq_len=64).text_only
     recipe = long_context.LongTextRecipe(
         run_dir=str(tmp_path / "run"), model=config, seq_len=64, batch_size=4, eval_documents=4,
+        cache_dir=str(tmp_path / "cache"),
         train=TrainConfig(steps=30, progress=False, sdc_check_every=10, optimizer=OptimizerConfig(warmup_steps=5)))
     checked = []
     checked_step = Trainer.checked_step
@@ -222,7 +295,12 @@ def test_the_cli_hands_the_training_guards_to_the_long_context_recipes(tmp_path,
     assert isinstance(recipe, long_context.LongTextRecipe) and recipe.run_dir == str(tmp_path)
     assert (recipe.train.sdc_check_every, recipe.train.replica_every, recipe.train.optimizer.loss_spike_factor,
             recipe.train.progress) == (5, 7, 2.5, False)
-    assert cli.main(["train", "--task", "kv_retrieval", "--cache-dir", str(tmp_path)]) == 2  # no corpus to cache
+    assert cli.main(["train", "--task", "kv_retrieval", "--cache-dir", str(tmp_path / "cache"), "--seq-len", "256",
+                     "--batch-size", "4", "--steps", "100"]) == 0
+    recipe = seen[-1]
+    assert isinstance(recipe, long_context.RetrievalRecipe)
+    assert (recipe.cache_dir, recipe.seq_len, recipe.batch_size, recipe.train.steps) == (
+        str(tmp_path / "cache"), 256, 4, 100)
 
 
 def test_the_cli_checks_long_context_requests(capsys, tmp_path):

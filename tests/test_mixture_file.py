@@ -65,6 +65,22 @@ def test_yaml_stages_by_share_and_step(data):
     ({"sources": {"a": {"path": "a", "augment": "mixup"}}}, r"sources\.a\.augment: expected one of \['specaugment'\]"),
     ({"sources": {"a": {"path": "a", "cache": "yes"}}}, r"sources\.a\.cache: expected true or false"),
     ({"sources": {"a": "a"}, "eval_tasks": ["vqa", "mmlu_pro"]}, r"eval_tasks: unknown task\(s\) \['mmlu_pro'\]"),
+    ({"sources": {"a": {"path": "a", "seq_len": 1.5}}}, r"sources\.a\.seq_len: .* or a share in \(0, 1\] of the run's"),
+    ({"sources": {"a": {"path": "a", "batch_size": -2.0}}}, r"sources\.a\.batch_size: .* or a multiple of the run's"),
+    ({"sources": {"a": {"path": "a", "packing": "rows"}}},
+     r"sources\.a\.packing: expected one of \['documents', 'windows'\]"),
+    ({"sources": {"a": {"path": "a", "packing": "windows", "buckets": 2}}},
+     r"sources\.a\.buckets: does not apply to `packing: windows`"),
+    ({"sources": {"a": {"path": "a", "queries": 4}}}, r"sources\.a\.queries: only a generated source"),
+    ({"sources": {"a": "a", "g": {"generate": "sudoku", "filler": "a"}}},
+     r"sources\.g\.generate: expected one of \['kv_retrieval'\]"),
+    ({"sources": {"a": "a", "g": {"generate": "kv_retrieval", "filler": "a", "path": "a"}}},
+     r"sources\.g\.path: a generated source is not read from disk"),
+    ({"sources": {"a": "a", "g": {"generate": "kv_retrieval"}}}, r"sources\.g\.filler: expected the name of a text"),
+    ({"sources": {"a": "a", "g": {"generate": "kv_retrieval", "filler": "z"}}},
+     r"sources\.g\.filler: no source 'z' read from disk; those: \['a'\]"),
+    ({"sources": {"a": "a", "g": {"generate": "kv_retrieval", "filler": "h"},
+                  "h": {"generate": "kv_retrieval", "filler": "a"}}}, r"sources\.g\.filler: no source 'h' read from"),
 ])
 def test_mistakes_name_file_and_key(data, mixture, message):
     path = write(data, mixture)
@@ -82,6 +98,21 @@ def test_source_options_and_eval_tasks(data):
     assert (a.tasks, a.buckets, a.augment, a.cache) == (("vqa:shape",), 2, "specaugment", True)
     assert (b.tasks, b.buckets, b.augment, b.cache) == (None, 1, None, None)
     assert mixture.eval_tasks == ("vqa", "text")
+
+
+def test_relative_shapes_packing_and_generated_sources(data):
+    (data / "mix.yaml").write_text(
+        "sources:\n  text: {path: a, packing: windows, seq_len: 1.0}\n"
+        "  short: {generate: kv_retrieval, filler: text, seq_len: 0.5, batch_size: 2.0, queries: 8}\n"
+        "  full: {generate: kv_retrieval, filler: text, seq_len: 256}\n"
+        "stages:\n  - {until: 0.75, weights: {short: 1}}\n  - {weights: {full: 1}}\n")
+    mixture = load_mixture(data / "mix.yaml")
+    text, short, full = mixture.sources.values()
+    assert (text.path, text.packing, text.seq_len, text.generate) == (data / "a", "windows", 1.0, None)
+    assert (short.path, short.generate, short.filler, short.seq_len, short.batch_size, short.queries) == (
+        None, "kv_retrieval", "text", 0.5, 2.0, 8)
+    assert (full.seq_len, full.batch_size, full.queries) == (256, None, None)  # an integer is tokens
+    assert mixture.stage_steps(8) == [6, 2]  # `text`, in no stage, fills but is not trained on
 
 
 def test_paths_may_be_relative_to_another_folder(data, tmp_path_factory):

@@ -93,7 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "row length of the sources without their own seq_len (default: the recipe's; --data: the longest "
                    "validation example, at most the model's context)")
     p.add_argument("--cache-dir", default=None,
-                   help="where the demo corpus is built and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
+                   help="where the demo corpus (kv_retrieval and long_text: their prepared training text) is built "
+                   "and cached (default: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax)")
     p.add_argument("--preset", default=None,
                    help="model preset (see `gemini-jax presets`; default: the recipe's, demo); with --data its "
                    "vocabulary takes the prepared tokenizer's size")

@@ -1,14 +1,16 @@
-"""Streams of batches combined: a weighted mixture of tasks, and stages in turn (a curriculum).
+"""Streams of batches combined: a weighted mixture of tasks, and stages in turn (a curriculum);
+a stream that keeps its own position (TrainingRows, TextWindows) joins them through `resumable`.
 
     stream = iter(mixture([train, text], weights=[3, 1]))
     staged_stream = iter(staged([(warmup, 500), (mixture(...), None)]))
+    windows = resumable(lambda: TextWindows(ids, seq_len=512, batch_size=4, bos_id=1))
 
-Both are deterministic and resume exactly from `it.get_state()` / `it.set_state(s)`.
+All are deterministic and resume exactly from `it.get_state()` / `it.set_state(s)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -81,3 +83,34 @@ def staged(stages: Sequence[tuple[grain.IterDataset, int | None]]) -> grain.Iter
         raise DataError(f"every stage but the last needs a count >= 0 and the last None; got "
                         f"{[c for _, c in stages]}")
     return _Staged([ds for ds, _ in stages], counts)
+
+
+class _ResumableIterator(grain.DatasetIterator):
+    def __init__(self, batches: Iterator[Row]):
+        super().__init__()
+        self._batches = batches
+
+    def __next__(self) -> Row:
+        return next(self._batches)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._batches.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._batches.set_state(state)
+
+
+class _Resumable(grain.IterDataset):
+    def __init__(self, make: Callable[[], Iterator[Row]]):
+        super().__init__()
+        self._make = make
+
+    def __iter__(self) -> _ResumableIterator:
+        return _ResumableIterator(self._make())
+
+
+def resumable(make: Callable[[], Iterator[Row]]) -> grain.IterDataset:
+    """A stream of batches that keeps its own position (`get_state` / `set_state`, as
+    TrainingRows and TextWindows do) as a grain dataset, so that `mixture` and `staged` take it
+    and save its position with theirs. Each iteration starts a fresh one from `make()`."""
+    return _Resumable(make)

@@ -9,6 +9,7 @@ which stages, scored by which metrics.
       text:   {path: prepared/stdlib, seq_len: 128, batch_size: 16}
       speech: {path: prepared/speech, buckets: 2, augment: specaugment, cache: true}
       shapes: {path: prepared/vqa, tasks: ["vqa:shape"]}   # only the records of these `task`s
+      lookup: {generate: kv_retrieval, filler: text, seq_len: 0.5}   # made on the fly, half the run's length
     stages:                                         # optional; without it, one stage of `weights`
       - {until: 0.8, weights: {digits: 1.0, text: 1.0}}   # until: a share of the steps (<= 1) or a step (> 1)
       - {weights: {digits: 3.0}}                    # the last stage has no `until`; a stage may drop a source
@@ -19,11 +20,21 @@ which stages, scored by which metrics.
     eval_tasks: [vqa, asr]                          # `gemini-jax eval` tasks: validation during training
                                                     # (those that have one), test at the end
 
-Source keys besides `path`: `seq_len` and `batch_size` replace the recipe's; `tasks` keeps the
-records whose `task` is listed; `buckets: N` splits a source into N groups by the size of its
-media (clip length for audio), each padded to its own longest rather than the source's;
-`augment: specaugment` masks time and frequency bands of audio features; `cache` keeps encoded
-rows in memory after their first epoch (default: sources of up to 20,000 records).
+Source keys besides `path`: `seq_len` and `batch_size` replace the recipe's (an integer is
+tokens or rows; a float is relative to the run's: `seq_len: 0.5` half its sequence length, the
+recipe's seq_len or else the model's context; `batch_size: 2.0` twice its batch size); `tasks`
+keeps the records whose `task` is listed; `buckets: N` splits a source into N groups by the
+size of its media (clip length for audio), each padded to its own longest rather than the
+source's; `augment: specaugment` masks time and frequency bands of audio features; `cache`
+keeps encoded rows in memory after their first epoch (default: sources of up to 20,000
+records). A text-only source is packed as whole documents (`packing: documents`, the default)
+or cut into rows of consecutive tokens of its training text joined, every token scored
+(`packing: windows`).
+
+A generated source has no `path`: its rows are made on the fly. `generate: kv_retrieval` packs
+key-value retrieval examples (data/corpora/kv_retrieval.py) whose filler comes from the training
+text of another source of the file (`filler: NAME`), with `queries: N` questions each. A
+source that no stage weighs (such a filler) is loaded but not trained on.
 
 Every mistake is a MixtureError naming the file and the key.
 """
@@ -42,8 +53,12 @@ from gemini_jax.data.records import DataError
 MANIFEST_FILE = "manifest.json"
 METRICS = ("exact_match", "loss", "perplexity")  # what the prepared-data evaluation computes
 _TOP_KEYS = ("sources", "weights", "stages", "metrics", "eval", "eval_tasks")
-_SOURCE_KEYS = ("path", "seq_len", "batch_size", "tasks", "buckets", "augment", "cache")
+_SOURCE_KEYS = ("path", "seq_len", "batch_size", "tasks", "buckets", "augment", "cache", "packing", "generate",
+                "filler", "queries")
 AUGMENTS = ("specaugment",)
+PACKINGS = ("documents", "windows")
+GENERATORS = ("kv_retrieval",)
+_READ_KEYS = ("path", "tasks", "buckets", "augment", "cache", "packing")  # of a source read from disk
 _STAGE_KEYS = ("until", "weights")
 
 
@@ -54,13 +69,17 @@ class MixtureError(DataError):
 @dataclasses.dataclass(frozen=True)
 class Source:
     name: str
-    path: Path  # a prepared DATA_DIR
-    seq_len: int | None = None  # None: the recipe's
-    batch_size: int | None = None
+    path: Path | None  # a prepared DATA_DIR; None: a generated source
+    seq_len: int | float | None = None  # tokens, or (a float) a share of the run's; None: the run's
+    batch_size: int | float | None = None  # rows, or (a float) a multiple of the run's; None: the run's
     tasks: tuple[str, ...] | None = None  # keep only records of these tasks; None: all
     buckets: int = 1  # groups by media size, each with its own row shapes
     augment: str | None = None  # one of AUGMENTS
     cache: bool | None = None  # keep encoded rows after the first epoch; None: by the source's size
+    packing: str = "documents"  # one of PACKINGS (text-only sources)
+    generate: str | None = None  # one of GENERATORS: rows made on the fly, not read
+    filler: str | None = None  # a generated source's text: the training text of this source
+    queries: int | None = None  # kv_retrieval: questions per example; None: the generator's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +153,31 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
+def _relative(value: Any, where: str, *, at_most: float | None = None) -> int | float:
+    """A positive integer, or a float relative to the run's value: above 0 (and at most `at_most`)."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value > 0 and (at_most is None or value <= at_most):
+            return value
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    relative = f"a share in (0, {at_most:g}] of the run's" if at_most else "a multiple of the run's (a float)"
+    raise MixtureError(f"{where}: expected a positive integer or {relative}, got {value!r}")
+
+
 def _source(name: str, spec: Any, base: Path, where: str) -> Source:
     if isinstance(spec, str):
         spec = {"path": spec}
     spec = _mapping(spec, where, keys=_SOURCE_KEYS)
+    fields: dict[str, Any] = {k: _positive_int(spec[k], f"{where}.{k}") for k in ("buckets", "queries") if k in spec}
+    if "seq_len" in spec:
+        fields["seq_len"] = _relative(spec["seq_len"], f"{where}.seq_len", at_most=1.0)
+    if "batch_size" in spec:
+        fields["batch_size"] = _relative(spec["batch_size"], f"{where}.batch_size")
+    if "generate" in spec:
+        return _generated(name, spec, fields, where)
+    for key in ("filler", "queries"):
+        if key in spec:
+            raise MixtureError(f"{where}.{key}: only a generated source (`generate: {GENERATORS[0]}`) takes it")
     if not isinstance(spec.get("path"), str):
         raise MixtureError(f"{where}.path: expected the path of a prepared data directory")
     path = base / spec["path"]
@@ -146,8 +186,6 @@ def _source(name: str, spec: Any, base: Path, where: str) -> Source:
     if not (path / MANIFEST_FILE).is_file():
         raise MixtureError(f"{where}.path: {str(path)!r} is not a prepared data directory (no {MANIFEST_FILE}): "
                            f"run `gemini-jax data prepare SOURCES... --out {path}` (to the end)")
-    fields: dict[str, Any] = {k: _positive_int(spec[k], f"{where}.{k}")
-                              for k in ("seq_len", "batch_size", "buckets") if k in spec}
     if "tasks" in spec:
         fields["tasks"] = _names(spec["tasks"], f"{where}.tasks")
     if "augment" in spec:
@@ -158,7 +196,37 @@ def _source(name: str, spec: Any, base: Path, where: str) -> Source:
         if not isinstance(spec["cache"], bool):
             raise MixtureError(f"{where}.cache: expected true or false, got {spec['cache']!r}")
         fields["cache"] = spec["cache"]
+    if "packing" in spec:
+        if spec["packing"] not in PACKINGS:
+            raise MixtureError(f"{where}.packing: expected one of {list(PACKINGS)}, got {spec['packing']!r}")
+        fields["packing"] = spec["packing"]
+    if fields.get("packing") == "windows":  # one stream of tokens: nothing to group, augment or cache
+        for key in ("buckets", "augment", "cache"):
+            if key in spec:
+                raise MixtureError(f"{where}.{key}: does not apply to `packing: windows`")
     return Source(name=name, path=path, **fields)
+
+
+def _generated(name: str, spec: dict, fields: dict[str, Any], where: str) -> Source:
+    if spec["generate"] not in GENERATORS:
+        raise MixtureError(f"{where}.generate: expected one of {list(GENERATORS)}, got {spec['generate']!r}")
+    read = [key for key in _READ_KEYS if key in spec]
+    if read:
+        raise MixtureError(f"{where}.{read[0]}: a generated source is not read from disk: drop it")
+    if not isinstance(spec.get("filler"), str):
+        raise MixtureError(f"{where}.filler: expected the name of a text source of this file")
+    return Source(name=name, path=None, generate=spec["generate"], filler=spec["filler"], **fields)
+
+
+def _check_fillers(sources: Mapping[str, Source], where: str) -> None:
+    for name, source in sources.items():
+        if source.filler is None:
+            continue
+        filler = sources.get(source.filler)
+        if filler is None or filler.generate is not None:
+            read = [n for n, s in sources.items() if s.generate is None]
+            raise MixtureError(f"{where}: sources.{name}.filler: no source {source.filler!r} read from disk; "
+                               f"those: {read}")
 
 
 def _names(value: Any, where: str) -> tuple[str, ...]:
@@ -236,6 +304,7 @@ def load_mixture(path: str | Path, *, base: str | Path | None = None) -> Mixture
         raise MixtureError(f"{where}: needs `sources` (name: {{path: PREPARED_DIR}})")
     sources = {str(name): _source(str(name), spec, base, f"{where}: sources.{name}")
                for name, spec in _mapping(data["sources"], f"{where}: sources").items()}
+    _check_fillers(sources, where)
     metrics = data.get("metrics", [])
     if not isinstance(metrics, list) or any(m not in METRICS for m in metrics):
         raise MixtureError(f"{where}: metrics: expected a list of {list(METRICS)}, got {metrics!r}")

@@ -27,14 +27,14 @@ from gemini_jax import batch as B
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import encode_document
 from gemini_jax.data.examples import Example
-from gemini_jax.data.mixing import mixture, staged
+from gemini_jax.data.mixing import mixture, resumable, staged
 from gemini_jax.data.records import RECORD_ERRORS, DataError, EncodedSource, ErrorReport, Row, encoded_source
 from gemini_jax.data.row_shapes import collate, media_shapes, pad_row, stack_rows
 from gemini_jax.data.tokenizer import Tokenizer
 
 # The pipeline's whole interface, wherever each piece lives.
 __all__ = ["RECORD_ERRORS", "DataError", "EncodedSource", "ErrorReport", "Row", "batched", "collate",
-           "encoded_source", "mixture", "packed_text", "staged"]
+           "encoded_source", "mixture", "packed_text", "resumable", "staged"]
 
 
 def _shard(ds: grain.MapDataset, shard: tuple[int, int]) -> grain.MapDataset:

@@ -6,8 +6,10 @@
     results = train_on_data(DataRecipe(mixture="mixture.yaml", run_dir="runs/mine"))
 
 Each source (data/mixture_file.py) becomes a stream of batches: raw-text sources packed into
-rows (`packed_text`), conversations encoded and padded to one shape per source (`batched`),
-with the media slots the data needs. Sources are interleaved by weight, stage by stage.
+rows (`packed_text`) or cut into windows of consecutive tokens (`TextWindows`), conversations
+encoded and padded to one shape per source (`batched`), with the media slots the data needs;
+a generated source makes its rows on the fly (`TrainingRows`, its filler another source's
+text). Sources are interleaved by weight, stage by stage.
 During training (`--eval-every`) each source's validation split is scored (loss and the
 mixture's metrics); the final evaluation scores each source's test split (when it was
 prepared with one) and the mixture's `eval:` sets, and every validation loss. `init_from`
@@ -26,11 +28,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
 from gemini_jax.data import pipeline
 from gemini_jax.data.augment import SpecAugment
-from gemini_jax.data.encode import EncodeError, MediaCache, encode_example
+from gemini_jax.data.corpora.kv_retrieval import FillerSource, TrainingRows
+from gemini_jax.data.corpora.text_windows import TextWindows
+from gemini_jax.data.encode import (
+    EncodeError,
+    MediaCache,
+    document_text,
+    encode_example,
+)
 from gemini_jax.data.examples import Example
 from gemini_jax.data.mixture_file import Mixture, MixtureError, Source, load_mixture
 from gemini_jax.data.prepared import PreparedData, open_prepared
@@ -93,7 +104,7 @@ def mixture_setup(recipe: DataRecipe, mixture: Mixture, *, run_dir: Path, timing
     DemoCorpus for the mixture's demo `eval_tasks` (None: they build the default one)."""
     from gemini_jax.evals.registry import EvalOptions, evaluate, format_results
 
-    data = {name: open_prepared(source.path) for name, source in mixture.sources.items()}
+    data = open_sources(mixture)
     tokenizer_file = tokenizer_file or choose_tokenizer(data, init_from=recipe.init_from)
     tokenizer = Tokenizer.load(tokenizer_file)
     config = recipe.model_config(tokenizer)
@@ -118,6 +129,11 @@ def mixture_setup(recipe: DataRecipe, mixture: Mixture, *, run_dir: Path, timing
 def train_on_data(recipe: DataRecipe) -> dict[str, Any]:
     """`train_and_evaluate` for a DataRecipe, starting from `recipe.init_from`'s parameters if given."""
     return train_and_evaluate(recipe, make_trainer=recipe.make_trainer)
+
+
+def open_sources(mixture: Mixture) -> dict[str, PreparedData]:
+    """The prepared data of the mixture's sources read from disk (a generated source has none)."""
+    return {name: open_prepared(source.path) for name, source in mixture.sources.items() if source.path is not None}
 
 
 def _sha256(path: Path) -> str:
@@ -172,6 +188,13 @@ def _local(global_batch: int) -> int:
     if global_batch % count:
         raise ConfigError(f"batch size {global_batch} must be a multiple of the {count} processes")
     return global_batch // count
+
+
+def _process_seed(seed: int) -> int:
+    """The seed of this process's rows where rows are drawn rather than read by record: each
+    process of a multi-host run draws its own (a single process keeps `seed`)."""
+    index, count = distributed.data_shard()
+    return seed * count + index
 
 
 def _sample(examples: Sequence[Any], count: int) -> list[Any]:
@@ -248,12 +271,37 @@ def row_shapes(examples: Sequence[Example], validation: Sequence[Example], *, to
     return shapes
 
 
+def source_shape(source: Source, *, recipe: DataRecipe, config: ModelConfig) -> tuple[int, int | None]:
+    """A source's batch size and row length: its own, else the run's; a float is relative to the
+    run's (its seq_len, else the model's context). A length of None: its examples set it."""
+    batch_size = source.batch_size or recipe.batch_size
+    if isinstance(batch_size, float):
+        batch_size = max(1, round(batch_size * recipe.batch_size))
+    seq_len = source.seq_len or recipe.seq_len
+    if isinstance(seq_len, float):
+        seq_len = max(1, int(seq_len * (recipe.seq_len or config.max_seq_len)))
+    return batch_size, seq_len
+
+
+def source_text(source: Source, data: PreparedData) -> str:
+    """A text-only source's training records joined into one text, in their order."""
+    if not data.text_only:
+        raise MixtureError(f"{source.name}: {data.path} holds more than raw text; `packing: windows` and a "
+                           f"generated source's filler take a text-only source")
+    return "".join(document_text(e) for group in source_groups(source, data).values() for e in group)
+
+
 def source_streams(source: Source, data: PreparedData, *, tokenizer: Tokenizer, config: ModelConfig,
                    batch_size: int, seq_len: int | None, seed: int) -> dict[str, tuple[Any, int]]:
-    """One source's training batches, {group: (stream, records)}: packed rows of text, or
-    padded conversations, one stream per group."""
+    """One source's training batches, {group: (stream, records)}: packed rows or windows of
+    text, or padded conversations, one stream per group."""
     if not len(data.split("train")):
         raise MixtureError(f"{data.path}: its train split is empty")
+    if source.packing == "windows":
+        ids = np.asarray(tokenizer.encode(source_text(source, data)), np.int32)
+        windows = lambda: TextWindows(ids, seq_len=seq_len or config.max_seq_len, batch_size=_local(batch_size),
+                                      bos_id=tokenizer.bos_id, seed=_process_seed(seed))
+        return {source.name: (pipeline.resumable(windows), len(data.split("train")))}
     groups = source_groups(source, data)
     if data.text_only:
         return {name: (pipeline.packed_text(
@@ -275,14 +323,33 @@ def source_streams(source: Source, data: PreparedData, *, tokenizer: Tokenizer, 
     return streams
 
 
+def generated_stream(source: Source, filler: FillerSource, *, batch_size: int, seq_len: int, seed: int):
+    """A generated source's batches: key-value retrieval examples packed into rows, cut from `filler`."""
+    queries = {} if source.queries is None else {"queries": source.queries}
+    return pipeline.resumable(lambda: TrainingRows(filler, seq_len=seq_len, batch_size=_local(batch_size),
+                                                   seed=_process_seed(seed), **queries))
+
+
 def mixture_stream(mixture: Mixture, data: Mapping[str, PreparedData], *, tokenizer: Tokenizer,
                    config: ModelConfig, recipe: DataRecipe):
     """The training stream: each stage's sources interleaved by its weights (a source's weight
     shared among its groups by their sizes), stage after stage."""
-    streams = {name: source_streams(source, data[name], tokenizer=tokenizer, config=config, seed=recipe.train.seed,
-                                    batch_size=source.batch_size or recipe.batch_size,
-                                    seq_len=source.seq_len or recipe.seq_len)
-               for name, source in mixture.sources.items()
+    fillers: dict[str, FillerSource] = {}  # one per filler, shared by the sources it fills: its lines are encoded
+
+    def filler(name: str) -> FillerSource:
+        if name not in fillers:
+            fillers[name] = FillerSource(source_text(mixture.sources[name], data[name]), tokenizer, split="train")
+        return fillers[name]
+
+    def streams_of(source: Source) -> dict[str, tuple[Any, int]]:
+        batch_size, seq_len = source_shape(source, recipe=recipe, config=config)
+        if source.generate is not None:
+            return {source.name: (generated_stream(source, filler(source.filler), batch_size=batch_size,
+                                                   seq_len=seq_len or config.max_seq_len, seed=recipe.train.seed), 1)}
+        return source_streams(source, data[source.name], tokenizer=tokenizer, config=config, seed=recipe.train.seed,
+                              batch_size=batch_size, seq_len=seq_len)
+
+    streams = {name: streams_of(source) for name, source in mixture.sources.items()
                if any(name in stage.weights for stage in mixture.stages)}
 
     def mixed(weights: Mapping[str, float]):

@@ -5,11 +5,14 @@ documents, and the Gemini report's two long-context evaluations (section 5.1.5).
     gemini-jax train --task long_text --seq-len 2048          # LongTextRecipe
     gemini-jax eval --checkpoint runs/kv_retrieval --tasks kv_retrieval,nll_by_position --output results.json
 
-Training: rows of `seq_len` tokens (half as long, twice as many, for the first `short_share` of
-the steps) packed with retrieval examples of random length (pairs, filler from the training half
-of the standard library, then queries; the loss on the answers only; data/corpora/kv_retrieval.py).
-`long_text` trains on rows of `seq_len` consecutive tokens of the same training text, every
-token scored (data/corpora/text_windows.py), and is evaluated by NLL by position alone.
+Each recipe's training data is a mixture file (recipes/kv_retrieval.yaml, recipes/long_text.yaml)
+over the training half of the standard library, prepared once as a text source
+(data/corpora/stdlib_prepared.py), streamed as any mixture is (recipes/custom.py). For
+kv_retrieval: rows of `seq_len` tokens (half as long, twice as many, for the first three quarters
+of the steps) packed with retrieval examples of random length (pairs, filler from that text, then
+queries; the loss on the answers only; data/corpora/kv_retrieval.py). `long_text` trains on rows
+of `seq_len` consecutive tokens of the same text, every token scored (data/corpora/text_windows.py),
+and is evaluated by NLL by position alone.
 Evaluation: exact match on held-out keys and filler, by context length and by the queried pair's
 position (evals/tasks/retrieval.py); and the mean negative log-likelihood of each token position
 of held-out long documents, as JSON and a PNG (evals/tasks/nll_position.py).
@@ -21,19 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
-from gemini_jax.data.corpora.kv_retrieval import (
-    FillerSource,
-    RetrievalSpec,
-    TrainingRows,
-    standard_library_files,
-)
-from gemini_jax.data.corpora.text_windows import TextWindows
+from gemini_jax.data.corpora.kv_retrieval import FillerSource, standard_library_files
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.evals.registry import EvalOptions, EvalTask, evaluate, format_results
 from gemini_jax.evals.tasks import nll_position, retrieval
@@ -62,11 +60,15 @@ class _LongContextRecipe:
     preset: str = "demo"
     depth: int = 3
     seq_len: int = 512
-    batch_size: int = 8  # rows of seq_len tokens a step
+    batch_size: int = 8  # rows of seq_len tokens a step (a mixture's float batch_size is a multiple of it)
     dtype: str | None = None  # the compute dtype; None: the model's
     model: ModelConfig | None = None  # replaces the preset's decoder (tests)
     train: TrainConfig = TrainConfig(steps=2_600, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=100))
     eval_documents: int = 32  # held-out documents of seq_len tokens for NLL by position
+    # The training data: a mixture file over the prepared `stdlib` source (paths relative to the
+    # folder holding it); None: the recipe's own, recipes/<name>.yaml.
+    mixture: str | None = None
+    cache_dir: str | None = None  # where `stdlib` is prepared; None: $GEMINI_JAX_CACHE or ~/.cache/gemini-jax
     evaluate_at_end: bool = True
 
     def __post_init__(self):
@@ -93,6 +95,20 @@ class _LongContextRecipe:
         options = EvalOptions(lengths=tuple(lengths), plot=str(run_dir / PLOT_FILE), progress=self.train.progress)
         return lambda model: evaluate(model, tokenizer, tasks, options)
 
+    def _training_data(self, config: ModelConfig, tokenizer: Tokenizer, timings: Timings) -> Iterator[dict[str, Any]]:
+        """The batches of the recipe's mixture file, over the standard library prepared once."""
+        from gemini_jax.data.corpora.stdlib_prepared import prepare_stdlib_source
+        from gemini_jax.data.mixture_file import load_mixture
+        from gemini_jax.recipes.custom import DataRecipe, mixture_stream, open_sources
+
+        with timings.phase("prepare_s"):
+            base = prepare_stdlib_source(self.cache_dir, progress=self.train.progress)
+        mixture = load_mixture(self.mixture or shipped_mixture(self.name), base=base)
+        recipe = DataRecipe(mixture=str(mixture.path), run_dir=self.run_dir, model=config, train=self.train,
+                            batch_size=self.batch_size, seq_len=self.seq_len)
+        with timings.phase("data_setup_s"):
+            return mixture_stream(mixture, open_sources(mixture), tokenizer=tokenizer, config=config, recipe=recipe)
+
     def _prepare(self, run_dir: Path) -> tuple[ModelConfig, Tokenizer]:
         config = self.model_config()
         tokenizer = prepare_tokenizer(run_dir, config)
@@ -109,27 +125,19 @@ class RetrievalRecipe(_LongContextRecipe):
 
     name: ClassVar[str] = "kv_retrieval"
     eval_limit_field: ClassVar[str] = "eval_per_cell"
-    # The first share of the steps trains on rows of half the length, twice as many: the key
-    # matching forms there, and carries over to the full length.
-    short_share: float = 0.75
-    queries: int = 8  # questions per training example, each answer scored: more signal per token read
-    spec: RetrievalSpec = RetrievalSpec()
     eval_per_cell: int = 100  # held-out examples per (length, position) in the final table
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
         config, tokenizer = self._prepare(run_dir)
-        with timings.phase("data_setup_s"):
-            data = TrainingRows(FillerSource.standard_library("train", tokenizer), seq_len=self.seq_len,
-                                batch_size=self.batch_size, seed=self.train.seed, spec=self.spec,
-                                queries=self.queries, short_steps=int(self.short_share * self.train.steps))
+        data = self._training_data(config, tokenizer, timings)
         held_out = FillerSource.standard_library("validation", tokenizer) if self.train.eval_every else None
 
         def quick(model: Gemini) -> dict[str, float]:
             scores = retrieval.evaluate(model, tokenizer, lengths=[self.seq_len], per_cell=QUICK_RETRIEVAL_PER_CELL,
-                                        spec=self.spec, source=held_out)
+                                        source=held_out)
             return {"exact_match": scores["exact_match"]}
 
-        tasks = (KvRetrieval(per_cell=self.eval_per_cell, spec=self.spec), NllByPosition(documents=self.eval_documents))
+        tasks = (KvRetrieval(per_cell=self.eval_per_cell), NllByPosition(documents=self.eval_documents))
         return Setup(config=config, tokenizer=tokenizer, data=data, quick_evaluate=quick,
                      evaluate=self._final_evaluation(tasks, tokenizer, run_dir, default_lengths(self.seq_len)),
                      format_results=format_results)
@@ -150,9 +158,7 @@ class LongTextRecipe(_LongContextRecipe):
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
         config, tokenizer = self._prepare(run_dir)
-        with timings.phase("data_setup_s"):
-            data = TextWindows(tokenizer.encode("".join(standard_library_files("train"))), seq_len=self.seq_len,
-                               batch_size=self.batch_size, bos_id=tokenizer.bos_id, seed=self.train.seed)
+        data = self._training_data(config, tokenizer, timings)
         held_out = (nll_position.held_out_documents(tokenizer, length=self.seq_len, count=QUICK_NLL_DOCUMENTS,
                                                     split="validation") if self.train.eval_every else None)
 
@@ -163,6 +169,11 @@ class LongTextRecipe(_LongContextRecipe):
         return Setup(config=config, tokenizer=tokenizer, data=data, quick_evaluate=quick,
                      evaluate=self._final_evaluation(tasks, tokenizer, run_dir, [self.seq_len]),
                      format_results=format_results)
+
+
+def shipped_mixture(name: str) -> Path:
+    """The mixture file a long-context recipe ships with (recipes/<name>.yaml)."""
+    return Path(str(resources.files("gemini_jax.recipes") / f"{name}.yaml"))
 
 
 def prepare_tokenizer(run_dir: Path, config: ModelConfig) -> Tokenizer:
