@@ -2,6 +2,8 @@
 
     python benchmarks/data_prepare.py --sizes 0.25,0.5,1 --workers 2      # the full measurement
     python benchmarks/data_prepare.py --sizes 0.02 --workers 2            # a quick check
+    python benchmarks/data_prepare.py --sizes 0.25 --workers 2 --executor local --tasks 4 --skip-removal
+                                                # the same stages as datatrove tasks (docs/data.md, "On a cluster")
 
 (a) Removal: a clean corpus of documents of a few KB (the Python standard library's sources and the
 text files of installed packages: READMEs, licences, docs; exact and near repeats among them dropped
@@ -115,10 +117,16 @@ def _kept_texts(out: Path) -> set[str]:
     return texts
 
 
-def removal(docs: int, workers: int) -> dict:
+def _options(workers: int, fixtures: Path, executor: str | None, tasks: int):
+    from gemini_jax.data.prepare.pipeline import PrepareOptions
+
+    return PrepareOptions(workers=workers, eval_data_dir=str(fixtures), executor=executor, tasks=tasks)
+
+
+def removal(docs: int, workers: int, executor: str | None = None, tasks: int = 1) -> dict:
     from gemini_jax.data.prepare.decontaminate import eval_sets
     from gemini_jax.data.prepare.normalize import normalize_text
-    from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
+    from gemini_jax.data.prepare.pipeline import prepare
 
     rng = random.Random(1)
     clean = clean_corpus(docs)
@@ -139,7 +147,7 @@ def removal(docs: int, workers: int) -> dict:
         kinds = {"a-clean": clean, "b-contaminated": contaminated, "c-near": near, "d-scattered": scattered}
         for name, group in kinds.items():  # read in this order: the clean original comes first
             _write(tmp / "corpus" / name, group)
-        options = PrepareOptions(workers=workers, eval_data_dir=str(fixtures))
+        options = _options(workers, fixtures, executor, tasks)
         started = time.perf_counter()
         report = prepare([str(tmp / "corpus")], str(tmp / "out"), options, progress=False)
         seconds = time.perf_counter() - started
@@ -199,8 +207,8 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def throughput_one(gigabytes: float, workers: int) -> dict:
-    from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
+def throughput_one(gigabytes: float, workers: int, executor: str | None = None, tasks: int = 1) -> dict:
+    from gemini_jax.data.prepare.pipeline import prepare
 
     clean = clean_corpus(2000)
     target = int(gigabytes * 1e9)
@@ -220,7 +228,7 @@ def throughput_one(gigabytes: float, workers: int) -> dict:
                 if written >= target:
                     break
             copy += 1
-        options = PrepareOptions(workers=workers, eval_data_dir=str(fixtures))
+        options = _options(workers, fixtures, executor, tasks)
         with _PeakMemory() as memory:
             cpu_before = _cpu_seconds()
             started = time.perf_counter()
@@ -229,7 +237,8 @@ def throughput_one(gigabytes: float, workers: int) -> dict:
             cpu = _cpu_seconds() - cpu_before
     # mb_per_cpu_s: throughput per CPU-second of the process and its (joined) workers, a figure that
     # holds on a shared machine where wall-clock MB/s depends on the other load
-    return {"gigabytes": gigabytes, "input_bytes": written, "workers": workers, "seconds": round(seconds, 1),
+    return {"gigabytes": gigabytes, "input_bytes": written, "workers": workers, "executor": executor, "tasks": tasks,
+            "seconds": round(seconds, 1),
             "mb_per_s": round(written / 1e6 / seconds, 2), "cpu_seconds": round(cpu, 1),
             "mb_per_cpu_s": round(written / 1e6 / cpu, 2), "peak_rss_mb": round(memory.peak / 2**20),
             "report": report}
@@ -244,6 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="0.25,0.5,1", help="GB of text for the throughput runs ('' for none)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--executor", choices=("local",), default=None,
+                        help="run the stages as datatrove tasks on this machine, --workers at a time")
+    parser.add_argument("--tasks", type=int, default=1, help="map tasks with --executor")
     parser.add_argument("--docs", type=int, default=3000, help="clean documents in the removal measurement")
     parser.add_argument("--skip-removal", action="store_true")
     parser.add_argument("--one-size", type=float, help=argparse.SUPPRESS)  # a child: one throughput run
@@ -253,7 +265,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="data-prepare-bench-cache-") as cache:
         os.environ["GEMINI_JAX_CACHE"] = cache
         if args.one_size is not None:
-            print(json.dumps(throughput_one(args.one_size, args.workers)))
+            print(json.dumps(throughput_one(args.one_size, args.workers, args.executor, args.tasks)))
         else:
             print(json.dumps(measure(args), indent=2))
 
@@ -261,11 +273,12 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> dict:
     result = {}
     if not args.skip_removal:
-        result["removal"] = removal(args.docs, args.workers)
+        result["removal"] = removal(args.docs, args.workers, args.executor, args.tasks)
     result["throughput"] = []
     for size in [float(s) for s in args.sizes.split(",") if s.strip()]:
-        child = subprocess.run([sys.executable, __file__, "--one-size", str(size), "--workers", str(args.workers)],
-                               check=True, capture_output=True, text=True)
+        executor = ["--executor", args.executor, "--tasks", str(args.tasks)] if args.executor else []
+        child = subprocess.run([sys.executable, __file__, "--one-size", str(size), "--workers", str(args.workers),
+                                *executor], check=True, capture_output=True, text=True)
         result["throughput"].append(json.loads(child.stdout.strip().splitlines()[-1]))
     return result
 

@@ -65,8 +65,29 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bad-records", type=non_negative_int, default=0,
                    help="bad records to skip and count before stopping with an error (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="processes for checking and filtering records (default: %(default)s)")
+                   help="processes for checking and filtering records (default: %(default)s); with --executor "
+                   "local: tasks run at once; with --executor slurm: processes (and CPUs) of each task")
     p.add_argument("--no-progress", action="store_true", help="no progress bar and summary table")
+    cluster = p.add_argument_group(
+        "as datatrove tasks, here or on Slurm (pip install \"gemini-jax[distributed]\")",
+        "The per-record work runs as --tasks map tasks, each on its share of the records; one reduce task then "
+        "deduplicates, shards and writes DATA_DIR, the same bytes as without --executor. Run the same command "
+        "again after a failure: finished map tasks are kept. See docs/data.md, \"On a cluster\".")
+    cluster.add_argument("--executor", choices=("local", "slurm"), default=None,
+                         help="local: run the tasks on this machine, --workers at a time; slurm: submit them as "
+                         "sbatch job arrays and return (DATA_DIR appears when the reduce job ends)")
+    cluster.add_argument("--tasks", type=positive_int, default=1, metavar="N",
+                         help="map tasks, each processing every N-th chunk of 256 records (default: %(default)s)")
+    cluster.add_argument("--logging-dir", default=None, metavar="DIR",
+                         help="datatrove's logs, stats and completion markers (default: DATA_DIR.logs; on a "
+                         "shared file system for slurm, like DATA_DIR)")
+    cluster.add_argument("--slurm-partition", default=None, metavar="NAME", help="the partition to submit to")
+    cluster.add_argument("--slurm-time", default=None, metavar="TIME",
+                         help="time limit of each task, as sbatch takes it (e.g. 4:00:00)")
+    cluster.add_argument("--slurm-mem-per-cpu-gb", type=positive_int, default=2, metavar="GB",
+                         help="memory per CPU (each task has --workers CPUs; default: %(default)s)")
+    cluster.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="KEY[=VALUE]",
+                         help="one more #SBATCH --KEY=VALUE line, e.g. account=myproject or qos=high (repeatable)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +102,7 @@ def options_from_args(args: argparse.Namespace):
     from gemini_jax.data.prepare.pipeline import PrepareOptions
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}
-    for name in ("classifier_good", "classifier_bad", "eval_jsonl"):
+    for name in ("classifier_good", "classifier_bad", "eval_jsonl", "sbatch_args"):
         values[name] = tuple(values[name])
     return PrepareOptions(**values)
 

@@ -3,7 +3,7 @@
 `runner.train_and_evaluate` runs any of them.
 
     from gemini_jax.recipes import RECIPES, train_and_evaluate
-    train_and_evaluate(RECIPES["kv_retrieval"](seq_len=256))
+    train_and_evaluate(RECIPES["kv_retrieval"](seq_len=1024))
 """
 
 from gemini_jax.recipes.demo import DemoRecipe

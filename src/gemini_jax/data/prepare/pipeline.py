@@ -10,7 +10,8 @@ ArrayRecord files. Pass 2 streams the spool to
 the split shards (by sha256 of the record), skipping dedup's duplicates. Then the tokenizer
 (trained on a sample of the train text, or copied), report.json, manifest.json last, and
 the `.partial` directory renamed into place. Memory holds dedup's hashes, not the records.
-With `workers > 1` pass 1's per-record work runs in a process pool, in order.
+With `workers > 1` pass 1's per-record work runs in a process pool, in order. With
+`executor` ("local" or "slurm") the same stages run as datatrove tasks (cluster.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class PrepareOptions:
     records_per_shard: int = 10_000
     workers: int = 1
     overwrite: bool = False
+    # Where the stages run (cluster.py): None is this process (and its --workers); "local" or "slurm"
+    # runs pass 1 as `tasks` datatrove tasks and the rest as one more task.
+    executor: str | None = None
+    tasks: int = 1
+    logging_dir: str | None = None  # datatrove's logs and completion markers; default DATA_DIR.logs
+    slurm_partition: str | None = None
+    slurm_time: str | None = None
+    slurm_mem_per_cpu_gb: int = 2
+    sbatch_args: tuple[str, ...] = ()  # more `#SBATCH --KEY=VALUE` lines, written "KEY=VALUE" (or "KEY")
 
     def __post_init__(self):
         for name in ("validation_fraction", "test_fraction"):
@@ -80,9 +90,25 @@ class PrepareOptions:
                             "--classifier-bad)")
         if self.vocab_size is not None and self.tokenizer is not None:
             raise DataError("give either --vocab-size (train a tokenizer) or --tokenizer (copy one), not both")
-        for name in ("records_per_shard", "workers", "decontaminate_n", "tokenizer_sample_bytes"):
+        for name in ("records_per_shard", "workers", "decontaminate_n", "tokenizer_sample_bytes", "tasks",
+                     "slurm_mem_per_cpu_gb"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be 1 or more, got {getattr(self, name)}")
+        self._check_executor()
+
+    def _check_executor(self) -> None:
+        if self.executor not in (None, "local", "slurm"):
+            raise DataError(f"--executor must be 'local' or 'slurm', got {self.executor!r}")
+        if self.executor is None:
+            for name in ("logging_dir", "slurm_partition", "slurm_time", "sbatch_args"):
+                if getattr(self, name):
+                    raise DataError(f"--{name.replace('_', '-')} goes with --executor")
+            if self.tasks > 1:
+                raise DataError("--tasks goes with --executor (local or slurm); alone, use --workers")
+        if self.executor == "slurm" and not (self.slurm_partition and self.slurm_time):
+            raise DataError("--executor slurm needs --slurm-partition and --slurm-time")
+        if self.executor == "local" and (self.slurm_partition or self.slurm_time or self.sbatch_args):
+            raise DataError("--slurm-partition, --slurm-time and --sbatch-arg go with --executor slurm")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +259,14 @@ def _outcomes(raws: Iterable[RawRecord], filters: Filters, pool: ProcessPoolExec
         yield from pending.popleft().result()
 
 
+@contextlib.contextmanager
+def processed(raws: Iterable[RawRecord], filters: Filters, workers: int) -> Iterator[Iterator[Outcome]]:
+    """The outcomes of `raws` in input order, from `workers` processes started on entry (pass
+    `raws` unstarted, e.g. `iter_sources(...)`: the pool forks before any source is open)."""
+    with _pool(filters, workers) as pool:
+        yield _outcomes(raws, filters, pool, workers)
+
+
 # ----------------------------------------------------------------------------------------------
 # Building the filters.
 
@@ -298,17 +332,27 @@ def _split_of(record: bytes, options: PrepareOptions, *, group: str = "") -> str
     return "train"
 
 
-def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
-    """The fresh `.partial` directory, once `out` may be written."""
-    partial = Path(f"{out}{PARTIAL_SUFFIX}")
+def partial_dir(out: str | os.PathLike) -> Path:
+    return Path(f"{out}{PARTIAL_SUFFIX}")
+
+
+def check_out(sources: Sequence[str], out: Path, options: PrepareOptions) -> None:
+    """Refuses an `out` that may not be written."""
     if out.exists():
         if not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
             raise DataError(f"--out {str(out)!r} exists and is not a prepared data directory; choose another path")
         if (out / MANIFEST).is_file() and not options.overwrite:
             raise DataError(f"--out {str(out)!r} already holds prepared data; pass --overwrite to replace it")
+    partial = partial_dir(out).resolve()
     for source in sources:
-        if Path(source).is_dir() and Path(source).resolve() in (partial.resolve(), *partial.resolve().parents):
+        if Path(source).is_dir() and Path(source).resolve() in (partial, *partial.parents):
             raise DataError(f"--out {str(out)!r} lies inside the source folder {source!r}; write it elsewhere")
+
+
+def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
+    """The fresh `.partial` directory, once `out` may be written."""
+    check_out(sources, out, options)
+    partial = partial_dir(out)
     if partial.exists():
         print(f"data prepare: removing {partial} left by an unfinished run", file=sys.stderr)
         shutil.rmtree(partial)
@@ -316,17 +360,34 @@ def _start(sources: Sequence[str], out: Path, options: PrepareOptions) -> Path:
     return partial
 
 
-def _pass1(sources, partial: Path, options: PrepareOptions, filters: Filters, stats: dict, bad: BadRecords,
-           skipped: BadRecords, progress: bool) -> tuple[int, int, set[int]]:
-    """Spools the kept records; returns (records read, bytes read, spool indices of duplicates)."""
-    with _pool(filters, options.workers) as pool:
-        return _spool(sources, partial, filters, stats, bad, skipped, progress, pool, options.workers)
+@dataclasses.dataclass
+class Pass1:
+    """What pass 1 counted, for pass 2 and the report."""
+
+    stats: dict[str, StageStats]
+    bad: BadRecords
+    skipped: BadRecords
+    records_read: int = 0
+    bytes_read: int = 0
+    duplicates: set[int] = dataclasses.field(default_factory=set)  # spool indices
 
 
-def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecords, skipped: BadRecords, progress: bool,
-           pool: ProcessPoolExecutor | None, workers: int) -> tuple[int, int, set[int]]:
+def pass1(outcomes: Iterable[Outcome], partial: Path, options: PrepareOptions, filters: Filters,
+          progress: bool) -> Pass1:
+    """Spools the kept records of `outcomes` (every record's, in input order) and finds the duplicates."""
+    stats = {"normalize": StageStats()} if options.normalize else {}
+    stats |= {name: StageStats() for name in filters.names()}
+    stats |= {name: StageStats() for name, on in (("dedup", options.dedup), ("near_dedup", options.near_dedup)) if on}
+    counts = Pass1(stats, BadRecords(budget=options.max_bad_records), BadRecords(budget=sys.maxsize))
+    _spool(outcomes, partial, filters, counts, progress)
+    return counts
+
+
+def _spool(outcomes: Iterable[Outcome], partial: Path, filters: Filters, counts: Pass1, progress: bool) -> None:
+    """Counts every outcome into `counts`, spools the kept records and collects their dedup keys."""
     from tqdm import tqdm
 
+    stats, bad, skipped = counts.stats, counts.bad, counts.skipped
     exact, near = filters.exact_dedup, filters.near_dedup
     if near is not None:
         near.spill_to(partial / "near-dedup")  # its index on disk: memory stays flat as records grow
@@ -335,7 +396,7 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
     kept = read = bytes_read = 0
     bar = tqdm(desc="data prepare", unit=" rec", disable=not progress, file=sys.stderr, mininterval=0.5)
     started = time.perf_counter()
-    for outcome in _outcomes(iter_sources(sources), filters, pool, workers):
+    for outcome in outcomes:
         read += 1
         bytes_read += outcome.input_bytes
         bar.update()
@@ -378,7 +439,7 @@ def _spool(sources, partial: Path, filters: Filters, stats: dict, bad: BadRecord
         stats[name].pending = found
         duplicates |= found
     shutil.rmtree(partial / "near-dedup", ignore_errors=True)
-    return read, bytes_read, duplicates
+    counts.records_read, counts.bytes_read, counts.duplicates = read, bytes_read, duplicates
 
 
 def _pass2(partial: Path, options: PrepareOptions, stats: dict, duplicates: set[int]) -> dict:
@@ -455,42 +516,51 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
-def prepare(sources: Sequence[str], out: str, options: PrepareOptions, *, progress: bool = True) -> dict:
-    """Prepares `sources` into the directory `out`; returns the report (also written to report.json)."""
-    started = time.perf_counter()
+def prepare(sources: Sequence[str], out: str, options: PrepareOptions, *, progress: bool = True) -> dict | None:
+    """Prepares `sources` into the directory `out`; returns the report (also written to report.json),
+    or None when `options.executor` is "slurm" (the jobs are submitted, DATA_DIR comes when they end)."""
+    if options.executor is not None:
+        from gemini_jax.data.prepare.cluster import prepare_on_executor
+
+        return prepare_on_executor(sources, out, options, progress=progress)
+    started = time.time()
     out_path = Path(out)
     check_sources(sources)
     partial = _start(sources, out_path, options)
     filters = build_filters(options)
-    stats = {"normalize": StageStats()} if options.normalize else {}
-    stats |= {name: StageStats() for name in filters.names()}
-    stats |= {name: StageStats() for name, on in (("dedup", options.dedup), ("near_dedup", options.near_dedup)) if on}
-    bad = BadRecords(budget=options.max_bad_records)
-    skipped = BadRecords(budget=sys.maxsize)
-    read, bytes_read, duplicates = _pass1(sources, partial, options, filters, stats, bad, skipped, progress)
-    seen = _pass2(partial, options, stats, duplicates)
+    with processed(iter_sources(sources), filters, options.workers) as outcomes:
+        counts = pass1(outcomes, partial, options, filters, progress)
+    return finish(sources, out_path, partial, options, counts, started=started, progress=progress)
+
+
+def finish(sources: Sequence[str], out: Path, partial: Path, options: PrepareOptions, counts: Pass1, *,
+           started: float, progress: bool) -> dict:
+    """Pass 2, the tokenizer, report.json, manifest.json and the rename into place; returns the report.
+    `started`: the run's start, a `time.time()`."""
+    stats, bad = counts.stats, counts.bad
+    seen = _pass2(partial, options, stats, counts.duplicates)
     tokenizer = _tokenizer(partial, options, seen.pop("sample"))
-    seconds = time.perf_counter() - started
+    seconds = time.time() - started
     kept = {name: split["records"] for name, split in seen["splits"].items()}
     report = {
         "stages": {name: s.as_dict() for name, s in stats.items()},
-        "totals": {"records_in": read, "bytes_in": bytes_read, "bad_records": bad.count,
+        "totals": {"records_in": counts.records_read, "bytes_in": counts.bytes_read, "bad_records": bad.count,
                    "records_removed": sum(s.records_removed for s in stats.values()),
                    "records_kept": sum(kept.values())},
         "splits": kept,
         "bad_records": bad.report(),
-        "skipped_files": skipped.report(),
+        "skipped_files": counts.skipped.report(),
         "seconds": round(seconds, 3),
-        "mb_per_s": round(bytes_read / 1e6 / max(seconds, 1e-9), 3),
+        "mb_per_s": round(counts.bytes_read / 1e6 / max(seconds, 1e-9), 3),
     }
     _write_json(partial / "report.json", report)
     digest = hashlib.sha256((partial / tokenizer).read_bytes()).hexdigest() if tokenizer else None
     manifest = {"format": FORMAT, **seen, "tokenizer": tokenizer, "tokenizer_sha256": digest,
                 "sources": [str(Path(s).resolve()) for s in sources], "options": dataclasses.asdict(options)}
     _write_json(partial / MANIFEST, manifest)
-    if out_path.exists():
-        shutil.rmtree(out_path)
-    os.replace(partial, out_path)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
     if progress:
         print_summary(report, file=sys.stderr)
     return report
