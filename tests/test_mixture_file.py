@@ -134,3 +134,12 @@ def test_unknown_extension_and_missing_file(data):
         load_mixture(data / "none.yaml")
     with pytest.raises(MixtureError, match=".yaml, .yml or .json"):
         load_mixture(write(data, {}, name="mix.toml"))
+
+
+def test_eval_tasks_are_scored_on_validation_while_training_and_on_test_at_the_end(data):
+    from gemini_jax.recipes.custom import evaluation_sets
+
+    mixture = load_mixture(write(data, {"sources": {"a": "a"}, "eval_tasks": ["vqa", "text"]}))
+    quick, final = evaluation_sets(mixture, {})
+    assert [(t.name, t.split) for t in quick] == [("vqa", "validation"), ("text", "validation")]
+    assert [(t.name, t.split) for t in final] == [("vqa", "test"), ("text", "test")]
