@@ -171,7 +171,7 @@ class CodePerplexity(_DemoSet):
 
     name: str = "text"
     split: str = "test"
-    seq_len: int = 128  # the demo recipe's text_seq_len
+    seq_len: int = 128  # the row length of the text source in recipes/demo.yaml
     rows_per_batch: int = 16  # fixed: --batch-size is the number of questions sampled together
 
     def run(self, context: EvalContext) -> TaskOutcome:
