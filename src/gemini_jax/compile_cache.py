@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gemini_jax.cache_root import cache_root
+
 OFF_ENV = "GEMINI_JAX_NO_COMPILE_CACHE"  # set (non-empty): the commands compile afresh
 # JAX deletes the least recently used entries past this size. Setting any size also makes JAX
 # take a file lock around each read and write of the directory; without one it writes an entry
@@ -23,7 +25,7 @@ MAX_BYTES = 4 << 30
 
 def default_dir() -> Path:
     """The project's cache directory ($GEMINI_JAX_CACHE, else ~/.cache/gemini-jax)/jax-compile."""
-    return Path(os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax") / "jax-compile"
+    return cache_root() / "jax-compile"
 
 
 def enable(path: str | os.PathLike | None = None) -> Path:

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from gemini_jax.cache_root import cache_root
 from gemini_jax.data.corpora.demo_tasks import BUILDERS, DemoSizes, easy_vqa_data_dir
 from gemini_jax.data.corpora.held_out import READ_SPLITS, SPLITS, is_test, is_validation
 from gemini_jax.data.examples import Content, Example, Part, text_document
@@ -80,7 +81,7 @@ class DemoCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax),
         built first if it is missing or incomplete. Default sizes live in `demo-v5`, others in
         `demo-v5-<hash of the sizes>`, so a small test corpus never replaces the real one."""
-        cache_dir = Path(cache_dir or os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax")
+        cache_dir = cache_root(cache_dir)
         root = cache_dir / _subdir(sizes)
         corpus = _open(root, sizes)
         if corpus is not None:

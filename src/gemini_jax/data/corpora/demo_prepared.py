@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from filelock import FileLock
@@ -29,30 +30,31 @@ OPTIONS = {"validation_fraction": 0.0, "normalize": False, "quality": False, "sa
            "near_dedup": False, "decontaminate": False}
 
 
-def write_jsonl(corpus: DemoCorpus, task: str, path: Path) -> int:
-    """The task's training examples as JSONL (media by absolute path); returns how many."""
-    records = corpus.records(task, "train")
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            example = to_json(record.example)
-            example["task"] = f"{task}:{record.kind}"
-            f.write(json.dumps(example, ensure_ascii=False) + "\n")
-    return len(records)
+def prepare_once(out: Path, rows: Callable[[], Iterable[dict]], *, progress: bool) -> None:
+    """`out`, a prepared data directory of `rows()` (contents-format JSON, media by absolute
+    path), unless it is already complete: written as JSONL beside it, then `data prepare`d."""
+    from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
+
+    if (out / MANIFEST).is_file():
+        return
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        source = Path(tmp) / f"{out.name}.jsonl"
+        with open(source, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows())
+        prepare([str(source)], str(out), PrepareOptions(**OPTIONS, overwrite=True), progress=progress)
+
+
+def task_rows(corpus: DemoCorpus, task: str) -> Iterator[dict]:
+    """The task's training examples as JSON, each `task` naming its kind."""
+    for record in corpus.records(task, "train"):
+        yield to_json(record.example) | {"task": f"{task}:{record.kind}"}
 
 
 def prepare_demo_sources(corpus: DemoCorpus, *, progress: bool = True) -> Path:
     """The folder holding one prepared data directory per demo task, prepared on first use."""
-    from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
-
     root = corpus.root / f"prepared-v{VERSION}"
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock"):  # one process prepares; the others of a run wait and reuse it
         for task in TASKS:
-            out = root / task
-            if (out / MANIFEST).is_file():
-                continue
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                source = Path(tmp) / f"{task}.jsonl"
-                write_jsonl(corpus, task, source)
-                prepare([str(source)], str(out), PrepareOptions(**OPTIONS, overwrite=True), progress=progress)
+            prepare_once(root / task, lambda task=task: task_rows(corpus, task), progress=progress)
     return root

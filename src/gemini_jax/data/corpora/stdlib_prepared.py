@@ -15,41 +15,26 @@ named by a digest of the texts, so that another Python's standard library is pre
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
 
-from gemini_jax.data.corpora.demo_prepared import OPTIONS
+from gemini_jax.cache_root import cache_root
+from gemini_jax.data.corpora.demo_prepared import prepare_once
 from gemini_jax.data.corpora.kv_retrieval import standard_library_files
 from gemini_jax.data.examples import text_document, to_json
-from gemini_jax.data.prepared import MANIFEST
 
 VERSION = 1  # of this export: a change prepares the source again
 SOURCE = "stdlib"  # the prepared folder's name, the path the mixture files give
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax (as for the demo corpus)."""
-    return Path(cache_dir or os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax")
-
-
 def prepare_stdlib_source(cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
     """The folder holding the prepared `stdlib` source, prepared on first use."""
-    from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
-
     files = standard_library_files("train")
     digest = hashlib.sha256("\0".join(files).encode()).hexdigest()[:16]
     root = cache_root(cache_dir) / f"stdlib-v{VERSION}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / ".lock"):  # one process prepares; the others wait and reuse it
-        out = root / SOURCE
-        if not (out / MANIFEST).is_file():
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                source = Path(tmp) / f"{SOURCE}.jsonl"
-                with open(source, "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(to_json(text_document(text)), ensure_ascii=False) + "\n" for text in files)
-                prepare([str(source)], str(out), PrepareOptions(**OPTIONS, overwrite=True), progress=progress)
+        prepare_once(root / SOURCE, lambda: (to_json(text_document(text)) for text in files), progress=progress)
     return root

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gemini_jax.cache_root import cache_root
 from gemini_jax.data.prepare.hashing import hash_grams, hash_grams_at, hash_words, word_hashes, words
 
 _BITMAP_BITS = 22  # 4 MiB of booleans: ~2% false candidates at 100k indexed prefixes
@@ -149,8 +150,7 @@ def _benchmarks(data_dir: Path) -> dict[str, list[str]]:
 def _demo_tests(cache_dir: str | os.PathLike | None) -> dict[str, list[str]]:
     from gemini_jax.data.corpora.demo import MANIFEST, TASKS, VERSION, DemoCorpus
 
-    cache = Path(cache_dir or os.environ.get("GEMINI_JAX_CACHE") or Path.home() / ".cache" / "gemini-jax")
-    root = cache / f"demo-v{VERSION}"
+    root = cache_root(cache_dir) / f"demo-v{VERSION}"
     if not (root / MANIFEST).is_file():
         return {}
     corpus = DemoCorpus(root=root, manifest=json.loads((root / MANIFEST).read_text()))
