@@ -62,7 +62,7 @@ def test_yaml_stages_by_share_and_step(data):
     ({"sources": {"a": "a"}, "eval": {"x": "nope.jsonl"}}, r"eval\.x: .* does not exist"),
     ({"sources": {"a": {"path": "a", "tasks": "vqa"}}}, r"sources\.a\.tasks: expected a list of names"),
     ({"sources": {"a": {"path": "a", "buckets": 0}}}, r"sources\.a\.buckets: expected a positive integer"),
-    ({"sources": {"a": {"path": "a", "augment": "mixup"}}}, r"sources\.a\.augment: expected one of \['specaugment'\]"),
+    ({"sources": {"a": {"path": "a", "augment": "mixup"}}}, r"sources\.a\.augment: expected one of \['specaugment', 'image'\]"),
     ({"sources": {"a": {"path": "a", "cache": "yes"}}}, r"sources\.a\.cache: expected true or false"),
     ({"sources": {"a": "a"}, "eval_tasks": ["vqa", "mmlu_pro"]}, r"eval_tasks: unknown task\(s\) \['mmlu_pro'\]"),
     ({"sources": {"a": {"path": "a", "seq_len": 1.5}}}, r"sources\.a\.seq_len: .* or a share in \(0, 1\] of the run's"),

@@ -28,10 +28,12 @@ from gemini_jax.cli.flags import (
     DEMO_TASKS,
     LONG_CONTEXT_TASKS,
     PREPARED_TASKS,
+    ROBUSTNESS_TASKS,
     build_parser,
 )
 
-__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "build_parser", "entry",
+__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "ROBUSTNESS_TASKS", "build_parser",
+           "entry",
            "huge_pages_environ", "main"]
 
 

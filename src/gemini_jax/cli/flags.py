@@ -167,6 +167,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
+ROBUSTNESS_TASKS = ("robustness", "robustness_validation")  # evals/tasks/robustness.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
 
@@ -180,7 +181,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "protocol (k-shot multiple choice by log-likelihood, greedy or maj@k generation, pass@k for code, 0-shot "
         "greedy for images, audio and video). Without benchmark tasks: the demo's held-out test sets (exact "
         "match for easy-VQA, transcription and video questions; word error rate; perplexity of held-out "
-        "standard-library code). Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
+        "standard-library code). Robustness (robustness): the demo's held-out questions with the first letter's "
+        "case flipped, without the question mark, in British spelling and in paraphrases never trained on, and "
+        "re-drawn images, clips and speech outside the training ranges, each beside the plain set it is compared "
+        "with. Long context (kv_retrieval, nll_by_position): key-value retrieval exact match "
         "by context length and the queried pair's position, and NLL by token position on held-out long "
         "documents (plotted as a PNG). Your data (prepared, prepared_validation): exact match, loss and "
         "perplexity on a prepared data directory's test or validation split, or on a .jsonl file. "
@@ -190,7 +194,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=DEFAULT_RUN_DIR, help="a run directory written by `gemini-jax train`")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
-                   + ",".join(DEMO_TASKS) + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
+                   + ",".join(DEMO_TASKS) + "), or the demo's robustness suite (" + ",".join(ROBUSTNESS_TASKS)
+                   + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
                    + "), or your data (" + ",".join(PREPARED_TASKS) + "), in any mixture; default: all demo sets")
     p.add_argument("--data-dir", default=None,
                    help="benchmarks: the folder holding one sub-folder per task (humaneval needs none); your "

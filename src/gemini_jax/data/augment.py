@@ -3,6 +3,15 @@
 SpecAugment (Park et al., 2019): zero a few random bands of mel bins and spans of frames
 in each audio clip. A small speech corpus is memorised within minutes; masking makes the
 model rely on more than one cue per word, which is what carries to unseen voices.
+
+ImageAugment: images and video frames of plain-background scenes (easy-VQA's, the demo's
+clips) redrawn with their shapes scaled and moved, their background recoloured and pixel noise
+added: a model that saw only one renderer's sizes and pastel backgrounds answers about those,
+not about shapes. What the questions ask (shape, colour, which way, bigger or smaller, which
+first) survives each change; the frames of one clip change together.
+
+`speed_perturbed`: a waveform played faster or slower, tempo and pitch together (Ko et al.,
+2015), for clips written before they are encoded.
 """
 
 from __future__ import annotations
@@ -40,3 +49,137 @@ class SpecAugment:
                 start = int(rng.integers(0, max(1, length - width)))
                 mels[clip, start : start + width, :] = 0.0
         return {**row, "audio_mels": mels}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageAugment:
+    """Scale and move the shapes (together, within the frame), recolour the background with a
+    darker colour far enough from every shape's, add Gaussian noise; each with its probability.
+    Pixels are in [-1, 1]; a background is the most common colour of an image's border."""
+
+    scale_probability: float = 0.4
+    scale: tuple[float, float] = (0.35, 2.0)  # of the shapes' extent, drawn log-uniformly
+    recolour_probability: float = 0.4
+    recolour: tuple[float, float] = (-1.0, 0.4)  # each channel of the new background
+    min_contrast: float = 0.9  # RGB distance, in [-1, 1] units, between the new background and a shape
+    noise_probability: float = 0.4
+    noise: tuple[float, float] = (0.02, 0.12)  # standard deviation, in [-1, 1] units
+
+    def __call__(self, row: Row, rng: np.random.Generator) -> Row:
+        row = dict(row)
+        for family in ("image", "frame"):
+            key, mask = f"{family}_patches", f"{family}_patch_mask"
+            if key not in row or not row[mask].any():
+                continue
+            patches = row[key].copy()  # [S, P, p*p*3]
+            slots = [s for s in range(patches.shape[0]) if row[mask][s].any()]
+            # Each image alone; every frame of a row together (one clip).
+            for group in ([[s] for s in slots] if family == "image" else [slots]):
+                images = [_unpatchify(patches[s], row[f"{family}_coords"][s], row[mask][s]) for s in group]
+                if any(image is None for image in images) or len({i.shape for i in images}) > 1:
+                    continue
+                changed = self._augment(np.stack(images), rng)
+                for s, image in zip(group, changed):
+                    n = int(row[mask][s].sum())
+                    patches[s, :n] = _patchify(image, patch_size=_patch_size(patches.shape[-1]))
+            row[key] = patches
+        return row
+
+    def _augment(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """images float32[F, H, W, 3] -> the same, changed alike."""
+        background = _background(images[0])
+        if rng.random() < self.scale_probability:
+            images = _rescale(images, background, rng, self.scale)
+        if rng.random() < self.recolour_probability:
+            images = _recolour(images, background, rng, self.recolour, self.min_contrast)
+        if rng.random() < self.noise_probability:
+            noise = rng.normal(0.0, rng.uniform(*self.noise), images.shape).astype(np.float32)
+            images = np.clip(images + noise, -1.0, 1.0)
+        return images
+
+
+def _patch_size(dim: int) -> int:
+    return int(round((dim // 3) ** 0.5))
+
+
+def _unpatchify(patches: np.ndarray, coords: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """float32[H, W, 3] of one slot's patches, or None unless they are a full grid in row-major
+    order (what media.image_patches writes)."""
+    n = int(mask.sum())
+    rows, cols = int(coords[:n, 0].max()) + 1, int(coords[:n, 1].max()) + 1
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).reshape(-1, 2)
+    if n != rows * cols or not mask[:n].all() or not np.array_equal(coords[:n], grid):
+        return None
+    p = _patch_size(patches.shape[-1])
+    return patches[:n].reshape(rows, cols, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(rows * p, cols * p, 3)
+
+
+def _patchify(image: np.ndarray, *, patch_size: int) -> np.ndarray:
+    h, w = image.shape[0] // patch_size, image.shape[1] // patch_size
+    return image.reshape(h, patch_size, w, patch_size, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, -1)
+
+
+def _background(image: np.ndarray) -> np.ndarray:
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # [B, 3]
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    return colours[np.argmax(counts)]
+
+
+def _alpha(images: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """[..., H, W]: 0 on the background, 1 on a shape, between on their anti-aliased edges."""
+    return np.clip((np.linalg.norm(images - background, axis=-1) - 0.05) / 0.45, 0.0, 1.0)
+
+
+def _rescale(images: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+             scale: tuple[float, float]) -> np.ndarray:
+    _, h, w, _ = images.shape
+    shown = (_alpha(images, background) > 0.5).any(axis=0)
+    if not shown.any():
+        return images
+    ys, xs = np.nonzero(shown)
+    y0, x0, extent_h, extent_w = ys.min(), xs.min(), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    largest = min(h / extent_h, w / extent_w)  # the shapes stay whole
+    if largest < scale[0]:
+        return images
+    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(min(scale[1], largest)))))
+    top, left = rng.uniform(0, h - s * extent_h), rng.uniform(0, w - s * extent_w)
+    # Output pixel (y, x) reads input (y0 + (y - top) / s, x0 + (x - left) / s), bilinearly; outside
+    # the input it reads the background.
+    padded = np.concatenate([images, np.broadcast_to(background, images[:, :1].shape)], axis=1)
+    padded = np.concatenate([padded, np.broadcast_to(background, padded[:, :, :1].shape)], axis=2)
+    def source(length, start, origin):
+        at = origin + (np.arange(length) + 0.5 - start) / s - 0.5
+        low = np.floor(at).astype(int)
+        inside = lambda i: np.where((i >= 0) & (i < length), i, length)  # `length` indexes the padding
+        return inside(low), inside(low + 1), (at - low).astype(np.float32)
+    y_low, y_high, fy = source(h, top, y0)
+    x_low, x_high, fx = source(w, left, x0)
+    rows_low, rows_high = padded[:, y_low], padded[:, y_high]  # [F, H, W + 1, 3]
+    fx = fx[None, None, :, None]
+    top_row = rows_low[:, :, x_low] * (1 - fx) + rows_low[:, :, x_high] * fx
+    bottom_row = rows_high[:, :, x_low] * (1 - fx) + rows_high[:, :, x_high] * fx
+    fy = fy[None, :, None, None]
+    return (top_row * (1 - fy) + bottom_row * fy).astype(np.float32)
+
+
+def _recolour(images: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+              channel_range: tuple[float, float], min_contrast: float) -> np.ndarray:
+    alpha = _alpha(images, background)
+    solid = images[alpha >= 1.0]  # shape pixels [N, 3]
+    shape_colours = np.unique(np.round(solid * 8) / 8, axis=0)
+    for _ in range(10):
+        colour = rng.uniform(*channel_range, 3).astype(np.float32)
+        if not len(shape_colours) or np.linalg.norm(shape_colours - colour, axis=-1).min() >= min_contrast:
+            return images + (1.0 - alpha)[..., None] * (colour - background)
+    return images
+
+
+def speed_perturbed(samples: np.ndarray, speed: float) -> np.ndarray:
+    """`samples` played `speed` times as fast (0.8: slower and lower; 1.25: faster and higher),
+    resampled by the nearest fraction with a denominator of at most 20."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(1 / speed).limit_denominator(20)
+    return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)

@@ -25,7 +25,10 @@ tokens or rows; a float is relative to the run's: `seq_len: 0.5` half its sequen
 recipe's seq_len or else the model's context; `batch_size: 2.0` twice its batch size); `tasks`
 keeps the records whose `task` is listed; `buckets: N` splits a source into N groups by the
 size of its media (clip length for audio), each padded to its own longest rather than the
-source's; `augment: specaugment` masks time and frequency bands of audio features; `cache`
+source's; `augment: specaugment` masks time and frequency bands of audio features (drawn
+anew each epoch); `augment: image` scales and moves the shapes of plain-background images and
+video frames, darkens their background and adds noise (data/augment.py's ImageAugment; drawn
+once per record, and kept with its cached row); `cache`
 keeps encoded rows in memory after their first epoch (default: sources of up to 20,000
 records). A text-only source is packed as whole documents (`packing: documents`, the default)
 or cut into rows of consecutive tokens of its training text joined, every token scored
@@ -55,7 +58,7 @@ METRICS = ("exact_match", "loss", "perplexity")  # what the prepared-data evalua
 _TOP_KEYS = ("sources", "weights", "stages", "metrics", "eval", "eval_tasks")
 _SOURCE_KEYS = ("path", "seq_len", "batch_size", "tasks", "buckets", "augment", "cache", "packing", "generate",
                 "filler", "queries")
-AUGMENTS = ("specaugment",)
+AUGMENTS = ("specaugment", "image")
 PACKINGS = ("documents", "windows")
 GENERATORS = ("kv_retrieval",)
 _READ_KEYS = ("path", "tasks", "buckets", "augment", "cache", "packing")  # of a source read from disk

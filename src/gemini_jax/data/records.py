@@ -62,13 +62,17 @@ class _ErrorLog:
 
 
 class EncodedSource(grain.MapDataset):
-    """Records encoded on first access; a bad record reads as None (a padding row in `batched`)."""
+    """Records encoded on first access; a bad record reads as None (a padding row in `batched`).
+    `transform(row, rng)` follows encoding, with a generator seeded by (seed, index)."""
 
     def __init__(self, records: Sequence[Any], *, encode: Callable[[Any], Row], error_budget: int,
-                 cache_rows: bool):
+                 cache_rows: bool, transform: Callable[[Row, np.random.Generator], Row] | None = None,
+                 seed: int = 0):
         super().__init__()
         self._records = records
         self._encode = encode
+        self._transform = transform
+        self._seed = seed
         self._errors = _ErrorLog(budget=error_budget)
         self._bad: set[int] = set()
         self._rows: dict[int, Row] | None = {} if cache_rows else None
@@ -84,6 +88,8 @@ class EncodedSource(grain.MapDataset):
             return self._rows[index]
         try:
             row = self._encode(self._records[index])
+            if self._transform is not None:
+                row = self._transform(row, np.random.default_rng([self._seed, index]))
         except RECORD_ERRORS as e:
             self._bad.add(index)
             self._errors.record(index, e)
@@ -109,13 +115,17 @@ def encoded_source(
     error_budget: int = 10,
     cache_rows: bool = False,
     media_cache_bytes: int = 512 << 20,
+    transform: Callable[[Row, np.random.Generator], Row] | None = None,
+    seed: int = 0,
 ) -> EncodedSource:
     """A MapDataset of `encode_example` rows, encoded lazily.
 
     Media files are cached after preprocessing (by path, within media_cache_bytes);
     `cache_rows=True` also keeps every encoded row, which pays off for a small task
     shown for many epochs (rows hold float32 patches: about 4 bytes x pixels each).
-    `.errors` reports the bad records met so far.
+    `.errors` reports the bad records met so far. `transform(row, rng)` changes each row as it
+    is encoded, with a generator seeded by `seed` and the record's index: once per record, the
+    same on every read (an augmentation paid for once, kept with a cached row).
     """
     check_compatible(tokenizer, config)
     cache = MediaCache(max_bytes=media_cache_bytes) if media_cache_bytes > 0 else None
@@ -123,4 +133,5 @@ def encoded_source(
     def encode(example: Example) -> Row:
         return encode_example(example, tokenizer=tokenizer, config=config, max_len=max_len, media_cache=cache)
 
-    return EncodedSource(examples, encode=encode, error_budget=error_budget, cache_rows=cache_rows)
+    return EncodedSource(examples, encode=encode, error_budget=error_budget, cache_rows=cache_rows,
+                         transform=transform, seed=seed)

@@ -33,7 +33,7 @@ import numpy as np
 from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig, get_preset, override
 from gemini_jax.data import pipeline
-from gemini_jax.data.augment import SpecAugment
+from gemini_jax.data.augment import ImageAugment, SpecAugment
 from gemini_jax.data.corpora.kv_retrieval import FillerSource, TrainingRows
 from gemini_jax.data.corpora.text_windows import TextWindows
 from gemini_jax.data.encode import (
@@ -316,7 +316,8 @@ def source_streams(source: Source, data: PreparedData, *, tokenizer: Tokenizer, 
                             where=f"{data.path} ({name})")
         cache = source.cache if source.cache is not None else len(train) <= CACHE_ROWS_UP_TO
         rows = pipeline.encoded_source(train, tokenizer=tokenizer, config=config, max_len=shapes["seq_len"],
-                                       error_budget=max(10, len(train) // 100), cache_rows=cache)
+                                       error_budget=max(10, len(train) // 100), cache_rows=cache,
+                                       transform=ImageAugment() if source.augment == "image" else None, seed=seed)
         streams[name] = (pipeline.batched(rows, batch_size=_local(batch_size), seed=seed, config=config,
                                           augment=augment, num_threads=1, prefetch_batches=1,
                                           shard=distributed.data_shard(), **shapes), len(train))

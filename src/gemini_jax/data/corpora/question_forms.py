@@ -1,0 +1,170 @@
+"""What a demo question means, and other ways of asking it.
+
+easy-VQA writes its questions from 24 lower-case templates and the video task from four; a model
+that only ever sees those learns strings, not questions. `meaning` reads a question back into
+what it asks, `ask` writes a meaning with a template of a given set, and the surface changes
+(`flip_first_case`, `drop_question_mark`, `british`) are what a person changes when typing.
+
+Two template sets never share a template: `TRAINING` (what the demo trains on besides the
+originals) and `HELD_OUT` (what only the robustness suite asks, data/corpora/robustness.py).
+
+    m = meaning("is there not a red shape?")   # Meaning(ask="exists", colour="red", negated=True)
+    ask(m, HELD_OUT, rng)                      # e.g. "Is it true that no red shape is shown?"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+
+import numpy as np
+
+VQA_SHAPES = ("circle", "rectangle", "triangle")
+VQA_COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+
+
+@dataclasses.dataclass(frozen=True)
+class Meaning:
+    """What a question asks. `ask`: "colour" (of `shape`, else of the only shape), "shape" (of
+    `colour`, else the only one), "exists" (is a `shape` or a `colour` shape there; `negated`
+    flips the answer), "direction", "first", "last", "growth" (video: `colour` and `shape` name
+    the moving object)."""
+
+    ask: str
+    shape: str | None = None
+    colour: str | None = None
+    negated: bool = False
+
+
+# The templates the data is written from: easy-VQA's 24 and the video task's four (shapes.py).
+ORIGINAL = {
+    ("colour", False): ["what color is the {thing}?", "what is the color of the {thing}?"],
+    ("shape", False): ["what shape is in the image?", "what shape does the image contain?", "what shape is present?"],
+    ("shape", True): ["what is the {colour} shape?"],
+    ("exists", False): ["is a {thing} present?", "is there a {thing}?", "does the image contain a {thing}?",
+                        "is there a {thing} in the image?"],
+    ("exists", True): ["is no {thing} present?", "is there not a {thing}?", "does the image not contain a {thing}?",
+                       "is there not a {thing} in the image?"],
+    ("direction", False): ["Which way does the {colour} {shape} move?"],
+    ("first", False): ["Which shape appears first?"],
+    ("last", False): ["Which shape appears last?"],
+    ("growth", False): ["Does the {colour} {shape} get bigger or smaller?"],
+}
+_WORDS = {"thing": r"[a-z]+(?: shape)?", "shape": "[a-z]+", "colour": "[a-z]+"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m[1]}>{_WORDS[m[1]]})", re.escape(template)))
+
+
+_PATTERNS = [(key, _pattern(t)) for key, templates in ORIGINAL.items() for t in templates]
+
+
+def meaning(question: str) -> Meaning:
+    """The meaning of one of ORIGINAL's questions."""
+    for (kind, flag), pattern in _PATTERNS:
+        found = pattern.fullmatch(question)
+        if not found:
+            continue
+        fields = found.groupdict()
+        thing = fields.pop("thing", None)
+        if thing is not None and thing != "shape":
+            if thing.endswith(" shape"):
+                fields["colour"] = thing.removesuffix(" shape")
+            else:
+                fields["shape"] = thing
+        return Meaning(kind, negated=kind == "exists" and flag, **fields)
+    raise ValueError(f"{question!r} is not one of the demo's question templates")
+
+
+# Templates per (ask, which of shape / colour is named, negated). {thing} is "shape", a shape
+# name or "<colour> shape"; {shape} and {colour} are the object's.
+TRAINING = {
+    ("colour", False): ["What is the {thing}'s color?", "Which color does the {thing} have?",
+                        "What color does the {thing} have?", "Say the color of the {thing}."],
+    ("shape", False): ["What shape do you see?", "What kind of shape is shown?", "Which shape is shown?",
+                       "What is the shape?"],
+    ("shape", True): ["What is the shape that is {colour}?", "The {colour} shape is which shape?",
+                      "What kind of shape is the {colour} one?"],
+    ("exists", False): ["Do you see a {thing}?", "Does the picture show a {thing}?", "Is there any {thing}?"],
+    ("exists", True): ["Is there no {thing}?", "Does the picture lack a {thing}?", "Is a {thing} absent?"],
+    ("direction", False): ["Which direction does the {colour} {shape} move in?", "Where is the {colour} {shape} heading?"],
+    ("first", False): ["Which shape is there from the start?", "What shape appears earliest?"],
+    ("last", False): ["Which shape appears second?", "Which shape turns up after the other?"],
+    ("growth", False): ["Is the {colour} {shape} getting bigger or smaller?", "Bigger or smaller: the {colour} {shape}?"],
+}
+HELD_OUT = {
+    ("colour", False): ["Name the colour of the {thing}.", "Tell me the colour of the {thing}.",
+                        "Which colour is the {thing}?"],
+    ("shape", False): ["Which shape is it?", "Name the shape in the picture.", "What sort of shape can you see?"],
+    ("shape", True): ["Which shape is {colour}?", "Name the {colour} shape's kind."],
+    ("exists", False): ["Is any {thing} shown?", "Can you see a {thing}?", "Does this picture have a {thing} in it?"],
+    ("exists", True): ["Is it true that no {thing} is shown?", "Is the picture without any {thing}?"],
+    ("direction", False): ["In which direction is the {colour} {shape} moving?", "Where does the {colour} {shape} go?"],
+    ("first", False): ["Which shape is shown before the other?", "What shape comes first?"],
+    ("last", False): ["Which shape shows up later?", "What shape comes last?"],
+    ("growth", False): ["Over the clip, does the {colour} {shape} become bigger or smaller?",
+                        "Does the {colour} {shape} grow or shrink: bigger or smaller?"],
+}
+
+
+def ask(m: Meaning, templates: dict[tuple[str, bool], list[str]], rng: np.random.Generator) -> str:
+    """A question of `m` from one of `templates` (ORIGINAL, TRAINING or HELD_OUT), chosen by `rng`."""
+    if m.ask in ("colour", "shape"):
+        key = (m.ask, m.ask == "shape" and m.colour is not None)
+    elif m.ask == "exists":
+        key = ("exists", m.negated)
+    else:
+        key = (m.ask, False)
+    options = templates[key]
+    template = options[int(rng.integers(len(options)))]
+    if m.ask == "exists":
+        thing = m.shape or f"{m.colour} shape"
+    else:
+        thing = m.shape or "shape"
+    return template.format(thing=thing, shape=m.shape, colour=m.colour)
+
+
+def flip_first_case(question: str) -> str:
+    """"what shape ..." -> "What shape ..." and back."""
+    head = question[:1]
+    return (head.lower() if head.isupper() else head.upper()) + question[1:]
+
+
+def drop_question_mark(question: str) -> str:
+    return question.rstrip().rstrip("?").rstrip()
+
+
+_BRITISH = {"color": "colour", "gray": "grey"}
+
+
+def british(question: str) -> str:
+    """American spellings of the demo's questions in British ("color" -> "colour", "gray" -> "grey")."""
+    return re.sub(r"\b(color|gray)\b", lambda m: _BRITISH[m[1]], question)
+
+
+def has_american_spelling(question: str) -> bool:
+    return british(question) != question
+
+
+def training_question(question: str, key: str) -> str:
+    """`vary(question)` with a generator seeded by `key` (what identifies the example): the one
+    form the demo trains on for that example, the same in every process."""
+    seed = int.from_bytes(hashlib.sha256(f"question:{key}".encode()).digest()[:8], "little")
+    return vary(question, np.random.default_rng(seed))
+
+
+def vary(question: str, rng: np.random.Generator) -> str:
+    """One of many ways a person might type `question` (a demo template question): a training
+    paraphrase (three in ten), British spelling (three in ten), either case of the first letter
+    (even odds), no question mark (one in four). What the demo trains on; never a HELD_OUT template."""
+    if rng.random() < 0.3:
+        question = ask(meaning(question), TRAINING, rng)
+    if rng.random() < 0.3:
+        question = british(question)
+    if rng.random() < 0.5:
+        question = flip_first_case(question)
+    if rng.random() < 0.25:
+        question = drop_question_mark(question)
+    return question
