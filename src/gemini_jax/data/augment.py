@@ -75,26 +75,31 @@ class ImageAugment:
             slots = [s for s in range(patches.shape[0]) if row[mask][s].any()]
             # Each image alone; every frame of a row together (one clip).
             for group in ([[s] for s in slots] if family == "image" else [slots]):
+                scale, recolour, noise = (rng.random(3) < (self.scale_probability, self.recolour_probability,
+                                                           self.noise_probability))
+                if not (scale or recolour or noise):
+                    continue
                 images = [_unpatchify(patches[s], row[f"{family}_coords"][s], row[mask][s]) for s in group]
                 if any(image is None for image in images) or len({i.shape for i in images}) > 1:
                     continue
-                changed = self._augment(np.stack(images), rng)
+                changed = self._augment(np.stack(images), rng, scale=scale, recolour=recolour, noise=noise)
                 for s, image in zip(group, changed):
                     n = int(row[mask][s].sum())
                     patches[s, :n] = _patchify(image, patch_size=_patch_size(patches.shape[-1]))
             row[key] = patches
         return row
 
-    def _augment(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _augment(self, images: np.ndarray, rng: np.random.Generator, *, scale: bool, recolour: bool,
+                 noise: bool) -> np.ndarray:
         """images float32[F, H, W, 3] -> the same, changed alike."""
         background = _background(images[0])
-        if rng.random() < self.scale_probability:
+        if scale:
             images = _rescale(images, background, rng, self.scale)
-        if rng.random() < self.recolour_probability:
+        if recolour:
             images = _recolour(images, background, rng, self.recolour, self.min_contrast)
-        if rng.random() < self.noise_probability:
-            noise = rng.normal(0.0, rng.uniform(*self.noise), images.shape).astype(np.float32)
-            images = np.clip(images + noise, -1.0, 1.0)
+        if noise:
+            sigma = rng.uniform(*self.noise)
+            images = np.clip(images + sigma * rng.standard_normal(images.shape, dtype=np.float32), -1.0, 1.0)
         return images
 
 
@@ -121,8 +126,14 @@ def _patchify(image: np.ndarray, *, patch_size: int) -> np.ndarray:
 
 def _background(image: np.ndarray) -> np.ndarray:
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # [B, 3]
-    colours, counts = np.unique(border, axis=0, return_counts=True)
-    return colours[np.argmax(counts)]
+    codes, first, counts = np.unique(_codes(border, levels=256), return_index=True, return_counts=True)
+    return border[first[np.argmax(counts)]]
+
+
+def _codes(colours: np.ndarray, *, levels: int) -> np.ndarray:
+    """int64[...]: each [-1, 1] RGB colour as one integer, `levels` steps per channel."""
+    q = np.clip(((colours + 1.0) * ((levels - 1) / 2.0)).round(), 0, levels - 1).astype(np.int64)
+    return (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
 
 
 def _alpha(images: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -144,29 +155,33 @@ def _rescale(images: np.ndarray, background: np.ndarray, rng: np.random.Generato
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(min(scale[1], largest)))))
     top, left = rng.uniform(0, h - s * extent_h), rng.uniform(0, w - s * extent_w)
     # Output pixel (y, x) reads input (y0 + (y - top) / s, x0 + (x - left) / s), bilinearly; outside
-    # the input it reads the background.
-    padded = np.concatenate([images, np.broadcast_to(background, images[:, :1].shape)], axis=1)
-    padded = np.concatenate([padded, np.broadcast_to(background, padded[:, :, :1].shape)], axis=2)
+    # the input it reads the background (flat index h * w, appended).
     def source(length, start, origin):
         at = origin + (np.arange(length) + 0.5 - start) / s - 0.5
-        low = np.floor(at).astype(int)
-        inside = lambda i: np.where((i >= 0) & (i < length), i, length)  # `length` indexes the padding
-        return inside(low), inside(low + 1), (at - low).astype(np.float32)
+        low = np.floor(at).astype(np.int64)
+        return low, low + 1, (at - low).astype(np.float32)
+
     y_low, y_high, fy = source(h, top, y0)
     x_low, x_high, fx = source(w, left, x0)
-    rows_low, rows_high = padded[:, y_low], padded[:, y_high]  # [F, H, W + 1, 3]
-    fx = fx[None, None, :, None]
-    top_row = rows_low[:, :, x_low] * (1 - fx) + rows_low[:, :, x_high] * fx
-    bottom_row = rows_high[:, :, x_low] * (1 - fx) + rows_high[:, :, x_high] * fx
-    fy = fy[None, :, None, None]
-    return (top_row * (1 - fy) + bottom_row * fy).astype(np.float32)
+    flat = np.concatenate([images.reshape(len(images), h * w, 3),
+                           np.broadcast_to(background, (len(images), 1, 3))], axis=1)  # [F, H*W + 1, 3]
+
+    def read(ys, xs):
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        return flat[:, np.where(inside, ys[:, None] * w + xs[None, :], h * w).ravel()]  # [F, H*W, 3]
+
+    fy, fx = np.repeat(fy, w)[None, :, None], np.tile(fx, h)[None, :, None]
+    top_row = read(y_low, x_low) * (1 - fx) + read(y_low, x_high) * fx
+    bottom_row = read(y_high, x_low) * (1 - fx) + read(y_high, x_high) * fx
+    return (top_row * (1 - fy) + bottom_row * fy).reshape(images.shape).astype(np.float32)
 
 
 def _recolour(images: np.ndarray, background: np.ndarray, rng: np.random.Generator,
               channel_range: tuple[float, float], min_contrast: float) -> np.ndarray:
     alpha = _alpha(images, background)
-    solid = images[alpha >= 1.0]  # shape pixels [N, 3]
-    shape_colours = np.unique(np.round(solid * 8) / 8, axis=0)
+    # The shapes' colours, to 8 levels a channel: every level combination that a shape pixel has.
+    present = np.flatnonzero(np.bincount(_codes(images[alpha >= 1.0], levels=8), minlength=512))
+    shape_colours = np.stack([present // 64, present // 8 % 8, present % 8], -1) * (2.0 / 7.0) - 1.0
     for _ in range(10):
         colour = rng.uniform(*channel_range, 3).astype(np.float32)
         if not len(shape_colours) or np.linalg.norm(shape_colours - colour, axis=-1).min() >= min_contrast:

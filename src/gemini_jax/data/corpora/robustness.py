@@ -7,9 +7,10 @@ Seven kinds, each with the plain set it is compared with:
   first letter's case flipped, without the question mark, with British spellings (only questions
   that have an American one), or rewritten from `question_forms.HELD_OUT` templates. Same images
   and clips, same answers: compared with the same records asked plainly.
-- "images": easy-VQA-style scenes drawn here, with shapes smaller (radius 3-4 pixels) and larger
-  (20-30) than easy-VQA's, at any position, on darker backgrounds with pixel noise; asked with
-  easy-VQA's own templates. Compared with the plain VQA set.
+- "images": easy-VQA-style scenes drawn here, with shapes of radius 3 pixels (smaller than 95% of
+  easy-VQA's) or 22-30 (larger than any: its largest covers 961 pixels), at any position, on
+  darker backgrounds (easy-VQA's are pastel) with pixel noise; asked with easy-VQA's own
+  templates. Compared with the plain VQA set.
 - "clips": the video task's clips with shapes smaller or larger than its training ranges, on dark
   backgrounds with pixel noise. Compared with the plain video set.
 - "speech": spoken numbers at rates (100-130 and 230-260 words a minute) and pitches (10-25 and
@@ -58,22 +59,27 @@ _MIN_CONTRAST = 120  # RGB distance between a shape and its background
 
 
 class RobustnessSuite:
+    """One split's suite: `records(kind)` and the `plain(kind)` records it is compared with."""
+
     def __init__(self, corpus: DemoCorpus, split: str, root: Path):
         self.corpus, self.split, self.root = corpus, split, root
         rows = json.loads((root / "records.json").read_text())
         self._media = {kind: [_media_record(kind, row, root) for row in rows[kind]] for kind in ("images", "clips", "speech")}
 
     @classmethod
-    def build(cls, corpus: DemoCorpus, split: str, *, progress: bool = False) -> RobustnessSuite:
-        """The suite of `split` ("validation" or "test"), its media drawn on first use."""
+    def build(cls, corpus: DemoCorpus, split: str, *, sizes: dict[str, int] | None = None) -> RobustnessSuite:
+        """The suite of `split` ("validation" or "test"), its media drawn on first use; `sizes`
+        ({"images": n, "clips": n, "speech": n}, default SIZES) draws fewer, into a folder of its own."""
         if split not in _SEEDS:
             raise ValueError(f"the robustness suite has splits {list(_SEEDS)}, not {split!r}")
-        root = corpus.root / f"robustness-v{VERSION}" / split
+        sizes = SIZES if sizes is None else {**SIZES, **sizes}
+        name = split if sizes == SIZES else f"{split}-" + "-".join(str(sizes[k]) for k in SIZES)
+        root = corpus.root / f"robustness-v{VERSION}" / name
         if not (root / "records.json").is_file():
             root.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f"{split}.partial-", dir=root.parent))
+            partial = Path(tempfile.mkdtemp(prefix=f"{name}.partial-", dir=root.parent))
             try:
-                _build_media(partial, split, progress=progress)
+                _build_media(partial, split, sizes)
                 if not (root / "records.json").is_file():  # else another process finished first
                     shutil.rmtree(root, ignore_errors=True)
                     os.replace(partial, root)
@@ -131,10 +137,10 @@ def _media_record(kind: str, row: dict, root: Path) -> DemoRecord:
 # ---- drawing ------------------------------------------------------------------------------------
 
 
-def _build_media(out: Path, split: str, *, progress: bool) -> None:
+def _build_media(out: Path, split: str, sizes: dict[str, int]) -> None:
     rng = np.random.default_rng([_SEEDS[split], 0])
-    rows = {"images": _draw_images(out, rng, SIZES["images"]), "clips": _draw_clips(out, rng, SIZES["clips"]),
-            "speech": _speak_numbers(out, rng, SIZES["speech"], split)}
+    rows = {"images": _draw_images(out, rng, sizes["images"]), "clips": _draw_clips(out, rng, sizes["clips"]),
+            "speech": _speak_numbers(out, rng, sizes["speech"], split)}
     (out / "records.json").write_text(json.dumps(rows, indent=0))  # last: its presence marks the build complete
 
 
@@ -157,7 +163,7 @@ def _scene(rng: np.random.Generator) -> tuple[str, str, tuple[int, int, int], np
     background = _dark_background(rng)
     colours = [c for c, rgb in VQA_COLOURS.items() if _contrast(rgb, background) >= _MIN_CONTRAST]
     colour = colours[int(rng.integers(len(colours)))]
-    radius = int(rng.integers(3, 5)) if rng.random() < 0.5 else int(rng.integers(20, 31))
+    radius = 3 if rng.random() < 0.5 else int(rng.integers(22, 31))
     aspect = float(rng.uniform(0.6, 1.6)) if shape == "rectangle" else 1.0
     half_w, half_h = radius * min(aspect, 1.0), radius * min(1 / aspect, 1.0)
     x = float(rng.uniform(half_w, _IMAGE_SIZE - half_w))

@@ -12,33 +12,26 @@ import dataclasses
 from typing import ClassVar
 
 from gemini_jax.evals.eval_task import EvalContext, TaskOutcome
-from gemini_jax.evals.tasks.demo import (
-    ANSWER_TOKENS,
-    _DemoSet,
-    answer_questions,
-    demo_corpus,
-    demo_sampler,
-    exact_match,
-)
+from gemini_jax.evals.tasks.demo import ANSWER_TOKENS, _DemoSet, answer_questions, demo_corpus, demo_sampler, exact_match
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Robustness(_DemoSet):
+    default_batch_size: ClassVar[int] = 256
+
     name: str = "robustness"
-    split: str = "test"
+    split: str = "test"  # "validation" while choosing
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from tqdm.auto import tqdm
 
-        from gemini_jax.data.corpora.robustness import (
-            KINDS,
-            TEXT_KINDS,
-            RobustnessSuite,
-        )
+        from gemini_jax.data.corpora.robustness import KINDS, SIZES, TEXT_KINDS, RobustnessSuite
 
         corpus = context.shared(demo_corpus)
-        suite = RobustnessSuite.build(corpus, self.split, progress=context.options.progress)
         limit = context.options.limit
+        # --limit N draws only N of each kind of media.
+        sizes = None if limit is None else {kind: min(count, limit) for kind, count in SIZES.items()}
+        suite = RobustnessSuite.build(corpus, self.split, sizes=sizes)
         changed = {kind: suite.records(kind) for kind in KINDS}
         plain = {kind: suite.plain(kind) for kind in KINDS}
         if limit is not None:
@@ -77,5 +70,3 @@ class Robustness(_DemoSet):
         bar.close()
         metrics["examples"] = sum(len(v) for v in changed.values())
         return TaskOutcome(metrics, rows)
-
-    default_batch_size: ClassVar[int] = 256

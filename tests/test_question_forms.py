@@ -1,0 +1,86 @@
+"""Question forms: every template question reads back into what it asks, the other forms ask the
+same thing, and the suite's paraphrases are never trained on."""
+
+import easy_vqa
+import numpy as np
+import pytest
+
+from gemini_jax.data.corpora import question_forms as qf
+from gemini_jax.data.corpora.shapes import CLIP_TYPES, sample
+
+
+def every_easy_vqa_question():
+    return sorted(set(easy_vqa.get_train_questions()[0]) | set(easy_vqa.get_test_questions()[0]))
+
+
+def test_every_template_question_reads_back_and_is_written_again():
+    rng = np.random.default_rng(0)
+    questions = every_easy_vqa_question()
+    clips = [sample(np.random.default_rng(i), kind=kind, frames=8, size=32)
+             for i in range(30) for kind in ("direction", "order", "size")]
+    questions += sorted({clip.question() for clip in clips})
+    assert len(questions) > 200
+    for question in questions:
+        meaning = qf.meaning(question)
+        assert qf.ask(meaning, qf.ORIGINAL, rng) in questions
+        for templates in (qf.ORIGINAL, qf.TRAINING, qf.HELD_OUT):
+            assert qf.ask(meaning, templates, rng)  # every meaning has a template in each set
+    assert {type(c) for c in clips} == set(CLIP_TYPES)
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    ("is there not a red shape?", qf.Meaning("exists", colour="red", negated=True)),
+    ("does the image contain a circle?", qf.Meaning("exists", shape="circle")),
+    ("what is the color of the triangle?", qf.Meaning("colour", shape="triangle")),
+    ("what is the blue shape?", qf.Meaning("shape", colour="blue")),
+    ("what shape is present?", qf.Meaning("shape")),
+    ("Which way does the red circle move?", qf.Meaning("direction", shape="circle", colour="red")),
+    ("Which shape appears last?", qf.Meaning("last")),
+])
+def test_meanings(question, expected):
+    assert qf.meaning(question) == expected
+
+
+def test_a_question_outside_the_templates_is_refused_by_name():
+    with pytest.raises(ValueError, match="'what is this' is not one of the demo's question templates"):
+        qf.meaning("what is this")
+
+
+def test_negation_keeps_its_sense_in_every_set():
+    negated = qf.Meaning("exists", colour="red", negated=True)
+    rng = np.random.default_rng(1)
+    for templates in (qf.TRAINING, qf.HELD_OUT):
+        asked = {qf.ask(negated, templates, rng) for _ in range(50)}
+        assert asked == {t.format(thing="red shape") for t in templates["exists", True]}
+
+
+def test_the_held_out_paraphrases_are_never_trained_on():
+    training = {t for options in qf.TRAINING.values() for t in options}
+    held_out = {t for options in qf.HELD_OUT.values() for t in options}
+    assert not training & held_out and set(qf.TRAINING) == set(qf.HELD_OUT) == set(qf.ORIGINAL)
+    # Nothing the demo trains on is a held-out question, in any case or punctuation.
+    rng = np.random.default_rng(2)
+    suite = set()
+    for question in every_easy_vqa_question():
+        meaning = qf.meaning(question)
+        for _ in range(3):
+            suite.add(qf.ask(meaning, qf.HELD_OUT, rng).lower().rstrip("?."))
+    trained = {qf.training_question(q, f"vqa:{i}").lower().rstrip("?.")
+               for i, q in enumerate(every_easy_vqa_question() * 4)}
+    assert not (trained - {q.lower().rstrip("?") for q in every_easy_vqa_question()}) & suite
+
+
+def test_training_forms_vary_and_are_fixed_by_their_key():
+    question = "what color is the shape?"
+    forms = {qf.training_question(question, f"vqa:{i}") for i in range(400)}
+    assert question in forms and "What color is the shape?" in forms and "what colour is the shape?" in forms
+    assert "what color is the shape" in forms and len(forms) > 20
+    assert qf.training_question(question, "vqa:7") == qf.training_question(question, "vqa:7")
+
+
+def test_surface_changes():
+    assert qf.flip_first_case("what shape is this?") == "What shape is this?"
+    assert qf.flip_first_case("Which way?") == "which way?"
+    assert qf.drop_question_mark("is there a circle? ") == "is there a circle"
+    assert qf.british("what color is the gray shape?") == "what colour is the grey shape?"
+    assert qf.has_american_spelling("is there a gray circle?") and not qf.has_american_spelling("what shape?")
