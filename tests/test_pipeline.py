@@ -194,6 +194,27 @@ def test_one_epoch_keeps_every_example_in_a_fixed_shape(tok, files):
     np.testing.assert_array_equal(batches[0]["tokens"][0, :20], source[0]["tokens"][:20])
 
 
+def test_a_transform_runs_once_per_record_from_its_index(tok, files):
+    calls = []
+
+    def mark(row, rng):
+        calls.append(1)
+        return {**row, "image_patches": row["image_patches"] + np.float32(rng.random())}
+
+    plain = P.encoded_source(qa_examples(files, n=4), tokenizer=tok, config=CONFIG, max_len=48)
+    for cache in (True, False):
+        calls.clear()
+        source = P.encoded_source(qa_examples(files, n=4), tokenizer=tok, config=CONFIG, max_len=48,
+                                  cache_rows=cache, transform=mark, seed=3)
+        first, again = [source[i] for i in range(4)], [source[i] for i in range(4)]
+        assert len(calls) == (4 if cache else 8)
+        for a, b, p in zip(first, again, plain):
+            np.testing.assert_array_equal(a["image_patches"], b["image_patches"])  # the same on every read
+            assert not np.array_equal(a["image_patches"], p["image_patches"])
+        shifts = {float((r["image_patches"] - p["image_patches"]).flat[0]) for r, p in zip(first, plain)}
+        assert len(shifts) == 4  # each record its own draw
+
+
 def test_bad_records_are_skipped_and_counted(tok, files):
     examples = qa_examples(files, n=8)
     examples[2] = chat(("user", [Part(image=str(files / "missing.png"))]), ("model", [Part(text="x")]))

@@ -1,7 +1,7 @@
 """The demo corpus as prepared data directories, one per task: what the demo's mixture file
 (recipes/demo.yaml) names.
 
-    root = prepare_demo_sources(corpus)   # <corpus root>/prepared-v1/{vqa,asr,video,text}, built once
+    root = prepare_demo_sources(corpus)   # <corpus root>/prepared-v3/{vqa,asr,video,text}, built once
 
 Each task's training examples are written as contents-format JSONL and go through
 `gemini-jax data prepare` like anyone's data, with its filters off (the corpus is built clean
@@ -11,9 +11,9 @@ files. An example's `task` is "<task>:<kind>" ("vqa:shape", "asr:number"), which
 source selects with `tasks:`.
 
 Two changes teach questions and voices rather than one generator's strings and speeds:
-- each VQA and video question is written in one of the forms a person might type it
-  (`question_forms.training_question`: a training paraphrase, British spelling, either case of
-  the first letter, no question mark; the plain form for about a third);
+- each VQA and video question is written as a person might type it
+  (`question_forms.training_question`: either case of the first letter, with or without its
+  question mark; as written for three in eight);
 - a third of the speech clips are played slower (0.75-0.9 times) and a third faster (1.1-1.3),
   tempo and pitch together (`augment.speed_perturbed`), a slower one only while it stays within
   the longest clip's length.
@@ -37,7 +37,7 @@ from gemini_jax.data.corpora.question_forms import training_question
 from gemini_jax.data.examples import Content, Example, Part, to_json
 from gemini_jax.data.prepared import MANIFEST
 
-VERSION = 2  # of this export: a change prepares the sources again
+VERSION = 3  # of this export: a change prepares the sources again
 SLOWER, FASTER = (0.75, 0.8, 0.85, 0.9), (1.1, 1.15, 1.2, 1.25, 1.3)
 # Every stage that could change the corpus is off: the records are checked, embedded and sharded.
 OPTIONS = {"validation_fraction": 0.0, "normalize": False, "quality": False, "safety": False, "dedup": False,

@@ -155,13 +155,15 @@ def training_question(question: str, key: str) -> str:
     return vary(question, np.random.default_rng(seed))
 
 
-def vary(question: str, rng: np.random.Generator) -> str:
-    """One of many ways a person might type `question` (a demo template question): a training
-    paraphrase (three in ten), British spelling (three in ten), either case of the first letter
-    (even odds), no question mark (one in four). What the demo trains on; never a HELD_OUT template."""
-    if rng.random() < 0.3:
+def vary(question: str, rng: np.random.Generator, *, paraphrase: float = 0.0, spelling: float = 0.0) -> str:
+    """One of the ways a person might type `question` (a demo template question): either case of
+    the first letter (even odds), no question mark (one in four); with probability `paraphrase` a
+    TRAINING paraphrase first, with probability `spelling` British spelling. What the demo trains
+    on (paraphrases and spelling off: they cost the plain questions, docs/robustness.md); never a
+    HELD_OUT template."""
+    if rng.random() < paraphrase:
         question = ask(meaning(question), TRAINING, rng)
-    if rng.random() < 0.3:
+    if rng.random() < spelling:
         question = british(question)
     if rng.random() < 0.5:
         question = flip_first_case(question)
