@@ -22,7 +22,7 @@ def test_spec_augment_masks_only_real_frames_and_follows_its_generator():
 # ---- ImageAugment -------------------------------------------------------------------------------
 
 from gemini_jax.data import media  # noqa: E402
-from gemini_jax.data.augment import ImageAugment, _unpatchify, speed_perturbed  # noqa: E402
+from gemini_jax.data.augment import ImageAugment, _unpatchify  # noqa: E402
 from gemini_jax.data.corpora import shapes  # noqa: E402
 
 EVERYTHING = ImageAugment(scale_probability=1.0, recolour_probability=1.0, noise_probability=0.0)
@@ -100,14 +100,3 @@ def test_images_that_are_not_a_full_grid_are_left_alone():
     out = EVERYTHING(row, np.random.default_rng(0))
     assert not np.array_equal(out["image_patches"][0], row["image_patches"][0])
     np.testing.assert_array_equal(out["image_patches"][1], 0.0)  # an empty slot stays empty
-
-
-def test_speed_perturbation_scales_duration_and_pitch_together():
-    rate = 16_000
-    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)  # 1 s at 440 Hz
-    for speed in (0.8, 1.25):
-        out = speed_perturbed(tone, speed)
-        assert out.dtype == np.float32 and abs(len(out) - rate / speed) <= 2
-        spectrum = np.abs(np.fft.rfft(out))
-        peak_hz = np.argmax(spectrum) * rate / len(out)
-        assert abs(peak_hz - 440 * speed) < 3

@@ -199,20 +199,18 @@ def test_a_transform_runs_once_per_record_from_its_index(tok, files):
 
     def mark(row, rng):
         calls.append(1)
-        return {**row, "image_patches": row["image_patches"] + np.float32(rng.random())}
+        return {**row, "mark": np.float32(rng.random())}
 
-    plain = P.encoded_source(qa_examples(files, n=4), tokenizer=tok, config=CONFIG, max_len=48)
     for cache in (True, False):
         calls.clear()
         source = P.encoded_source(qa_examples(files, n=4), tokenizer=tok, config=CONFIG, max_len=48,
                                   cache_rows=cache, transform=mark, seed=3)
-        first, again = [source[i] for i in range(4)], [source[i] for i in range(4)]
+        first, again = [source[i]["mark"] for i in range(4)], [source[i]["mark"] for i in range(4)]
         assert len(calls) == (4 if cache else 8)
-        for a, b, p in zip(first, again, plain):
-            np.testing.assert_array_equal(a["image_patches"], b["image_patches"])  # the same on every read
-            assert not np.array_equal(a["image_patches"], p["image_patches"])
-        shifts = {float((r["image_patches"] - p["image_patches"]).flat[0]) for r, p in zip(first, plain)}
-        assert len(shifts) == 4  # each record its own draw
+        assert first == again and len(set(first)) == 4  # the same on every read; each record its own draw
+        other = P.encoded_source(qa_examples(files, n=4), tokenizer=tok, config=CONFIG, max_len=48,
+                                 transform=mark, seed=4)
+        assert [other[i]["mark"] for i in range(4)] != first
 
 
 def test_bad_records_are_skipped_and_counted(tok, files):

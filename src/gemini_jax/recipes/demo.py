@@ -26,7 +26,7 @@ from gemini_jax.recipes.runner import Setup, Timings
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.optimizer import OptimizerConfig
 
-TOKENIZER_RECIPE = 4  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
+TOKENIZER_RECIPE = 2  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
 MIXTURE = "demo.yaml"  # in this package
 
 

@@ -39,7 +39,6 @@ from typing import Any
 from gemini_jax.cache_root import cache_root
 from gemini_jax.data.corpora.demo_tasks import BUILDERS, DemoSizes, easy_vqa_data_dir
 from gemini_jax.data.corpora.held_out import READ_SPLITS, SPLITS, is_test, is_validation
-from gemini_jax.data.corpora.question_forms import training_question
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
 __all__ = ["MANIFEST", "READ_SPLITS", "SPLITS", "TASKS", "VERSION", "DemoCorpus", "DemoRecord", "DemoSizes",
@@ -136,18 +135,15 @@ class DemoCorpus:
         return [record.example for record in self.records(task, split)]
 
     def tokenizer_corpus(self) -> Iterator[str]:
-        """Raw text for tokenizer training: the training documents, every training prompt (as
-        written and as trained on) and answer, and one line holding every training answer word.
-        Nothing of validation or test is read: a word only they hold is written in smaller pieces."""
+        """Raw text for tokenizer training: the training documents, every training prompt and
+        answer, and one line holding every training answer word. Nothing of validation or test
+        is read: a word only they hold is written in smaller pieces."""
         for record in self.records("text", "train"):
             yield record.meta["text"]
         seen = set()
         for task in ("vqa", "asr", "video"):
             for record in self.records(task, "train"):
-                lines = [record.meta["prompt"], record.meta["answer"]]
-                if task != "asr":  # the form the demo trains on (demo_prepared.py) too
-                    lines.append(training_question(record.meta["prompt"], f"{task}:{record.meta['media']}"))
-                for line in lines:
+                for line in (record.meta["prompt"], record.meta["answer"]):
                     if line not in seen:
                         seen.add(line)
                         yield line

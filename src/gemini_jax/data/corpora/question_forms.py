@@ -5,8 +5,8 @@ that only ever sees those learns strings, not questions. `meaning` reads a quest
 what it asks, `ask` writes a meaning with a template of a given set, and the surface changes
 (`flip_first_case`, `drop_question_mark`, `british`) are what a person changes when typing.
 
-Two template sets never share a template: `TRAINING` (what the demo trains on besides the
-originals) and `HELD_OUT` (what only the robustness suite asks, data/corpora/robustness.py).
+`HELD_OUT` templates are asked only by the robustness suite (data/corpora/robustness.py), never
+in training.
 
     m = meaning("is there not a red shape?")   # Meaning(ask="exists", colour="red", negated=True)
     ask(m, HELD_OUT, rng)                      # e.g. "Is it true that no red shape is shown?"
@@ -15,7 +15,6 @@ originals) and `HELD_OUT` (what only the robustness suite asks, data/corpora/rob
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 
 import numpy as np
@@ -80,20 +79,6 @@ def meaning(question: str) -> Meaning:
 
 # Templates per (ask, which of shape / colour is named, negated). {thing} is "shape", a shape
 # name or "<colour> shape"; {shape} and {colour} are the object's.
-TRAINING = {
-    ("colour", False): ["What is the {thing}'s color?", "Which color does the {thing} have?",
-                        "What color does the {thing} have?", "Say the color of the {thing}."],
-    ("shape", False): ["What shape do you see?", "What kind of shape is shown?", "Which shape is shown?",
-                       "What is the shape?"],
-    ("shape", True): ["What is the shape that is {colour}?", "The {colour} shape is which shape?",
-                      "What kind of shape is the {colour} one?"],
-    ("exists", False): ["Do you see a {thing}?", "Does the picture show a {thing}?", "Is there any {thing}?"],
-    ("exists", True): ["Is there no {thing}?", "Does the picture lack a {thing}?", "Is a {thing} absent?"],
-    ("direction", False): ["Which direction does the {colour} {shape} move in?", "Where is the {colour} {shape} heading?"],
-    ("first", False): ["Which shape is there from the start?", "What shape appears earliest?"],
-    ("last", False): ["Which shape appears second?", "Which shape turns up after the other?"],
-    ("growth", False): ["Is the {colour} {shape} getting bigger or smaller?", "Bigger or smaller: the {colour} {shape}?"],
-}
 HELD_OUT = {
     ("colour", False): ["Name the colour of the {thing}.", "Tell me the colour of the {thing}.",
                         "Which colour is the {thing}?"],
@@ -110,7 +95,7 @@ HELD_OUT = {
 
 
 def ask(m: Meaning, templates: dict[tuple[str, bool], list[str]], rng: np.random.Generator) -> str:
-    """A question of `m` from one of `templates` (ORIGINAL, TRAINING or HELD_OUT), chosen by `rng`."""
+    """A question of `m` from one of `templates` (ORIGINAL or HELD_OUT), chosen by `rng`."""
     if m.ask in ("colour", "shape"):
         key = (m.ask, m.ask == "shape" and m.colour is not None)
     elif m.ask == "exists":
@@ -146,27 +131,3 @@ def british(question: str) -> str:
 
 def has_american_spelling(question: str) -> bool:
     return british(question) != question
-
-
-def training_question(question: str, key: str) -> str:
-    """`vary(question)` with a generator seeded by `key` (what identifies the example): the one
-    form the demo trains on for that example, the same in every process."""
-    seed = int.from_bytes(hashlib.sha256(f"question:{key}".encode()).digest()[:8], "little")
-    return vary(question, np.random.default_rng(seed))
-
-
-def vary(question: str, rng: np.random.Generator, *, paraphrase: float = 0.0, spelling: float = 0.0) -> str:
-    """One of the ways a person might type `question` (a demo template question): either case of
-    the first letter (even odds), no question mark (one in four); with probability `paraphrase` a
-    TRAINING paraphrase first, with probability `spelling` British spelling. What the demo trains
-    on (paraphrases and spelling off: they cost the plain questions, docs/robustness.md); never a
-    HELD_OUT template."""
-    if rng.random() < paraphrase:
-        question = ask(meaning(question), TRAINING, rng)
-    if rng.random() < spelling:
-        question = british(question)
-    if rng.random() < 0.5:
-        question = flip_first_case(question)
-    if rng.random() < 0.25:
-        question = drop_question_mark(question)
-    return question
