@@ -123,7 +123,7 @@ def _patchify(image: np.ndarray, *, patch_size: int) -> np.ndarray:
 
 def _background(image: np.ndarray) -> np.ndarray:
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # [B, 3]
-    codes, first, counts = np.unique(_codes(border, levels=256), return_index=True, return_counts=True)
+    _, first, counts = np.unique(_codes(border, levels=256), return_index=True, return_counts=True)
     return border[first[np.argmax(counts)]]
 
 

@@ -19,9 +19,6 @@ import re
 
 import numpy as np
 
-VQA_SHAPES = ("circle", "rectangle", "triangle")
-VQA_COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
-
 
 @dataclasses.dataclass(frozen=True)
 class Meaning:

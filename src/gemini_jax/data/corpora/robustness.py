@@ -50,6 +50,7 @@ TEXT_KINDS = KINDS[:4]
 SIZES = {"images": 600, "clips": 600, "speech": 300}
 _SEEDS = {"validation": 1, "test": 2}  # of the drawn media; never the corpus's seed (0)
 
+VQA_SHAPES = ("circle", "rectangle", "triangle")
 # easy-VQA's colours, as its images hold them.
 VQA_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
                "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42), "yellow": (255, 255, 0)}
@@ -159,7 +160,7 @@ def _noisy(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _scene(rng: np.random.Generator) -> tuple[str, str, tuple[int, int, int], np.ndarray]:
     """(shape, colour, background, uint8[64, 64, 3]) of one easy-VQA-style scene out of its range."""
-    shape = question_forms.VQA_SHAPES[int(rng.integers(3))]
+    shape = VQA_SHAPES[int(rng.integers(3))]
     background = _dark_background(rng)
     colours = [c for c, rgb in VQA_COLOURS.items() if _contrast(rgb, background) >= _MIN_CONTRAST]
     colour = colours[int(rng.integers(len(colours)))]
@@ -195,7 +196,7 @@ def _scene_question(rng: np.random.Generator, shape: str, colour: str) -> tuple[
         return question_forms.ask(m, question_forms.ORIGINAL, rng), shape, "shape"
     present = rng.random() < 0.5
     if rng.random() < 0.5:
-        named = shape if present else [s for s in question_forms.VQA_SHAPES if s != shape][int(rng.integers(2))]
+        named = shape if present else [s for s in VQA_SHAPES if s != shape][int(rng.integers(2))]
         m = question_forms.Meaning("exists", shape=named, negated=bool(rng.random() < 0.5))
     else:
         others = [c for c in VQA_COLOURS if c != colour]
