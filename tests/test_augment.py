@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from gemini_jax.data.augment import SpecAugment
+from gemini_jax.data import media
+from gemini_jax.data.augment import ImageAugment, SpecAugment, _unpatchify
+from gemini_jax.data.corpora import shapes
 
 
 def test_spec_augment_masks_only_real_frames_and_follows_its_generator():
@@ -21,9 +23,6 @@ def test_spec_augment_masks_only_real_frames_and_follows_its_generator():
 
 # ---- ImageAugment -------------------------------------------------------------------------------
 
-from gemini_jax.data import media  # noqa: E402
-from gemini_jax.data.augment import ImageAugment, _unpatchify  # noqa: E402
-from gemini_jax.data.corpora import shapes  # noqa: E402
 
 EVERYTHING = ImageAugment(scale_probability=1.0, recolour_probability=1.0, noise_probability=0.0)
 

@@ -208,6 +208,11 @@ def test_gif_round_trip_keeps_every_frame_and_colour(tmp_path):
     assert colours[4] == colours[7] == {mint, red, yellow}
     # A square of radius 3 covers 7 x 7 pixels.
     assert int(np.all(frames[7] == yellow, axis=-1).sum()) == 49
+    # On a background of any colour the clip draws the same shapes in the same places.
+    dark = (20, 30, 40)
+    on_dark = shapes.to_array(shapes.render(clip, frames=8, size=32, background=dark))
+    np.testing.assert_array_equal(np.all(on_dark == dark, axis=-1), np.all(frames == mint, axis=-1))
+    np.testing.assert_array_equal(on_dark[np.any(on_dark != dark, axis=-1)], frames[np.any(frames != mint, axis=-1)])
 
 
 def _centre_and_area(frame: np.ndarray, background: tuple[int, int, int]) -> tuple[np.ndarray, int]:

@@ -241,9 +241,28 @@ def test_grid_pooled_frames_keep_their_layout(build_model, media):
                                   np.asarray(_images(whole.vision, *args).tokens))
 
 
+def test_grid_and_frame_pooling_adds_one_whole_frame_token(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, frame_pooling="grid+frame", frame_soft_tokens=5)
+    config = dataclasses.replace(CONFIG, vision=vision)
+    model = build_model(config)
+    batch = media.images(vision, [[(2, 3), (1, 1)], [(2, 2)]], num_patches=vision.frame_max_patches, seed=9)
+    args = (batch["patches"], batch["coords"], batch["mask"])
+    frames = _frames(model.vision, *args)
+    assert frames.tokens.shape == (2, 2, 5, config.width)
+    # The same parameters pooling whole frames with every query: the last query is the same
+    # whole-frame token, the first four read only their cells and differ.
+    whole = _frames(build_model(dataclasses.replace(config, vision=dataclasses.replace(vision, frame_pooling="attention"))).vision, *args)
+    np.testing.assert_allclose(np.asarray(frames.tokens[..., 4, :]), np.asarray(whole.tokens[..., 4, :]), atol=1e-5)
+    assert np.abs(np.asarray(frames.tokens[0, 0, :4] - whole.tokens[0, 0, :4])).max() > 1e-3
+    # A 1 x 1 frame fills the first cell and the whole-frame token; the other cells are empty.
+    np.testing.assert_array_equal(np.asarray(frames.tokens[0, 1, 1:4]), 0)
+    assert np.abs(np.asarray(frames.tokens[0, 1, 4])).max() > 1e-3
+
+
 @pytest.mark.parametrize("fields, match", [
     ({"frame_pooling": "mean"}, "frame_pooling must be"),
     ({"frame_pooling": "grid", "frame_soft_tokens": 3}, "square"),
+    ({"frame_pooling": "grid+frame", "frame_soft_tokens": 4}, "square plus one"),
     ({"frame_pooling": "grid", "frame_soft_tokens": 4, "pooling": "none"}, "pooling='attention'"),
 ])
 def test_grid_pooling_config_errors(fields, match):

@@ -76,6 +76,9 @@ class FramePooling(enum.StrEnum):
     # A square grid of frame_soft_tokens cells lies over the frame and each query attends
     # only to the patches under its own cell, so a frame token keeps where it looked.
     GRID = "grid"
+    # The grid's cells, then one more query over the whole frame (frame_soft_tokens = a square
+    # plus one): cells keep where things are, the whole-frame token what the frame shows.
+    GRID_AND_FRAME = "grid+frame"
 
 
 class VisionBlock(enum.StrEnum):

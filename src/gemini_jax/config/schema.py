@@ -110,14 +110,16 @@ class VisionConfig:
     def __post_init__(self):
         _require_bool(self.keep_aspect_ratio, "vision.keep_aspect_ratio")
         _resolve_choices(self, where="vision.")
-        tokens = self.frame_soft_tokens
-        square = isinstance(tokens, int) and tokens > 0 and math.isqrt(tokens) ** 2 == tokens
-        if self.frame_pooling == FramePooling.GRID and (self.pooling != Pooling.ATTENTION or not square):
-            raise ConfigError(
-                f"vision.frame_pooling='grid' needs pooling='attention' (pooled soft tokens) and a square "
-                f"frame_soft_tokens (1, 4, 9, ...), got pooling={self.pooling.value!r}, "
-                f"frame_soft_tokens={self.frame_soft_tokens}"
-            )
+        if self.frame_pooling in (FramePooling.GRID, FramePooling.GRID_AND_FRAME):
+            cells = self.frame_soft_tokens - (self.frame_pooling == FramePooling.GRID_AND_FRAME)
+            square = isinstance(cells, int) and cells > 0 and math.isqrt(cells) ** 2 == cells
+            if self.pooling != Pooling.ATTENTION or not square:
+                accepted = "a square (1, 4, 9, ...)" if self.frame_pooling == FramePooling.GRID else "a square plus one (2, 5, 10, ...)"
+                raise ConfigError(
+                    f"vision.frame_pooling={self.frame_pooling.value!r} needs pooling='attention' (pooled soft "
+                    f"tokens) and frame_soft_tokens {accepted}, got pooling={self.pooling.value!r}, "
+                    f"frame_soft_tokens={self.frame_soft_tokens}"
+                )
         if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ConfigError(f"vision.norm_eps must be a positive number or None, got {self.norm_eps!r}")
         _require_bool(self.projector_bias, "vision.projector_bias")

@@ -258,6 +258,9 @@ class VisionEncoder(nnx.Module):
         queries = (self.frame_queries if frames else self.image_queries)[...]
         if frames and self.config.frame_pooling == FramePooling.GRID:
             mask = grid_cells(coords, mask, side=math.isqrt(self.config.frame_soft_tokens))  # [BI, Q, P]
+        elif frames and self.config.frame_pooling == FramePooling.GRID_AND_FRAME:
+            cells = grid_cells(coords, mask, side=math.isqrt(self.config.frame_soft_tokens - 1))
+            mask = jnp.concatenate([cells, mask[:, None, :]], axis=1)  # [BI, Q, P]
         pooled = self.pool(queries, x, mask)  # [BI, Q, D]
         tokens = self.out_proj(self.out_norm(pooled))  # [BI, Q, E]
         num_queries = queries.shape[0]

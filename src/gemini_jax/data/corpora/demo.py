@@ -39,10 +39,11 @@ from typing import Any
 from gemini_jax.cache_root import cache_root
 from gemini_jax.data.corpora.demo_tasks import BUILDERS, DemoSizes, easy_vqa_data_dir
 from gemini_jax.data.corpora.held_out import READ_SPLITS, SPLITS, is_test, is_validation
+from gemini_jax.data.corpora.speech import number_words
 from gemini_jax.data.examples import Content, Example, Part, text_document
 
 __all__ = ["MANIFEST", "READ_SPLITS", "SPLITS", "TASKS", "VERSION", "DemoCorpus", "DemoRecord", "DemoSizes",
-           "is_test"]
+           "is_test", "number_split"]
 
 VERSION = 5
 TASKS = ("vqa", "asr", "video", "text")
@@ -181,6 +182,14 @@ _VALIDATION_KEY = {"vqa": lambda m: f"image:{m['image_id']}", "asr": lambda m: f
 
 def _is_validation(task: str, meta: Mapping[str, Any]) -> bool:
     return is_validation(_VALIDATION_KEY[task](meta))
+
+
+def number_split(n: int) -> str:
+    """The split whose speech task says the number n ("test", "validation" or "train"): test
+    numbers are held out by value, validation carved from train by transcript, as `records` does."""
+    if is_test(f"number:{n}"):
+        return "test"
+    return "validation" if _is_validation("asr", {"answer": number_words(n)}) else "train"
 
 
 def _subdir(sizes: DemoSizes) -> str:

@@ -39,9 +39,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gemini_jax.data.corpora import question_forms, shapes, speech
-from gemini_jax.data.corpora.demo import DemoCorpus, DemoRecord
+from gemini_jax.data.corpora.demo import DemoCorpus, DemoRecord, number_split
 from gemini_jax.data.corpora.demo_tasks import ASR_PROMPT, ASR_VOICES_TRAIN, VIDEO_KINDS
-from gemini_jax.data.corpora.held_out import is_test, is_validation
 from gemini_jax.data.examples import Content, Example, Part
 
 VERSION = 1
@@ -231,22 +230,22 @@ def _clip(rng: np.random.Generator, kind: str) -> shapes.Clip:
         radius, speed = int(rng.integers(3, 5)), int(rng.integers(2, 4))
         direction = pick(list(shapes.DIRECTIONS))
         (ux, uy) = shapes.DIRECTIONS[direction]
-        x = shapes._start(rng, radius=radius, size=size, move=ux * speed * steps)
-        y = shapes._start(rng, radius=radius, size=size, move=uy * speed * steps)
+        x = shapes.start_coordinate(rng, radius=radius, size=size, move=ux * speed * steps)
+        y = shapes.start_coordinate(rng, radius=radius, size=size, move=uy * speed * steps)
         return shapes.Motion(pick(shapes.SHAPES), pick(colours), "", direction, x, y, radius, speed)
     if kind == "order":
         first, second = rng.choice(len(shapes.SHAPES), size=2, replace=False)
-        dx, dy = shapes._drift(rng)
+        dx, dy = shapes.random_drift(rng)
         first_frame = int(rng.integers(0, 2))
         second_frame = int(rng.integers(first_frame + 2, _CLIP_FRAMES))
-        (x1, y1), (x2, y2) = shapes._apart(rng, radius=3, size=size, drift=(dx * steps, dy * steps))
+        (x1, y1), (x2, y2) = shapes.apart_centres(rng, radius=3, size=size, drift=(dx * steps, dy * steps))
         return shapes.Order(shapes.SHAPES[first], pick(colours), shapes.SHAPES[second], pick(colours), "",
                             bool(rng.integers(2)), first_frame, second_frame, x1, y1, x2, y2, dx, dy, 3)
     small, large = int(rng.integers(2, 4)), int(rng.integers(11, 13))
     start, end = (small, large) if rng.integers(2) else (large, small)
-    dx, dy = shapes._drift(rng)
-    x = shapes._start(rng, radius=large, size=size, move=dx * steps)
-    y = shapes._start(rng, radius=large, size=size, move=dy * steps)
+    dx, dy = shapes.random_drift(rng)
+    x = shapes.start_coordinate(rng, radius=large, size=size, move=dx * steps)
+    y = shapes.start_coordinate(rng, radius=large, size=size, move=dy * steps)
     return shapes.Growth(pick(shapes.SHAPES), pick(colours), "", x, y, dx, dy, start, end)
 
 
@@ -258,13 +257,8 @@ def _draw_clips(out: Path, rng: np.random.Generator, count: int) -> list[dict]:
         background = _dark_background(rng)
         while any(_contrast(shapes.COLOURS[c], background) < _MIN_CONTRAST for c in _clip_colours(clip)):
             background = _dark_background(rng)
-        frames = []
-        for t in range(_CLIP_FRAMES):
-            image = Image.new("RGB", (_CLIP_SIZE, _CLIP_SIZE), background)
-            draw = ImageDraw.Draw(image)
-            for shape, colour, x, y, radius in shapes._objects(clip, t=t, frames=_CLIP_FRAMES):
-                shapes._draw(draw, shape=shape, colour=shapes.COLOURS[colour], x=x, y=y, radius=radius)
-            frames.append(Image.fromarray(_noisy(np.asarray(image, dtype=np.float64), rng)))
+        drawn = shapes.render(clip, frames=_CLIP_FRAMES, size=_CLIP_SIZE, background=background)
+        frames = [Image.fromarray(_noisy(np.asarray(image, dtype=np.float64), rng)) for image in drawn]
         media = f"clips/{i:05d}.gif"
         shapes.save_gif(out / media, frames)
         rows.append({"kind": shapes.question_kind(clip), "prompt": clip.question(), "answer": clip.answer(),
@@ -279,12 +273,7 @@ def _clip_colours(clip: shapes.Clip) -> list[str]:
 def _speak_numbers(out: Path, rng: np.random.Generator, count: int, split: str) -> list[dict]:
     """Numbers of the split (test numbers, or the validation side of train's), at rates and
     pitches the corpus never uses."""
-    def in_split(n: int) -> bool:
-        if split == "test":
-            return is_test(f"number:{n}")
-        return not is_test(f"number:{n}") and is_validation(f"transcript:{speech.number_words(n)}")
-
-    numbers = [n for n in range(10_000) if in_split(n)]
+    numbers = [n for n in range(10_000) if number_split(n) == split]
     utterances = []
     for _ in range(count):
         n = numbers[int(rng.integers(len(numbers)))]

@@ -138,16 +138,16 @@ def sample(rng: np.random.Generator, *, kind: str, frames: int, size: int) -> Cl
         speed = int(rng.integers(2, 4))  # several pixels a frame: the motion crosses patches
         speed = min(speed, max(1, (size - 2 * radius - 2) // steps))
         (ux, uy), travel = DIRECTIONS[direction], speed * steps
-        x = _start(rng, radius=radius, size=size, move=ux * travel)
-        y = _start(rng, radius=radius, size=size, move=uy * travel)
+        x = start_coordinate(rng, radius=radius, size=size, move=ux * travel)
+        y = start_coordinate(rng, radius=radius, size=size, move=uy * travel)
         return Motion(pick(shapes), pick(colours), pick(backgrounds), direction, x, y, radius, speed)
     if kind == "order":
         first, second = rng.choice(len(SHAPES), size=2, replace=False)
         radius = int(rng.integers(max(2, size // 8), low_r + 1))  # two must fit side by side
-        dx, dy = _drift(rng)
+        dx, dy = random_drift(rng)
         first_frame = int(rng.integers(0, 2))
         second_frame = int(rng.integers(first_frame + 2, frames))
-        (x1, y1), (x2, y2) = _apart(rng, radius=radius, size=size, drift=(dx * steps, dy * steps))
+        (x1, y1), (x2, y2) = apart_centres(rng, radius=radius, size=size, drift=(dx * steps, dy * steps))
         return Order(
             SHAPES[first], pick(colours), SHAPES[second], pick(colours), pick(backgrounds),
             bool(rng.integers(2)), first_frame, second_frame, x1, y1, x2, y2, dx, dy, radius,
@@ -155,22 +155,28 @@ def sample(rng: np.random.Generator, *, kind: str, frames: int, size: int) -> Cl
     if kind == "size":
         small, large = int(rng.integers(low_r - 1, low_r + 1)), int(rng.integers(high_r, high_r + 3))
         start, end = (small, large) if rng.integers(2) else (large, small)
-        dx, dy = _drift(rng)
-        x = _start(rng, radius=large, size=size, move=dx * steps)
-        y = _start(rng, radius=large, size=size, move=dy * steps)
+        dx, dy = random_drift(rng)
+        x = start_coordinate(rng, radius=large, size=size, move=dx * steps)
+        y = start_coordinate(rng, radius=large, size=size, move=dy * steps)
         return Growth(pick(shapes), pick(colours), pick(backgrounds), x, y, dx, dy, start, end)
     raise ValueError(f"unknown clip kind {kind!r}; accepted: direction, order, size")
 
 
-def render(clip: Clip, *, frames: int = 8, size: int = 32) -> list[Image.Image]:
-    """The clip as `frames` palette-mode images of size x size pixels."""
+def render(clip: Clip, *, frames: int = 8, size: int = 32,
+           background: tuple[int, int, int] | None = None) -> list[Image.Image]:
+    """The clip as `frames` images of size x size pixels: in palette mode on the clip's own
+    background, or in RGB on `background` (any colour, for clips outside the corpus's range)."""
     images = []
     for t in range(frames):
-        image = Image.new("P", (size, size), _INDEX[clip.background])
-        image.putpalette([c for rgb in _PALETTE for c in rgb])
+        if background is None:
+            image = Image.new("P", (size, size), _INDEX[clip.background])
+            image.putpalette([c for rgb in _PALETTE for c in rgb])
+        else:
+            image = Image.new("RGB", (size, size), background)
         draw = ImageDraw.Draw(image)
         for shape, colour, x, y, radius in _objects(clip, t=t, frames=frames):
-            _draw(draw, shape=shape, colour=_INDEX[colour], x=x, y=y, radius=radius)
+            fill = _INDEX[colour] if background is None else COLOURS[colour]
+            _draw(draw, shape=shape, colour=fill, x=x, y=y, radius=radius)
         images.append(image)
     for t in range(1, frames):
         if images[t].tobytes() == images[t - 1].tobytes():
@@ -211,7 +217,7 @@ def _objects(clip: Clip, *, t: int, frames: int) -> list[tuple[str, str, int, in
     return [(clip.shape, clip.colour, clip.x + clip.dx * t, clip.y + clip.dy * t, radius)]
 
 
-def _draw(draw: ImageDraw.ImageDraw, *, shape: str, colour: int, x: int, y: int, radius: int) -> None:
+def _draw(draw: ImageDraw.ImageDraw, *, shape: str, colour: int | tuple[int, int, int], x: int, y: int, radius: int) -> None:
     box = (x - radius, y - radius, x + radius, y + radius)
     if shape == "circle":
         draw.ellipse(box, fill=colour)
@@ -221,7 +227,7 @@ def _draw(draw: ImageDraw.ImageDraw, *, shape: str, colour: int, x: int, y: int,
         draw.polygon([(x, y - radius), (x + radius, y + radius), (x - radius, y + radius)], fill=colour)
 
 
-def _start(rng: np.random.Generator, *, radius: int, size: int, move: int) -> int:
+def start_coordinate(rng: np.random.Generator, *, radius: int, size: int, move: int) -> int:
     """A start coordinate such that start and start + move both keep the shape inside the frame."""
     low, high = radius + max(0, -move), size - 1 - radius - max(0, move)
     if high < low:
@@ -229,18 +235,18 @@ def _start(rng: np.random.Generator, *, radius: int, size: int, move: int) -> in
     return int(rng.integers(low, high + 1))
 
 
-def _drift(rng: np.random.Generator) -> tuple[int, int]:
+def random_drift(rng: np.random.Generator) -> tuple[int, int]:
     while True:
         dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
         if (dx, dy) != (0, 0):
             return dx, dy
 
 
-def _apart(rng: np.random.Generator, *, radius: int, size: int, drift: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def apart_centres(rng: np.random.Generator, *, radius: int, size: int, drift: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Two start centres whose shapes never overlap (they drift together)."""
     for _ in range(1000):
-        a = (_start(rng, radius=radius, size=size, move=drift[0]), _start(rng, radius=radius, size=size, move=drift[1]))
-        b = (_start(rng, radius=radius, size=size, move=drift[0]), _start(rng, radius=radius, size=size, move=drift[1]))
+        a = (start_coordinate(rng, radius=radius, size=size, move=drift[0]), start_coordinate(rng, radius=radius, size=size, move=drift[1]))
+        b = (start_coordinate(rng, radius=radius, size=size, move=drift[0]), start_coordinate(rng, radius=radius, size=size, move=drift[1]))
         if max(abs(a[0] - b[0]), abs(a[1] - b[1])) > 2 * radius + 1:
             return a, b
     raise ValueError(f"two shapes of radius {radius} do not fit apart in {size} pixels")
