@@ -57,6 +57,23 @@ def test_template_tokens_and_loss_mask(tok):
     assert set(row) == set(B.TEXT_KEYS)
 
 
+def test_multi_turn_masks_score_the_model_turns_or_the_last_one(tok, files):
+    ex = chat(("user", [Part(image=str(files / "wide.png")), Part(text="Hi")]), ("model", [Part(text="A red circle.")]),
+              ("user", [Part(text="And?")]), ("model", [Part(text="A blue square.")]))
+    e, eot = tok.encode, tok.end_of_turn_id
+    row = encode_example(ex, tokenizer=tok, config=CONFIG)
+    np.testing.assert_array_equal(row["targets"][row["loss_mask"] == 1], [*e("A red circle."), eot, *e("A blue square."), eot])
+    assert not row["loss_mask"][row["tokens"] == CONFIG.image_token_id].any()  # media is read, never scored
+    last = encode_example(dataclasses.replace(ex, train_on="last"), tokenizer=tok, config=CONFIG)
+    np.testing.assert_array_equal(last["tokens"], row["tokens"])
+    np.testing.assert_array_equal(last["targets"][last["loss_mask"] == 1], [*e("A blue square."), eot])
+    # The golden mask: 1 from the last reply's first token to its <end_of_turn>, 0 elsewhere.
+    start = len(row["targets"]) - 1 - len(e("A blue square.")) - 1  # then <end_of_turn>, then "\n" (unscored)
+    expected = np.zeros(len(row["targets"]), np.float32)
+    expected[start:start + len(e("A blue square.")) + 1] = 1
+    np.testing.assert_array_equal(last["loss_mask"], expected)
+
+
 def test_train_on_all_and_raw_text(tok):
     ex = chat(("user", [Part(text="Hi")]), ("model", [Part(text="Yo")]), train_on="all")
     row = encode_example(ex, tokenizer=tok, config=CONFIG)

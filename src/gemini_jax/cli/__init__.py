@@ -13,6 +13,8 @@
     gemini-jax convert --from runs/gemma-2b --to-hf gemma-2b-hf  # and back
     gemini-jax quantize --checkpoint runs/demo --out runs/demo-int4   # int4 weights for generate/eval/serve
     gemini-jax distill --teacher runs/demo --student-preset demo-half  # a half-size student of a run
+    gemini-jax reward --data pairs.jsonl --init-from runs/demo   # a reward model on preference pairs
+    gemini-jax dpo --data pairs.jsonl --init-from runs/demo      # a policy trained on them with DPO
 
 flags.py defines the flags, commands.py one handler per command; this module runs them.
 """

@@ -93,6 +93,17 @@ def distill(args: argparse.Namespace) -> None:
     _write_json(args.output, results)
 
 
+def preference(args: argparse.Namespace) -> None:
+    from gemini_jax.recipes.preference import PreferenceRecipe, train_on_preferences
+
+    recipe = recipe_from_flags(PreferenceRecipe, args, kind=args.command, data=args.data, init_from=args.init_from,
+                               run_dir=args.run_dir, beta=getattr(args, "beta", 0.1),
+                               validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+                               max_bad_records=args.max_bad_records)
+    _start_backend(args, recipe)
+    _write_json(args.output, train_on_preferences(recipe))
+
+
 def evaluate(args: argparse.Namespace) -> None:
     from gemini_jax.evals.registry import (
         DEFAULT_TASKS,
@@ -169,5 +180,5 @@ def data(args: argparse.Namespace) -> None:
     run(args)
 
 
-HANDLERS = {"train": train, "distill": distill, "eval": evaluate, "generate": generate, "serve": serve,
+HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "eval": evaluate, "generate": generate, "serve": serve,
             "presets": presets, "convert": convert, "quantize": quantize, "data": data}

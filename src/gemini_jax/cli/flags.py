@@ -164,6 +164,55 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     _add_scale_flags(p)
 
 
+PREFERENCE_HELP = {
+    "reward": ("train a reward model (a run's decoder with a scalar head) on preference pairs",
+               "Trains a reward model on preference pairs (one JSONL line each: 'contents', the prompt, ending on a "
+               "user turn; 'chosen' and 'rejected', the parts of two replies; docs/post-training.md) with the "
+               "pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected). It starts from --init-from's "
+               "decoder; the score of a reply is a linear head, started at zero, on the hidden state that "
+               "predicts its <end_of_turn>. Pairs are split by a hash of their prompt into train, validation "
+               "(scored every --eval-every steps) and test (scored once, at the end); it reports pairwise "
+               "accuracy. Re-running with the same --run-dir resumes from its last checkpoint."),
+    "dpo": ("train a policy on preference pairs with DPO (direct preference optimization)",
+            "Trains --init-from's model on preference pairs (the format `gemini-jax reward` reads) with the DPO "
+            "loss, -log sigmoid(beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log "
+            "ref(rejected)))), where ref is --init-from's model, frozen, and log pi sums the reply's token "
+            "log-probabilities. Pairs are split by a hash of their prompt; validation is scored every "
+            "--eval-every steps and test at the end, as the share of pairs whose implicit reward beta * (log pi "
+            "- log ref) is higher for the chosen reply. Re-running with the same --run-dir resumes."),
+}
+
+
+def _add_preference(sub: argparse._SubParsersAction, kind: str) -> None:
+    summary, description = PREFERENCE_HELP[kind]
+    p = sub.add_parser(kind, help=summary, description=description, formatter_class=_HelpFormatter)
+    p.add_argument("--data", required=True, metavar="PAIRS_JSONL", help="the preference pairs, one JSON object a line")
+    p.add_argument("--init-from", required=True, metavar="RUN_DIR",
+                   help="the run to start from (its config, tokenizer and latest parameters): an SFT run, the demo, "
+                   "or any `gemini-jax train` or `convert` run")
+    p.add_argument("--run-dir", default=f"runs/{kind}", help="where checkpoints, metrics.jsonl and loss.png go")
+    if kind == "dpo":
+        p.add_argument("--beta", type=positive_float, default=0.1,
+                       help="scale of the implicit reward: higher keeps the policy closer to --init-from")
+    p.add_argument("--validation-fraction", type=unit_interval, default=0.1,
+                   help="share of prompts (by hash) held out for validation")
+    p.add_argument("--test-fraction", type=unit_interval, default=0.1, help="share of prompts (by hash) held out for test")
+    p.add_argument("--max-bad-records", type=non_negative_int, default=0,
+                   help="malformed pairs that may be skipped (and counted) before the run refuses the file")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="pairs per batch (default: 16)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--seed", type=seed, default=0, help="seed for the data order")
+    p.add_argument("--eval-every", type=non_negative_int, default=0,
+                   help="steps between validation scores (0: only at the end)")
+    p.add_argument("--eval-limit", type=positive_int, default=None,
+                   help="at most this many pairs per held-out split in the final evaluation (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_scale_flags(p)
+
+
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
@@ -334,7 +383,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 # The commands that compile XLA programs: each takes --no-compile-cache.
-COMPILING_COMMANDS = ("train", "distill", "eval", "generate", "serve", "convert", "quantize")
+COMPILING_COMMANDS = ("train", "distill", "reward", "dpo", "eval", "generate", "serve", "convert", "quantize")
 
 
 def _add_compile_cache_flag(p: argparse.ArgumentParser) -> None:
@@ -353,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_distill(sub)
+    for kind in PREFERENCE_HELP:
+        _add_preference(sub, kind)
     _add_eval(sub)
     _add_generate(sub)
     _add_serve(sub)

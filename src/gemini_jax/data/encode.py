@@ -17,7 +17,8 @@ Each media item is one bidirectional span (`media_spans`). With
 
 `tokens` is the rendering without its last token and `targets` without its first, so
 position i predicts token i + 1. Loss (train_on="model"): the parts of model turns and
-their <end_of_turn>, the stop token the sampler waits for; train_on="all": every text
+their <end_of_turn>, the stop token the sampler waits for; train_on="last": the same for
+the last model turn only; train_on="all": every text
 target, template included. Media placeholders and markers are never targets: the model
 reads media, it does not write it. Raw-text examples are <bos> text <eos>, all counted.
 
@@ -241,8 +242,9 @@ def _render(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
         return
     template = example.train_on == "all"
     bidirectional = enc.config.prompt_attention == "bidirectional"
-    for turn in example.contents:
-        in_loss = template or turn.role == "model"
+    last_model = max((i for i, t in enumerate(example.contents) if t.role == "model"), default=-1)
+    for i, turn in enumerate(example.contents):
+        in_loss = template or (turn.role == "model" and (example.train_on == "model" or i == last_model))
         # A turn the model reads but never writes may see itself both ways; a scored one
         # may not, or its tokens would see the targets they predict.
         enc.turn_span = enc.out.new_span() if bidirectional and not in_loss else 0

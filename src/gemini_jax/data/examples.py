@@ -23,6 +23,7 @@ import numpy as np
 Role = Literal["user", "model"]
 ROLES = ("user", "model")
 PART_KINDS = ("text", "image", "audio", "video")
+TRAIN_ON = ("model", "last", "all")
 
 
 class ExampleError(ValueError):
@@ -72,15 +73,16 @@ class Content:
 class Example:
     """One training or evaluation example.
 
-    `train_on` says where the loss goes: "model" (the model's turns, the default) or
-    "all" (every text token, for plain language modelling). `raw_text` examples are
+    `train_on` says where the loss goes: "model" (the model's turns, the default), "last"
+    (the last model turn only: the reply a preference pair compares, earlier turns being its
+    context) or "all" (every text token, for plain language modelling). `raw_text` examples are
     rendered without the chat template (a document, not a conversation). Examples that share a
     `group` (e.g. several questions on one image, or augmented copies of one original) land in one
     split together: `data prepare` splits by the group's hash instead of the example's.
     """
 
     contents: tuple[Content, ...]
-    train_on: Literal["model", "all"] = "model"
+    train_on: Literal["model", "last", "all"] = "model"
     raw_text: bool = False
     task: str = ""
     group: str = ""
@@ -89,8 +91,8 @@ class Example:
         object.__setattr__(self, "contents", tuple(self.contents))
         if not self.contents:
             raise ExampleError("an example has no contents")
-        if self.train_on not in ("model", "all"):
-            raise ExampleError(f"train_on must be 'model' or 'all', got {self.train_on!r}")
+        if self.train_on not in TRAIN_ON:
+            raise ExampleError(f"train_on must be one of {TRAIN_ON}, got {self.train_on!r}")
 
 
 def text_document(text: str, *, task: str = "text") -> Example:

@@ -324,10 +324,15 @@ def _split_of(record: bytes, options: PrepareOptions, *, group: str = "") -> str
     """By the hash of the record, or of its group when it has one (a group's examples stay
     together), never by position: the same example lands in the same split every run."""
     key = b"group:" + group.encode("utf-8") if group else record
+    return hash_split(key, validation_fraction=options.validation_fraction, test_fraction=options.test_fraction)
+
+
+def hash_split(key: bytes, *, validation_fraction: float, test_fraction: float) -> str:
+    """"test", "validation" or "train", by a stable hash of `key` (never Python's salted hash)."""
     u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-    if u < options.test_fraction:
+    if u < test_fraction:
         return "test"
-    if u < options.test_fraction + options.validation_fraction:
+    if u < test_fraction + validation_fraction:
         return "validation"
     return "train"
 
