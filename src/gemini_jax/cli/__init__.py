@@ -15,6 +15,7 @@
     gemini-jax distill --teacher runs/demo --student-preset demo-half  # a half-size student of a run
     gemini-jax reward --data pairs.jsonl --init-from runs/demo   # a reward model on preference pairs
     gemini-jax dpo --data pairs.jsonl --init-from runs/demo      # a policy trained on them with DPO
+    gemini-jax rl --data prompts.jsonl --init-from runs/demo --reward runs/reward   # RL from a reward
 
 flags.py defines the flags, commands.py one handler per command; this module runs them.
 """

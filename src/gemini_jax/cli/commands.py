@@ -104,6 +104,19 @@ def preference(args: argparse.Namespace) -> None:
     _write_json(args.output, train_on_preferences(recipe))
 
 
+def rl(args: argparse.Namespace) -> None:
+    from gemini_jax.recipes.rl import RLRecipe, train_with_rl
+
+    recipe = recipe_from_flags(RLRecipe, args, data=args.data, init_from=args.init_from, reward=args.reward,
+                               run_dir=args.run_dir, prompts_per_step=args.prompts_per_step,
+                               group_size=args.group_size, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
+                               validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+                               max_bad_records=args.max_bad_records)
+    _start_backend(args, recipe)
+    _write_json(args.output, train_with_rl(recipe))
+
+
 def evaluate(args: argparse.Namespace) -> None:
     from gemini_jax.evals.registry import (
         DEFAULT_TASKS,
@@ -180,5 +193,5 @@ def data(args: argparse.Namespace) -> None:
     run(args)
 
 
-HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "eval": evaluate, "generate": generate, "serve": serve,
+HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,
             "presets": presets, "convert": convert, "quantize": quantize, "data": data}

@@ -213,6 +213,50 @@ def _add_preference(sub: argparse._SubParsersAction, kind: str) -> None:
     _add_scale_flags(p)
 
 
+def _add_rl(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rl", help="train a policy from a reward: exact match with reference answers, or a reward model run",
+        description="Reinforcement learning from a reward, group-relative (GRPO-style) with a KL penalty to "
+        "--init-from's model. Each step samples --group-size replies to each of --prompts-per-step training "
+        "prompts with the current policy (through the project's compiled sampler), scores them with --reward, "
+        "gives each reply its reward minus its group's mean over the group's standard deviation as its "
+        "advantage, and takes one update on -advantage * log pi(reply) + --kl-coef * KL(pi || init). Prompts are "
+        "conversations (JSONL, the contents format) ending on the model turn that answers them, the reference; "
+        "they are split by a hash of their prompt. Validation prompts are answered greedily and scored every "
+        "--eval-every steps, test prompts at the end. A non-finite reward skips its update (counted as "
+        "skipped_updates). Re-running with the same --run-dir resumes, sampling what the uninterrupted run would.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--data", required=True, metavar="PROMPTS_JSONL",
+                   help="conversations, one JSON object a line, each ending on its reference answer (a model turn)")
+    p.add_argument("--init-from", required=True, metavar="RUN_DIR",
+                   help="the starting policy, also the KL penalty's reference: its config, tokenizer and latest parameters")
+    p.add_argument("--reward", default="exact_match", metavar="exact_match|RUN_DIR",
+                   help="exact_match: 1 when the reply equals the reference (lower case, no punctuation or articles), "
+                   "else 0; or a reward model run written by `gemini-jax reward` from the policy's run (same tokenizer)")
+    p.add_argument("--run-dir", default="runs/rl", help="where checkpoints, metrics.jsonl and loss.png go")
+    p.add_argument("--prompts-per-step", type=positive_int, default=8, help="training prompts per update")
+    p.add_argument("--group-size", type=positive_int, default=4, help="replies sampled per prompt (at least 2)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--max-new-tokens", type=positive_int, default=16, help="longest reply sampled")
+    p.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="weight of the KL penalty to --init-from")
+    p.add_argument("--validation-fraction", type=unit_interval, default=0.1,
+                   help="share of prompts (by hash) held out for validation")
+    p.add_argument("--test-fraction", type=unit_interval, default=0.1, help="share of prompts (by hash) held out for test")
+    p.add_argument("--max-bad-records", type=non_negative_int, default=0,
+                   help="malformed conversations that may be skipped (and counted) before the run refuses the file")
+    p.add_argument("--steps", type=positive_int, default=None, help="updates (default: 100)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the prompt order and of every rollout")
+    p.add_argument("--eval-every", type=non_negative_int, default=0,
+                   help="steps between validation scores (0: only at the end)")
+    p.add_argument("--eval-limit", type=positive_int, default=None,
+                   help="at most this many prompts per held-out split in the evaluations (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_scale_flags(p)
+
+
 DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here so that --help needs no JAX
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
@@ -383,7 +427,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 # The commands that compile XLA programs: each takes --no-compile-cache.
-COMPILING_COMMANDS = ("train", "distill", "reward", "dpo", "eval", "generate", "serve", "convert", "quantize")
+COMPILING_COMMANDS = ("train", "distill", "reward", "dpo", "rl", "eval", "generate", "serve", "convert", "quantize")
 
 
 def _add_compile_cache_flag(p: argparse.ArgumentParser) -> None:
@@ -404,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill(sub)
     for kind in PREFERENCE_HELP:
         _add_preference(sub, kind)
+    _add_rl(sub)
     _add_eval(sub)
     _add_generate(sub)
     _add_serve(sub)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flax import nnx
 
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import EncodeError, encode_example
@@ -48,6 +49,11 @@ class Sampler:
         self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
         self.media_cache = media_cache
         self.stop_ids = np.array(stop_token_ids(model.config, tokenizer), np.int32)
+
+    def load_weights(self, model: Gemini) -> None:
+        """Samples with `model`'s weights from now on (a policy being trained): the same
+        architecture, so nothing compiles again."""
+        self.programs.state = nnx.split(model)[1]
 
     def encode_prompt(self, prompt: Example) -> dict[str, np.ndarray]:
         return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,

@@ -39,20 +39,26 @@ def _mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def reply_log_probs(model: Gemini, batch: Mapping[str, jax.Array]) -> jax.Array:
-    """float32[2B]: each row's summed log-probability of its scored tokens (its reply).
+def token_log_probs(model: Gemini, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(float32[R, K] log-probability of each scored target, float32[R, K] its weight) at the
+    batch's `loss_positions` (weight 0 where a row has fewer than K scored tokens).
 
-    Logits are projected at the batch's `loss_positions` only (a reply is a few tokens of its
-    row), whole: fine for replies of a few hundred tokens over a vocabulary of 256K."""
-    hidden = model(model_inputs(batch)).hidden  # [2B, T, D]
-    positions = batch["loss_positions"]  # [2B, K]
-    hidden = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [2B, K, D]
+    Logits are projected at those positions only (a reply is a few tokens of its row), whole:
+    fine for replies of a few hundred tokens over a vocabulary of 256K."""
+    hidden = model(model_inputs(batch)).hidden  # [R, T, D]
+    positions = batch["loss_positions"]  # [R, K]
+    hidden = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [R, K, D]
     targets = jnp.take_along_axis(batch["targets"], positions, axis=1)
     weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1).astype(jnp.float32)
     project = functools.partial(tied_logits, dtype=model.embedder.dtype)
     log_probs = jax.nn.log_softmax(project(model.embedder.table.get_value(), hidden).astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [2B, K]
-    return (picked * weights).sum(axis=1)
+    return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0], weights
+
+
+def reply_log_probs(model: Gemini, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """float32[R]: each row's summed log-probability of its scored tokens (its reply)."""
+    log_probs, weights = token_log_probs(model, batch)
+    return (log_probs * weights).sum(axis=1)
 
 
 def bradley_terry_loss(scores: jax.Array, real: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
