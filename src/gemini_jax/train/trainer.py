@@ -109,8 +109,10 @@ class Trainer:
     logged_metrics: tuple[str, ...] = ()
 
     def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None,
-                 logits_chunk_tokens: int | None = None):
-        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+                 logits_chunk_tokens: int | None = None, trainable: nnx.filterlib.Filter = nnx.Param):
+        # `trainable` picks the variables the optimizer updates (train/lora.py passes
+        # nnx.LoRAParam); everything else is held, unchanged, in `rest`.
+        self.graphdef, self.params, self.rest = nnx.split(model, trainable, ...)
         self.logits_chunk_tokens = logits_chunk_tokens  # None: train/loss.py's default for the vocabulary
         self.tx = make_optimizer(optimizer)
         self.schedule = learning_rate_schedule(optimizer)

@@ -1,0 +1,214 @@
+"""LoRA (train/lora.py): a fresh adapter changes nothing, training moves only the adapters,
+merging keeps the logits, every targeted weight gets its adapter (k and v under multi-query
+attention too), and bad settings or adapter states are refused with clear errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import greedy_continuation
+from gemini_jax import sharding
+from gemini_jax.config import PRESETS
+from gemini_jax.model import Gemini
+from gemini_jax.train.batches import model_inputs, with_loss_positions
+from gemini_jax.train.lora import (
+    TARGETS,
+    LoraConfig,
+    LoraError,
+    LoraTrainer,
+    LoraWeight,
+    adapter_state,
+    apply_lora,
+    check_adapters,
+    freeze_base,
+    load_adapter_state,
+    lora_weights,
+    merge_lora,
+)
+from gemini_jax.train.optimizer import OptimizerConfig
+from random_batches import random_text_batch
+
+CONFIG = PRESETS["test"]
+MQA = dataclasses.replace(CONFIG.text_only, num_kv_heads=1)
+LORA = LoraConfig(rank=3, alpha=6.0)
+OPTIMIZER = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, total_steps=20)
+
+
+def logits(model, batch):
+    return np.asarray(nnx.jit(lambda m, b: m(b).logits)(model, model_inputs(with_loss_positions(batch))))
+
+
+def randomized(model, seed=0):
+    """`model`'s adapters with random nonzero A and B (a trained adapter, without training)."""
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape), jnp.float32), adapter_state(model))
+    load_adapter_state(model, state)
+    return model
+
+
+def frozen_params(model):
+    """{path: array} of every nnx.Param that is not an adapter, paths as in the plain model
+    (an adapted weight's 'base' step dropped)."""
+    state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+    return {tuple(str(k) for k in path if k != "base"): np.asarray(v.get_value())
+            for path, v in nnx.to_flat_state(state)}
+
+
+def test_a_fresh_adapter_gives_exactly_the_base_logits(build_model):
+    base = build_model(CONFIG)
+    adapted = apply_lora(base, LORA, nnx.Rngs(1))
+    batch = random_text_batch(CONFIG.vocab_size, rows=2, length=12)
+    np.testing.assert_array_equal(logits(adapted, batch), logits(base, batch))
+    assert not lora_weights(base)  # the input model is left as it was
+
+
+def test_training_moves_only_the_adapters_and_leaves_the_base_bit_identical(build_model):
+    base = build_model(CONFIG)
+    adapted = apply_lora(base, LORA, nnx.Rngs(1))
+    before = jax.tree.map(np.array, adapter_state(adapted))
+    trainer = LoraTrainer(adapted, OPTIMIZER)
+    losses = [float(trainer.step(random_text_batch(CONFIG.vocab_size, seed=i))["loss"]) for i in range(4)]
+    assert all(np.isfinite(losses))
+    trained = trainer.model
+    expected = frozen_params(base)
+    got = frozen_params(trained)
+    assert got.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_array_equal(got[path], value, err_msg=".".join(path))
+    after = adapter_state(trained)
+    for (path, old), new in zip(jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after), strict=True):
+        assert not np.array_equal(old, np.asarray(new)), f"adapter {jax.tree_util.keystr(path)} did not train"
+    # The optimizer holds the adapters alone.
+    trained_count = sum(x.size for x in jax.tree.leaves(trainer.params))
+    assert trained_count == sum(np.size(x) for x in jax.tree.leaves(after))
+
+
+def test_merged_and_unmerged_adapters_give_the_same_logits(build_model):
+    base = build_model(CONFIG)
+    adapted = randomized(apply_lora(base, LORA, nnx.Rngs(1)))
+    merged = merge_lora(adapted)
+    batch = random_text_batch(CONFIG.vocab_size, rows=2, length=12)
+    unmerged_logits = logits(adapted, batch)
+    np.testing.assert_allclose(logits(merged, batch), unmerged_logits, atol=1e-5, rtol=1e-5)
+    assert np.abs(unmerged_logits - logits(base, batch)).max() > 1e-2  # the adapters matter
+    # A plain model: no adapter left, the base model's parameter paths, shapes and dtypes.
+    assert not lora_weights(merged) and not nnx.state(merged, nnx.LoRAParam)
+    plain = jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(nnx.state(merged, nnx.Param)))
+    assert plain == jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(nnx.state(base, nnx.Param)))
+    # o [N, H, D] contracts two axes: W + (alpha / rank) * A[N, H, r] @ B[r, D].
+    o = adapted.decoder.blocks[1].attn.o
+    expected = np.asarray(o.base[...]) + 2.0 * np.einsum("nhr,rd->nhd", o.lora_a[...], o.lora_b[...])
+    np.testing.assert_allclose(np.asarray(merged.decoder.blocks[1].attn.o[...]), expected, atol=1e-6)
+
+
+def test_every_targeted_weight_has_its_adapter_under_multi_query_attention(build_model):
+    model = build_model(MQA)
+    adapted = apply_lora(model, LORA, nnx.Rngs(1))
+    weights = lora_weights(adapted)
+    assert len(weights) == MQA.depth * len(TARGETS)
+    assert len(jax.tree.leaves(adapter_state(adapted))) == 2 * MQA.depth * len(TARGETS)
+    for i in range(MQA.depth):
+        for name, (layer_type, _) in TARGETS.items():
+            layer = "attn" if layer_type.__name__ == "Attention" else "mlp"
+            weight = weights[f"decoder.blocks.{i}.{layer}.{name}"]
+            assert weight.lora_a.shape[-1] == weight.lora_b.shape[0] == LORA.rank
+            assert weight.delta().shape == weight.base.shape
+    k = weights["decoder.blocks.0.attn.k"]
+    assert k.lora_b.shape == (LORA.rank, 1, MQA.head_dim)  # one key/value head
+    # A subset adapts only what it names; the check finds a weight that lost its adapter.
+    only_kv = LoraConfig(rank=2, alpha=2.0, targets=("k", "v"))
+    kv = apply_lora(model, only_kv, nnx.Rngs(1))
+    assert sorted(lora_weights(kv)) == sorted(f"decoder.blocks.{i}.attn.{n}" for i in range(MQA.depth) for n in "kv")
+    kv.decoder.blocks[1].attn.v = kv.decoder.blocks[1].attn.v.base
+    with pytest.raises(LoraError, match=r"decoder\.blocks\.1\.attn\.v"):
+        check_adapters(kv, only_kv)
+
+
+def test_the_encoders_get_no_adapters(build_model):
+    adapted = apply_lora(build_model(CONFIG), LORA, nnx.Rngs(1))
+    assert all(path.startswith("decoder.") for path in lora_weights(adapted))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"targets": ("q", "wq")}, r"unknown LoRA target\(s\) 'wq'; accepted: q, k, v, o, gate, up, down"),
+    ({"targets": "q"}, "tuple of names"),
+    ({"targets": ()}, "at least one target"),
+    ({"rank": 0}, "rank must be an integer >= 1, got 0"),
+    ({"rank": 2.5}, "rank must be an integer"),
+    ({"alpha": 0.0}, "alpha must be a number > 0"),
+])
+def test_bad_settings_are_refused_with_a_clear_message(changes, message):
+    with pytest.raises(ValueError, match=message):
+        LoraConfig(**changes)
+
+
+def test_an_adapter_is_not_stacked_on_another(build_model):
+    adapted = apply_lora(build_model(MQA), LORA, nnx.Rngs(1))
+    with pytest.raises(LoraError, match="already has a LoRA adapter"):
+        apply_lora(adapted, LORA, nnx.Rngs(2))
+
+
+def test_adapter_state_round_trips_and_refuses_another_shape(build_model):
+    model = build_model(MQA)
+    trained = randomized(apply_lora(model, LORA, nnx.Rngs(1)), seed=3)
+    saved = jax.tree.map(np.asarray, adapter_state(trained))
+    # A checkpoint may give the blocks' integer keys back as strings.
+    saved["decoder"]["blocks"] = {str(k): v for k, v in saved["decoder"]["blocks"].items()}
+    restored = apply_lora(model, LORA, nnx.Rngs(7))
+    load_adapter_state(restored, saved)
+    batch = random_text_batch(MQA.vocab_size, rows=2, length=12)
+    np.testing.assert_array_equal(logits(restored, batch), logits(trained, batch))
+    with pytest.raises(LoraError, match=r"decoder\.blocks\.0\.attn\.k\.lora_a has shape \(24, 3\).*\(24, 5\)"):
+        load_adapter_state(apply_lora(model, LoraConfig(rank=5, alpha=5.0), nnx.Rngs(1)), saved)
+    with pytest.raises(LoraError, match="no adapter for"):
+        load_adapter_state(apply_lora(model, LoraConfig(rank=3, alpha=6.0, targets=("q",)), nnx.Rngs(1)), saved)
+
+
+def test_prefill_and_decode_see_the_adapters(build_model):
+    """Every path through the model reads the adapted weights, not only __call__."""
+    adapted = randomized(apply_lora(build_model(MQA), LORA, nnx.Rngs(1)), seed=5)
+    prompt = {k: v[:1] for k, v in random_text_batch(MQA.vocab_size, rows=1, length=6).items()}
+    prompt = {k: prompt[k] for k in ("tokens", "segment_ids", "positions", "media_spans")}
+    assert greedy_continuation(adapted, prompt, 4) == greedy_continuation(merge_lora(adapted), prompt, 4)
+
+
+def test_a_bfloat16_frozen_base_trains_its_adapters_and_stays_unchanged(build_model):
+    adapted = freeze_base(apply_lora(build_model(MQA), LORA, nnx.Rngs(1)))
+    assert adapted.decoder.blocks[0].mlp.up.base.get_value().dtype == jnp.bfloat16
+    assert adapted.decoder.blocks[0].pre_mlp_norm.scale.get_value().dtype == jnp.float32
+    before = frozen_params(adapted)
+    trainer = LoraTrainer(adapted, OPTIMIZER)
+    losses = [float(trainer.step(random_text_batch(MQA.vocab_size, seed=i))["loss"]) for i in range(3)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    after = frozen_params(trainer.model)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=".".join(path))
+
+
+def test_a_lora_step_lowers_on_a_mesh_from_an_abstract_model():
+    """Compile-only: the adapters take their weights' logical axes, so a mesh shards them too."""
+    mesh = sharding.make_mesh(sharding.MeshShape(fsdp=2, tensor=2))
+    abstract = nnx.eval_shape(lambda: apply_lora(Gemini(MQA, rngs=nnx.Rngs(0)), LORA, nnx.Rngs(1)))
+    trainer = LoraTrainer(abstract, OPTIMIZER, mesh=mesh)
+    batch = {k: jax.ShapeDtypeStruct((4, 32), np.float32 if k == "loss_mask" else np.int32)
+             for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions", "media_spans", "loss_positions")}
+    assert "sharding" in trainer.lower(batch).as_text()
+    up_b = trainer.params["decoder"]["blocks"][0]["mlp"]["up"]["lora_b"].get_value()
+    assert up_b.sharding.spec == jax.sharding.PartitionSpec(None, "tensor")  # [r, F]: F over tensor
+
+
+def test_a_lora_trainer_needs_adapters(build_model):
+    with pytest.raises(LoraError, match="apply_lora"):
+        LoraTrainer(build_model(MQA), OPTIMIZER)
+
+
+def test_lora_weight_reads_as_base_plus_scaled_product():
+    base = nnx.Param(jnp.arange(12, dtype=jnp.float32).reshape(3, 4))
+    weight = LoraWeight(base, input_axes=1, rank=2, scale=0.5, rngs=nnx.Rngs(0))
+    weight.lora_b[...] = jnp.ones((2, 4), jnp.float32)
+    expected = np.asarray(base[...]) + 0.5 * np.asarray(weight.lora_a[...]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(weight.get_value()), expected, rtol=1e-6)
