@@ -93,7 +93,7 @@ def test_plain_data_holds_plain_strings_and_old_json_loads_equal():
     assert type(data["dtype"]) is str and type(data["vision"]["frame_pooling"]) is str
     # A config.json written before the enums: the same plain strings, the same config.
     text = json.dumps(data)
-    assert '"dtype": "float32"' in text and '"frame_pooling": "grid"' in text and '"attention_impl": "auto"' in text
+    assert '"dtype": "float32"' in text and '"frame_pooling": "grid+frame"' in text and '"attention_impl": "auto"' in text
     assert config_from_dict(json.loads(text)) == PRESETS["demo"]
     assert json.loads(json.dumps(config_to_dict(config_from_dict(json.loads(text))))) == json.loads(text)
 

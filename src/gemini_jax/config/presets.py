@@ -27,8 +27,9 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # The model the embedded demo trains on 2 CPU cores in minutes. Its 32-pixel video frames
     # are upscaled to 4 x 4 patches, where their shapes are as large as easy-VQA's, so what the
-    # encoder learns about shapes from images reads them in frames too; each frame token pools
-    # one quarter of its frame ("grid"), which motion questions need (docs/vision.md).
+    # encoder learns about shapes from images reads them in frames too; four of a frame's tokens
+    # each pool one quarter of it, which motion questions need, and a fifth the whole frame, which
+    # names the shapes that order questions ask about ("grid+frame", docs/vision.md).
     "demo": ModelConfig(
         vocab_size=1024,
         width=64,
@@ -40,8 +41,8 @@ PRESETS: dict[str, ModelConfig] = {
         max_seq_len=512,
         vision=VisionConfig(
             patch_size=16, max_patches=16, frame_max_patches=16, max_grid=16, width=64, depth=1,
-            num_heads=4, mlp_dim=128, image_soft_tokens=16, frame_soft_tokens=4, num_frames=8,
-            frame_pooling=FramePooling.GRID,
+            num_heads=4, mlp_dim=128, image_soft_tokens=16, frame_soft_tokens=5, num_frames=8,
+            frame_pooling=FramePooling.GRID_AND_FRAME,
         ),
         audio=AudioConfig(num_mels=64, width=64, depth=2, num_heads=4, mlp_dim=128, conv_kernel=15,
                           max_seconds=8.0),
