@@ -1,0 +1,148 @@
+"""A behaviour the demo model lacks, taught by post-training: answering in a full sentence.
+
+Asked "What color is the shape? Answer in a full sentence.", the demo run answers "blue". The
+behaviour wanted is "The shape is blue." (for "what is the blue shape?": "The blue shape is a
+rectangle."), while a question without the instruction keeps its short answer. `follows` is the
+rule that judges a reply; it labels the data written here and judges held-out replies, and is
+never the policy's training signal except through the reward model trained on its labels.
+
+    python examples/post_training.py data data/post      # sft.jsonl, pairs.jsonl, prompts.jsonl, heldout.jsonl
+    python examples/post_training.py judge data/post/heldout.jsonl runs/demo runs/sft runs/rl
+
+Training data comes from easy-VQA's training images (which the demo trained on), the held-out
+prompts from its test images; only shape and colour questions are used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import easy_vqa
+import numpy as np
+
+from gemini_jax.data.corpora.demo_tasks import easy_vqa_data_dir
+
+INSTRUCTION = "Answer in a full sentence."
+SHAPES, COLOURS = ("circle", "rectangle", "triangle"), ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+_SHAPE_QUESTION = re.compile(
+    r"what (?:shape(?: is(?: in the image| present| this)?| does the image contain)|is the (?P<colour>\w+) shape)\?")
+_COLOUR_QUESTION = re.compile(r"what (?:colou?r is|is the colou?r of) the (?P<shape>\w+)(?: in the image)?\?")
+
+
+def kind_of(question: str) -> tuple[str, str | None] | None:
+    """("shape", the colour named or None) or ("colour", the shape named), or None (another kind)."""
+    if match := _SHAPE_QUESTION.fullmatch(question):
+        return "shape", match["colour"]
+    if match := _COLOUR_QUESTION.fullmatch(question):
+        return "colour", match["shape"]
+    return None
+
+
+def sentence(question: str, answer: str) -> str:
+    """The full-sentence answer that names what was asked about."""
+    kind, named = kind_of(question)
+    if kind == "shape":
+        return f"The {named + ' ' if named else ''}shape is a {answer}."
+    return f"The {named} is {answer}."
+
+
+def follows(question: str, reply: str, answer: str) -> bool:
+    """The rule: one sentence (a capital, a closing full stop, at least four words) that names what
+    was asked about ("shape", or the shape named) and gives the right answer, and nothing else."""
+    kind, named = kind_of(question)
+    words = re.findall(r"[a-z]+", reply.lower())
+    subject = "shape" if kind == "shape" else named
+    others = set(SHAPES if kind == "shape" else COLOURS) - {answer}
+    return (reply[:1].isupper() and reply.endswith(".") and reply.count(".") == 1 and len(words) >= 4
+            and subject in words and answer in words and not others & set(words))
+
+
+def _questions(split: str) -> list[tuple[str, str, str]]:
+    questions, answers, ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
+    images = Path(easy_vqa_data_dir()) / split / "images"
+    return [(q, a, str(images / f"{i}.png")) for q, a, i in zip(questions, answers, ids) if kind_of(q)]
+
+
+def _turn(role: str, *parts: dict) -> dict:
+    return {"role": role, "parts": list(parts)}
+
+
+def _prompt(question: str, image: str, instructed: bool) -> list[dict]:
+    text = f"{question} {INSTRUCTION}" if instructed else question
+    return [_turn("user", {"image": image}, {"text": text})]
+
+
+def _wrong(question: str, answer: str, rng: np.random.Generator) -> str:
+    """A rejected reply: the bare answer, the sentence with a wrong answer, or one that does not
+    name what was asked about."""
+    kind, _ = kind_of(question)
+    options = [o for o in (SHAPES if kind == "shape" else COLOURS) if o != answer]
+    choice = int(rng.integers(3))
+    if choice == 0:
+        return answer
+    if choice == 1:
+        return sentence(question, options[int(rng.integers(len(options)))])
+    return f"It is {'a ' if kind == 'shape' else ''}{answer}."
+
+
+def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1200, heldout: int = 300,
+               seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    train, test = _questions("train"), _questions("test")
+    order = rng.permutation(len(train))
+    picked = [train[i] for i in order[: sft + pairs + prompts]]
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, records: list[dict]) -> None:
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    demos = []
+    for i, (q, a, image) in enumerate(picked[:sft]):
+        instructed = i % 2 == 0  # half keep the short answer: the instruction, not the sentence, is taught
+        reply = sentence(q, a) if instructed else a
+        demos.append({"contents": _prompt(q, image, instructed) + [_turn("model", {"text": reply})]})
+    write("sft.jsonl", demos)
+    write("pairs.jsonl", [{"contents": _prompt(q, image, True), "chosen": [{"text": sentence(q, a)}],
+                           "rejected": [{"text": _wrong(q, a, rng)}]}
+                          for q, a, image in picked[sft:sft + pairs]])
+    write("prompts.jsonl", [{"contents": _prompt(q, image, True) + [_turn("model", {"text": sentence(q, a)})]}
+                            for q, a, image in picked[sft + pairs:]])
+    held = [test[i] for i in rng.permutation(len(test))[:heldout]]
+    write("heldout.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in held])
+    (out / "sft.yaml").write_text("sources:\n  sft: {path: sft}\n")
+
+
+def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[str, float]]:
+    """Each run's greedy replies to the held-out prompts, judged by `follows`; and, beside the
+    first run, each later run's win rate over it (wins + ties / 2 over all prompts)."""
+    from gemini_jax.checkpoint import load_run
+    from gemini_jax.data.examples import from_json
+    from gemini_jax.sample.sampler import Sampler
+    from gemini_jax.sample.token_choice import SamplingParams
+
+    items = [json.loads(line) for line in heldout.read_text().splitlines()]
+    examples = [from_json({"contents": _prompt(it["question"], it["image"], True)}) for it in items]
+    judged = {}
+    for run_dir in runs:
+        run = load_run(run_dir)
+        sampler = Sampler(run.model, run.tokenizer)
+        replies = []
+        for start in range(0, len(examples), batch):
+            chunk = examples[start:start + batch]
+            replies += sampler.generate(chunk, [SamplingParams(max_new_tokens=16)] * len(chunk))
+        judged[run_dir] = np.array([follows(it["question"], r.strip(), it["answer"]) for it, r in zip(items, replies)])
+    base = judged[runs[0]]
+    return {run: {"follows": float(j.mean()), f"win_rate_over_{Path(runs[0]).name}": float(np.mean((j > base) + 0.5 * (j == base)))}
+            for run, j in judged.items()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "data":
+        write_data(Path(sys.argv[2]))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "judge":
+        print(json.dumps(judge(Path(sys.argv[2]), sys.argv[3:]), indent=2))
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,50 @@
+"""examples/post_training.py: the rule that labels and judges the full-sentence behaviour, and the
+files it writes (every pair's chosen reply follows the rule, every rejected one breaks it)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("post_training", ROOT / "examples" / "post_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("question, reply, answer, follows", [
+    ("what color is the shape?", "The shape is blue.", "blue", True),
+    ("what color is the triangle?", "The triangle is blue.", "blue", True),
+    ("what is the blue shape?", "The blue shape is a rectangle.", "rectangle", True),
+    ("what shape does the image contain?", "The shape is a circle.", "circle", True),
+    ("what color is the shape?", "blue", "blue", False),  # not a sentence
+    ("what color is the shape?", "The shape is red.", "blue", False),  # the wrong answer
+    ("what color is the shape?", "It is blue.", "blue", False),  # does not name what was asked about
+    ("what color is the triangle?", "The shape is blue.", "blue", False),  # names another subject
+    ("what color is the shape?", "The shape is blue or red.", "blue", False),  # hedges
+    ("what color is the shape?", "The shape is blue. Yes.", "blue", False),  # more than one sentence
+])
+def test_the_rule_by_hand(example, question, reply, answer, follows):
+    assert example.follows(question, reply, answer) is follows
+
+
+def test_the_data_is_labelled_by_the_rule(example, tmp_path):
+    example.write_data(tmp_path, sft=40, pairs=60, prompts=20, heldout=10)
+    for line in (tmp_path / "pairs.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        text = pair["contents"][0]["parts"][1]["text"]
+        assert text.endswith(example.INSTRUCTION)
+        question = text.removesuffix(" " + example.INSTRUCTION)
+        answer = pair["chosen"][0]["text"].rstrip(".").split()[-1]
+        assert example.follows(question, pair["chosen"][0]["text"], answer)
+        assert not example.follows(question, pair["rejected"][0]["text"], answer)
+    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert sum(s["contents"][0]["parts"][1]["text"].endswith(example.INSTRUCTION) for s in sft) == 20
+    held = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    assert len(held) == 10 and all("/test/" in h["image"] for h in held)
