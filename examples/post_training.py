@@ -6,11 +6,13 @@ rectangle."), while a question without the instruction keeps its short answer. `
 rule that judges a reply; it labels the data written here and judges held-out replies, and is
 never the policy's training signal except through the reward model trained on its labels.
 
-    python examples/post_training.py data data/post      # sft.jsonl, pairs.jsonl, prompts.jsonl, heldout.jsonl
-    python examples/post_training.py judge data/post/heldout.jsonl runs/demo runs/sft runs/rl
+    python examples/post_training.py data data/post      # sft, pairs, prompts; validation and heldout
+    python examples/post_training.py judge data/post/validation.jsonl runs/sft runs/rl   # to choose on
+    python examples/post_training.py judge data/post/heldout.jsonl runs/sft runs/demo runs/rl   # once, at the end
 
-Training data comes from easy-VQA's training images (which the demo trained on), the held-out
-prompts from its test images; only shape and colour questions are used.
+Training data comes from easy-VQA's training images (which the demo trained on), the validation
+prompts from other questions on them, the held-out prompts from its test images; only shape and
+colour questions are used.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
     train, test = _questions("train"), _questions("test")
     order = rng.permutation(len(train))
     picked = [train[i] for i in order[: sft + pairs + prompts]]
+    # Training-image questions none of the files above holds: what recipes are chosen on.
+    validation = [train[i] for i in order[sft + pairs + prompts: sft + pairs + prompts + heldout]]
     out.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, records: list[dict]) -> None:
@@ -112,6 +116,7 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
                             for q, a, image in picked[sft + pairs:]])
     held = [test[i] for i in rng.permutation(len(test))[:heldout]]
     write("heldout.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in held])
+    write("validation.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in validation])
     (out / "sft.yaml").write_text("sources:\n  sft: {path: sft}\n")
 
 

@@ -48,3 +48,7 @@ def test_the_data_is_labelled_by_the_rule(example, tmp_path):
     assert sum(s["contents"][0]["parts"][1]["text"].endswith(example.INSTRUCTION) for s in sft) == 20
     held = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
     assert len(held) == 10 and all("/test/" in h["image"] for h in held)
+    validation = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    asked = {(p["contents"][0]["parts"][0]["image"], p["contents"][0]["parts"][1]["text"].removesuffix(" " + example.INSTRUCTION))
+             for name in ("sft", "prompts") for p in map(json.loads, (tmp_path / f"{name}.jsonl").read_text().splitlines())}
+    assert len(validation) == 10 and not asked & {(v["image"], v["question"]) for v in validation}
