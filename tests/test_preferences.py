@@ -92,7 +92,7 @@ def test_bad_pairs_say_what_is_wrong_and_where(record, match):
 
 def test_bad_lines_are_skipped_within_a_budget_and_named_beyond_it(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [pair("a", "b", "c"), "{not json", pair("d", "e", "e"), pair("f", "g", "h")])
-    with pytest.raises(DataError, match=r"2 bad preference records") as info:
+    with pytest.raises(DataError, match=r"2 bad records of preference pairs") as info:
         read_pairs(path, max_bad_records=1)
     assert "p.jsonl:2: not JSON" in str(info.value) and "p.jsonl:3" in str(info.value)
     assert [p.chosen[0].text for p in read_pairs(path, max_bad_records=2)] == ["b", "g"]

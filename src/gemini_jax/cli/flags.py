@@ -194,23 +194,29 @@ def _add_preference(sub: argparse._SubParsersAction, kind: str) -> None:
     if kind == "dpo":
         p.add_argument("--beta", type=positive_float, default=0.1,
                        help="scale of the implicit reward: higher keeps the policy closer to --init-from")
-    p.add_argument("--validation-fraction", type=unit_interval, default=0.1,
-                   help="share of prompts (by hash) held out for validation")
-    p.add_argument("--test-fraction", type=unit_interval, default=0.1, help="share of prompts (by hash) held out for test")
-    p.add_argument("--max-bad-records", type=non_negative_int, default=0,
-                   help="malformed pairs that may be skipped (and counted) before the run refuses the file")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="pairs per batch (default: 16)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed for the data order")
+    _add_held_out_flags(p, "pairs")
+    _add_scale_flags(p)
+
+
+def _add_held_out_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """The split by hash, the bad-record budget and the evaluations: the same for reward, dpo and rl."""
+    p.add_argument("--validation-fraction", type=unit_interval, default=0.1,
+                   help=f"share of {what} (by a hash of their prompt) held out for validation")
+    p.add_argument("--test-fraction", type=unit_interval, default=0.1,
+                   help=f"share of {what} (by a hash of their prompt) held out for test")
+    p.add_argument("--max-bad-records", type=non_negative_int, default=0,
+                   help=f"malformed {what} that may be skipped (and counted) before the run refuses the file")
     p.add_argument("--eval-every", type=non_negative_int, default=0,
                    help="steps between validation scores (0: only at the end)")
     p.add_argument("--eval-limit", type=positive_int, default=None,
-                   help="at most this many pairs per held-out split in the final evaluation (default: all)")
+                   help=f"at most this many {what} per held-out split in the evaluations (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_scale_flags(p)
 
 
 def _add_rl(sub: argparse._SubParsersAction) -> None:
@@ -239,21 +245,10 @@ def _add_rl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--max-new-tokens", type=positive_int, default=16, help="longest reply sampled")
     p.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="weight of the KL penalty to --init-from")
-    p.add_argument("--validation-fraction", type=unit_interval, default=0.1,
-                   help="share of prompts (by hash) held out for validation")
-    p.add_argument("--test-fraction", type=unit_interval, default=0.1, help="share of prompts (by hash) held out for test")
-    p.add_argument("--max-bad-records", type=non_negative_int, default=0,
-                   help="malformed conversations that may be skipped (and counted) before the run refuses the file")
     p.add_argument("--steps", type=positive_int, default=None, help="updates (default: 100)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the prompt order and of every rollout")
-    p.add_argument("--eval-every", type=non_negative_int, default=0,
-                   help="steps between validation scores (0: only at the end)")
-    p.add_argument("--eval-limit", type=positive_int, default=None,
-                   help="at most this many prompts per held-out split in the evaluations (default: all)")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--output", default=None, help="also write the final results as JSON to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_held_out_flags(p, "prompts")
     _add_scale_flags(p)
 
 

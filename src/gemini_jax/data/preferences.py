@@ -22,7 +22,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import grain
 import numpy as np
@@ -30,6 +29,7 @@ import numpy as np
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import EncodeError, encode_example
 from gemini_jax.data.examples import Content, Example, ExampleError, Part, from_json
+from gemini_jax.data.jsonl_records import read_jsonl
 from gemini_jax.data.prepare.pipeline import hash_split
 from gemini_jax.data.records import DataError, Row
 from gemini_jax.data.row_shapes import RowShapes, media_shapes, pad_row, stack_rows
@@ -84,30 +84,10 @@ def pair_from_json(data: object, *, base_dir: str | os.PathLike, where: str) -> 
 
 
 def read_pairs(path: str | os.PathLike, *, max_bad_records: int = 0) -> list[PreferencePair]:
-    """Every pair of a JSONL file. A malformed line is skipped and counted; past
-    `max_bad_records` skips (default: none allowed) a DataError names each bad line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such preference file (JSONL, one pair per line)")
-    pairs, bad = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                pairs.append(pair_from_json(json.loads(line), base_dir=path.parent, where=where))
-            except json.JSONDecodeError as e:
-                bad.append(f"{where}: not JSON ({e.msg} at column {e.colno})")
-            except ExampleError as e:
-                bad.append(str(e))
-    if len(bad) > max_bad_records:
-        shown = "\n  ".join(bad[:5])
-        raise DataError(f"{path}: {len(bad)} bad preference records (at most {max_bad_records} may be skipped: "
-                        f"--max-bad-records):\n  {shown}")
-    if not pairs:
-        raise DataError(f"{path}: no preference pairs")
-    return pairs
+    """Every pair of a JSONL file; a malformed line is skipped and counted, past
+    `max_bad_records` (default: none allowed) a DataError names each bad line."""
+    return read_jsonl(path, lambda data, base, where: pair_from_json(data, base_dir=base, where=where),
+                      what="preference pairs", max_bad_records=max_bad_records)
 
 
 def split_pairs(pairs: Sequence[PreferencePair], *, validation_fraction: float = 0.1,

@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 from gemini_jax.data.examples import Example, ExampleError, from_json
+from gemini_jax.data.jsonl_records import read_jsonl
 from gemini_jax.data.prepare.pipeline import hash_split
-from gemini_jax.data.records import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -49,28 +48,8 @@ def prompt_from_json(data: object, *, base_dir: str | os.PathLike, where: str) -
 def read_prompts(path: str | os.PathLike, *, max_bad_records: int = 0) -> list[Prompt]:
     """Every prompt of a JSONL file; a malformed line is skipped and counted, past
     `max_bad_records` a DataError names each bad line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such prompt file (JSONL, one conversation per line)")
-    prompts, bad = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                prompts.append(prompt_from_json(json.loads(line), base_dir=path.parent, where=where))
-            except json.JSONDecodeError as e:
-                bad.append(f"{where}: not JSON ({e.msg} at column {e.colno})")
-            except ExampleError as e:
-                bad.append(str(e))
-    if len(bad) > max_bad_records:
-        shown = "\n  ".join(bad[:5])
-        raise DataError(f"{path}: {len(bad)} bad prompt records (at most {max_bad_records} may be skipped: "
-                        f"--max-bad-records):\n  {shown}")
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
-    return prompts
+    return read_jsonl(path, lambda data, base, where: prompt_from_json(data, base_dir=base, where=where),
+                      what="prompts", max_bad_records=max_bad_records)
 
 
 def split_prompts(prompts: list[Prompt], *, validation_fraction: float, test_fraction: float) -> dict[str, list[Prompt]]:

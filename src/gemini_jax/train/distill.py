@@ -29,14 +29,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax import checkpoint, sharding
+from gemini_jax import checkpoint
 from gemini_jax.config import ConfigError, ModelConfig
 from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.batches import model_inputs
 from gemini_jax.train.loss import Project, logits_chunk_tokens, masked_cross_entropy
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.trainer import Trainer, is_abstract
+from gemini_jax.train.trainer import Trainer, frozen_model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -225,11 +225,7 @@ class DistillTrainer(Trainer):
         check_compatible(teacher=teacher.config, student=model.config)
         super().__init__(model, optimizer, mesh=mesh, logits_chunk_tokens=logits_chunk_tokens)
         self.distill = distill
-        self.teacher_graphdef, self.teacher_state = nnx.split(teacher)
-        if mesh is not None:  # the teacher's weights are split over the mesh as the student's are
-            shardings = sharding.param_shardings(self.teacher_state, mesh)
-            self.teacher_state = (sharding.with_shardings(self.teacher_state, shardings)
-                                  if is_abstract(self.teacher_state) else sharding.place(self.teacher_state, shardings))
+        self.teacher_graphdef, self.teacher_state = frozen_model(teacher, mesh)
 
     def frozen_inputs(self) -> dict[str, Any]:
         return {"teacher": self.teacher_state, "alpha": jnp.float32(self.distill.alpha),

@@ -15,12 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemini_jax import sharding
 from gemini_jax.config import ConfigError
 from gemini_jax.model import Gemini
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import dpo_loss, real_pairs, reply_log_probs
-from gemini_jax.train.trainer import Trainer, is_abstract
+from gemini_jax.train.trainer import Trainer, frozen_model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,11 +43,7 @@ class DPOTrainer(Trainer):
                  dpo: DPOConfig = DPOConfig(), mesh: jax.sharding.Mesh | None = None):
         super().__init__(model, optimizer, mesh=mesh)
         self.dpo = dpo
-        self.reference_graphdef, self.reference_state = nnx.split(reference)
-        if mesh is not None:
-            shardings = sharding.param_shardings(self.reference_state, mesh)
-            self.reference_state = (sharding.with_shardings(self.reference_state, shardings)
-                                    if is_abstract(self.reference_state) else sharding.place(self.reference_state, shardings))
+        self.reference_graphdef, self.reference_state = frozen_model(reference, mesh)
 
     def frozen_inputs(self) -> dict[str, Any]:
         return {"reference": self.reference_state, "beta": jnp.float32(self.dpo.beta)}

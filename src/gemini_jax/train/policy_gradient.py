@@ -26,12 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemini_jax import sharding
 from gemini_jax.config import ConfigError
 from gemini_jax.model import Gemini
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import token_log_probs
-from gemini_jax.train.trainer import Trainer, is_abstract
+from gemini_jax.train.trainer import Trainer, frozen_model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,11 +81,7 @@ class PolicyGradientTrainer(Trainer):
                  policy_gradient: PolicyGradientConfig = PolicyGradientConfig(), mesh: jax.sharding.Mesh | None = None):
         super().__init__(model, optimizer, mesh=mesh)
         self.policy_gradient = policy_gradient
-        self.reference_graphdef, self.reference_state = nnx.split(reference)
-        if mesh is not None:
-            shardings = sharding.param_shardings(self.reference_state, mesh)
-            self.reference_state = (sharding.with_shardings(self.reference_state, shardings)
-                                    if is_abstract(self.reference_state) else sharding.place(self.reference_state, shardings))
+        self.reference_graphdef, self.reference_state = frozen_model(reference, mesh)
 
     def frozen_inputs(self) -> dict[str, Any]:
         return {"reference": self.reference_state, "kl_coef": jnp.float32(self.policy_gradient.kl_coef)}

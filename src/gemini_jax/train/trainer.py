@@ -63,6 +63,17 @@ def scored_loss(model: Gemini, batch: Mapping[str, Any], *, chunk_tokens: int | 
                          chunk_tokens=chunk_tokens)
 
 
+def frozen_model(model: nnx.Module, mesh: jax.sharding.Mesh | None) -> tuple[nnx.GraphDef, nnx.State]:
+    """A model that a step reads and never trains (a distillation teacher, a DPO or RL
+    reference), split into its graph and state; on a mesh, its weights are laid out as the
+    trained model's are."""
+    graphdef, state = nnx.split(model)
+    if mesh is not None:
+        shardings = sharding.param_shardings(state, mesh)
+        state = sharding.with_shardings(state, shardings) if is_abstract(state) else sharding.place(state, shardings)
+    return graphdef, state
+
+
 def apply_update(tx: optax.GradientTransformationExtraArgs, params, opt_state, loss_and_aux, grads):
     """(params, opt_state, step metrics) after one optimizer update from `grads`."""
     loss, aux = loss_and_aux
