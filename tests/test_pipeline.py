@@ -234,19 +234,21 @@ def test_bad_records_are_skipped_and_counted(tok, files):
     examples = qa_examples(files, n=8)
     examples[2] = chat(("user", [Part(image=str(files / "missing.png"))]), ("model", [Part(text="x")]))
     examples[5] = chat(("user", [Part(text="word " * 200)]), ("model", [Part(text="x")]))  # too long
-    source = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=2)
+    examples[6] = chat(("user", [Part(text="Hi")]), ("model", [Part(text="x")]), ("user", [Part(text="And?")]))
+    source = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=3)
     batches = list(P.batched(source, batch_size=2, seq_len=48, seed=0, shuffle=False, num_epochs=2, config=CONFIG,
                              max_images=1))
     assert len(batches) == 8  # 8 records x 2 epochs, 2 a batch
     real_rows = sum(int(b["segment_ids"].any(axis=1).sum()) for b in batches)
-    assert real_rows == 12  # each epoch, the 2 bad records are padding rows (no tokens, no loss)
+    assert real_rows == 10  # each epoch, the 3 bad records are padding rows (no tokens, no loss)
     assert all(b["loss_mask"][~b["segment_ids"].any(axis=1)].sum() == 0 for b in batches)
-    assert source.errors.count == 2  # distinct records, not visits
+    assert source.errors.count == 3  # distinct records, not visits
     assert any("missing.png" in m for m in source.errors.first)
     assert any("context is 48" in m for m in source.errors.first)
+    assert any("ends on a user turn" in m for m in source.errors.first)  # nothing to train on
 
     strict = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=1)
-    with pytest.raises(P.DataError, match=r"2 bad records exceed error_budget=1.*missing.png"):
+    with pytest.raises(P.DataError, match=r"\d bad records exceed error_budget=1.*missing.png"):
         list(P.batched(strict, batch_size=2, seq_len=48, seed=0, shuffle=False, num_epochs=1, config=CONFIG,
                        max_images=1))
 

@@ -131,6 +131,10 @@ def encoded_source(
     cache = MediaCache(max_bytes=media_cache_bytes) if media_cache_bytes > 0 else None
 
     def encode(example: Example) -> Row:
+        if not example.raw_text and example.train_on != "all" and example.contents[-1].role != "model":
+            raise EncodeError(f"a conversation ends on a {example.contents[-1].role} turn: training scores the "
+                              "model's turns, so it must end on the model's reply (a prompt with no reply belongs "
+                              "in an evaluation set)")
         return encode_example(example, tokenizer=tokenizer, config=config, max_len=max_len, media_cache=cache)
 
     return EncodedSource(examples, encode=encode, error_budget=error_budget, cache_rows=cache_rows,
