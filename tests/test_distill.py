@@ -233,6 +233,7 @@ def test_a_sharded_distillation_step_equals_the_single_device_one(teacher_run, b
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_quantized_teacher_distils_like_its_float_run(teacher_run, build_model, text_batches, tmp_path):
     """The teacher may be an int4 run (`gemini-jax quantize`), which holds it in half a byte
     per weight: its KL to a fresh student is close to the float teacher's, on a mesh as well."""

@@ -262,6 +262,7 @@ def test_long_text_trains_on_windows_of_its_text(tmp_path, small_library):
     np.testing.assert_array_equal(next(resumed)["targets"], next(stream)["targets"])
 
 
+@pytest.mark.slow
 def test_long_text_recipe_trains_and_plots_its_nll_by_position(tmp_path, monkeypatch, small_library):
     """`train --task long_text` end to end on a tiny decoder: it learns (its loss ends below a
     uniform guess's) and the run holds its NLL-by-position table, plot and results."""

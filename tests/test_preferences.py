@@ -218,6 +218,7 @@ def start_run(tmp_path_factory, tok_file):
     return run_dir
 
 
+@pytest.mark.slow
 def test_reward_and_dpo_commands_train_resume_and_report(start_run, tmp_path, capsys):
     shapes = ["circle", "square", "triangle"]
     records = [pair(f"Is there a {c} {s}?", f"Yes, there is a {c} {s}.", "Yes.")

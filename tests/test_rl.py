@@ -157,6 +157,7 @@ def test_rollouts_are_the_samplers_replies_for_their_seeds(prompts_file, start_r
     assert batch["rewards"].shape == (4,) and set(batch["rewards"].tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_a_resumed_run_samples_and_learns_what_the_uninterrupted_one_does(prompts_file, start_run, tmp_path):
     def metrics(run_dir):
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

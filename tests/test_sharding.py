@@ -184,6 +184,7 @@ def test_two_processes_over_loopback_give_the_same_losses(compared):
         np.testing.assert_allclose(result["losses"], compared["single"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nano_training_steps_lower_for_64_devices():
     """Compile-only: the bfloat16 nano steps lower for 4 x 8 x 2 host devices from eval_shape
     parameters (nothing allocated); per-device parameter bytes show the 16-way split."""
