@@ -189,3 +189,18 @@ def load_run(run_dir):
     model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
     checkpoint.load_params(run_dir, model)
     return model
+
+
+def write_fresh_run(run_dir, *, config, tokenizer_path):
+    """A run directory holding a fresh model of `config` (seed 0), as `--init-from` reads one."""
+    from gemini_jax import checkpoint
+    from gemini_jax.model import Gemini
+    from gemini_jax.train import Trainer
+    from gemini_jax.train.optimizer import OptimizerConfig
+
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(0)), OptimizerConfig(total_steps=1))
+    checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_path)
+    saver = checkpoint.Checkpointer(run_dir, async_save=False)
+    saver.save(1, state=trainer.state(), meta={"step": 1})
+    saver.close()
+    return run_dir

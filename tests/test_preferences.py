@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_fresh_run
 from flax import nnx
 from PIL import Image
 
@@ -27,7 +28,6 @@ from gemini_jax.train.dpo import DPOConfig, DPOTrainer
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import bradley_terry_loss, dpo_loss, reply_log_probs
 from gemini_jax.train.reward import REWARD_FILE, RewardModel, RewardTrainer, load_reward_model
-from gemini_jax.train.trainer import Trainer
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=1, total_steps=40)
@@ -209,13 +209,7 @@ def test_dpo_starts_at_log_2_moves_the_policy_and_leaves_the_reference(tok):
 @pytest.fixture(scope="module")
 def start_run(tmp_path_factory, tok_file):
     """A run directory holding a fresh test-preset model: what `--init-from` reads."""
-    run_dir = tmp_path_factory.mktemp("start")
-    trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OPTIMIZER)
-    checkpoint.write_run_files(run_dir, config=CONFIG, tokenizer_path=tok_file)
-    saver = checkpoint.Checkpointer(run_dir, async_save=False)
-    saver.save(1, state=trainer.state(), meta={"step": 1})
-    saver.close()
-    return run_dir
+    return write_fresh_run(tmp_path_factory.mktemp("start"), config=CONFIG, tokenizer_path=tok_file)
 
 
 @pytest.mark.slow

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_fresh_run
 from flax import nnx
 
-from gemini_jax import checkpoint, cli
+from gemini_jax import cli
 from gemini_jax.config import PRESETS, ConfigError
 from gemini_jax.data.examples import ExampleError
 from gemini_jax.data.prompts import prompt_from_json
@@ -24,7 +25,7 @@ from gemini_jax.recipes.rl import RLRecipe, Rollouts, exact_match_reward, rollou
 from gemini_jax.recipes.runner import Timings
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
-from gemini_jax.train import TrainConfig, Trainer, train
+from gemini_jax.train import TrainConfig, train
 from gemini_jax.train.batches import with_loss_positions
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.policy_gradient import (
@@ -50,13 +51,8 @@ def tok_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def start_run(tmp_path_factory, tok_file):
-    run_dir = tmp_path_factory.mktemp("start")
-    trainer = Trainer(Gemini(CONFIG, rngs=nnx.Rngs(0)), OPTIMIZER)
-    checkpoint.write_run_files(run_dir, config=CONFIG, tokenizer_path=tok_file)
-    saver = checkpoint.Checkpointer(run_dir, async_save=False)
-    saver.save(1, state=trainer.state(), meta={"step": 1})
-    saver.close()
-    return run_dir
+    """A run directory holding a fresh test-preset model: what `--init-from` reads."""
+    return write_fresh_run(tmp_path_factory.mktemp("start"), config=CONFIG, tokenizer_path=tok_file)
 
 
 def conversation(question, answer):
