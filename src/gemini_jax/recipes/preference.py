@@ -100,7 +100,7 @@ class PreferenceRecipe:
         """(model, batch) -> float32[2B]: what pairwise accuracy compares, row by row."""
         if self.kind == "reward":
             return nnx.jit(lambda model, batch: model(batch))
-        reference = load_policy(self.init_from)
+        reference = checkpoint.load_run(self.init_from).model
         beta = self.beta
 
         @nnx.jit
@@ -115,15 +115,8 @@ class PreferenceRecipe:
             checkpoint.load_params(self.init_from, model)
         if self.kind == "reward":
             return RewardTrainer(RewardModel(model), optimizer, mesh=mesh)
-        return DPOTrainer(model, optimizer, reference=load_policy(self.init_from), dpo=DPOConfig(beta=self.beta),
+        return DPOTrainer(model, optimizer, reference=checkpoint.load_run(self.init_from).model, dpo=DPOConfig(beta=self.beta),
                           mesh=mesh)
-
-
-def load_policy(run_dir: str) -> Gemini:
-    config = checkpoint.read_config(run_dir)
-    model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
-    checkpoint.load_params(run_dir, model)
-    return model
 
 
 def pairwise_accuracy(score, model, pairs: EncodedPairs) -> dict[str, Any]:

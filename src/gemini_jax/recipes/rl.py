@@ -35,7 +35,6 @@ from gemini_jax.data.records import DataError
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.evals.metrics import exact_match
 from gemini_jax.model import Gemini
-from gemini_jax.recipes.preference import load_policy
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
@@ -199,7 +198,7 @@ class RLRecipe:
             for name in ("train", "validation"):
                 if not splits[name]:
                     raise DataError(f"{self.data}: no {name} prompts after the split by hash")
-            sampler = Sampler(load_policy(self.init_from), tokenizer)
+            sampler = Sampler(checkpoint.load_run(self.init_from).model, tokenizer)
             longest = max(sampler.encode_prompt(p.example)["tokens"].shape[0] for p in sum(splits.values(), []))
             seq_len = min(8 * math.ceil((longest + self.max_new_tokens + 1) / 8), config.max_seq_len)
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
@@ -229,7 +228,7 @@ class RLRecipe:
         """The trainer, its policy holding `init_from`'s parameters (a resumed run restores its own)."""
         if not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
-        trainer = PolicyGradientTrainer(model, optimizer, reference=load_policy(self.init_from),
+        trainer = PolicyGradientTrainer(model, optimizer, reference=checkpoint.load_run(self.init_from).model,
                                         policy_gradient=PolicyGradientConfig(kl_coef=self.kl_coef), mesh=mesh)
         self.link.trainer = trainer
         return trainer

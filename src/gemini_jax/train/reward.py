@@ -16,7 +16,6 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,15 +86,3 @@ def load_reward_model(run_dir: str | os.PathLike) -> RewardModel:
     checkpoint.load_params(run_dir, model)
     return model
 
-
-def scores_of(model: RewardModel, batches: Any) -> jax.Array:
-    """Every row's score over an iterable of pair batches, chosen and rejected halves kept apart:
-    float32[N, 2] (chosen, rejected) for the real pairs."""
-    score = nnx.jit(lambda m, b: m(b))
-    out = []
-    for batch in batches:
-        s = score(model, batch)
-        real = real_pairs(batch) > 0
-        half = s.shape[0] // 2
-        out.append(jnp.stack([s[:half], s[half:]], axis=1)[real])
-    return jnp.concatenate(out)
