@@ -248,7 +248,8 @@ def test_bad_records_are_skipped_and_counted(tok, files):
     assert any("ends on a user turn" in m for m in source.errors.first)  # nothing to train on
 
     strict = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=1)
-    with pytest.raises(P.DataError, match=r"3 bad records exceed error_budget=1.*missing.png"):
+    # Grain reads records in threads: the budget trips at the second or the third bad record.
+    with pytest.raises(P.DataError, match=r"[23] bad records exceed error_budget=1.*missing.png"):
         list(P.batched(strict, batch_size=2, seq_len=48, seed=0, shuffle=False, num_epochs=1, config=CONFIG,
                        max_images=1))
 
