@@ -93,6 +93,19 @@ def test_media_come_back_as_bytes_and_text_files_as_documents(tmp_path):
     assert examples[1] == text_document("hello\n")
 
 
+def test_one_image_behind_many_records_is_decoded_once(tmp_path, monkeypatch):
+    from gemini_jax.data import media
+
+    Image.new("RGB", (5, 3), (1, 2, 3)).save(tmp_path / "shared.png")
+    Image.new("RGB", (5, 3), (3, 2, 1)).save(tmp_path / "other.png")
+    _write_jsonl(tmp_path / "d.jsonl", [_chat(i, "shared.png") for i in range(4)] + [_chat(9, "other.png")])
+    decoded = []
+    load_image = media.load_image
+    monkeypatch.setattr(media, "load_image", lambda data: decoded.append(data) or load_image(data))
+    examples = [load_record(raw) for raw in iter_sources([str(tmp_path / "d.jsonl")])]
+    assert len(examples) == 5 and len(decoded) == 2
+
+
 def test_empty_and_missing_sources(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list(iter_sources([str(tmp_path / "nope.jsonl")]))

@@ -398,3 +398,45 @@ def test_bidirectional_prompts_make_each_unscored_user_turn_one_span(tok, files)
     unpooled = dataclasses.replace(config, vision=dataclasses.replace(config.vision, pooling="none"))
     row = encode_example(ex, tokenizer=tok, config=unpooled)
     assert (row["tokens"] == CONFIG.image_token_id).sum() == 8 == row["image_patch_mask"].sum()
+
+
+def test_rows_are_padded_straight_into_the_batch():
+    from gemini_jax.data.row_shapes import RowShapes, pad_row, padded_batches
+
+    shapes = RowShapes(seq_len=5, images=2, image_patches=4, patch_dim=3)
+    row = {k: np.arange(1, 4, dtype=np.int32) for k in B.TEXT_KEYS}
+    row["loss_mask"] = np.ones(3, np.float32)
+    row["image_patches"] = np.full((1, 2, 3), 7.0, np.float32)
+    row["image_coords"] = np.ones((1, 2, 2), np.int32)
+    row["image_patch_mask"] = np.ones((1, 2), bool)
+    text_only = {k: np.full(2, 9, np.int32) for k in B.TEXT_KEYS}
+    batch = padded_batches(3, shapes)([None, row, text_only])
+    assert {k: v.shape for k, v in batch.items()} == {
+        **{k: (3, 5) for k in B.TEXT_KEYS}, "image_patches": (3, 2, 4, 3), "image_coords": (3, 2, 4, 2),
+        "image_patch_mask": (3, 2, 4)}
+    assert batch["loss_mask"].dtype == np.float32 and batch["image_patch_mask"].dtype == bool
+    np.testing.assert_array_equal(batch["tokens"], [[1, 2, 3, 0, 0], [9, 9, 0, 0, 0], [0] * 5])  # None: last row pads
+    assert batch["image_patches"][0].sum() == 7.0 * 6 and batch["image_patches"][0, 0, :2].min() == 7.0
+    assert batch["image_patch_mask"].sum() == 2 and not batch["image_patches"][1:].any()
+    one = pad_row(row, shapes)
+    for k in batch:
+        np.testing.assert_array_equal(one[k], batch[k][0])
+
+    with pytest.raises(P.DataError, match=r"tokens of shape \(6,\), more than .* \(5,\).*raise seq_len"):
+        pad_row({**row, "tokens": np.zeros(6, np.int32)}, shapes)
+    with pytest.raises(P.DataError, match=r"images of shape \(3, 2, 3\).*raise max_images"):
+        pad_row({**row, "image_patches": np.zeros((3, 2, 3), np.float32)}, shapes)
+    with pytest.raises(P.DataError, match=r"audios but this task's batches hold none \(set max_audio_clips\)"):
+        pad_row({**row, "audio_mels": np.zeros((1, 4, 2), np.float32)}, shapes)
+
+
+def test_embedded_media_are_decoded_once_per_content(tok, files):
+    from gemini_jax.data.media_cache import MediaCache
+
+    png = (files / "wide.png").read_bytes()
+    cache = MediaCache()
+    rows = [encode_example(chat(("user", [Part(image=png), Part(text=f"question {i}?")]),
+                                ("model", [Part(text="grey")])), tokenizer=tok, config=CONFIG, media_cache=cache)
+            for i in range(3)]
+    assert (cache.misses, cache.hits) == (1, 2)
+    np.testing.assert_array_equal(rows[0]["image_patches"], rows[2]["image_patches"])

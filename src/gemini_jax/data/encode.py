@@ -29,6 +29,7 @@ PaliGemma's layout instead; see `_render_prefix`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +119,9 @@ class _Encoder:
     def _cached(self, source: Any, key: tuple, make: Callable[[], Any]) -> Any:
         if self.cache is not None and isinstance(source, (str, os.PathLike)):
             return self.cache.get((os.fspath(source), *key), make)
+        if self.cache is not None and isinstance(source, bytes):
+            # Prepared records embed their media: the questions about one image carry the same bytes.
+            return self.cache.get((hashlib.blake2b(source, digest_size=16).digest(), *key), make)
         return make()
 
     def part(self, part: Part, *, counts: bool) -> None:

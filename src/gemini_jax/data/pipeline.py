@@ -23,13 +23,12 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from gemini_jax import batch as B
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.encode import encode_document
 from gemini_jax.data.examples import Example
 from gemini_jax.data.mixing import mixture, resumable, staged
 from gemini_jax.data.records import RECORD_ERRORS, DataError, EncodedSource, ErrorReport, Row, encoded_source
-from gemini_jax.data.row_shapes import collate, media_shapes, pad_row, stack_rows
+from gemini_jax.data.row_shapes import collate, media_shapes, padded_batches, stack_rows
 from gemini_jax.data.tokenizer import Tokenizer
 
 # The pipeline's whole interface, wherever each piece lives.
@@ -97,16 +96,13 @@ def batched(
     ds = _shard(ds, shard)
     shapes = media_shapes(seq_len=seq_len, config=config, max_images=max_images, max_frames=max_frames,
                            max_audio_clips=max_audio_clips, max_mel_frames=max_mel_frames)
-    empty = {k: np.zeros(0, np.float32 if k == "loss_mask" else np.int32) for k in B.TEXT_KEYS}
-    template = pad_row(empty, shapes)  # an all-padding row, for a batch whose records were all bad
-    # Padding runs in grain's read threads, next to encoding (a skipped record stays None).
-    rows = _epochs(ds.map(lambda row: None if row is None else pad_row(row, shapes)),
-                   seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+    rows = _epochs(ds, seed=seed, shuffle=shuffle, num_epochs=num_epochs)
     if augment is not None:
         rows = rows.random_map(lambda row, rng: None if row is None else augment(row, rng), seed=seed)
     # Whole batches are the unit of grain's reading and prefetching: per-row bookkeeping in
-    # Python threads would cost more than the training step of a small model.
-    batches = rows.batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_rows(batch_size, template=template))
+    # Python threads would cost more than the training step of a small model. Rows are padded
+    # straight into the batch, a skipped record (None) leaving a padding row.
+    batches = rows.batch(batch_size, drop_remainder=drop_remainder, batch_fn=padded_batches(batch_size, shapes))
     batches = batches.to_iter_dataset(read_options=_read_options(num_threads))
     return _prefetch(batches, prefetch_batches)
 

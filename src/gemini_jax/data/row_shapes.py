@@ -58,43 +58,79 @@ def media_shapes(*, seq_len: int, config: ModelConfig | None, max_images: int, m
     )
 
 
-def _fit(array: np.ndarray, shape: tuple[int, ...], *, what: str, hint: str) -> np.ndarray:
-    """`array` zero-padded at the end of each axis to `shape`."""
-    if any(a > s for a, s in zip(array.shape, shape)):
-        raise DataError(f"a row has {what} of shape {array.shape}, more than this task's batches hold {shape} ({hint})")
-    out = np.zeros(shape, array.dtype)
-    out[tuple(slice(0, n) for n in array.shape)] = array
+def _layout(shapes: RowShapes) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{key: (shape of one row, dtype)} of every key a batch of these shapes holds."""
+    t = shapes.seq_len
+    out = {k: ((t,), np.float32 if k == "loss_mask" else np.int32) for k in B.TEXT_KEYS}
+    for keys, lead in ((B.IMAGE_KEYS, (shapes.images, shapes.image_patches)),
+                       (B.FRAME_KEYS, (shapes.frames, shapes.frame_patches))):
+        if lead[0]:
+            out[keys[0]] = ((*lead, shapes.patch_dim), np.float32)
+            out[keys[1]] = ((*lead, 2), np.int32)
+            out[keys[2]] = (lead, bool)
+    if shapes.clips:
+        out["audio_mels"] = ((shapes.clips, shapes.mel_frames, shapes.num_mels), np.float32)
+        out["audio_mel_mask"] = ((shapes.clips, shapes.mel_frames), bool)
     return out
+
+
+_UNHELD = (("image", B.IMAGE_KEYS[0], "max_images"), ("frame", B.FRAME_KEYS[0], "max_frames"),
+           ("audio", "audio_mels", "max_audio_clips"))
+
+
+def _hint(key: str) -> str:
+    if key in B.TEXT_KEYS:
+        return "raise seq_len or give encoded_source max_len <= seq_len"
+    if key in B.AUDIO_KEYS:
+        return "raise max_audio_clips/max_mel_frames"
+    return "raise max_images" if key in B.IMAGE_KEYS else "raise max_frames"
+
+
+def put_row(batch: Row, i: int, row: Row) -> None:
+    """Writes `row` into slot `i` of `batch` (from `empty_batch`), each array at the start of
+    each axis: the rest of the slot stays zero (padding). A row that holds more than the
+    batch's shapes, or media the batch has no slots for, is a DataError."""
+    for kind, key, arg in _UNHELD:
+        if key in row and key not in batch:
+            raise DataError(f"a row has {kind}s but this task's batches hold none (set {arg})")
+    for key, out in batch.items():
+        array = row.get(key)
+        if array is None:
+            if key in B.TEXT_KEYS:
+                raise DataError(f"a row has no {key!r}")
+            continue  # a row without this task's media: its slots stay empty
+        shape = out.shape[1:]
+        if array.ndim != len(shape) or any(a > s for a, s in zip(array.shape, shape)):
+            what = key if key in B.TEXT_KEYS else key.split("_")[0] + "s"
+            raise DataError(f"a row has {what} of shape {array.shape}, more than this task's batches hold "
+                            f"{shape} ({_hint(key)})")
+        out[(i, *(slice(0, n) for n in array.shape))] = array
+
+
+def empty_batch(batch_size: int, shapes: RowShapes) -> Row:
+    """`batch_size` all-padding rows (segment 0, no loss) of these shapes."""
+    return {k: np.zeros((batch_size, *shape), dtype) for k, (shape, dtype) in _layout(shapes).items()}
 
 
 def pad_row(row: Row, shapes: RowShapes) -> Row:
-    t = shapes.seq_len
-    hint = "raise seq_len or give encoded_source max_len <= seq_len"
-    out = {k: _fit(row[k], (t,), what=k, hint=hint) for k in B.TEXT_KEYS}
-    families = (
-        ("image", B.IMAGE_KEYS, (shapes.images, shapes.image_patches), shapes.patch_dim, "max_images"),
-        ("frame", B.FRAME_KEYS, (shapes.frames, shapes.frame_patches), shapes.patch_dim, "max_frames"),
-    )
-    for prefix, keys, lead, patch_dim, arg in families:
-        if lead[0]:
-            empty = {keys[0]: np.zeros((0, lead[1], patch_dim), np.float32),
-                     keys[1]: np.zeros((0, lead[1], 2), np.int32), keys[2]: np.zeros((0, lead[1]), bool)}
-            src = row if keys[0] in row else empty
-            out[keys[0]] = _fit(src[keys[0]], (*lead, patch_dim), what=f"{prefix}s", hint=f"raise {arg}")
-            out[keys[1]] = _fit(src[keys[1]], (*lead, 2), what=f"{prefix}s", hint=f"raise {arg}")
-            out[keys[2]] = _fit(src[keys[2]], lead, what=f"{prefix}s", hint=f"raise {arg}")
-        elif keys[0] in row:
-            raise DataError(f"a row has {prefix}s but this task's batches hold none (set {arg})")
-    if shapes.clips:
-        lead = (shapes.clips, shapes.mel_frames)
-        mels = row.get("audio_mels", np.zeros((0, 0, shapes.num_mels), np.float32))
-        mask = row.get("audio_mel_mask", np.zeros((0, 0), bool))
-        hint = "raise max_audio_clips/max_mel_frames"
-        out["audio_mels"] = _fit(mels, (*lead, shapes.num_mels), what="audio", hint=hint)
-        out["audio_mel_mask"] = _fit(mask, lead, what="audio", hint=hint)
-    elif "audio_mels" in row:
-        raise DataError("a row has audio but this task's batches hold none (set max_audio_clips)")
-    return out
+    """One row padded to `shapes`."""
+    out = empty_batch(1, shapes)
+    put_row(out, 0, row)
+    return {k: v[0] for k, v in out.items()}
+
+
+def padded_batches(batch_size: int, shapes: RowShapes) -> Callable[[Sequence[Row | None]], Row]:
+    """A grain batch_fn: encoded rows padded straight into one batch of exactly `batch_size`
+    (one copy of each array, none per row); a skipped record (None) and the rows after the
+    last leave padding rows."""
+
+    def batch(rows: Sequence[Row | None]) -> Row:
+        out = empty_batch(batch_size, shapes)
+        for i, row in enumerate(r for r in rows if r is not None):
+            put_row(out, i, row)
+        return out
+
+    return batch
 
 
 def stack_rows(batch_size: int, *, template: Row | None = None) -> Callable[[Sequence[Row | None]], Row]:

@@ -14,6 +14,7 @@ A bad record raises RecordInvalid naming file, line and field; `BadRecords` coun
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,9 @@ MEDIA_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .webp .bmp .ico .tif .tiff .wav .flac .ogg .mp3 .mp4 .apng .npy".split())
 # Small limits for validation: enough to prove a file decodes, not a cap on what training accepts.
 VALIDATE_VIDEO_FRAMES = 1
+# Media already proven to decode, by content: a dataset asks many questions about one image.
+_DECODED: set[tuple[str, bytes]] = set()
+_DECODED_MAX = 1 << 20
 
 
 class RecordInvalid(ValueError):
@@ -126,6 +130,9 @@ def _checked_media(kind: str, value: object, field: str) -> bytes:
     """The media file's bytes once they decode (small limits: this proves the file, it does not preprocess)."""
     try:
         data = media_bytes(kind, value)
+        key = (kind, hashlib.blake2b(data, digest_size=16).digest())
+        if key in _DECODED:
+            return data
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resampling and downmix notices belong to training, not here
             if kind == "image":
@@ -139,6 +146,9 @@ def _checked_media(kind: str, value: object, field: str) -> bytes:
     except (ExampleError, media.MediaError, OSError, RuntimeError) as e:
         name = os.fspath(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
         raise RecordInvalid(f"{field}: {kind} {name!r}: {e}") from None
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED.add(key)
     return data
 
 
