@@ -15,6 +15,7 @@ few KB of PNG or FLAC can declare gigabytes, and over a limit is a `MediaTooLarg
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -276,8 +277,9 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+@functools.lru_cache(maxsize=8)  # built once per setting, not per clip (it costs as much as the clip's FFT)
 def mel_filterbank(*, num_mels: int, fft_size: int, sample_rate: int) -> np.ndarray:
-    """float32[fft_size // 2 + 1, num_mels]: HTK-spaced triangles from 0 Hz to Nyquist.
+    """float32[fft_size // 2 + 1, num_mels]: HTK-spaced triangles from 0 Hz to Nyquist, read-only.
 
     Each triangle is scaled to unit area (the Slaney normalisation), so a band's
     energy does not grow with its width.
@@ -288,7 +290,9 @@ def mel_filterbank(*, num_mels: int, fft_size: int, sample_rate: int) -> np.ndar
     rising = (bins_hz[:, None] - lower) / (centre - lower)  # [K, num_mels]
     falling = (upper - bins_hz[:, None]) / (upper - centre)  # [K, num_mels]
     triangles = np.maximum(0.0, np.minimum(rising, falling))
-    return (triangles * (2.0 / (upper - lower))).astype(np.float32)
+    filters = (triangles * (2.0 / (upper - lower))).astype(np.float32)
+    filters.flags.writeable = False  # shared by every caller
+    return filters
 
 
 def log_mel(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
