@@ -193,5 +193,12 @@ def data(args: argparse.Namespace) -> None:
     run(args)
 
 
+def card(args: argparse.Namespace) -> None:
+    from gemini_jax.card import write_card
+
+    print(write_card(args.run, args.out, extra_results=args.results or ()))
+
+
 HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,
-            "presets": presets, "convert": convert, "quantize": quantize, "data": data}
+            "presets": presets, "convert": convert, "quantize": quantize, "data": data,
+            "card": card}

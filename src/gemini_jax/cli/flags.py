@@ -421,6 +421,27 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=non_negative_int, default=None, help="the checkpoint step to quantize (default: the latest)")
 
 
+def _add_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "card",
+        help="write a Markdown model card for a run: model, data, training, evaluation, safety, intended use",
+        description="Writes a model card from what the run directory holds: the model (config.json, parameter "
+        "count), its data (the recipe's corpus or mixture file, with each prepared directory's report.json where "
+        "it is found), its training (results.json's recipe and timings, metrics.jsonl), one table per evaluation "
+        "task of results.json and of each --results file (values exactly as the file holds them), its safety "
+        "evaluations (tasks named safety*, or violation, over-refusal, hedging and attribution rates; otherwise "
+        "it says none has been run), and its intended use and limitations. Nothing is compiled or loaded but "
+        "the config.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory written by `gemini-jax train` (or reward, dpo, rl, "
+                   "distill, convert, quantize)")
+    p.add_argument("--out", default=None, metavar="FILE", help="where to write the card (default: RUN/MODEL_CARD.md)")
+    p.add_argument("--results", action="append", default=None, metavar="FILE",
+                   help="a results file written by `gemini-jax eval --output FILE` ({task: {metric: value}}), "
+                   "shown as its own tables; repeat the flag for more files. A run without results.json needs one")
+
+
 # The commands that compile XLA programs: each takes --no-compile-cache.
 COMPILING_COMMANDS = ("train", "distill", "reward", "dpo", "rl", "eval", "generate", "serve", "convert", "quantize")
 
@@ -451,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_quantize(sub)
     add_data_command(sub)
+    _add_card(sub)
     for name in COMPILING_COMMANDS:
         _add_compile_cache_flag(sub.choices[name])
     return parser
