@@ -300,9 +300,12 @@ def _data_facts(run_dir: Path, task: str | None, recipe: Mapping[str, Any]) -> D
                  "synthesized with eSpeak NG (transcription), short videos of moving shapes (questions), and the "
                  "Python standard library's source (language modelling)",
                  "- Corpus sizes: " + ", ".join(f"{k} {v if v is not None else 'all'}" for k, v in corpus.items())]
-        teacher = run_dir / DISTILLATION_FILE
-        if teacher.is_file():
-            lines.append(f"- Distilled from the teacher run recorded in {DISTILLATION_FILE}")
+        if (run_dir / DISTILLATION_FILE).is_file():
+            try:
+                teacher = f"`{json.loads((run_dir / DISTILLATION_FILE).read_text())['teacher']}`"
+            except (OSError, ValueError, KeyError, TypeError):
+                teacher = f"named in {DISTILLATION_FILE} (unreadable)"
+            lines.append(f"- Distilled from the teacher run {teacher}")
         root = _demo_prepared_root(recipe)
         if root is None:
             lines.append("- Data preparation reports: not found (the demo corpus is not in this machine's cache)")
@@ -403,7 +406,7 @@ def _evaluation_section(evaluations: list[tuple[Path, dict[str, dict[str, Any]]]
         parts.append(f"### `{path.name}`" + (" (the run's final evaluation)" if path.name == RESULTS_FILE else ""))
         shown = {name: metrics for name, metrics in tasks.items() if not _is_safety_task(name)}
         if not shown:
-            parts.append("No tasks besides safety ones.")
+            parts.append("No tasks besides safety ones." if tasks else "No evaluation tasks.")
         parts += [f"#### {name}\n\n{_table(metrics)}" for name, metrics in shown.items()]
     return "\n\n".join(parts)
 
