@@ -199,6 +199,18 @@ def card(args: argparse.Namespace) -> None:
     print(write_card(args.run, args.out, extra_results=args.results or ()))
 
 
+def safety(args: argparse.Namespace) -> None:
+    from gemini_jax.safety.evaluate import format_table
+    from gemini_jax.safety.policy import load_policy
+    from gemini_jax.safety.train import REPORT_FILE, train_and_report
+
+    report = train_and_report(args.out, policy=load_policy(args.policy), min_precision=args.min_precision,
+                              max_per_template=args.max_per_template)
+    print(format_table(report["results"]))
+    print(f"thresholds (chosen on validation): {json.dumps(report['thresholds'])}")
+    print(f"wrote {Path(args.out, REPORT_FILE)}")
+
+
 HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,
             "presets": presets, "convert": convert, "quantize": quantize, "data": data,
-            "card": card}
+            "card": card, "safety": safety}

@@ -442,6 +442,31 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
                    "shown as its own tables; repeat the flag for more files. A run without results.json needs one")
 
 
+def _add_safety(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("safety", help="safety classifiers from a policy of harm categories (docs/safety.md)",
+                       description="Safety classifiers built from a policy file (docs/safety.md).")
+    actions = p.add_subparsers(dest="safety_command", required=True, metavar="ACTION")
+    t = actions.add_parser(
+        "train",
+        help="train per-category safety classifiers on a policy's requests and report them on held-out templates",
+        description="Fills every request template of the policy from its slots (refuse and allow look-alikes), "
+        "splits the requests by template (about 70/15/15: test requests come from templates never trained on), "
+        "trains one logistic regression per category (hashed word and character n-grams) on train, chooses each "
+        "category's threshold on validation, and prints per-category precision and recall on test, plain and "
+        "under red-team wrappers (role play, ignore-instructions, base64, ROT13, two turns, research framing). "
+        "Writes DIR/classifier.npz, DIR/classifier.json and DIR/report.json. Nothing is compiled; no JAX.",
+        formatter_class=_HelpFormatter,
+    )
+    t.add_argument("--policy", default=None, metavar="FILE",
+                   help="a policy YAML file (default: the shipped policy, src/gemini_jax/safety/default_policy.yaml)")
+    t.add_argument("--out", required=True, metavar="DIR", help="the directory to write the classifier and report to")
+    t.add_argument("--min-precision", type=unit_interval, default=0.95,
+                   help="each category's threshold is the lowest whose validation precision reaches this (the best "
+                   "validation F1 where none does)")
+    t.add_argument("--max-per-template", type=positive_int, default=40,
+                   help="slot fillings per template, at most (a fixed sample where there are more)")
+
+
 # The commands that compile XLA programs: each takes --no-compile-cache.
 COMPILING_COMMANDS = ("train", "distill", "reward", "dpo", "rl", "eval", "generate", "serve", "convert", "quantize")
 
@@ -473,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     add_data_command(sub)
     _add_card(sub)
+    _add_safety(sub)
     for name in COMPILING_COMMANDS:
         _add_compile_cache_flag(sub.choices[name])
     return parser
