@@ -33,6 +33,7 @@ from gemini_jax.config import ConfigError
 POLICY_KEYS = ("name", "version", "refusal", "categories")
 CATEGORY_KEYS = ("name", "description", "refuse", "allow", "slots")
 LABELS = ("refuse", "allow")
+MIN_TEMPLATES = 3  # per refuse or allow list: one for each split (train, validation, test)
 
 
 class PolicyError(ConfigError):
@@ -170,9 +171,10 @@ class _Reader:
         lists = {}
         for label in LABELS:
             templates = data[label]
-            if not isinstance(templates, list) or not templates:
+            if not isinstance(templates, list) or len(templates) < MIN_TEMPLATES:
                 raise self.error((*at, label), f"{field}.{label}",
-                                 f"expected a non-empty list of request templates, got {templates!r}")
+                                 f"expected a list of at least {MIN_TEMPLATES} request templates (one for each split: "
+                                 f"train, validation, test), got {templates!r}")
             for i, template in enumerate(templates):
                 where, place = (*at, label, i), f"{field}.{label}[{i}]"
                 if not isinstance(template, str) or not template.strip():
