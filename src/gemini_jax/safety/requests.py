@@ -13,6 +13,7 @@ import base64
 import codecs
 import dataclasses
 import hashlib
+import math
 import random
 import string
 from collections.abc import Sequence
@@ -85,9 +86,7 @@ def policy_requests(policy: Policy, *, max_per_template: int = MAX_PER_TEMPLATE)
 def _fillings(template: str, slots, limit: int) -> list[str]:
     names = list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name is not None))
     sizes = [len(slots[n]) for n in names]
-    total = 1
-    for size in sizes:
-        total *= size
+    total = math.prod(sizes)
     # A sample seeded by the template (stable across processes) when the fillings are too many.
     seed = int.from_bytes(hashlib.sha256(template.encode("utf-8")).digest()[:8], "big")
     indices = range(total) if total <= limit else sorted(random.Random(seed).sample(range(total), limit))
