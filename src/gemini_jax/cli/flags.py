@@ -445,7 +445,8 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 def _add_safety(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("safety", help="safety classifiers from a policy of harm categories (docs/safety.md)",
                        description="Safety classifiers built from a policy file (docs/safety.md).")
-    actions = p.add_subparsers(dest="safety_command", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="safety_command", required=True, metavar="ACTION",
+                               help="train: build the classifiers from a policy")
     t = actions.add_parser(
         "train",
         help="train per-category safety classifiers on a policy's requests and report them on held-out templates",
