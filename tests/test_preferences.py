@@ -213,7 +213,7 @@ def start_run(tmp_path_factory, tok_file):
 
 
 @pytest.mark.slow
-def test_reward_and_dpo_commands_train_resume_and_report(start_run, tmp_path, capsys):
+def test_reward_and_dpo_commands_train_resume_and_report(start_run, tmp_path, capsys, monkeypatch):
     shapes = ["circle", "square", "triangle"]
     records = [pair(f"Is there a {c} {s}?", f"Yes, there is a {c} {s}.", "Yes.")
                for c in ["red", "blue", "green", "black", "yellow", "gray", "teal", "brown"] for s in shapes]
@@ -232,7 +232,11 @@ def test_reward_and_dpo_commands_train_resume_and_report(start_run, tmp_path, ca
     assert steps[-1] == 36 and checkpoint.Checkpointer(reward_dir).latest_step() == 36
 
     dpo_dir = tmp_path / "dpo"
+    loaded = []
+    load_run = checkpoint.load_run
+    monkeypatch.setattr(checkpoint, "load_run", lambda run, *a, **k: loaded.append(run) or load_run(run, *a, **k))
     assert cli.main(["dpo", *common, "--run-dir", str(dpo_dir), "--steps", "20", "--beta", "0.5"]) == 0
+    assert loaded == [str(start_run)]  # one reference for the trainer and the evaluations
     assert json.loads((dpo_dir / "results.json").read_text())["preference_validation"]["accuracy"] == 1.0
     assert "accuracy" in capsys.readouterr().out
 

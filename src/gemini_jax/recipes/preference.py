@@ -13,6 +13,7 @@ beta * (log pi - log ref), higher for the chosen reply.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,7 +101,7 @@ class PreferenceRecipe:
         """(model, batch) -> float32[2B]: what pairwise accuracy compares, row by row."""
         if self.kind == "reward":
             return nnx.jit(lambda model, batch: model(batch))
-        reference = checkpoint.load_run(self.init_from).model
+        reference = self._reference
         beta = self.beta
 
         @nnx.jit
@@ -115,8 +116,12 @@ class PreferenceRecipe:
             checkpoint.load_params(self.init_from, model)
         if self.kind == "reward":
             return RewardTrainer(RewardModel(model), optimizer, mesh=mesh)
-        return DPOTrainer(model, optimizer, reference=checkpoint.load_run(self.init_from).model, dpo=DPOConfig(beta=self.beta),
-                          mesh=mesh)
+        return DPOTrainer(model, optimizer, reference=self._reference, dpo=DPOConfig(beta=self.beta), mesh=mesh)
+
+    @functools.cached_property
+    def _reference(self) -> Gemini:
+        """DPO's frozen reference, `init_from`'s model: loaded once for the trainer and the evaluations."""
+        return checkpoint.load_run(self.init_from).model
 
 
 def pairwise_accuracy(score, model, pairs: EncodedPairs) -> dict[str, Any]:
