@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from gemini_jax.data.prepare.classifier import _FEATURES, _features, _vectorizers
+from gemini_jax.data.prepare.classifier import HASHED_FEATURES, hashed_features, hashing_vectorizers
 
 FORMAT = 1
 WEIGHTS_FILE, META_FILE = "classifier.npz", "classifier.json"
@@ -35,7 +35,7 @@ class SafetyClassifier:
     def __init__(self, *, categories: Sequence[str], coef: np.ndarray, intercept: np.ndarray,
                  thresholds: dict[str, float] | None = None, rules: dict[str, str] | None = None):
         self.categories = tuple(categories)
-        width = 2 * _FEATURES
+        width = 2 * HASHED_FEATURES
         if coef.shape != (len(self.categories), width) or intercept.shape != (len(self.categories),):
             raise ValueError(f"safety classifier weights must have shapes ({len(self.categories)}, {width}) and "
                              f"({len(self.categories)},), got {coef.shape} and {intercept.shape}")
@@ -43,7 +43,7 @@ class SafetyClassifier:
         self.intercept = intercept.astype(np.float32)  # [C]
         self.thresholds = {c: float((thresholds or {}).get(c, DEFAULT_THRESHOLD)) for c in self.categories}
         self.rules = {c: (rules or {}).get(c, "default") for c in self.categories}
-        self._vectorizers = _vectorizers()
+        self._hashers = hashing_vectorizers()
 
     @classmethod
     def train(cls, texts: Sequence[str], categories_per_text: Sequence[Collection[str]], *,
@@ -55,7 +55,7 @@ class SafetyClassifier:
         missing = [c for c, column in zip(categories, labels.T) if column.all() or not column.any()]
         if missing:
             raise ValueError(f"each category needs harmful and other texts to train on; {missing} have only one kind")
-        features = _features(_vectorizers(), texts)
+        features = hashed_features(hashing_vectorizers(), texts)
         coef, intercept = [], []
         for column in labels.T:
             model = LogisticRegression(C=regularization, max_iter=1000, class_weight="balanced")
@@ -65,7 +65,7 @@ class SafetyClassifier:
         return cls(categories=categories, coef=np.stack(coef), intercept=np.array(intercept))
 
     def scores(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        logits = _features(self._vectorizers, texts) @ self.coef.T + self.intercept  # [N, C]
+        logits = hashed_features(self._hashers, texts) @ self.coef.T + self.intercept  # [N, C]
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         return {c: probabilities[:, i] for i, c in enumerate(self.categories)}
 
@@ -87,7 +87,7 @@ class SafetyClassifier:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / WEIGHTS_FILE, coef=self.coef, intercept=self.intercept)
-        meta = {"format": FORMAT, "features": _FEATURES, "categories": list(self.categories),
+        meta = {"format": FORMAT, "features": HASHED_FEATURES, "categories": list(self.categories),
                 "thresholds": self.thresholds, "threshold_rules": self.rules}
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -98,9 +98,9 @@ class SafetyClassifier:
             meta = json.loads((where / META_FILE).read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{where / META_FILE}: not a readable safety classifier description ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("features") != _FEATURES:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("features") != HASHED_FEATURES:
             raise ValueError(f"{where / META_FILE}: not a safety classifier of this version (expected format {FORMAT} "
-                             f"with {_FEATURES} features per vectoriser)")
+                             f"with {HASHED_FEATURES} features per vectoriser)")
         with np.load(where / WEIGHTS_FILE, allow_pickle=False) as data:
             return cls(categories=meta["categories"], coef=data["coef"], intercept=data["intercept"],
                        thresholds=meta["thresholds"], rules=meta.get("threshold_rules"))

@@ -17,12 +17,12 @@ from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 
-_FEATURES = 1 << 18  # per vectoriser
+HASHED_FEATURES = 1 << 18  # per vectoriser
 
 
-def _vectorizers() -> tuple[HashingVectorizer, HashingVectorizer]:
-    words = HashingVectorizer(n_features=_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm="l2")
-    chars = HashingVectorizer(n_features=_FEATURES, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False,
+def hashing_vectorizers() -> tuple[HashingVectorizer, HashingVectorizer]:
+    words = HashingVectorizer(n_features=HASHED_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+    chars = HashingVectorizer(n_features=HASHED_FEATURES, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False,
                               norm="l2")
     return words, chars
 
@@ -31,11 +31,11 @@ class QualityClassifier:
     """`score(text)`: the probability that text is like the good examples it was trained on."""
 
     def __init__(self, *, coef: np.ndarray, intercept: float):
-        if coef.shape != (2 * _FEATURES,):
-            raise ValueError(f"classifier coefficients must have shape ({2 * _FEATURES},), got {coef.shape}")
+        if coef.shape != (2 * HASHED_FEATURES,):
+            raise ValueError(f"classifier coefficients must have shape ({2 * HASHED_FEATURES},), got {coef.shape}")
         self.coef = coef.astype(np.float32)
         self.intercept = float(intercept)
-        self._vectorizers = _vectorizers()
+        self._hashers = hashing_vectorizers()
 
     @classmethod
     def train(cls, good: Sequence[str], bad: Sequence[str], *, regularization: float = 1.0) -> QualityClassifier:
@@ -43,11 +43,11 @@ class QualityClassifier:
             raise ValueError(f"the quality classifier needs good and bad examples; got {len(good)} good, {len(bad)} bad")
         model = LogisticRegression(C=regularization, max_iter=1000, class_weight="balanced")
         labels = np.r_[np.ones(len(good)), np.zeros(len(bad))]
-        model.fit(_features(_vectorizers(), [*good, *bad]), labels)
+        model.fit(hashed_features(hashing_vectorizers(), [*good, *bad]), labels)
         return cls(coef=model.coef_[0], intercept=model.intercept_[0])
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
-        logits = _features(self._vectorizers, texts) @ self.coef + self.intercept  # [N]
+        logits = hashed_features(self._hashers, texts) @ self.coef + self.intercept  # [N]
         return 1.0 / (1.0 + np.exp(-logits))
 
     def score(self, text: str) -> float:
@@ -56,18 +56,18 @@ class QualityClassifier:
     def save(self, path: str | os.PathLike) -> None:
         """An .npz of the coefficients and intercept (plus a format number); no pickled objects."""
         np.savez(path, coef=self.coef, intercept=np.float64(self.intercept),
-                 meta=np.array(json.dumps({"format": 1, "features": _FEATURES})))
+                 meta=np.array(json.dumps({"format": 1, "features": HASHED_FEATURES})))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QualityClassifier:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != 1 or meta.get("features") != _FEATURES:
+            if meta.get("format") != 1 or meta.get("features") != HASHED_FEATURES:
                 raise ValueError(f"{path}: not a quality classifier of this version (meta {meta})")
             return cls(coef=data["coef"], intercept=float(data["intercept"]))
 
 
-def _features(vectorizers, texts: Sequence[str]) -> sparse.csr_matrix:
+def hashed_features(vectorizers, texts: Sequence[str]) -> sparse.csr_matrix:
     words, chars = vectorizers
     return sparse.hstack([words.transform(texts), chars.transform(texts)], format="csr")
 
