@@ -17,6 +17,7 @@
     gemini-jax dpo --data pairs.jsonl --init-from runs/demo      # a policy trained on them with DPO
     gemini-jax rl --data prompts.jsonl --init-from runs/demo --reward runs/reward   # RL from a reward
     gemini-jax card runs/demo --results eval.json   # a Markdown model card: runs/demo/MODEL_CARD.md
+    gemini-jax safety train --out runs/safety   # safety classifiers per category of the shipped policy
 
 flags.py defines the flags, commands.py one handler per command; this module runs them.
 """
