@@ -8,7 +8,8 @@ Accepted (POST /v1/chat/completions):
 
 with parts {"type": "text", "text": ...}, {"type": "image_url", "image_url": {"url":
 "data:image/png;base64,..."}} and {"type": "input_audio", "input_audio": {"data": base64,
-"format": "wav"}}. `top_k` is our extension. Gemini has no system role: as Gemma's chat
+"format": "wav"}}. `top_k` and `safety_settings` (a server started with --safety; see
+gemini_jax.safety.filter for its forms) are our extensions. Gemini has no system role: as Gemma's chat
 template does, system text opens the next user turn. Images come only as data: URLs; the
 server fetches nothing. Media are decoded here, so a bad upload is refused with the field
 that holds it before it costs any model time; their preprocessing is the data pipeline's own.
@@ -29,12 +30,14 @@ import math
 import reprlib
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from gemini_jax.data import media
 from gemini_jax.data.examples import Audio, Content, Example, ExampleError, Part
+from gemini_jax.safety.filter import SettingsError, parse_settings
 from gemini_jax.sample.token_choice import SamplingParams
 
 ROLES = {"user": "user", "assistant": "model", "system": "system"}
@@ -84,6 +87,7 @@ class ChatRequest:
     stop: tuple[str, ...]
     stream: bool
     model: str | None
+    safety_settings: dict[str, float | None] | None = None  # None: the server checks nothing
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
@@ -287,8 +291,22 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def parse_chat_request(raw: bytes, *, limits: RequestLimits = RequestLimits()) -> ChatRequest:
-    """The request body (JSON bytes) -> ChatRequest, or an APIError naming the bad field."""
+def _safety_settings(body: dict, categories: Sequence[str] | None) -> dict[str, float | None] | None:
+    if categories is None:
+        if "safety_settings" in body:
+            raise _bad("'safety_settings' needs a safety classifier and this server has none (start it with "
+                       "--safety DIR)", "safety_settings")
+        return None
+    try:
+        return parse_settings(body.get("safety_settings"), categories)
+    except SettingsError as e:
+        raise _bad(str(e), e.field) from None
+
+
+def parse_chat_request(raw: bytes, *, limits: RequestLimits = RequestLimits(),
+                       safety_categories: Sequence[str] | None = None) -> ChatRequest:
+    """The request body (JSON bytes) -> ChatRequest, or an APIError naming the bad field.
+    `safety_categories`: the server's safety classifier's, or None when it has none."""
     body = _json(raw, limits)
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
@@ -304,6 +322,7 @@ def parse_chat_request(raw: bytes, *, limits: RequestLimits = RequestLimits()) -
     if max_tokens is None:
         max_tokens = _integer(body, "max_completion_tokens", low=1, high=INT32_MAX)
     seed = _integer(body, "seed", low=0, high=2**32 - 1)
+    safety_settings = _safety_settings(body, safety_categories)
     try:
         example = _messages(body.get("messages"), limits)
     except ExampleError as e:
@@ -312,22 +331,27 @@ def parse_chat_request(raw: bytes, *, limits: RequestLimits = RequestLimits()) -
         example=example, temperature=_temperature(body), top_p=_top_p(body),
         top_k=_integer(body, "top_k", low=0, high=INT32_MAX) or 0, max_tokens=max_tokens,
         seed=secrets.randbits(32) if seed is None else seed, stop=_stop(body.get("stop")), stream=stream, model=model,
+        safety_settings=safety_settings,
     )
 
 
 def completion_body(*, request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int) -> dict[str, Any]:
-    return {
+                    completion_tokens: int, safety: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`safety`: why the reply was blocked (finish_reason "content_filter"), else None and absent."""
+    body = {
         "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
+    return body if safety is None else {**body, "safety": safety}
 
 
-def chunk_body(*, request_id: str, model: str, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
-    return {
+def chunk_body(*, request_id: str, model: str, delta: dict[str, str], finish_reason: str | None,
+               safety: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = {
         "id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+    return body if safety is None else {**body, "safety": safety}

@@ -15,6 +15,12 @@ step. So requests join the batch at its next step, and the event loop never bloc
 model or on a large upload: /health answers while an image decodes. Admission is bounded: once
 every slot is busy and `max_queue` requests wait, a new one is refused with 429 at once rather
 than left to time out. No malformed request is a 500 (docs/serving.md lists the checks).
+
+With a safety classifier (`serve(..., safety=DIR)`, `--safety DIR`) a request may carry
+`safety_settings`; the user turns' text is checked before generation and the reply at every
+chunk as it grows. A blocked request is answered 200 with finish_reason "content_filter", no
+generated text past the point it was blocked, and a `safety` object naming the category and
+score (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from gemini_jax.data.encode import EncodeError
 from gemini_jax.data.examples import ExampleError
 from gemini_jax.data.media import MediaError
 from gemini_jax.data.tokenizer import TokenizerError
+from gemini_jax.safety.filter import SafetyFilter, Verdict, prompt_text
 from gemini_jax.sample.chat_api import (
     APIError,
     ChatRequest,
@@ -79,6 +86,26 @@ class _Counters:
     tokens_generated: int = 0
 
 
+@dataclasses.dataclass
+class _SafetyCounters:
+    """Blocked requests by where they were blocked and by category."""
+
+    prompt: dict[str, int]
+    response: dict[str, int]
+
+    @classmethod
+    def zero(cls, categories) -> _SafetyCounters:
+        return cls(prompt=dict.fromkeys(categories, 0), response=dict.fromkeys(categories, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocked:
+    """A prompt the safety filter refused: answered without generating."""
+
+    verdict: Verdict
+    prompt_tokens: int
+
+
 def _error(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
@@ -101,10 +128,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class ChatServer:
     """The HTTP handlers around one Engine; `app` is the ASGI application."""
 
-    def __init__(self, engine: Engine, config: ServerConfig = ServerConfig()):
+    def __init__(self, engine: Engine, config: ServerConfig = ServerConfig(), *, safety: SafetyFilter | None = None):
         self.engine = engine
         self.config = config
         self.counters = _Counters()
+        self.safety = safety
+        self.safety_blocked = _SafetyCounters.zero(safety.categories) if safety else None
         audio = engine.config.audio
         self.limits = RequestLimits(max_image_pixels=config.max_image_pixels,
                                     max_audio_seconds=audio.max_seconds if audio else RequestLimits().max_audio_seconds)
@@ -159,10 +188,15 @@ class ChatServer:
         return JSONResponse({"object": "list", "data": [{"id": self.config.model_name, "object": "model",
                                                          "owned_by": "gemini-jax"}]})
 
-    def metrics_values(self) -> dict[str, int]:
+    def metrics_values(self) -> dict[str, Any]:
+        """Counters; with a safety filter also `safety_blocked`: {"prompt"|"response": {category: n}}."""
         engine = self.engine
-        return {**dataclasses.asdict(self.counters), "queue_depth": engine.queue_depth,
-                "active_slots": engine.active_slots, "slots": engine.slots, "decode_steps": engine.stats.decode_steps}
+        values: dict[str, Any] = {
+            **dataclasses.asdict(self.counters), "queue_depth": engine.queue_depth,
+            "active_slots": engine.active_slots, "slots": engine.slots, "decode_steps": engine.stats.decode_steps}
+        if self.safety_blocked is not None:
+            values["safety_blocked"] = dataclasses.asdict(self.safety_blocked)
+        return values
 
     async def metrics(self, request: Request) -> Response:
         try:
@@ -171,7 +205,10 @@ class ChatServer:
             return _error(e)
         values = self.metrics_values()
         if request.query_params.get("format") == "prometheus":
+            blocked = values.pop("safety_blocked", {})
             lines = [f"gemini_jax_{name} {value}" for name, value in values.items()]
+            lines += [f'gemini_jax_safety_blocked{{stage="{stage}",category="{category}"}} {n}'
+                      for stage, counts in blocked.items() for category, n in counts.items()]
             return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
         return JSONResponse(values)
 
@@ -181,6 +218,8 @@ class ChatServer:
             raw = await _read_body(request, self.config.max_request_bytes)
             loop = asyncio.get_running_loop()
             chat, row = await loop.run_in_executor(self._workers, self._prepare, raw)
+            if isinstance(row, _Blocked):
+                return self._blocked_prompt(chat, row)
             submitted, events = self._submit(chat, row)
         except APIError as e:
             if e.status == 429:
@@ -195,13 +234,22 @@ class ChatServer:
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = chat.model or self.config.model_name
         if chat.stream:
-            return StreamingResponse(self._stream(submitted, events, request_id, model),
+            return StreamingResponse(self._stream(chat, submitted, events, request_id, model),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text = ""
         try:
             async for event in self._events(submitted, events):
                 if event.finish_reason == "error":
                     self.counters.requests_failed += 1
                     return _error(APIError(500, f"generation failed: {event.error}", type="server_error"))
+                text += event.delta
+                verdict = await self._check_response(chat, text, changed=bool(event.delta))
+                if verdict is not None:  # the text so far is withheld, and generation stops here
+                    self._count(submitted)
+                    return JSONResponse(completion_body(
+                        request_id=request_id, model=model, text="", finish_reason="content_filter",
+                        prompt_tokens=submitted.prompt_tokens, completion_tokens=len(submitted.token_ids),
+                        safety=verdict.to_json("response")))
         finally:
             submitted.cancel()  # a no-op once finished; frees the slot if the client went away
         completion = submitted.result()
@@ -212,16 +260,53 @@ class ChatServer:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _prepare(self, raw: bytes) -> tuple[ChatRequest, Row]:
-        """The body parsed, checked and encoded: CPU work for a worker thread, never the event loop."""
-        chat = parse_chat_request(raw, limits=self.limits)
+    def _prepare(self, raw: bytes) -> tuple[ChatRequest, Row | _Blocked]:
+        """The body parsed, checked and encoded: CPU work for a worker thread, never the event loop.
+        A prompt the safety filter blocks comes back as _Blocked instead of its row."""
+        chat = parse_chat_request(raw, limits=self.limits,
+                                  safety_categories=self.safety.categories if self.safety else None)
         try:
-            return chat, self.engine.encode(chat.example)
+            row = self.engine.encode(chat.example)
         except EncodeError as e:
             code = "context_length_exceeded" if "context" in str(e) else None
             raise APIError(400, str(e), param="messages", code=code) from None
         except (ExampleError, MediaError, TokenizerError) as e:
             raise APIError(400, str(e), param="messages") from None
+        if self.safety is not None:
+            verdict = self.safety.check(prompt_text(chat.example), chat.safety_settings)
+            if verdict is not None:
+                return chat, _Blocked(verdict, prompt_tokens=int(row["tokens"].shape[0]))
+        return chat, row
+
+    def _blocked_prompt(self, chat: ChatRequest, blocked: _Blocked) -> Response:
+        """The answer to a blocked prompt: nothing generated, finish_reason "content_filter"."""
+        assert self.safety_blocked is not None
+        self.safety_blocked.prompt[blocked.verdict.category] += 1
+        self.counters.requests_served += 1
+        self.counters.prompt_tokens += blocked.prompt_tokens
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        model = chat.model or self.config.model_name
+        safety = blocked.verdict.to_json("prompt")
+        if not chat.stream:
+            return JSONResponse(completion_body(
+                request_id=request_id, model=model, text="", finish_reason="content_filter",
+                prompt_tokens=blocked.prompt_tokens, completion_tokens=0, safety=safety))
+        chunks = [chunk_body(request_id=request_id, model=model, delta={"role": "assistant"}, finish_reason=None),
+                  chunk_body(request_id=request_id, model=model, delta={}, finish_reason="content_filter",
+                             safety=safety)]
+        return StreamingResponse(iter([*(f"data: {json.dumps(c)}\n\n" for c in chunks), "data: [DONE]\n\n"]),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _check_response(self, chat: ChatRequest, text: str, *, changed: bool) -> Verdict | None:
+        """The reply so far through the safety filter (in a worker thread: it is CPU work), counted
+        when blocked; None without a filter or when the text has not changed since the last check."""
+        if self.safety is None or not changed:
+            return None
+        verdict = await run_in_threadpool(self.safety.check, text, chat.safety_settings)
+        if verdict is not None:
+            assert self.safety_blocked is not None
+            self.safety_blocked.response[verdict.category] += 1
+        return verdict
 
     def _submit(self, chat: ChatRequest, row: Row):
         """Queues the encoded prompt with its token budget."""
@@ -262,18 +347,26 @@ class ChatServer:
         self.counters.prompt_tokens += submitted.prompt_tokens
         self.counters.tokens_generated += len(submitted.token_ids)
 
-    async def _stream(self, submitted, events: asyncio.Queue[Event], request_id: str, model: str
-                      ) -> AsyncIterator[str]:
+    async def _stream(self, chat: ChatRequest, submitted, events: asyncio.Queue[Event], request_id: str,
+                      model: str) -> AsyncIterator[str]:
         def sse(body: dict[str, Any]) -> str:
             return f"data: {json.dumps(body)}\n\n"
 
         try:
             yield sse(chunk_body(request_id=request_id, model=model, delta={"role": "assistant"},
                                  finish_reason=None))
+            text = ""
             async for event in self._events(submitted, events):
                 if event.finish_reason == "error":
                     self.counters.requests_failed += 1
                     yield sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
+                    break
+                text += event.delta
+                verdict = await self._check_response(chat, text, changed=bool(event.delta))
+                if verdict is not None:  # this chunk is not sent; the stream ends here
+                    self._count(submitted)
+                    yield sse(chunk_body(request_id=request_id, model=model, delta={}, finish_reason="content_filter",
+                                         safety=verdict.to_json("response")))
                     break
                 if event.delta:
                     yield sse(chunk_body(request_id=request_id, model=model, delta={"content": event.delta},
@@ -299,14 +392,19 @@ def load_run(run_dir: str, *, step: int | None = None):
 def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 8, max_queue: int = 64,
           max_request_bytes: int = 8 << 20, api_key: str | None = None, max_len: int | None = None,
           step: int | None = None, max_image_pixels: int = ServerConfig.max_image_pixels,
-          media_workers: int = ServerConfig.media_workers) -> None:
-    """Loads a run directory's model (at checkpoint `step`) and serves it until interrupted."""
+          media_workers: int = ServerConfig.media_workers, safety: str | None = None) -> None:
+    """Loads a run directory's model (at checkpoint `step`) and serves it until interrupted;
+    `safety`: a directory written by `gemini-jax safety train`, checking prompts and replies."""
     import uvicorn
 
     from gemini_jax.config import ConfigError
 
     if max_request_bytes < 1:
         raise ConfigError(f"--max-request-bytes must be at least 1, got {max_request_bytes}")
+    try:  # before the model: a wrong directory is found in a second, not after loading
+        safety_filter = SafetyFilter.load(safety) if safety is not None else None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--safety {safety}: {e}") from None
     model, tokenizer = load_run(run_dir, step=step)
     try:
         engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
@@ -315,5 +413,6 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
     engine.warm_up()  # before the port opens: ready means the first request compiles nothing
     name = run_dir.rstrip("/").split("/")[-1] or "gemini-jax"
     server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes,
-                                             max_image_pixels=max_image_pixels, media_workers=media_workers))
+                                             max_image_pixels=max_image_pixels, media_workers=media_workers),
+                        safety=safety_filter)
     uvicorn.run(server.app, host=host, port=port, log_level="info")
