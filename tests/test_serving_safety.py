@@ -4,14 +4,17 @@ import dataclasses
 import inspect
 import json
 import textwrap
+import types
 
 import pytest
 from starlette.testclient import TestClient
 
+import gemini_jax
+from gemini_jax import cli
 from gemini_jax.config import PRESETS
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.safety.classifier import SafetyClassifier
-from gemini_jax.safety.filter import SafetyFilter, SettingsError, Verdict, parse_settings
+from gemini_jax.safety.filter import SafetyBlocked, SafetyFilter, SettingsError, Verdict, parse_settings
 from gemini_jax.sample.engine import Engine
 from gemini_jax.sample.server import ChatServer, ServerConfig
 
@@ -22,10 +25,16 @@ INSULT = "you are a stupid worthless idiot"
 
 
 @pytest.fixture(scope="module")
-def engine(build_model, tmp_path_factory):
+def run(build_model, tmp_path_factory):
+    """What api.generate reads of a loaded run."""
     corpus = [inspect.getsource(textwrap), "What colour is the shape? A red circle. A blue square.\n" * 30]
     tok = train_tokenizer(corpus, vocab_size=400, path=tmp_path_factory.mktemp("tok") / "t.model")
-    return Engine(build_model(CONFIG), tok, slots=2, max_len=128)
+    return types.SimpleNamespace(model=build_model(CONFIG), tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def engine(run):
+    return Engine(run.model, run.tokenizer, slots=2, max_len=128)
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +207,49 @@ def test_settings_without_a_classifier_get_400(engine):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "safety_settings" and "--safety DIR" in error["message"]
+
+
+# --- generate: the Python API and the command -----------------------------------------------------
+
+
+def test_generate_checks_the_prompt_and_the_answer(run, classifier):
+    safety = SafetyFilter(classifier)
+    with pytest.raises(SafetyBlocked) as caught:
+        gemini_jax.generate(run, INSULT, max_new_tokens=4, safety=safety)
+    assert caught.value.stage == "prompt" and caught.value.verdict.category == "harassment"
+    assert "harassment" in str(caught.value) and "blocked (prompt)" in str(caught.value)
+    answer = gemini_jax.generate(run, "What colour is the shape?", max_new_tokens=4)
+    assert gemini_jax.generate(run, "What colour is the shape?", max_new_tokens=4, safety=safety) == answer
+    assert gemini_jax.generate(run, INSULT, max_new_tokens=4, safety=safety,
+                               safety_settings=[{"category": "harassment", "threshold": "off"}]) is not None
+    assert answer  # a non-empty answer, so that only it begins with itself
+    with pytest.raises(SafetyBlocked) as caught:
+        gemini_jax.generate(run, "What colour is the shape?", max_new_tokens=4, safety=PrefixFlagger(classifier, answer))
+    assert caught.value.stage == "response" and caught.value.verdict.category == "weapons"
+    with pytest.raises(SettingsError, match=r"safety_settings\.spam"):
+        gemini_jax.generate(run, "hi", safety=safety, safety_settings={"spam": 0.5})
+    with pytest.raises(ValueError, match="safety=DIR"):
+        gemini_jax.generate(run, "hi", safety_settings={"weapons": 0.5})
+
+
+def test_generate_command_prints_the_verdict_and_refuses_bad_settings(run, classifier, tmp_path, monkeypatch, capsys):
+    classifier.save(tmp_path / "safety")
+    missing_run = str(tmp_path / "no_run")  # the flags are checked before a run is read
+    for flags, field in [(["--safety-setting", "spam=0.5"], "--safety-setting.spam"),
+                         (["--safety-setting", "weapons=2"], "--safety-setting.weapons"),
+                         (["--safety-setting", "weapons"], "CATEGORY=THRESHOLD")]:
+        assert cli.main(["generate", "--checkpoint", missing_run, "--safety", str(tmp_path / "safety"), *flags,
+                         "hi"]) == 2
+        assert field in capsys.readouterr().err
+    assert cli.main(["generate", "--checkpoint", missing_run, "--safety-setting", "weapons=0.5", "hi"]) == 2
+    assert "needs --safety DIR" in capsys.readouterr().err
+    assert cli.main(["generate", "--checkpoint", missing_run, "--safety", str(tmp_path), "hi"]) == 2
+    assert "--safety" in capsys.readouterr().err
+
+    monkeypatch.setattr(gemini_jax.api, "load", lambda *a, **k: run)
+    assert cli.main(["generate", "--safety", str(tmp_path / "safety"), "--max-new-tokens", "2", INSULT]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("blocked (prompt): harassment, score 0.") and "threshold 0.600" in printed
+    assert cli.main(["generate", "--safety", str(tmp_path / "safety"), "--safety-setting", "harassment=off",
+                     "--max-new-tokens", "2", INSULT]) == 0
+    assert "blocked" not in capsys.readouterr().out

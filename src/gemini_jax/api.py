@@ -6,6 +6,7 @@
 
     run = gemini_jax.load("runs/demo")
     gemini_jax.generate(run, "What shape is this?", images=["shape.png"])
+    gemini_jax.generate(run, "Hello", safety="runs/safety", safety_settings={"harassment": 0.2})
     gemini_jax.evaluate(run, ["vqa", "asr"], limit=100)
     gemini_jax.train_recipe(gemini_jax.recipes.DemoRecipe(run_dir="runs/mine"))
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from gemini_jax.checkpoint import Run
     from gemini_jax.data.examples import Example
     from gemini_jax.recipes.runner import Recipe
+    from gemini_jax.safety.filter import SafetyFilter
 
 
 def load(run_dir: str | os.PathLike, *, step: int | None = None) -> Run:
@@ -47,11 +49,22 @@ def user_turn(text: str, *, images: Sequence[Any] = (), videos: Sequence[Any] = 
 
 def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
              videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
-    """The model's answer to `prompt`: a user turn's text (with its media) or a whole Example."""
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None) -> str:
+    """The model's answer to `prompt`: a user turn's text (with its media) or a whole Example.
+
+    `safety`: a SafetyFilter or the directory `gemini-jax safety train` wrote; the user turns' text
+    is checked before generating and the answer after, under `safety_settings` (the request forms
+    of gemini_jax.safety.filter). A blocked one raises SafetyBlocked (its `stage`, `verdict`:
+    category and score) instead of returning text."""
+    from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
     from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
+    if safety is None and safety_settings is not None:
+        raise ValueError("safety_settings need a safety classifier: pass safety=DIR (or a SafetyFilter)")
+    check = safety if isinstance(safety, SafetyFilter) or safety is None else SafetyFilter.load(safety)
+    settings = parse_settings(safety_settings, check.categories) if check else None
     run = _as_run(run)
     if isinstance(prompt, str):
         prompt = user_turn(prompt, images=images, videos=videos, audios=audios)
@@ -59,7 +72,11 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
         raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
+    if check:
+        check.require_safe(prompt_text(prompt), settings, stage="prompt")
     [answer] = Sampler(run.model, run.tokenizer).generate([prompt], [params])
+    if check:
+        check.require_safe(answer, settings, stage="response")
     return answer
 
 

@@ -137,13 +137,46 @@ def evaluate(args: argparse.Namespace) -> None:
     _write_json(args.output, results)
 
 
+def _safety_flags(args: argparse.Namespace):
+    """(SafetyFilter or None, settings) from --safety and --safety-setting, checked before any model loads."""
+    from gemini_jax.config import ConfigError
+    from gemini_jax.safety.filter import SafetyFilter, SettingsError, parse_settings
+
+    if args.safety is None:
+        if args.safety_setting:
+            raise ConfigError("--safety-setting needs --safety DIR (a classifier from `gemini-jax safety train`)")
+        return None, None
+    try:
+        check = SafetyFilter.load(args.safety)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--safety {args.safety}: {e}") from None
+    settings = {}
+    for item in args.safety_setting:
+        category, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--safety-setting {item!r}: expected CATEGORY=THRESHOLD (a number in [0, 1] or 'off')")
+        try:
+            settings[category] = float(value)
+        except ValueError:
+            settings[category] = value  # "off", or a mistake parse_settings names
+    try:
+        return check, parse_settings(settings, check.categories, where="--safety-setting")
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
+
+
 def generate(args: argparse.Namespace) -> None:
     from gemini_jax import api
+    from gemini_jax.safety.filter import SafetyBlocked
 
+    check, settings = _safety_flags(args)
     run = api.load(args.checkpoint, step=args.step)
-    print(api.generate(run, args.prompt, images=args.image, videos=args.video, audios=args.audio,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed))
+    try:
+        print(api.generate(run, args.prompt, images=args.image, videos=args.video, audios=args.audio,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed, safety=check, safety_settings=settings))
+    except SafetyBlocked as e:
+        print(e)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -152,7 +185,7 @@ def serve(args: argparse.Namespace) -> None:
     serve_run(args.checkpoint, host=args.host, port=args.port, slots=args.slots, max_queue=args.max_queue,
               max_request_bytes=args.max_request_bytes, max_len=args.max_len, step=args.step,
               max_image_pixels=args.max_image_pixels, media_workers=args.media_workers,
-              api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"))
+              api_key=args.api_key or os.environ.get("GEMINI_JAX_API_KEY"), safety=args.safety)
 
 
 def presets(args: argparse.Namespace) -> None:

@@ -332,6 +332,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, default=0, help="sampling seed")
     p.add_argument("--step", type=non_negative_int, default=None,
                    help="the checkpoint step to load (default: the latest)")
+    p.add_argument("--safety", default=None, metavar="DIR",
+                   help="a safety classifier (`gemini-jax safety train --out DIR`): the prompt and the answer are "
+                   "checked, and a blocked one prints its category and score instead of the text")
+    p.add_argument("--safety-setting", action="append", default=[], metavar="CATEGORY=THRESHOLD",
+                   help="with --safety: block CATEGORY at this score in [0, 1] (lower blocks more) or 'off'; "
+                   "repeatable; unnamed categories keep the classifier's thresholds")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -360,6 +366,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="cache positions per slot, prompt + answer (default: the model's context)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $GEMINI_JAX_API_KEY if set, else none)")
+    p.add_argument("--safety", default=None, metavar="DIR",
+                   help="a safety classifier (`gemini-jax safety train --out DIR`): requests may carry "
+                   "safety_settings; prompts and replies over threshold end with finish_reason content_filter")
 
 
 def _add_presets(sub: argparse._SubParsersAction) -> None:

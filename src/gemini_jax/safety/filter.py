@@ -56,6 +56,15 @@ class Verdict:
         return f"blocked ({blocked}): {self.category}, score {self.score:.3f} >= threshold {self.threshold:.3f}"
 
 
+class SafetyBlocked(Exception):
+    """A prompt or reply the safety filter blocked: `stage` ("prompt" or "response") and `verdict`."""
+
+    def __init__(self, stage: str, verdict: Verdict):
+        super().__init__(verdict.describe(stage))
+        self.stage = stage
+        self.verdict = verdict
+
+
 def _threshold(value: Any, field: str) -> float | None:
     if value is None or value == OFF:
         return None
@@ -131,6 +140,12 @@ class SafetyFilter:
         scores = self.scores(text)
         over = [Verdict(c, scores[c], t) for c, t in thresholds.items() if t is not None and scores[c] >= t]
         return max(over, key=lambda v: v.score, default=None)
+
+    def require_safe(self, text: str, settings: Settings | None, *, stage: str) -> None:
+        """Raises SafetyBlocked when `check` blocks the text."""
+        verdict = self.check(text, settings)
+        if verdict is not None:
+            raise SafetyBlocked(stage, verdict)
 
     def scores(self, text: str) -> dict[str, float]:
         """The classifier's `scores` for one text. A stream is checked at every chunk, so this
