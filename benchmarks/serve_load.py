@@ -124,7 +124,12 @@ def serve_child(args: argparse.Namespace) -> None:
         sys.setswitchinterval(args.switch_interval)
     model, tokenizer = load_run(args.checkpoint) if args.checkpoint else random_model(args.preset, args.tokenizer)
     engine = Engine(model, tokenizer, slots=args.slots, max_len=args.max_len, max_queue=args.max_queue)
-    uvicorn.run(ChatServer(engine, ServerConfig()).app, host="127.0.0.1", port=args.serve_port,
+    safety = None
+    if args.safety:
+        from gemini_jax.safety.filter import SafetyFilter
+
+        safety = SafetyFilter.load(args.safety)
+    uvicorn.run(ChatServer(engine, ServerConfig(), safety=safety).app, host="127.0.0.1", port=args.serve_port,
                 log_level="warning", backlog=4096, timeout_keep_alive=60)
 
 
@@ -137,6 +142,8 @@ def start_server(args: argparse.Namespace, tokenizer_path: str | None, port: int
     command += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--tokenizer", tokenizer_path]
     if args.switch_interval is not None:
         command += ["--switch-interval", str(args.switch_interval)]
+    if args.safety:
+        command += ["--safety", args.safety]
     child = subprocess.Popen(command)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -396,6 +403,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hostile", type=int, default=64, help="hostile requests in the mixed run")
     parser.add_argument("--hostile-kinds", nargs="+", default=None, help="only these kinds (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating all-valid and mixed runs")
+    parser.add_argument("--safety", default=None, metavar="DIR",
+                        help="serve with this safety classifier (`gemini-jax safety train --out DIR`): every prompt "
+                        "and every reply chunk is checked at the classifier's thresholds; a blocked answer counts "
+                        "as mismatched")
     parser.add_argument("--serve-port", type=int, default=None, help=argparse.SUPPRESS)  # the child's mode
     parser.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--attack-url", default=None, help=argparse.SUPPRESS)  # the hostile clients' mode
@@ -456,7 +467,8 @@ def main() -> None:
         server.wait(30)
 
     common = {"distinct_prompts": len(items), "slots": args.slots, "max_queue": args.max_queue,
-              "max_tokens": args.max_tokens, "model": args.checkpoint or f"{args.preset} (random weights)"}
+              "max_tokens": args.max_tokens, "model": args.checkpoint or f"{args.preset} (random weights)",
+              "safety": args.safety}
     if args.mixed:
         print(json.dumps({**report, **common, "setup_s": round(setup_s, 1), "warmup_s": round(warmup_s, 1)},
                          indent=2))
