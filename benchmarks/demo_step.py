@@ -16,15 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -59,14 +53,14 @@ def main() -> None:
                 jax.block_until_ready(trainer.step(batch))
 
         def timed(batches):
-            cpu, wall, seen, metrics = _cpu_seconds(), time.perf_counter(), [], None
+            cpu, wall, seen, metrics = time.process_time(), time.perf_counter(), [], None
             for batch in batches:
                 seen.append(batch)
                 metrics = trainer.step(batch)
             jax.block_until_ready(metrics)
             per_step = lambda s: round(1e3 * s / len(seen), 1)
             return seen, {"ms_per_step": per_step(time.perf_counter() - wall),
-                          "cpu_ms_per_step": per_step(_cpu_seconds() - cpu)}
+                          "cpu_ms_per_step": per_step(time.process_time() - cpu)}
 
         runs = []
         for _ in range(args.repeats):

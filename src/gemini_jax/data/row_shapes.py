@@ -1,8 +1,8 @@
-"""Fixed row shapes: encoded rows padded to one task's text length and media slots, then stacked.
+"""Fixed row shapes: encoded rows padded to one task's text length and media slots, in one batch.
 
     shapes = media_shapes(seq_len=256, config=cfg, max_images=1, max_frames=0, max_audio_clips=0,
                           max_mel_frames=None)
-    batch = stack_rows(32)([pad_row(row, shapes) for row in rows])
+    batch = padded_batches(32, shapes)(rows)          # each row written once, into its slot
     batch = collate(prompts, seq_len=64, config=cfg)   # the same for already-encoded prompts
 
 One shape per task, so a jitted step compiles once per task.
@@ -171,4 +171,4 @@ def collate(rows: Sequence[Row], *, seq_len: int, config: ModelConfig, batch_siz
     # Generation prompts have no targets: give them empty ones so every batch has one layout.
     rows = [{"targets": np.zeros_like(r["tokens"]), "loss_mask": np.zeros(r["tokens"].shape, np.float32), **r}
             for r in rows]
-    return stack_rows(batch_size or len(rows))([pad_row(r, shapes) for r in rows])
+    return padded_batches(batch_size or len(rows), shapes)(rows)
