@@ -36,7 +36,8 @@ def test_every_task_is_known_to_the_cli_and_tested():
     assert cli.DEMO_TASKS == DEMO and not set(DEMO) & set(TASKS)
     from gemini_jax.evals.registry import TASKS as EVERY_TASK
 
-    assert set(EVERY_TASK) == {*TASKS, *DEMO, *cli.ROBUSTNESS_TASKS, *cli.LONG_CONTEXT_TASKS, *cli.PREPARED_TASKS}
+    assert set(EVERY_TASK) == {*TASKS, *DEMO, *cli.ROBUSTNESS_TASKS, *cli.LONG_CONTEXT_TASKS, *cli.PREPARED_TASKS,
+                               *cli.SAFETY_TASKS}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

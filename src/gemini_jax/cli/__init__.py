@@ -18,6 +18,7 @@
     gemini-jax rl --data prompts.jsonl --init-from runs/demo --reward runs/reward   # RL from a reward
     gemini-jax card runs/demo --results eval.json   # a Markdown model card: runs/demo/MODEL_CARD.md
     gemini-jax safety train --out runs/safety   # safety classifiers per category of the shipped policy
+    gemini-jax safety data --out data/safety    # safety-tuning data and a mixture that replays the demo
 
 flags.py defines the flags, commands.py one handler per command; this module runs them.
 """
@@ -34,11 +35,12 @@ from gemini_jax.cli.flags import (
     LONG_CONTEXT_TASKS,
     PREPARED_TASKS,
     ROBUSTNESS_TASKS,
+    SAFETY_TASKS,
     build_parser,
 )
 
-__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "ROBUSTNESS_TASKS", "build_parser",
-           "entry",
+__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "ROBUSTNESS_TASKS", "SAFETY_TASKS",
+           "build_parser", "entry",
            "huge_pages_environ", "main"]
 
 

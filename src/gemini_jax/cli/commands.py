@@ -233,6 +233,8 @@ def card(args: argparse.Namespace) -> None:
 
 
 def safety(args: argparse.Namespace) -> None:
+    if args.safety_command == "data":
+        return safety_data(args)
     from gemini_jax.safety.evaluate import format_table
     from gemini_jax.safety.policy import load_policy
     from gemini_jax.safety.train import REPORT_FILE, train_and_report
@@ -242,6 +244,23 @@ def safety(args: argparse.Namespace) -> None:
     print(format_table(report["results"]))
     print(f"thresholds (chosen on validation): {json.dumps(report['thresholds'])}")
     print(f"wrote {Path(args.out, REPORT_FILE)}")
+
+
+def safety_data(args: argparse.Namespace) -> None:
+    from gemini_jax.data.corpora.demo import DemoCorpus
+    from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
+    from gemini_jax.safety.policy import load_policy
+    from gemini_jax.safety.tuning_data import write_tuning_data
+
+    policy = load_policy(args.policy)  # a bad policy fails before the corpus is built
+    corpus = DemoCorpus.build(args.cache_dir)
+    replay = prepare_demo_sources(corpus) if args.replay else None
+    files = write_tuning_data(args.out, policy=policy, corpus=corpus, replay=replay,
+                              max_per_template=args.max_per_template, train_passages=args.passages)
+    for name, count in files.counts.items():
+        print(f"wrote {files.out / (name + '.jsonl')}: {count:,} examples")
+    print(f"wrote {files.mixture}" + (f" (replaying {replay})" if replay else " (no replay)"))
+    print(f"next:\n  {files.prepare_command(args.init_from)}\n  {files.train_command(args.init_from)}")
 
 
 HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,

@@ -256,6 +256,8 @@ DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
 ROBUSTNESS_TASKS = ("robustness", "robustness_validation")  # evals/tasks/robustness.py's
+SAFETY_TASKS = ("safety", "safety_validation", "hedging", "hedging_validation", "attribution",
+                "attribution_validation")  # evals/tasks/safety.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
 
@@ -283,6 +285,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
                    + ",".join(DEMO_TASKS) + "), or the demo's robustness suite (" + ",".join(ROBUSTNESS_TASKS)
+                   + "), or safety, hedging and attribution (" + ",".join(SAFETY_TASKS)
                    + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
                    + "), or your data (" + ",".join(PREPARED_TASKS) + "), in any mixture; default: all demo sets")
     p.add_argument("--data-dir", default=None,
@@ -455,7 +458,7 @@ def _add_safety(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("safety", help="safety classifiers from a policy of harm categories (docs/safety.md)",
                        description="Safety classifiers built from a policy file (docs/safety.md).")
     actions = p.add_subparsers(dest="safety_command", required=True, metavar="ACTION",
-                               help="train: build the classifiers from a policy")
+                               help="train: build the classifiers from a policy; data: safety-tuning data")
     t = actions.add_parser(
         "train",
         help="train per-category safety classifiers on a policy's requests and report them on held-out templates",
@@ -475,6 +478,29 @@ def _add_safety(sub: argparse._SubParsersAction) -> None:
                    "validation F1 where none does)")
     t.add_argument("--max-per-template", type=positive_int, default=40,
                    help="slot fillings per template, at most (a fixed sample where there are more)")
+    d = actions.add_parser(
+        "data",
+        help="write safety-tuning data (refusals, allowed look-alikes, hedging, attribution) and a mixture file",
+        description="Writes DIR/refusals.jsonl (the policy's train refuse requests, plain and red-team wrapped, "
+        "answered with its refusal), DIR/allowed.jsonl (its train allow requests, answered with a short helpful "
+        "reply), DIR/hedging.jsonl (the demo's train images asked about a shape they do not hold, answered 'There "
+        "is no triangle in the image.'), DIR/attribution.jsonl (train passages and questions, answered from the "
+        "passage) and DIR/mixture.yaml (those, once prepared, and a replay of the demo's own tasks). Nothing of "
+        "validation or test is written. Prints the `data prepare` and `train` commands (docs/safety.md).",
+        formatter_class=_HelpFormatter,
+    )
+    d.add_argument("--out", required=True, metavar="DIR", help="the directory to write the files to")
+    d.add_argument("--policy", default=None, metavar="FILE",
+                   help="a policy YAML file (default: the shipped policy, src/gemini_jax/safety/default_policy.yaml)")
+    d.add_argument("--cache-dir", default=None, help="the demo corpus cache (as for train): its images and replay")
+    d.add_argument("--max-per-template", type=positive_int, default=40,
+                   help="slot fillings per template, at most (a fixed sample where there are more)")
+    d.add_argument("--passages", type=positive_int, default=3000, help="attribution passages to write")
+    d.add_argument("--no-replay", dest="replay", action="store_false",
+                   help="a mixture of the safety data alone (default: it also replays the demo's prepared tasks, "
+                   "prepared first if they are not yet)")
+    d.add_argument("--init-from", default="runs/demo", metavar="RUN_DIR",
+                   help="the run the printed commands prepare with and tune (default: %(default)s)")
 
 
 # The commands that compile XLA programs: each takes --no-compile-cache.

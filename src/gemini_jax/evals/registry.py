@@ -37,6 +37,7 @@ from gemini_jax.evals.tasks import demo
 from gemini_jax.evals.tasks import long_context
 from gemini_jax.evals.tasks import prepared
 from gemini_jax.evals.tasks import robustness
+from gemini_jax.evals.tasks import safety
 
 if TYPE_CHECKING:
     from gemini_jax.data.corpora.demo import DemoCorpus
@@ -48,7 +49,7 @@ TaskLike = str | EvalTask  # a registry name, or a task instance with its own pa
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
     *demo.demo_sets(), robustness.Robustness(), robustness.Robustness(name="robustness_validation", split="validation"),
     long_context.KvRetrieval(), long_context.NllByPosition(), *prepared.prepared_sets(),
-    *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
+    *safety.safety_sets(), *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
 DEFAULT_TASKS = demo.TASKS  # what `gemini-jax eval` runs without --tasks
 
 
