@@ -3,6 +3,9 @@ merging keeps the logits, every targeted weight gets its adapter (k and v under 
 attention too), and bad settings or adapter states are refused with clear errors."""
 
 import dataclasses
+import json
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +14,14 @@ import pytest
 from flax import nnx
 
 from conftest import greedy_continuation
-from gemini_jax import sharding
-from gemini_jax.config import PRESETS
+from gemini_jax import checkpoint, sharding
+from gemini_jax.digests import digests
+from gemini_jax.cli import main
+from gemini_jax.cli.flags import LORA_TARGETS
+from gemini_jax.config import PRESETS, override
+from gemini_jax.data.prepare.pipeline import PrepareOptions
+from gemini_jax.data.prepare.pipeline import prepare as prepare_data
+from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.train.batches import model_inputs, with_loss_positions
 from gemini_jax.train.lora import (
@@ -28,9 +37,12 @@ from gemini_jax.train.lora import (
     load_adapter_state,
     lora_weights,
     merge_lora,
+    start_lora,
 )
 from gemini_jax.train.optimizer import OptimizerConfig
+from gemini_jax.train.trainer import Trainer
 from random_batches import random_text_batch
+from test_custom_recipe import digits_example
 
 CONFIG = PRESETS["test"]
 MQA = dataclasses.replace(CONFIG.text_only, num_kv_heads=1)
@@ -212,3 +224,129 @@ def test_lora_weight_reads_as_base_plus_scaled_product():
     weight.lora_b[...] = jnp.ones((2, 4), jnp.float32)
     expected = np.asarray(base[...]) + 0.5 * np.asarray(weight.lora_a[...]).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(np.asarray(weight.get_value()), expected, rtol=1e-6)
+
+
+# LoRA runs: adapter-only checkpoints on a recorded base, loaded merged by every command.
+
+def write_base_run(run_dir, config, tokenizer_file, *, seed=0):
+    """A run directory holding a fresh model of `config` (step 1), as --init-from reads one."""
+    trainer = Trainer(Gemini(config, rngs=nnx.Rngs(seed)), OptimizerConfig(total_steps=1))
+    checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
+    saver = checkpoint.Checkpointer(run_dir, async_save=False)
+    saver.save(1, state=trainer.state(), meta={"step": 1})
+    saver.close()
+    return trainer.model
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    """A tokenizer file for the run directories (the tests feed token ids, never text)."""
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.model"
+    train_tokenizer(["the quick brown fox jumps over the lazy dog 0123456789"] * 20, vocab_size=400, path=path)
+    return path
+
+
+def trained_lora_run(tmp_path, tokenizer_file, lora=LORA, steps=3):
+    """(base model, LoraTrainer after `steps` steps) of a LoRA run in tmp_path/lora on a base run
+    in tmp_path/base, its adapters checkpointed as training saves them."""
+    base = write_base_run(tmp_path / "base", MQA, tokenizer_file)
+    model = start_lora(Gemini(MQA, rngs=nnx.Rngs(9)), lora, run_dir=tmp_path / "lora", init_from=tmp_path / "base")
+    trainer = LoraTrainer(model, OPTIMIZER)
+    for i in range(steps):
+        trainer.step(random_text_batch(MQA.vocab_size, seed=i))
+    checkpoint.write_run_files(tmp_path / "lora", config=MQA, tokenizer_path=tokenizer_file)
+    saver = checkpoint.Checkpointer(tmp_path / "lora", async_save=False)
+    saver.save(steps, state=trainer.state(), meta={"step": steps})
+    saver.close()
+    return base, trainer
+
+
+def test_a_lora_run_saves_only_its_adapters_and_loads_merged_onto_its_base(tmp_path, tokenizer_file):
+    base, trainer = trained_lora_run(tmp_path, tokenizer_file)
+    run = tmp_path / "lora"
+    record = json.loads((run / "lora.json").read_text())
+    assert record["lora"] == {"rank": 3, "alpha": 6.0, "targets": list(TARGETS)}
+    assert record["base"]["run_dir"] == str(tmp_path / "base") and record["base"]["step"] == 1
+    # The checkpoint holds the adapters and their optimizer state, no base weight.
+    saved = checkpoint.Checkpointer(run).read_meta(3)["digests"]
+    params = {k.removeprefix("params/") for k in saved if k.startswith("params/")}
+    assert params == set(digests(adapter_state(trainer.model)))
+    assert all(k.rsplit("/", 1)[1] in ("lora_a", "lora_b") for k in params)
+    assert not any("embedder" in k or "norm" in k for k in saved)
+    # Training left the base as it was.
+    for path, value in frozen_params(base).items():
+        np.testing.assert_array_equal(frozen_params(trainer.model)[path], value, err_msg=".".join(path))
+    # Every command's loader gives base + adapters, merged: the trained model's logits.
+    loaded = checkpoint.load_run(run)
+    assert loaded.step == 3 and not lora_weights(loaded.model)
+    batch = random_text_batch(MQA.vocab_size, rows=2, length=12, seed=11)
+    np.testing.assert_allclose(logits(loaded.model, batch), logits(trainer.model, batch), atol=1e-5, rtol=1e-5)
+    assert np.abs(logits(loaded.model, batch) - logits(base, batch)).max() > 1e-3  # the adapters trained
+
+
+def test_a_lora_run_refuses_a_changed_base_and_other_settings(tmp_path, tokenizer_file):
+    trained_lora_run(tmp_path, tokenizer_file, steps=1)
+    fresh = lambda: Gemini(MQA, rngs=nnx.Rngs(0))
+    with pytest.raises(LoraError, match=r"other settings \(rank 3 -> 4; alpha 6.0 -> 8.0\)"):
+        start_lora(fresh(), LoraConfig(rank=4, alpha=8.0), run_dir=tmp_path / "lora", init_from=tmp_path / "base")
+    write_base_run(tmp_path / "other", MQA, tokenizer_file)
+    with pytest.raises(LoraError, match=r"base run .*base' -> .*other'"):
+        start_lora(fresh(), LORA, run_dir=tmp_path / "lora", init_from=tmp_path / "other")
+    # The base run's step 1 now holds other parameters: the adapters no longer fit it.
+    shutil.rmtree(tmp_path / "base" / "checkpoints")
+    write_base_run(tmp_path / "base", MQA, tokenizer_file, seed=5)
+    changed = r"base'.* step 1, whose parameters have changed since .*decoder/blocks/0/attn/k.* differ"
+    with pytest.raises(checkpoint.CheckpointError, match=changed):
+        checkpoint.load_run(tmp_path / "lora")
+    with pytest.raises(checkpoint.CheckpointError, match=changed):
+        start_lora(fresh(), LORA, run_dir=tmp_path / "lora", init_from=tmp_path / "base")
+
+
+def test_a_target_the_decoder_has_no_layer_for_is_named(build_model, monkeypatch):
+    monkeypatch.setitem(TARGETS, "proj", (nnx.Linear, 1))  # a layer type the decoder does not use
+    with pytest.raises(LoraError, match=r"no layer for LoRA target\(s\) 'proj'; accepted: q, k, v, o, gate, up, "
+                                        r"down, proj"):
+        apply_lora(build_model(MQA), LoraConfig(rank=2, alpha=2.0, targets=("q", "proj")), nnx.Rngs(1))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lora-rank", "4", "--lora-targets", "q,wq"],
+     r"unknown LoRA target\(s\) 'wq'; accepted \(comma-separated\): q,k,v,o,gate,up,down"),
+    (["--lora-alpha", "8"], "give --lora-rank R too"),
+    (["--lora-rank", "4"], "--lora-rank adapts a trained model: give --data MIXTURE --init-from RUN_DIR"),
+    (["--lora-rank", "0"], "must be 1 or more"),
+])
+def test_lora_flags_are_checked_before_anything_loads(argv, message, capsys):
+    assert main(["train", "--data", "mix.yaml", *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_flags_name_the_targets_the_model_has():
+    assert LORA_TARGETS == tuple(TARGETS)
+
+
+def test_train_with_lora_flags_trains_adapters_and_resumes(tmp_path, capsys):
+    digits = tmp_path / "digits"
+    digits_example().write(digits, limit=24)
+    options = PrepareOptions(vocab_size=400, validation_fraction=0.15, decontaminate=False, near_dedup=False)
+    prepare_data([str(digits / "train.jsonl")], str(digits / "prepared"), options, progress=False)
+    config = override(PRESETS["test"], vocab_size=Tokenizer.load(digits / "prepared" / "tokenizer.model").vocab_size)
+    write_base_run(tmp_path / "base", config, digits / "prepared" / "tokenizer.model")
+    run = tmp_path / "lora"
+    argv = ["train", "--data", str(digits / "mixture.yaml"), "--init-from", str(tmp_path / "base"), "--run-dir",
+            str(run), "--batch-size", "4", "--seq-len", "64", "--no-eval", "--no-progress", "--learning-rate", "1e-2"]
+    lora = ["--lora-rank", "2", "--lora-alpha", "3", "--lora-targets", "q,v"]
+    assert main([*argv, *lora, "--steps", "2"]) == 0
+    assert json.loads((run / "lora.json").read_text())["lora"] == {"rank": 2, "alpha": 3.0, "targets": ["q", "v"]}
+    saved = checkpoint.Checkpointer(run).read_meta(2)["digests"]
+    assert {k.split("/")[-2] for k in saved if k.startswith("params/")} == {"q", "v"}
+    assert main([*argv, *lora, "--steps", "3"]) == 0
+    # Resumed from step 2: a fresh start would have cleared step 2's record from the log.
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(steps)) == [2, 3]
+    assert checkpoint.load_run(run).step == 3
+    capsys.readouterr()
+    assert main([*argv, "--steps", "4"]) == 2  # resumed without its LoRA flags
+    assert "is a LoRA run: resume it with the --lora-rank" in capsys.readouterr().err
+    assert main([*argv, *lora[:2], "--steps", "4"]) == 2  # or with others
+    assert "other settings (alpha 3.0 -> 4.0; targets ['q', 'v'] -> ['q', 'k'," in capsys.readouterr().err

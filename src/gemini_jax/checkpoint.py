@@ -7,6 +7,9 @@
       checkpoints/<step>/meta    JSON: step, data iterator state, training settings
       quantization.json  only in a quantized run (`gemini-jax quantize`): bits, group size;
                          its checkpoint then holds {"params": ...} with packed codes and scales
+      lora.json          only in a LoRA run: rank, alpha, targets and its base (run, step,
+                         digests of the base's parameters); its checkpoints hold the adapters
+                         and their optimizer state alone, loaded onto the base and merged
 
 Saves are asynchronous: `Checkpointer.save` returns once the arrays are copied off the
 devices, and training goes on while a background thread writes them; the next save (or
@@ -38,13 +41,15 @@ from flax import nnx
 from gemini_jax import digests
 from gemini_jax.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
 from gemini_jax.data.tokenizer import Tokenizer
-from gemini_jax.model import Gemini, quant
+from gemini_jax.model import Gemini, lora, quant
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINTS_DIR = "checkpoints"
 QUANTIZATION_FILE = "quantization.json"
 QUANTIZATION_FORMAT = "gemini-jax/int-groupwise-v1"
+LORA_FILE = "lora.json"
+LORA_FORMAT = "gemini-jax/lora-v1"
 DIGESTS_KEY = "digests"  # in each step's metadata: {array path: digest} of the saved state
 
 
@@ -233,9 +238,34 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
 
     A quantized run (see `read_quantization`) is loaded transparently: the model's dense
     weights become QuantizedWeights first (shapes only), then its codes and scales are restored.
+    A LoRA run (see `read_lora`) too: its base run's parameters, checked against the digests
+    the LoRA run recorded of them, with its adapters merged in (model/lora.py `merge_lora`).
     """
     _check_run_dir(run_dir)
+    lora_record = read_lora(run_dir)
+    if lora_record is not None:
+        return _load_lora_run(run_dir, model, lora_record, step=step)
     quantization = read_quantization(run_dir)
+    if quantization is not None:
+        try:
+            like = quant.quantized_params_like(model, group_size=int(quantization["group_size"]),
+                                               bits=int(quantization["bits"]), names=quantization.get("quantized"))
+        except quant.QuantizationError as e:
+            raise CheckpointError(f"{str(run_dir)!r}: its quantization record does not fit its config: {e}") from None
+        step, params = _restore_params(run_dir, quant.storage_like(like), step=step)
+        quant.set_params(model, quant.from_storage(params, like))
+    else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        step, params = _restore_params(run_dir, abstract, step=step)
+        state = nnx.state(model, nnx.Param)
+        nnx.replace_by_pure_dict(state, params)
+        nnx.update(model, state)
+    return step
+
+
+def _restore_params(run_dir: str | os.PathLike, abstract: Any, *, step: int | None) -> tuple[int, Any]:
+    """(step, the "params" of checkpoint `step` (default: the latest), shaped like `abstract`),
+    its digests checked."""
     manager = ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR)
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -243,16 +273,6 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
     if step not in manager.all_steps():
         raise CheckpointError(f"{str(run_dir)!r} has no checkpoint step {step}; it has steps "
                               f"{', '.join(map(str, sorted(manager.all_steps())))}")
-    if quantization is not None:
-        try:
-            like = quant.quantized_params_like(model, group_size=int(quantization["group_size"]),
-                                               bits=int(quantization["bits"]), names=quantization.get("quantized"))
-        except quant.QuantizationError as e:
-            raise CheckpointError(f"{str(run_dir)!r}: its quantization record does not fit its config: {e}") from None
-        abstract = quant.storage_like(like)
-    else:
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
 
     def read(step: int) -> Any:
         return manager.restore(step, args=ocp.args.Composite(
@@ -269,12 +289,71 @@ def load_params(run_dir: str | os.PathLike, model: nnx.Module, *, step: int | No
                                   purpose="for generate, eval and serve")
     finally:
         manager.close()
-    if quantization is not None:
-        quant.set_params(model, quant.from_storage(restored.state["params"], like))
-    else:
-        state = nnx.state(model, nnx.Param)
-        nnx.replace_by_pure_dict(state, restored.state["params"])
-        nnx.update(model, state)
+    return step, restored.state["params"]
+
+
+def param_digests(model: nnx.Module) -> dict[str, str]:
+    """{parameter path: digest} of `model`'s nnx.Params (digests.py): how a LoRA run knows its base."""
+    return digests.digests(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def write_lora(run_dir: str | os.PathLike, *, lora: dict[str, Any], base_run: str | os.PathLike, base_step: int,
+               base_digests: dict[str, str]) -> None:
+    """Marks `run_dir` as a LoRA run: its LoRA settings and the base it adapts (the run's
+    absolute path, the step and its parameters' digests)."""
+    record = {"format": LORA_FORMAT, "lora": lora,
+              "base": {"run_dir": os.path.abspath(base_run), "step": int(base_step), "digests": base_digests}}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _atomic_write(Path(run_dir) / LORA_FILE, json.dumps(record, indent=1).encode())
+
+
+def read_lora(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A LoRA run's record (see `write_lora`), or None for any other run."""
+    path = Path(run_dir) / LORA_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != LORA_FORMAT:
+            raise ValueError(f"format {record.get('format')!r}, expected {LORA_FORMAT!r}")
+        base = record["base"]
+        if not (isinstance(base["run_dir"], str) and isinstance(base["step"], int)
+                and isinstance(base["digests"], dict) and isinstance(record["lora"], dict)):
+            raise ValueError("expected lora {rank, alpha, targets} and base {run_dir, step, digests}")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a valid LoRA record: {e}") from None
+    return record
+
+
+def load_lora_base(run_dir: str | os.PathLike, model: nnx.Module, record: dict[str, Any]) -> None:
+    """Restores the base parameters of LoRA run `run_dir` (`record`, from `read_lora`) into
+    `model`, refusing a base whose parameters differ from those the adapters were trained on."""
+    base = record["base"]
+    where = f"{str(run_dir)!r} is a LoRA run on {base['run_dir']!r} step {base['step']}"
+    try:
+        load_params(base["run_dir"], model, step=base["step"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}, which does not load: {e}") from None
+    now, then = param_digests(model), base["digests"]
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise CheckpointError(f"{where}, whose parameters have changed since the adapters were trained on them "
+                              f"({shown} differ from the digests in {LORA_FILE}): the adapters fit only that base")
+
+
+def _load_lora_run(run_dir: str | os.PathLike, model: nnx.Module, record: dict[str, Any], *,
+                   step: int | None) -> int:
+    """`load_params` for a LoRA run: its base, with the adapters of checkpoint `step` merged in."""
+    load_lora_base(run_dir, model, record)
+    try:
+        adapted = lora.apply_lora(model, lora.LoraConfig.from_json(record["lora"]), nnx.Rngs(0))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, lora.adapter_state(adapted))
+        step, adapters = _restore_params(run_dir, abstract, step=step)
+        lora.load_adapter_state(adapted, adapters)
+    except lora.LoraError as e:
+        raise CheckpointError(f"{str(run_dir)!r}: its adapters do not fit its {LORA_FILE}: {e}") from None
+    nnx.update(model, nnx.state(lora.merge_lora(adapted), nnx.Param))
     return step
 
 

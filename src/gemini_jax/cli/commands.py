@@ -60,12 +60,28 @@ def _start_backend(args: argparse.Namespace, recipe: Any) -> None:
                   process_id=args.process_id)
 
 
+def _lora(args: argparse.Namespace) -> Any:
+    """The LoraConfig that --lora-rank, --lora-alpha and --lora-targets set, or None without --lora-rank."""
+    from gemini_jax.config import ConfigError
+    from gemini_jax.model.lora import TARGETS, LoraConfig
+
+    if args.lora_rank is None:
+        if args.lora_alpha is not None or args.lora_targets is not None:
+            raise ConfigError("--lora-alpha and --lora-targets set up LoRA adapters: give --lora-rank R too")
+        return None
+    if args.init_from is None:
+        raise ConfigError("--lora-rank adapts a trained model: give --data MIXTURE --init-from RUN_DIR")
+    alpha = 2.0 * args.lora_rank if args.lora_alpha is None else args.lora_alpha
+    return LoraConfig(rank=args.lora_rank, alpha=alpha, targets=args.lora_targets or tuple(TARGETS))
+
+
 def train(args: argparse.Namespace) -> None:
     from gemini_jax.config import ConfigError
     from gemini_jax.recipes import RECIPES, train_and_evaluate
     from gemini_jax.recipes.custom import DataRecipe, train_on_data
 
     fields = {"run_dir": args.run_dir} | ({} if args.preset is None else {"preset": args.preset})
+    lora = _lora(args)
     if args.data is None:
         if args.init_from is not None:
             raise ConfigError("--init-from needs --data MIXTURE (the demo and long-context recipes start afresh)")
@@ -77,7 +93,7 @@ def train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--data trains on your mixture, --task {args.task} on a built-in one: give one of them")
     if args.init_from is not None and args.preset is not None:
         raise ConfigError("--init-from keeps its run's model: drop --preset")
-    recipe = recipe_from_flags(DataRecipe, args, mixture=args.data, init_from=args.init_from, **fields)
+    recipe = recipe_from_flags(DataRecipe, args, mixture=args.data, init_from=args.init_from, lora=lora, **fields)
     _start_backend(args, recipe)
     _write_json(args.output, train_on_data(recipe))
 

@@ -104,7 +104,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed for initialisation and data order")
     p.add_argument("--eval-every", type=non_negative_int, default=0, help="steps between quick evaluations (0: only at the end)")
     _add_result_flags(p)
+    _add_lora_flags(p)
     _add_scale_flags(p)
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # model/lora.py's TARGETS, named here so that --help needs no JAX
+
+
+def lora_targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in names if t not in LORA_TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown LoRA target(s) {', '.join(map(repr, unknown)) or 'none given'}; "
+                                         f"accepted (comma-separated): {','.join(LORA_TARGETS)}")
+    return names
+
+
+def _add_lora_flags(p: argparse.ArgumentParser) -> None:
+    """LoRA adapters on --init-from's model instead of training all of its weights."""
+    g = p.add_argument_group(
+        "LoRA", "train low-rank adapters on --init-from's decoder instead of all its weights (docs/post-training.md): "
+        "the base stays as it was, checkpoints hold the adapters alone, and generate, eval, serve, quantize and "
+        "convert read the run with its adapters merged in")
+    g.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                   help="turns LoRA on: each targeted weight W becomes W + (alpha / R) A B, A [in, R] and B [R, out] "
+                   "trained, B starting at zero (default: off, every weight trains)")
+    g.add_argument("--lora-alpha", type=positive_float, default=None, metavar="A",
+                   help="scale numerator of the update (alpha / rank); default: 2 x rank")
+    g.add_argument("--lora-targets", type=lora_targets, default=None, metavar=",".join(LORA_TARGETS),
+                   help="the decoder weights that get adapters, comma-separated: attention q, k, v, o and MLP "
+                   "gate, up, down (default: all seven)")
 
 
 def _add_scale_flags(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ During training (`--eval-every`) each source's validation split is scored (loss 
 mixture's metrics); the final evaluation scores each source's test split (when it was
 prepared with one) and the mixture's `eval:` sets, and every validation loss. `init_from`
 starts from another run's latest parameters (a trained or an imported Gemma run), keeping
-its model config and tokenizer.
+its model config and tokenizer; with `lora` (`--lora-rank`) only adapters on its decoder train
+(train/lora.py) and the run's checkpoints hold them alone.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ from gemini_jax.data.mixture_file import Mixture, MixtureError, Source, load_mix
 from gemini_jax.data.prepared import PreparedData, open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
+from gemini_jax.model.lora import LoraConfig, lora_weights, merge_lora
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.train import Trainer, distributed
 from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.lora import LoraTrainer, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
 
 QUICK_EVAL_LIMIT = 200  # validation examples per source in the evaluations during training
@@ -72,6 +75,7 @@ class DataRecipe:
     preset: str = "demo"  # the model, unless init_from
     model: ModelConfig | None = None  # replaces the preset (tests)
     init_from: str | None = None  # a run directory: its config, tokenizer and latest parameters
+    lora: LoraConfig | None = None  # train adapters on init_from's weights (train/lora.py); None: train them all
     dtype: str | None = None  # the compute dtype; None: the model's
     train: TrainConfig = TrainConfig(
         steps=1_000, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=50, weight_decay=0.01))
@@ -87,8 +91,20 @@ class DataRecipe:
             config = override(self.model or get_preset(self.preset), vocab_size=tokenizer.vocab_size)
         return config if self.dtype is None else override(config, dtype=self.dtype)
 
+    def __post_init__(self):
+        if self.lora is not None and self.init_from is None:
+            raise ConfigError("LoRA adapts a trained model: give init_from (--init-from RUN_DIR)")
+
     def make_trainer(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: Any = None) -> Trainer:
-        """The Trainer, its model holding `init_from`'s parameters (a run being resumed restores its own)."""
+        """The Trainer, its model holding `init_from`'s parameters (a run being resumed restores its
+        own); with `lora`, a LoraTrainer of adapters on them."""
+        if self.lora is not None:
+            model = start_lora(model, self.lora, run_dir=run_dir_of(self), init_from=self.init_from,
+                               seed=self.train.seed)
+            return LoraTrainer(model, optimizer, mesh=mesh)
+        if checkpoint.read_lora(run_dir_of(self)) is not None:
+            raise ConfigError(f"{run_dir_of(self)} is a LoRA run: resume it with the --lora-rank, --lora-alpha and "
+                              f"--lora-targets it was started with")
         if self.init_from is not None and not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
         return Trainer(model, optimizer, mesh=mesh)
@@ -114,13 +130,16 @@ def mixture_setup(recipe: DataRecipe, mixture: Mixture, *, run_dir: Path, timing
         stream = mixture_stream(mixture, data, tokenizer=tokenizer, config=config, recipe=recipe)
     quick_sets, final_sets = evaluation_sets(mixture, data)
 
+    # A LoRA model is evaluated merged, as generate and serve read it (one weight a matmul).
+    plain = lambda model: merge_lora(model) if lora_weights(model) else model
+
     def quick(model: Gemini) -> dict[str, Any]:
         options = EvalOptions(limit=QUICK_EVAL_LIMIT, progress=False)
-        return evaluate(model, tokenizer, quick_sets, options, corpus=corpus)
+        return evaluate(plain(model), tokenizer, quick_sets, options, corpus=corpus)
 
     def final(model: Gemini) -> dict[str, Any]:
         options = EvalOptions(limit=recipe.eval_limit, progress=recipe.train.progress)
-        return evaluate(model, tokenizer, final_sets, options, corpus=corpus)
+        return evaluate(plain(model), tokenizer, final_sets, options, corpus=corpus)
 
     return Setup(config=config, tokenizer=tokenizer, data=stream, quick_evaluate=quick, evaluate=final,
                  format_results=format_results)
