@@ -3,7 +3,7 @@
 import numpy as np
 
 from gemini_jax.data import media
-from gemini_jax.data.augment import ImageAugment, SpecAugment, _unpatchify
+from gemini_jax.data.augment import ImageAugment, SpecAugment, _unpatchify, speed_perturbed
 from gemini_jax.data.corpora import shapes
 
 
@@ -99,3 +99,14 @@ def test_images_that_are_not_a_full_grid_are_left_alone():
     out = EVERYTHING(row, np.random.default_rng(0))
     assert not np.array_equal(out["image_patches"][0], row["image_patches"][0])
     np.testing.assert_array_equal(out["image_patches"][1], 0.0)  # an empty slot stays empty
+
+
+def test_speed_perturbation_scales_duration_and_pitch_together():
+    rate = 16_000
+    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)  # 1 s at 440 Hz
+    for speed in (0.8, 1.25):
+        out = speed_perturbed(tone, speed)
+        assert out.dtype == np.float32 and abs(len(out) - rate / speed) <= 2
+        spectrum = np.abs(np.fft.rfft(out))
+        peak_hz = np.argmax(spectrum) * rate / len(out)
+        assert abs(peak_hz - 440 * speed) < 3

@@ -11,7 +11,9 @@ import gemini_jax
 from gemini_jax import cli
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
-from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
+from gemini_jax.data.corpora import speech
+from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources, task_rows
+from gemini_jax.data.corpora.question_forms import typed_form
 from gemini_jax.data.mixture_file import load_mixture
 from gemini_jax.data.prepared import open_prepared
 from gemini_jax.data.tokenizer import Tokenizer
@@ -61,6 +63,28 @@ def test_the_demo_prepares_its_tasks_like_anyones_data(run):
         split = open_prepared(sources / task).split("train")
         assert len(split) == len(records)
         assert sorted(e.task for e in split) == sorted(f"{task}:{r.kind}" for r in records)
+    # Questions as people type them: each in its one training form.
+    questions = sorted(e.contents[0].parts[-1].text for e in open_prepared(sources / "vqa").split("train"))
+    records = corpus.records("vqa", "train")
+    keys = [(r.meta["prompt"], f"vqa:{r.meta['media']}:{r.meta['prompt']}") for r in records]
+    assert questions == sorted(typed_form(question, key) for question, key in keys)
+    assert questions != sorted(r.meta["prompt"] for r in records)
+
+
+def test_the_demo_speeds_up_and_slows_down_a_third_of_its_speech_each(run, tmp_path):
+    root, _ = run
+    corpus = DemoCorpus.build(root / "cache", sizes=SIZES, progress=False)
+    records = corpus.records("asr", "train")
+    longest = max(r.meta["duration_s"] for r in records)
+    ratios = []
+    for record, row in zip(records, task_rows(corpus, "asr", tmp_path)):
+        path = row["contents"][0]["parts"][0]["audio"]
+        samples, _ = speech.read_wav(path)
+        ratios.append(len(samples) / speech.SAMPLE_RATE / record.meta["duration_s"])
+        assert len(samples) / speech.SAMPLE_RATE <= longest + 1e-3
+        assert (str(tmp_path) in path) == (abs(ratios[-1] - 1) > 0.01)
+    faster, slower = sum(r < 0.95 for r in ratios), sum(r > 1.05 for r in ratios)
+    assert faster == len(ratios) // 3 and 0 < slower <= faster + 1
 
 
 def test_training_stream_follows_the_demo_mixture(run):

@@ -21,6 +21,7 @@ from gemini_jax.data.prepare.pipeline import PrepareOptions, prepare
 from gemini_jax.data.prepare.sources import RecordInvalid, iter_sources, load_record
 from gemini_jax.data.prepared import PreparedDataError, open_prepared
 from gemini_jax.data.records import DataError
+from gemini_jax.data.tokenizer import Tokenizer
 
 # Only the stages this file owns: the filters have their own tests.
 BARE = dict(normalize=False, quality=False, safety=False, dedup=False, near_dedup=False, decontaminate=False)
@@ -205,6 +206,19 @@ def test_text_only_tokenizer_and_filters(tmp_path):
                      progress=False)
     assert copied["totals"]["records_kept"] == 31
     assert open_prepared(tmp_path / "copy").manifest["tokenizer_sha256"] == data.manifest["tokenizer_sha256"]
+
+
+def test_case_marking_tokenizer_is_trained_on_request(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"{i}.txt").write_text(f"Document {i}.\n{PROSE}\n")
+    prepare([str(docs)], str(tmp_path / "out"), PrepareOptions(**BARE, vocab_size=400, case_markers=True),
+            progress=False)
+    tok = Tokenizer.load(open_prepared(tmp_path / "out").tokenizer_path)
+    assert tok.case_markers and tok.decode(tok.encode("Document 7. Said")) == "Document 7. Said"
+    with pytest.raises(DataError, match="--case-markers applies to a tokenizer trained here"):
+        PrepareOptions(**BARE, case_markers=True)
 
 
 def test_every_stage_removes_what_it_should(tmp_path):

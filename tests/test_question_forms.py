@@ -68,3 +68,13 @@ def test_surface_changes():
     assert qf.drop_question_mark("is there a circle? ") == "is there a circle"
     assert qf.british("what color is the gray shape?") == "what colour is the grey shape?"
     assert qf.has_american_spelling("is there a gray circle?") and not qf.has_american_spelling("what shape?")
+
+
+def test_typed_forms_vary_spelling_case_and_question_mark_and_are_reproducible():
+    forms = [qf.typed_form("what shape is in the image?", f"key {i}") for i in range(400)]
+    assert forms == [qf.typed_form("what shape is in the image?", f"key {i}") for i in range(400)]
+    assert set(forms) == {"what shape is in the image?", "What shape is in the image?",
+                          "what shape is in the image", "What shape is in the image"}
+    assert 0.4 < np.mean([f[0] == "W" for f in forms]) < 0.6 and 0.18 < np.mean([not f.endswith("?") for f in forms]) < 0.32
+    british = [qf.typed_form("what color is the shape?", f"key {i}") for i in range(400)]
+    assert 0.2 < np.mean(["colour" in f for f in british]) < 0.4

@@ -131,3 +131,37 @@ def test_a_tokenizer_without_turn_markers_is_refused(tmp_path):
                                    vocab_size=300, hard_vocab_limit=False, byte_fallback=True, minloglevel=2)
     with pytest.raises(T.TokenizerError, match=r"plain.model: the model lacks the reserved piece\(s\) \['<pad>', "):
         T.Tokenizer.load(tmp_path / "plain.model")
+
+
+@pytest.fixture(scope="module")
+def cased(tmp_path_factory):
+    return T.train_tokenizer(CORPUS, vocab_size=500, path=tmp_path_factory.mktemp("tok") / "c.model", case_markers=True)
+
+
+def test_case_markers_add_one_reserved_piece_after_the_others(tok, cased):
+    assert cased.case_markers and not tok.case_markers
+    assert cased.id_to_piece(15) == "<cap>"
+    assert [cased.special_id(s) for s in T.SPECIAL_TOKENS] == list(range(4, 15))
+
+
+@pytest.mark.parametrize("text", [*CODE_SAMPLES, "Is it Red?\n  NASA said: İstanbul, ẞ, Éclair.", "A  B\tC", "x<cap>y <Cap>"])
+def test_case_marked_round_trip_is_exact(cased, text):
+    assert cased.decode(cased.encode(text)) == text
+
+
+def test_capitalised_words_differ_from_lower_case_ones_by_one_marker(cased):
+    marker = 15
+    for lower, upper in [("what shape is in the image?", "What shape is in the image?"),
+                         ("the def keyword", "the Def keyword")]:
+        assert [i for i in cased.encode(upper) if i != marker] == cased.encode(lower)
+        assert cased.encode(upper).count(marker) == 1
+
+
+def test_user_text_cannot_forge_the_case_marker(cased):
+    assert 15 not in cased.encode("<cap>x")
+    assert 15 in cased.encode("<cap>x", allow_special=True)
+
+
+def test_case_markers_survive_loading_and_pickling(cased):
+    for again in (T.Tokenizer.load(cased._source), pickle.loads(pickle.dumps(cased))):
+        assert again.case_markers and again.encode("Hello There") == cased.encode("Hello There")

@@ -60,6 +60,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                            help="train a SentencePiece tokenizer of this size on a sample of the train split")
     tokenizer.add_argument("--tokenizer", default=None, metavar="RUN_DIR|FILE",
                            help="copy this tokenizer instead: a run directory's or a .model file")
+    p.add_argument("--case-markers", action="store_true",
+                   help="with --vocab-size: the tokenizer reads text lower-cased with a <cap> piece before each "
+                   "capital, so 'What' and 'what' share their pieces (exactly reversible; docs/robustness.md)")
     p.add_argument("--tokenizer-sample-bytes", type=positive_int, default=100 << 20,
                    help="at most this much train text for --vocab-size (default: %(default)s)")
     p.add_argument("--max-bad-records", type=non_negative_int, default=0,

@@ -9,6 +9,9 @@ clips) redrawn with their shapes scaled and moved, their background recoloured a
 added: a model that saw only one renderer's sizes and pastel backgrounds answers about those,
 not about shapes. What the questions ask (shape, colour, which way, bigger or smaller, which
 first) survives each change; the frames of one clip change together.
+
+`speed_perturbed`: a waveform played faster or slower, tempo and pitch together (Ko et al.,
+2015), for clips written before they are encoded.
 """
 
 from __future__ import annotations
@@ -184,3 +187,14 @@ def _recolour(images: np.ndarray, background: np.ndarray, rng: np.random.Generat
         if not len(shape_colours) or np.linalg.norm(shape_colours - colour, axis=-1).min() >= min_contrast:
             return images + (1.0 - alpha)[..., None] * (colour - background)
     return images
+
+
+def speed_perturbed(samples: np.ndarray, speed: float) -> np.ndarray:
+    """`samples` played `speed` times as fast (0.8: slower and lower; 1.25: faster and higher),
+    resampled by the nearest fraction with a denominator of at most 20."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(1 / speed).limit_denominator(20)
+    return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)

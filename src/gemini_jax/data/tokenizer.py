@@ -14,6 +14,11 @@ pieces allowed), so Python source round-trips with its indentation and newlines,
 and the ids of two strings concatenated equal the concatenation of their ids at
 any piece boundary: the chat template encodes its parts one at a time.
 
+A tokenizer trained with `case_markers=True` (the demo's) has one more reserved piece, "<cap>",
+and reads text lower-cased with a marker before each capital (data/case_markers.py): "What"
+and "what" differ by one piece, not in every piece. There the concatenation rule holds except
+where the first string ends in whitespace and the second starts with a capital letter.
+
     tok = train_tokenizer(texts, vocab_size=4096, path="tok.model")
     tok = Tokenizer.load("tok.model")
     tok.decode(tok.encode("def f(x):\n    return x\n"))
@@ -31,6 +36,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from gemini_jax import config as C
+from gemini_jax.data.case_markers import CAPITAL, mark_capitals, restore_capitals
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
@@ -52,7 +58,7 @@ REQUIRED = (PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN)
 # SentencePiece skips training sentences longer than this many bytes; documents are
 # cut at line boundaries into pieces no longer than this.
 _MAX_SENTENCE_BYTES = 16_384
-_SPECIAL_PATTERN = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+_SPECIAL_PATTERN = re.compile("|".join(re.escape(s) for s in (*SPECIAL_TOKENS, CAPITAL)))
 
 
 class TokenizerError(ValueError):
@@ -71,6 +77,8 @@ class Tokenizer:
                 f"{source}: the model lacks the reserved piece(s) {missing}; a tokenizer needs {list(REQUIRED)} "
                 f"(train_tokenizer makes them, with the media pieces {list(PLACEHOLDERS + MEDIA_MARKERS)})")
         self._placeholder_ids = frozenset(self._sp.piece_to_id(p) for p in PLACEHOLDERS if self._has_piece(p))
+        has_capital = self._has_piece(CAPITAL)
+        self._capital_id = self._sp.piece_to_id(CAPITAL) if has_capital else None
 
     @classmethod
     def from_bytes(cls, model: bytes, *, source: str = "<memory>") -> Tokenizer:
@@ -95,6 +103,11 @@ class Tokenizer:
     def has_media(self) -> bool:
         """Whether the tokenizer has every media placeholder and marker (ours do)."""
         return all(self._has_piece(p) for p in PLACEHOLDERS + MEDIA_MARKERS)
+
+    @property
+    def case_markers(self) -> bool:
+        """Whether capitals are read as a marker piece and the lower-case letter."""
+        return self._capital_id is not None
 
     def __getstate__(self) -> dict:
         return {"model": self._sp.serialized_model_proto(), "source": self._source}
@@ -164,15 +177,18 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TokenizerError(f"encode expects a str, got {type(text).__name__}")
         if allow_special:
-            return self._sp.encode(text)
+            return self._encode(text)
         ids: list[int] = []
         start = 0
         for match in _SPECIAL_PATTERN.finditer(text):
             # Cut after the "<": both halves are encoded alone, and neither matches a symbol.
-            ids += self._sp.encode(text[start : match.start() + 1])
+            ids += self._encode(text[start : match.start() + 1])
             start = match.start() + 1
-        ids += self._sp.encode(text[start:])
+        ids += self._encode(text[start:])
         return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return self._sp.encode(mark_capitals(text) if self.case_markers else text)
 
     def decode(self, ids: Sequence[int] | Iterable[int]) -> str:
         """Text of `ids`; media placeholders and pad/bos/eos are dropped."""
@@ -180,7 +196,15 @@ class Tokenizer:
         bad = [i for i in kept if not 0 <= i < self.vocab_size]
         if bad:
             raise TokenizerError(f"ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
-        return self._sp.decode(kept)
+        if not self.case_markers:
+            return self._sp.decode(kept)
+        segments: list[list[int]] = [[]]
+        for i in kept:
+            if i == self._capital_id:
+                segments.append([])
+            else:
+                segments[-1].append(i)
+        return restore_capitals(self._sp.decode(segment) for segment in segments)
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
@@ -207,20 +231,26 @@ def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
             yield "".join(chunk)
 
 
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.PathLike) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.PathLike,
+                    case_markers: bool = False) -> Tokenizer:
     """Trains a BPE tokenizer in memory and writes it atomically to `path`.
 
     `vocab_size` counts everything, reserved and byte pieces included (at least
     about 300). With a corpus too small to learn that many pieces the vocabulary
-    comes out smaller; `Tokenizer.vocab_size` says what it is.
+    comes out smaller; `Tokenizer.vocab_size` says what it is. `case_markers`: learn
+    lower-cased text with a "<cap>" piece before capitals (the module's docstring).
     """
-    reserved = 4 + len(SPECIAL_TOKENS) + 256
+    symbols = [*SPECIAL_TOKENS, *([CAPITAL] if case_markers else [])]
+    sentences = _training_sentences(texts)
+    if case_markers:
+        sentences = map(mark_capitals, sentences)
+    reserved = 4 + len(symbols) + 256
     if vocab_size <= reserved:
         raise TokenizerError(f"vocab_size must exceed {reserved} (reserved + byte pieces), got {vocab_size}")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_sentences(texts),
+            sentence_iterator=sentences,
             model_writer=model,
             model_type="bpe",
             vocab_size=vocab_size,
@@ -230,7 +260,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.Pat
             split_digits=True,
             pad_id=C.PAD_ID, eos_id=C.EOS_ID, bos_id=C.BOS_ID, unk_id=C.UNK_ID,
             pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
-            user_defined_symbols=list(SPECIAL_TOKENS),
+            user_defined_symbols=symbols,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             add_dummy_prefix=False,

@@ -26,7 +26,7 @@ from gemini_jax.recipes.runner import Setup, Timings
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.optimizer import OptimizerConfig
 
-TOKENIZER_RECIPE = 2  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
+TOKENIZER_RECIPE = 3  # DemoCorpus.tokenizer_corpus's version: a change trains a new tokenizer
 MIXTURE = "demo.yaml"  # in this package
 
 
@@ -83,5 +83,5 @@ def prepare_tokenizer(corpus: DemoCorpus, *, vocab_size: int) -> Path:
     """The demo tokenizer, trained once per corpus, recipe and vocabulary size and cached beside it."""
     path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}.model"
     if not path.exists():
-        train_tokenizer(corpus.tokenizer_corpus(), vocab_size=vocab_size, path=path)
+        train_tokenizer(corpus.tokenizer_corpus(), vocab_size=vocab_size, path=path, case_markers=True)
     return path

@@ -15,6 +15,7 @@ in training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 
 import numpy as np
@@ -112,6 +113,20 @@ def flip_first_case(question: str) -> str:
     """"what shape ..." -> "What shape ..." and back."""
     head = question[:1]
     return (head.lower() if head.isupper() else head.upper()) + question[1:]
+
+
+def typed_form(question: str, key: str) -> str:
+    """`question` as a person might type it: British spelling (three in ten), the first letter's
+    case flipped (even odds), no question mark (one in four); drawn by a generator seeded by `key`
+    (what identifies the example), so every process writes the same form. What the demo trains on."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"question:{key}".encode()).digest()[:8], "little"))
+    if rng.random() < 0.3:
+        question = british(question)
+    if rng.random() < 0.5:
+        question = flip_first_case(question)
+    if rng.random() < 0.25:
+        question = drop_question_mark(question)
+    return question
 
 
 def drop_question_mark(question: str) -> str:

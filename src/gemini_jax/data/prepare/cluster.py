@@ -45,7 +45,8 @@ TASK_CHUNK = 256  # consecutive records a map task takes at a time: tasks stay w
 STATE = "distributed.json"
 MAP = "map"
 # Options the map files do not depend on: changing them keeps finished map tasks on a rerun.
-NOT_IN_MAP = frozenset({"validation_fraction", "test_fraction", "vocab_size", "tokenizer", "tokenizer_sample_bytes",
+NOT_IN_MAP = frozenset({"validation_fraction", "test_fraction", "vocab_size", "tokenizer", "case_markers",
+                        "tokenizer_sample_bytes",
                         "max_bad_records", "records_per_shard", "workers", "overwrite", "executor", "logging_dir",
                         "slurm_partition", "slurm_time", "slurm_mem_per_cpu_gb", "sbatch_args"})
 INSTALL = 'pip install "gemini-jax[distributed]"'

@@ -64,6 +64,7 @@ class PrepareOptions:
     eval_data_dir: str | None = None
     vocab_size: int | None = None  # train a tokenizer on a sample of the prepared text
     tokenizer: str | None = None  # or copy this one (a run dir or a .model file)
+    case_markers: bool = False  # the trained tokenizer marks capitals (data/case_markers.py)
     tokenizer_sample_bytes: int = 100 << 20
     max_bad_records: int = 0  # bad records skipped and counted; more is an error
     records_per_shard: int = 10_000
@@ -90,6 +91,8 @@ class PrepareOptions:
                             "--classifier-bad)")
         if self.vocab_size is not None and self.tokenizer is not None:
             raise DataError("give either --vocab-size (train a tokenizer) or --tokenizer (copy one), not both")
+        if self.case_markers and self.vocab_size is None:
+            raise DataError("--case-markers applies to a tokenizer trained here: give --vocab-size too")
         for name in ("records_per_shard", "workers", "decontaminate_n", "tokenizer_sample_bytes", "tasks",
                      "slurm_mem_per_cpu_gb"):
             if getattr(self, name) < 1:
@@ -492,7 +495,7 @@ def _tokenizer(partial: Path, options: PrepareOptions, sample: list[str]) -> str
     if options.vocab_size is not None:
         if not any(text.strip() for text in sample):
             raise DataError("--vocab-size: the train split holds no text to train a tokenizer on")
-        train_tokenizer(sample, vocab_size=options.vocab_size, path=target)
+        train_tokenizer(sample, vocab_size=options.vocab_size, path=target, case_markers=options.case_markers)
         return target.name
     if options.tokenizer is None:
         return None
