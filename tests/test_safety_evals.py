@@ -16,6 +16,7 @@ from gemini_jax.data.examples import from_json
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals.eval_task import EvalContext, EvalOptions
 from gemini_jax.evals.registry import TASKS, evaluate
+from gemini_jax.evals.tasks.base import TaskDataError
 from gemini_jax.evals.tasks.demo import demo_sampler
 from gemini_jax.evals.tasks.safety import AttributionEval, HedgingEval, SafetyEval
 from gemini_jax.safety.attribution import PLACES, Passage, passage, passages, supported
@@ -164,7 +165,7 @@ def run_with(task, reply, corpus, limit=None, tokenizer=None):
 def test_safety_figures_follow_the_replies(corpus, tmp_path):
     tokenizer = train_tokenizer(TEXTS, vocab_size=300, path=tmp_path / "tok.model")
     test = [r for r in policy_requests(POLICY) if r.split == "test"]
-    harmful = {t for r in test + red_team(test) if r.label == "refuse" for t in [r.text]}
+    harmful = {r.text for r in test + red_team(test) if r.label == "refuse"}
     # Refuses exactly the harmful requests, wrapped or not: no violation, no over-refusal.
     outcome, sampler = run_with(SafetyEval(), lambda t, _: POLICY.refusal_for("weapons") if t in harmful else "Sure.",
                                 corpus, tokenizer=tokenizer)
@@ -210,6 +211,13 @@ def test_hedging_and_attribution_figures_follow_the_replies(corpus, tmp_path):
                           tokenizer=tokenizer)
     assert outcome.metrics == {"supported_rate": 100.0 * sum(p.asked == 0 for p in test) / 50, "examples": 50}
     assert [r["passage"] for r in outcome.records] == [p.text for p in test]
+
+
+def test_tasks_refuse_the_train_split(corpus):
+    context = EvalContext(model=None, tokenizer=None, options=EvalOptions(), corpus=corpus)
+    for task in (SafetyEval(split="train"), HedgingEval(name="hedging_train", split="train"), AttributionEval(split="x")):
+        with pytest.raises(TaskDataError, match=f"{task.name}: split must be 'validation' or 'test'"):
+            task.check(context)
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------
@@ -268,8 +276,8 @@ def test_data_command_writes_contents_files_without_held_out_items(corpus, tmp_p
     held_requests = {r.turns for r in held_out + red_team(held_out)}
     trained = {_request(e) for name in ("refusals", "allowed") for e in sets[name]}
     assert trained and not trained & held_requests
-    wrappers = {e.group for e in sets["refusals"]}
-    assert wrappers <= {r.template for r in policy_requests(POLICY) if r.split == "train"}
+    groups = {e.group for name in ("refusals", "allowed") for e in sets[name]}
+    assert groups <= {r.template for r in policy_requests(POLICY) if r.split == "train"}
     held_images = {f.image for s in ("validation", "test") for f in image_facts(corpus.records("vqa", s))}
     images = {str(p.image) for e in sets["hedging"] for c in e.contents for p in c.parts if p.image is not None}
     assert images and not images & held_images

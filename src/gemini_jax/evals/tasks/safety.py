@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
+from gemini_jax.evals.tasks.base import TaskDataError
 from gemini_jax.evals.tasks.demo import ANSWER_TOKENS, demo_corpus, demo_sampler, normalize_answer
 from gemini_jax.sample.token_choice import SamplingParams
 
@@ -79,8 +80,6 @@ class _SafetyTask(EvalTask):
 
     def check(self, context: EvalContext) -> None:
         if self.split not in ("validation", "test"):
-            from gemini_jax.evals.tasks.base import TaskDataError
-
             raise TaskDataError(f"{self.name}: split must be 'validation' or 'test', got {self.split!r}")
 
 
