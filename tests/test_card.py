@@ -17,7 +17,8 @@ RESULTS = {
     "vqa": {"exact_match": 93.9419001343947, "exact_match_yes|no": 0.1 + 0.2, "examples": 9673},
     "text": {"loss": 1 / 3, "perplexity": 2.5e20, "tokens": 200718.0, "delta": -1e-12, "documents": 135},
 }
-SAFETY = {"safety_text": {"violation_rate": 0.0125, "over_refusal_rate": 0.2, "examples": 80}}
+SAFETY = {"safety_text": {"violation_rate": 0.0125, "over_refusal_rate": 0.2, "examples": 80},
+          "hedging": {"hedge_rate": 97.5, "answerable_accuracy": 90.25}}
 
 
 def write_run(run_dir, *, summary=None, cache_dir=None):
@@ -72,15 +73,16 @@ def test_the_card_tables_read_back_to_results_json_exactly(tmp_path):
 
 
 def test_safety_tasks_and_rates_are_shown_as_measured(tmp_path):
-    results = {**RESULTS, "vqa": {**RESULTS["vqa"], "hedging_rate": 0.05}, **SAFETY}
+    results = {**RESULTS, "vqa": {**RESULTS["vqa"], "hedge_rate": 0.05}, **SAFETY}
     run = write_run(tmp_path / "run", summary=demo_summary(results, tmp_path / "cache"))
     card = model_card(run)
     assert NO_SAFETY not in card
     evaluation = tables(card, "Evaluation")["### `results.json` (the run's final evaluation)"]
     safety = tables(card, "Safety evaluations")[""]
-    assert evaluation == {k: v for k, v in results.items() if k != "safety_text"}
+    assert evaluation == {k: v for k, v in results.items() if k not in SAFETY}
     assert safety == {"safety_text (`results.json`)": SAFETY["safety_text"],
-                      "vqa (`results.json`, its safety metrics)": {"hedging_rate": 0.05}}
+                      "hedging (`results.json`)": SAFETY["hedging"],
+                      "vqa (`results.json`, its safety metrics)": {"hedge_rate": 0.05}}
 
 
 def test_a_run_without_results_needs_an_eval_file(tmp_path, capsys):
@@ -136,7 +138,7 @@ def test_the_command_writes_the_card(tmp_path, capsys):
     written = run / "MODEL_CARD.md"
     assert capsys.readouterr().out.strip() == str(written)
     assert written.read_text() == model_card(run, extra_results=[extra])
-    assert tables(written.read_text(), "Safety evaluations")[""] == {"safety_text (`eval.json`)": SAFETY["safety_text"]}
+    assert tables(written.read_text(), "Safety evaluations")[""] == {f"{name} (`eval.json`)": metrics for name, metrics in SAFETY.items()}
     out = tmp_path / "cards" / "card.md"
     assert write_card(run, out) == out and out.read_text() == model_card(run)
     assert not list(out.parent.glob("*.tmp"))

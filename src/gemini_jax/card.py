@@ -36,7 +36,8 @@ METRICS_FILE = "metrics.jsonl"
 DISTILLATION_FILE = "distillation.json"  # recipes/distill.py's: the teacher
 REPORT_FILE = "report.json"  # data/prepare/pipeline.py's: what each stage removed
 RUN_KEYS = ("task", "recipe", "run")  # results.json's keys that are not evaluation tasks
-SAFETY_METRICS = ("violation_rate", "over_refusal_rate", "hedging_rate", "attribution_rate")
+SAFETY_METRICS = ("violation_rate", "over_refusal_rate", "hedge_rate", "supported_rate")
+SAFETY_TASK_PREFIXES = ("safety", "hedging", "attribution")  # the registry's (evals/tasks/safety.py), and their _validation twins
 NO_SAFETY = "No safety evaluation has been run on this model."
 DEMO_TASKS = ("demo",)  # recipes trained on the embedded synthetic demo corpus (distill's student too)
 LONG_CONTEXT_TASKS = ("kv_retrieval", "long_text")
@@ -395,7 +396,7 @@ def _table(metrics: Mapping[str, Any]) -> str:
 
 
 def _is_safety_task(name: str) -> bool:
-    return name.startswith("safety")
+    return name.startswith(SAFETY_TASK_PREFIXES)
 
 
 def _evaluation_section(evaluations: list[tuple[Path, dict[str, dict[str, Any]]]]) -> str:
