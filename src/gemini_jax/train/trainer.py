@@ -25,7 +25,7 @@ from gemini_jax import sharding
 from gemini_jax.model import Gemini
 from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.batches import loss_positions_width, model_inputs, with_loss_positions
-from gemini_jax.train.loss import cross_entropy
+from gemini_jax.train.loss import Project, cross_entropy
 from gemini_jax.train.optimizer import (
     OptimizerConfig,
     learning_rate_schedule,
@@ -41,12 +41,14 @@ def is_abstract(tree: Any) -> bool:
     return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
 
 
-def scored_loss(model: Gemini, batch: Mapping[str, Any], *, chunk_tokens: int | None) -> tuple[jax.Array, jax.Array]:
+def scored_loss(model: Gemini, batch: Mapping[str, Any], *, chunk_tokens: int | None,
+                project: Project | None = None) -> tuple[jax.Array, jax.Array]:
     """(mean cross-entropy, count of scored positions) of `model` on `batch`, with logits only
     where the loss looks (`loss_positions`): answers are a few tokens of each row, and the
     vocabulary projection is the costliest matmul of a small model. The full logits of the
     model's output go unused, so XLA never computes them; a large vocabulary is projected a
-    chunk of tokens at a time (train/loss.py)."""
+    chunk of tokens at a time (train/loss.py). `project(table, hidden)` replaces the tied
+    projection (train/lora.py: a frozen table's)."""
     out = model(model_inputs(batch))
     positions = batch["loss_positions"]  # [B, K]
     if positions.shape[1] == out.hidden.shape[1]:
@@ -58,7 +60,7 @@ def scored_loss(model: Gemini, batch: Mapping[str, Any], *, chunk_tokens: int | 
         hidden = jnp.take_along_axis(out.hidden, positions[:, :, None], axis=1)  # [B, K, D]
         targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
         weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
-    project = functools.partial(tied_logits, dtype=model.embedder.dtype)
+    project = project or functools.partial(tied_logits, dtype=model.embedder.dtype)
     return cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
                          chunk_tokens=chunk_tokens)
 
