@@ -2,6 +2,7 @@
 
     python benchmarks/lora_memory.py                          # nano-1 text decoder, 8 x 2,048 tokens
     python benchmarks/lora_memory.py --preset demo --batch 2 --seq-len 128 --remat none
+    python benchmarks/lora_memory.py --breakdown 12           # and where the memory goes
 
 Both steps are built from abstract models (nnx.eval_shape) on a one-device mesh, lowered with
 ShapeDtypeStruct inputs and compiled for the default backend: nothing is allocated or run.
@@ -12,7 +13,8 @@ Both share the settings a memory-bound step would use: blocks rematerialised ("f
 one lax.scan, and blockwise attention (the flags below say why each). Reported per variant:
 XLA's argument, output, alias (donated inputs reused as outputs), temp and total
 (argument + output - alias + temp) bytes, and the trained parameter count; then the ratio of
-LoRA's total to full fine-tuning's. docs/training.md has the figures.
+LoRA's total to full fine-tuning's; with --breakdown N, each variant's N largest buffers.
+docs/post-training.md ("LoRA") has the figures.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def main() -> None:
         shutil.rmtree(dump_dir)
     results["lora_over_full"] = round(results["lora"]["total_bytes"] / results["full"]["total_bytes"], 3)
     results["goal_met"] = results["lora_over_full"] <= 1 / 3
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
