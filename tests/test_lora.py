@@ -45,6 +45,7 @@ from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer
 from random_batches import random_text_batch
 from test_custom_recipe import digits_example
+from test_preferences import pair, write_jsonl
 
 CONFIG = PRESETS["test"]
 MQA = dataclasses.replace(CONFIG.text_only, num_kv_heads=1)
@@ -376,3 +377,20 @@ def test_a_lora_step_with_a_chunked_loss_matches_the_unchunked_one(build_model):
     np.testing.assert_allclose(float(metrics[1]["grad_norm"]), float(metrics[0]["grad_norm"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(adapter_state(steps[0].model)), jax.tree.leaves(adapter_state(steps[1].model))):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_dpo_with_lora_flags_trains_adapters_on_its_base(tmp_path, tokenizer_file):
+    config = dataclasses.replace(PRESETS["test"], vocab_size=Tokenizer.load(tokenizer_file).vocab_size)
+    base = write_base_run(tmp_path / "base", config, tokenizer_file)
+    records = [pair(f"Is there a {c} {s}?", f"Yes, there is a {c} {s}.", "Yes.")
+               for c in ["red", "blue", "green", "black"] for s in ["circle", "square", "triangle"]]
+    data = write_jsonl(tmp_path / "pairs.jsonl", records)
+    run = tmp_path / "dpo"
+    assert main(["dpo", "--data", str(data), "--init-from", str(tmp_path / "base"), "--run-dir", str(run),
+                 "--batch-size", "4", "--steps", "3", "--learning-rate", "1e-2", "--validation-fraction", "0.25",
+                 "--test-fraction", "0.25", "--no-progress", "--no-eval", "--lora-rank", "2"]) == 0
+    assert json.loads((run / "lora.json").read_text())["lora"] == {"rank": 2, "alpha": 4.0, "targets": list(TARGETS)}
+    saved = checkpoint.Checkpointer(run).read_meta(3)["digests"]
+    assert all(k.rsplit("/", 1)[1] in ("lora_a", "lora_b") for k in saved if k.startswith("params/"))
+    batch = random_text_batch(config.vocab_size, rows=2, length=12)
+    assert np.abs(logits(checkpoint.load_run(run).model, batch) - logits(base, batch)).max() > 1e-4

@@ -65,8 +65,8 @@ def _lora(args: argparse.Namespace) -> Any:
     from gemini_jax.config import ConfigError
     from gemini_jax.model.lora import TARGETS, LoraConfig
 
-    if args.lora_rank is None:
-        if args.lora_alpha is not None or args.lora_targets is not None:
+    if getattr(args, "lora_rank", None) is None:  # reward and rl have no LoRA flags
+        if getattr(args, "lora_alpha", None) is not None or getattr(args, "lora_targets", None) is not None:
             raise ConfigError("--lora-alpha and --lora-targets set up LoRA adapters: give --lora-rank R too")
         return None
     if args.init_from is None:
@@ -115,7 +115,7 @@ def preference(args: argparse.Namespace) -> None:
     recipe = recipe_from_flags(PreferenceRecipe, args, kind=args.command, data=args.data, init_from=args.init_from,
                                run_dir=args.run_dir, beta=getattr(args, "beta", 0.1),
                                validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-                               max_bad_records=args.max_bad_records)
+                               max_bad_records=args.max_bad_records, lora=_lora(args))
     _start_backend(args, recipe)
     _write_json(args.output, train_on_preferences(recipe))
 

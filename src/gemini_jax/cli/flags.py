@@ -228,6 +228,8 @@ def _add_preference(sub: argparse._SubParsersAction, kind: str) -> None:
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed for the data order")
     _add_held_out_flags(p, "pairs")
+    if kind == "dpo":
+        _add_lora_flags(p)
     _add_scale_flags(p)
 
 

@@ -52,7 +52,7 @@ from gemini_jax.model.lora import LoraConfig, lora_weights, merge_lora
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.train import Trainer, distributed
 from gemini_jax.train.config import TrainConfig
-from gemini_jax.train.lora import LoraTrainer, start_lora
+from gemini_jax.train.lora import LoraTrainer, refuse_lora_run, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
 
 QUICK_EVAL_LIMIT = 200  # validation examples per source in the evaluations during training
@@ -102,9 +102,7 @@ class DataRecipe:
             model = start_lora(model, self.lora, run_dir=run_dir_of(self), init_from=self.init_from,
                                seed=self.train.seed)
             return LoraTrainer(model, optimizer, mesh=mesh)
-        if checkpoint.read_lora(run_dir_of(self)) is not None:
-            raise ConfigError(f"{run_dir_of(self)} is a LoRA run: resume it with the --lora-rank, --lora-alpha and "
-                              f"--lora-targets it was started with")
+        refuse_lora_run(run_dir_of(self))
         if self.init_from is not None and not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
         return Trainer(model, optimizer, mesh=mesh)

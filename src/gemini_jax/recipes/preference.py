@@ -22,14 +22,17 @@ import numpy as np
 from flax import nnx
 
 from gemini_jax import checkpoint
+from gemini_jax.config import ConfigError
 from gemini_jax.data.preferences import EncodedPairs, encode_pairs, pair_batches, read_pairs, split_pairs
 from gemini_jax.data.records import DataError
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
+from gemini_jax.model.lora import LoraConfig
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.train.batches import with_loss_positions
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.dpo import DPOConfig, DPOTrainer
+from gemini_jax.train.lora import refuse_lora_run, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import real_pairs, reply_log_probs
 from gemini_jax.train.reward import RewardModel, RewardTrainer, write_reward_record
@@ -57,11 +60,14 @@ class PreferenceRecipe:
     max_bad_records: int = 0
     eval_limit: int | None = None  # pairs per split in the final evaluation; None: all
     evaluate_at_end: bool = True
+    lora: LoraConfig | None = None  # DPO: train adapters on init_from's weights (train/lora.py)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown preference recipe {self.kind!r}; accepted: {', '.join(KINDS)}")
         DPOConfig(beta=self.beta)  # checks it
+        if self.lora is not None and self.kind != "dpo":
+            raise ConfigError(f"LoRA trains a policy: dpo takes it, {self.kind} does not")
 
     @property
     def name(self) -> str:
@@ -111,7 +117,14 @@ class PreferenceRecipe:
         return lambda model, batch: implicit_reward(model, reference, batch)
 
     def make_trainer(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: Any = None):
-        """The trainer, its model holding `init_from`'s parameters (a run being resumed restores its own)."""
+        """The trainer, its model holding `init_from`'s parameters (a run being resumed restores its
+        own); with `lora`, adapters on them train alone."""
+        if self.lora is not None:
+            model = start_lora(model, self.lora, run_dir=run_dir_of(self), init_from=self.init_from,
+                               seed=self.train.seed)
+            return DPOTrainer(model, optimizer, reference=self._reference, dpo=DPOConfig(beta=self.beta), mesh=mesh,
+                              trainable=nnx.LoRAParam)
+        refuse_lora_run(run_dir_of(self))
         if not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
         if self.kind == "reward":

@@ -40,16 +40,20 @@ class DPOTrainer(Trainer):
     logged_metrics = ("accuracy", "margin")
 
     def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, reference: Gemini,
-                 dpo: DPOConfig = DPOConfig(), mesh: jax.sharding.Mesh | None = None):
-        super().__init__(model, optimizer, mesh=mesh)
+                 dpo: DPOConfig = DPOConfig(), mesh: jax.sharding.Mesh | None = None,
+                 trainable: nnx.filterlib.Filter = nnx.Param):
+        # trainable=nnx.LoRAParam trains a LoRA model's adapters alone (train/lora.py).
+        super().__init__(model, optimizer, mesh=mesh, trainable=trainable)
         self.dpo = dpo
         self.reference_graphdef, self.reference_state = frozen_model(reference, mesh)
 
     def frozen_inputs(self) -> dict[str, Any]:
-        return {"reference": self.reference_state, "beta": jnp.float32(self.dpo.beta)}
+        return {"reference": self.reference_state, "beta": jnp.float32(self.dpo.beta), "rest": self.rest}
 
     def _loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        policy = reply_log_probs(nnx.merge(self.graphdef, params, self.rest), batch)
+        # The untrained rest (a LoRA model's frozen base) is an input, not a constant of the
+        # step; copied Variables, as LoraTrainer's, for the rematerialised blocks.
+        policy = reply_log_probs(nnx.merge(self.graphdef, params, frozen["rest"], copy=True), batch)
         reference = reply_log_probs(nnx.merge(self.reference_graphdef, frozen["reference"]), batch)
         real = real_pairs(batch)
         loss, metrics = dpo_loss(policy, reference, real, beta=frozen["beta"])

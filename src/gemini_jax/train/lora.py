@@ -40,7 +40,8 @@ from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer, scored_loss
 
 __all__ = ["TARGETS", "LoraConfig", "LoraError", "LoraTrainer", "LoraWeight", "adapter_state", "apply_lora",
-           "check_adapters", "freeze_base", "frozen_table_logits", "load_adapter_state", "lora_weights", "merge_lora", "start_lora"]
+           "check_adapters", "freeze_base", "frozen_table_logits", "load_adapter_state", "lora_weights", "merge_lora", "refuse_lora_run",
+           "start_lora"]
 
 
 def start_lora(model: Gemini, config: LoraConfig, *, run_dir: str | os.PathLike, init_from: str | os.PathLike,
@@ -100,6 +101,14 @@ def _frozen_table_logits_bwd(dtype, residuals, logits_grad):
 
 
 frozen_table_logits.defvjp(_frozen_table_logits_fwd, _frozen_table_logits_bwd)
+
+
+def refuse_lora_run(run_dir: str | os.PathLike) -> None:
+    """Raises LoraError if `run_dir` is a LoRA run: resuming it to train every weight would
+    read its adapter-only checkpoints as a whole model's."""
+    if checkpoint.read_lora(run_dir) is not None:
+        raise LoraError(f"{str(run_dir)!r} is a LoRA run: resume it with the --lora-rank, --lora-alpha and "
+                        f"--lora-targets it was started with")
 
 
 class LoraTrainer(Trainer):
