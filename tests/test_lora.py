@@ -42,6 +42,7 @@ from gemini_jax.train.lora import (
     start_lora,
 )
 from gemini_jax.train.optimizer import OptimizerConfig
+from gemini_jax.train.policy_gradient import PolicyGradientTrainer
 from gemini_jax.train.trainer import Trainer
 from random_batches import random_text_batch
 from test_custom_recipe import digits_example
@@ -394,3 +395,38 @@ def test_dpo_with_lora_flags_trains_adapters_on_its_base(tmp_path, tokenizer_fil
     assert all(k.rsplit("/", 1)[1] in ("lora_a", "lora_b") for k in saved if k.startswith("params/"))
     batch = random_text_batch(config.vocab_size, rows=2, length=12)
     assert np.abs(logits(checkpoint.load_run(run).model, batch) - logits(base, batch)).max() > 1e-4
+
+
+def test_rl_with_lora_flags_writes_an_adapter_only_run(tmp_path, tokenizer_file):
+    config = dataclasses.replace(PRESETS["test"], vocab_size=Tokenizer.load(tokenizer_file).vocab_size)
+    write_base_run(tmp_path / "base", config, tokenizer_file)
+    lines = [{"contents": [{"role": "user", "parts": [{"text": f"Is there a {c} {s}?"}]},
+                           {"role": "model", "parts": [{"text": "yes" if s == "circle" else "no"}]}]}
+             for c in ["red", "blue", "green", "black"] for s in ["circle", "square", "triangle"]]
+    data = write_jsonl(tmp_path / "prompts.jsonl", lines)
+    run = tmp_path / "rl"
+    assert main(["rl", "--data", str(data), "--init-from", str(tmp_path / "base"), "--run-dir", str(run),
+                 "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "3", "--steps", "2",
+                 "--learning-rate", "1e-2", "--validation-fraction", "0.25", "--test-fraction", "0.25",
+                 "--no-progress", "--no-eval", "--lora-rank", "2", "--lora-targets", "q,v,down"]) == 0
+    assert json.loads((run / "lora.json").read_text())["lora"]["targets"] == ["q", "v", "down"]
+    saved = checkpoint.Checkpointer(run).read_meta(2)["digests"]
+    assert {k.split("/")[-2] for k in saved if k.startswith("params/")} == {"q", "v", "down"}
+    assert checkpoint.load_run(run).step == 2
+    # (A fresh model earns no exact-match reward, so these steps have no advantage to learn
+    # from; the next test trains a LoRA policy on rewarded rollouts.)
+
+
+def test_a_lora_policy_learns_from_advantages_and_keeps_its_base(build_model):
+    batch = {**random_text_batch(MQA.vocab_size, rows=2, length=12), "rewards": np.array([1, 0], np.float32),
+             "advantages": np.array([1, -1], np.float32)}
+    policy = apply_lora(build_model(MQA), LORA, nnx.Rngs(1))
+    before, base = jax.tree.map(np.array, adapter_state(policy)), frozen_params(policy)
+    trainer = PolicyGradientTrainer(policy, OPTIMIZER, reference=build_model(MQA), trainable=nnx.LoRAParam)
+    for _ in range(2):  # the warm-up's first step has a learning rate of 0
+        trainer.step(batch)
+    assert sum(x.size for x in jax.tree.leaves(trainer.params)) == sum(x.size for x in jax.tree.leaves(before))
+    assert not all(np.array_equal(a, np.asarray(b)) for a, b in
+                   zip(jax.tree.leaves(before), jax.tree.leaves(adapter_state(trainer.model))))
+    for path, value in base.items():
+        np.testing.assert_array_equal(frozen_params(trainer.model)[path], value, err_msg=".".join(path))

@@ -65,7 +65,7 @@ def _lora(args: argparse.Namespace) -> Any:
     from gemini_jax.config import ConfigError
     from gemini_jax.model.lora import TARGETS, LoraConfig
 
-    if getattr(args, "lora_rank", None) is None:  # reward and rl have no LoRA flags
+    if getattr(args, "lora_rank", None) is None:  # reward has no LoRA flags
         if getattr(args, "lora_alpha", None) is not None or getattr(args, "lora_targets", None) is not None:
             raise ConfigError("--lora-alpha and --lora-targets set up LoRA adapters: give --lora-rank R too")
         return None
@@ -128,7 +128,7 @@ def rl(args: argparse.Namespace) -> None:
                                group_size=args.group_size, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
                                validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-                               max_bad_records=args.max_bad_records)
+                               max_bad_records=args.max_bad_records, lora=_lora(args))
     _start_backend(args, recipe)
     _write_json(args.output, train_with_rl(recipe))
 
@@ -266,15 +266,20 @@ def safety_data(args: argparse.Namespace) -> None:
     from gemini_jax.data.corpora.demo import DemoCorpus
     from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
     from gemini_jax.safety.policy import load_policy
-    from gemini_jax.safety.tuning_data import write_tuning_data
+    from gemini_jax.safety.tuning_data import run_lengths, write_tuning_data
 
     policy = load_policy(args.policy)  # a bad policy fails before the corpus is built
+    length = run_lengths(args.init_from) if Path(args.init_from, "config.json").is_file() else None
     corpus = DemoCorpus.build(args.cache_dir)
     replay = prepare_demo_sources(corpus) if args.replay else None
     files = write_tuning_data(args.out, policy=policy, corpus=corpus, replay=replay,
-                              max_per_template=args.max_per_template, train_passages=args.passages)
+                              max_per_template=args.max_per_template, train_passages=args.passages, length=length)
     for name, count in files.counts.items():
-        print(f"wrote {files.out / (name + '.jsonl')}: {count:,} examples")
+        dropped = files.too_long[name]
+        print(f"wrote {files.out / (name + '.jsonl')}: {count:,} examples"
+              + (f" ({dropped:,} longer than {args.init_from}'s context left out)" if dropped else ""))
+    if length is None:
+        print(f"note: {args.init_from} is not a run yet, so no example was checked against its context")
     print(f"wrote {files.mixture}" + (f" (replaying {replay})" if replay else " (no replay)"))
     print(f"next:\n  {files.prepare_command(args.init_from)}\n  {files.train_command(args.init_from)}")
 

@@ -280,6 +280,7 @@ def _add_rl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the prompt order and of every rollout")
     _add_held_out_flags(p, "prompts")
+    _add_lora_flags(p)
     _add_scale_flags(p)
 
 

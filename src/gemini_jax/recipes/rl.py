@@ -35,10 +35,12 @@ from gemini_jax.data.records import DataError
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.evals.metrics import exact_match
 from gemini_jax.model import Gemini
+from gemini_jax.model.lora import LoraConfig, lora_weights, merge_lora
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.lora import refuse_lora_run, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer, group_advantages
 from gemini_jax.train.reward import load_reward_model
@@ -100,7 +102,7 @@ class Rollouts:
         chosen = [self.prompts[int(i)] for i in next(self._order)]
         first = (self._drawn * self.group_size + self.seed * 1_000_003) % 2**31
         self._drawn += len(chosen)
-        self.sampler.load_weights(self.link.trainer.model)
+        self.sampler.load_weights(plain(self.link.trainer.model))
         asked = [p for p in chosen for _ in range(self.group_size)]
         params = [SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=first + i)
                   for i in range(len(asked))]
@@ -176,6 +178,7 @@ class RLRecipe:
     eval_limit: int | None = None  # prompts per held-out split in the evaluations; None: all
     evaluate_at_end: bool = True
     link: PolicyLink = dataclasses.field(default_factory=PolicyLink, compare=False)
+    lora: LoraConfig | None = None  # train adapters on init_from's weights (train/lora.py)
 
     def __post_init__(self):
         PolicyGradientConfig(kl_coef=self.kl_coef)
@@ -209,7 +212,7 @@ class RLRecipe:
         limit = self.eval_limit
 
         def scores(model: Gemini, split: str) -> dict[str, Any]:
-            sampler.load_weights(model)
+            sampler.load_weights(plain(model))
             prompts = splits[split][:limit]
             rewards = []
             for start in range(0, len(prompts), EVAL_BATCH):
@@ -225,13 +228,28 @@ class RLRecipe:
                      evaluate=final, format_results=format_results)
 
     def make_trainer(self, model: Gemini, optimizer: OptimizerConfig, *, mesh: Any = None) -> PolicyGradientTrainer:
-        """The trainer, its policy holding `init_from`'s parameters (a resumed run restores its own)."""
-        if not checkpoint.has_checkpoints(run_dir_of(self)):
-            checkpoint.load_params(self.init_from, model)
+        """The trainer, its policy holding `init_from`'s parameters (a resumed run restores its own);
+        with `lora`, adapters on them train alone."""
+        trainable = nnx.Param
+        if self.lora is not None:
+            model = start_lora(model, self.lora, run_dir=run_dir_of(self), init_from=self.init_from,
+                               seed=self.train.seed)
+            trainable = nnx.LoRAParam
+        else:
+            refuse_lora_run(run_dir_of(self))
+            if not checkpoint.has_checkpoints(run_dir_of(self)):
+                checkpoint.load_params(self.init_from, model)
         trainer = PolicyGradientTrainer(model, optimizer, reference=checkpoint.load_run(self.init_from).model,
-                                        policy_gradient=PolicyGradientConfig(kl_coef=self.kl_coef), mesh=mesh)
+                                        policy_gradient=PolicyGradientConfig(kl_coef=self.kl_coef), mesh=mesh,
+                                        trainable=trainable)
         self.link.trainer = trainer
         return trainer
+
+
+def plain(model: Gemini) -> Gemini:
+    """The weights the sampler reads: a LoRA policy's merged (one matmul per weight, and the
+    sampler's programs take a plain model's state)."""
+    return merge_lora(model) if lora_weights(model) else model
 
 
 def format_results(results: dict[str, dict[str, Any]]) -> str:

@@ -78,16 +78,21 @@ class PolicyGradientTrainer(Trainer):
     logged_metrics = ("reward", "kl", "pg")
 
     def __init__(self, model: Gemini, optimizer: OptimizerConfig, *, reference: Gemini,
-                 policy_gradient: PolicyGradientConfig = PolicyGradientConfig(), mesh: jax.sharding.Mesh | None = None):
-        super().__init__(model, optimizer, mesh=mesh)
+                 policy_gradient: PolicyGradientConfig = PolicyGradientConfig(), mesh: jax.sharding.Mesh | None = None,
+                 trainable: nnx.filterlib.Filter = nnx.Param):
+        # trainable=nnx.LoRAParam trains a LoRA policy's adapters alone (train/lora.py).
+        super().__init__(model, optimizer, mesh=mesh, trainable=trainable)
         self.policy_gradient = policy_gradient
         self.reference_graphdef, self.reference_state = frozen_model(reference, mesh)
 
     def frozen_inputs(self) -> dict[str, Any]:
-        return {"reference": self.reference_state, "kl_coef": jnp.float32(self.policy_gradient.kl_coef)}
+        return {"reference": self.reference_state, "kl_coef": jnp.float32(self.policy_gradient.kl_coef),
+                "rest": self.rest}
 
     def _loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        log_probs, weights = token_log_probs(nnx.merge(self.graphdef, params, self.rest), batch)
+        # The untrained rest (a LoRA policy's frozen base) is an input, not a constant of the
+        # step; copied Variables, as LoraTrainer's, for the rematerialised blocks.
+        log_probs, weights = token_log_probs(nnx.merge(self.graphdef, params, frozen["rest"], copy=True), batch)
         reference, _ = token_log_probs(nnx.merge(self.reference_graphdef, frozen["reference"]), batch)
         loss, parts = policy_gradient_loss(log_probs, reference, weights, batch["advantages"],
                                            kl_coef=frozen["kl_coef"])
