@@ -6,7 +6,8 @@
 
 `start_lora` readies a LoRA run: its base (another run's parameters, recorded with their
 digests in the run's lora.json, checkpoint.py) with adapters on it. A LoRA run's checkpoints
-hold the adapters and their optimizer state only.
+hold the adapters and their optimizer state only. `DPOTrainer` and `PolicyGradientTrainer`
+train a LoRA policy with `trainable=nnx.LoRAParam`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer, scored_loss
 
 __all__ = ["TARGETS", "LoraConfig", "LoraError", "LoraTrainer", "LoraWeight", "adapter_state", "apply_lora",
-           "check_adapters", "freeze_base", "frozen_table_logits", "load_adapter_state", "lora_weights", "merge_lora", "refuse_lora_run",
-           "start_lora"]
+           "check_adapters", "freeze_base", "frozen_table_logits", "load_adapter_state", "lora_weights", "merge_lora",
+           "refuse_lora_run", "start_lora"]
 
 
 def start_lora(model: Gemini, config: LoraConfig, *, run_dir: str | os.PathLike, init_from: str | os.PathLike,
