@@ -129,7 +129,7 @@ def test_generation_prompt(tok):
 
 def test_too_long_and_unsupported_examples(tok):
     ex = chat(("user", [Part(text="word " * 100)]), task="vqa")
-    with pytest.raises(EncodeError, match=r"task 'vqa'.*prompt is \d+ tokens; the model's context is 20"):
+    with pytest.raises(EncodeError, match=r"task 'vqa'.*prompt is \d+ tokens; at most 20 fit here \(a row's length; the model's context is 256\)"):
         encode_example(ex, tokenizer=tok, config=CONFIG, max_len=20, for_generation=True)
     with pytest.raises(EncodeError, match=r"is \d+ tokens; the model's context is 256"):
         encode_example(chat(("user", [Part(text="word " * 300)])), tokenizer=tok, config=CONFIG)

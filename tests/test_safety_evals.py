@@ -300,3 +300,19 @@ def test_mixture_replays_the_demo_sources(corpus, tmp_path):
         assert sources[name]["path"] == str(replay.resolve() / name)
     assert sources["asr"]["buckets"] == 2 and files.counts["attribution"] == 5
     assert "--no-safety" in files.prepare_command() and "--init-from runs/demo" in files.train_command()
+
+
+def test_text_examples_too_long_for_the_run_are_left_out_and_rows_fit_the_longest(corpus, tmp_path):
+    def length(example):  # characters stand in for tokens: over 400 does not fit
+        n = sum(len(p.text or "") for c in example.contents for p in c.parts)
+        return None if n > 400 else n
+
+    files = write_tuning_data(tmp_path / "out", policy=POLICY, corpus=corpus, replay=None, max_per_template=2,
+                              train_passages=5, length=length)
+    sources = yaml.safe_load(files.mixture.read_text())["sources"]
+    for name in ("refusals", "allowed", "attribution"):
+        kept = _examples(tmp_path / "out" / f"{name}.jsonl")
+        assert kept and all(length(e) is not None for e in kept)
+        assert sources[name]["seq_len"] == 8 * -(-max(length(e) for e in kept) // 8)
+    assert files.too_long["refusals"] > 0 and files.too_long["hedging"] == 0  # base64 wrapping grows past it
+    assert "seq_len" not in sources["hedging"]

@@ -326,7 +326,9 @@ def encode_example(
     limit = config.max_seq_len if max_len is None else max_len
     if length > limit:
         what = "prompt" if for_generation else "example"
-        raise EncodeError(f"{where}: {what} is {length} tokens; the model's context is {limit}")
+        room = (f"the model's context is {limit}" if limit == config.max_seq_len
+                else f"at most {limit} fit here (a row's length; the model's context is {config.max_seq_len})")
+        raise EncodeError(f"{where}: {what} is {length} tokens; {room}")
     row["segment_ids"] = np.ones(length, np.int32)
     row["positions"] = np.arange(length, dtype=np.int32)
     vision = config.vision

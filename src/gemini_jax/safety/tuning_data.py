@@ -19,14 +19,19 @@ Written to DIR:
   VQA, speech, video and code (data/corpora/demo_prepared.py), so that task accuracy holds.
 
 Nothing of validation or test is written: requests by their template's split, images by the demo
-corpus's split, passages by their own (tests/test_safety_evals.py checks each).
+corpus's split, passages by their own (tests/test_safety_evals.py checks each). Given the run to
+tune (`length`), text examples longer than its context (requests under the base64 wrapper grow
+several-fold) are left out and counted, and each text source's rows are as long as its longest
+example: training sizes a source's rows from a sample of it, which the long tail would exceed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,8 @@ EVAL_TASKS = ["vqa", "asr", "video", "safety", "hedging", "attribution"]
 class TuningFiles:
     out: Path
     counts: dict[str, int]  # examples per file (refusals, allowed, hedging, attribution)
+    too_long: dict[str, int]  # examples left out per file for not fitting the run's context
+    seq_len: dict[str, int]  # row length per text source, where the run was given
     mixture: Path
     replay: Path | None  # the demo's prepared sources the mixture replays; None: no replay
 
@@ -94,17 +101,34 @@ def tuning_examples(policy: Policy, corpus: Any, *, max_per_template: int = MAX_
     }
 
 
+TEXT_SOURCES = ("refusals", "allowed", "attribution")  # the sets whose length varies with their text
+
+
 def write_tuning_data(out: str | os.PathLike, *, policy: Policy, corpus: Any, replay: Path | None,
-                      max_per_template: int = MAX_PER_TEMPLATE, train_passages: int = TRAIN_PASSAGES) -> TuningFiles:
+                      max_per_template: int = MAX_PER_TEMPLATE, train_passages: int = TRAIN_PASSAGES,
+                      length: Callable[[Example], int | None] | None = None) -> TuningFiles:
     """The four JSONL files and mixture.yaml in `out`; `replay` is the folder of the demo's
-    prepared sources (`prepare_demo_sources(corpus)`), or None for a mixture without replay."""
+    prepared sources (`prepare_demo_sources(corpus)`), or None for a mixture without replay;
+    `length(example)`: a text example's row length for the run to tune, None where it does not
+    fit (`run_lengths`); None: keep every example and let training size the rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sets = tuning_examples(policy, corpus, max_per_template=max_per_template, train_passages=train_passages)
+    too_long, seq_len = dict.fromkeys(sets, 0), {}
+    if length is not None:
+        for name in TEXT_SOURCES:
+            lengths = [length(e) for e in sets[name]]
+            kept = [e for e, n in zip(sets[name], lengths) if n is not None]
+            too_long[name] = len(sets[name]) - len(kept)
+            sets[name] = kept
+            if kept:
+                seq_len[name] = 8 * math.ceil(max(n for n in lengths if n is not None) / 8)
     for name, examples in sets.items():
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(to_json(e), ensure_ascii=False) + "\n" for e in examples)
-    sources: dict[str, dict[str, Any]] = {name: {"path": PREPARED, "tasks": [task]} for name, task in SOURCES.items()}
+    sources: dict[str, dict[str, Any]] = {
+        name: {"path": PREPARED, "tasks": [task], **({"seq_len": seq_len[name]} if name in seq_len else {})}
+        for name, task in SOURCES.items()}
     if replay is not None:
         sources |= {name: {"path": str(Path(replay).resolve() / name), **spec} for name, spec in REPLAY.items()}
     mixture = {"sources": sources, "weights": {name: WEIGHTS[name] for name in sources}, "eval_tasks": EVAL_TASKS}
@@ -112,4 +136,24 @@ def write_tuning_data(out: str | os.PathLike, *, policy: Policy, corpus: Any, re
     path.write_text("# Safety tuning (gemini-jax safety data): the four safety sources, prepared into "
                     f"{PREPARED}/,\n# and a replay of the demo's own tasks so that their accuracy holds.\n"
                     + yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
-    return TuningFiles(out=out, counts={name: len(v) for name, v in sets.items()}, mixture=path, replay=replay)
+    return TuningFiles(out=out, counts={name: len(v) for name, v in sets.items()}, too_long=too_long,
+                       seq_len=seq_len, mixture=path, replay=replay)
+
+
+def run_lengths(run_dir: str | os.PathLike) -> Callable[[Example], int | None]:
+    """An example's length in tokens, encoded for training with the run's tokenizer; None where
+    it exceeds the run's context."""
+    from gemini_jax import checkpoint
+    from gemini_jax.data.encode import EncodeError, encode_example
+    from gemini_jax.data.tokenizer import Tokenizer
+
+    config = checkpoint.read_config(run_dir)
+    tokenizer = Tokenizer.load(checkpoint.tokenizer_path(run_dir))
+
+    def length(example: Example) -> int | None:
+        try:
+            return len(encode_example(example, tokenizer=tokenizer, config=config)["tokens"])
+        except EncodeError:
+            return None
+
+    return length
