@@ -397,6 +397,7 @@ def test_dpo_with_lora_flags_trains_adapters_on_its_base(tmp_path, tokenizer_fil
     assert np.abs(logits(checkpoint.load_run(run).model, batch) - logits(base, batch)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_rl_with_lora_flags_writes_an_adapter_only_run(tmp_path, tokenizer_file):
     config = dataclasses.replace(PRESETS["test"], vocab_size=Tokenizer.load(tokenizer_file).vocab_size)
     write_base_run(tmp_path / "base", config, tokenizer_file)
