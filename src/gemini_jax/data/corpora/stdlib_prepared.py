@@ -36,5 +36,5 @@ def prepare_stdlib_source(cache_dir: str | os.PathLike | None = None, *, progres
     root = cache_root(cache_dir) / f"stdlib-v{VERSION}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / ".lock"):  # one process prepares; the others wait and reuse it
-        prepare_once(root / SOURCE, lambda: (to_json(text_document(text)) for text in files), progress=progress)
+        prepare_once(root / SOURCE, lambda scratch: (to_json(text_document(text)) for text in files), progress=progress)
     return root
