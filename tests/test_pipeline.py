@@ -244,7 +244,7 @@ def test_bad_records_are_skipped_and_counted(tok, files):
     assert all(b["loss_mask"][~b["segment_ids"].any(axis=1)].sum() == 0 for b in batches)
     assert source.errors.count == 3  # distinct records, not visits
     assert any("missing.png" in m for m in source.errors.first)
-    assert any("context is 48" in m for m in source.errors.first)
+    assert any("at most 48 fit here" in m for m in source.errors.first)
     assert any("ends on a user turn" in m for m in source.errors.first)  # nothing to train on
 
     strict = P.encoded_source(examples, tokenizer=tok, config=CONFIG, max_len=48, error_budget=1)
