@@ -111,6 +111,12 @@ def test_long_lines_are_not_dropped_from_training(tmp_path):
     assert len(tok.encode("zebra")) <= 2
 
 
+def test_capitals_marked_past_the_sentence_limit_are_still_learned(tmp_path):
+    # 16 kB of capitalised words fits SentencePiece's limit, and grows past it once marked.
+    tok = T.train_tokenizer(["Zebra " * 2700], vocab_size=330, path=tmp_path / "t.model", case_markers=True)
+    assert len(tok.encode("zebra")) <= 2 and len(tok.encode("Zebra")) <= 3
+
+
 def test_a_text_only_tokenizer_with_other_ids_loads_and_refuses_media(tmp_path):
     from conftest import train_gemma_like_tokenizer
 

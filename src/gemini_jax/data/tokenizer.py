@@ -266,7 +266,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.Pat
             add_dummy_prefix=False,
             allow_whitespace_only_pieces=True,
             split_by_whitespace=True,
-            max_sentence_length=_MAX_SENTENCE_BYTES,
+            # A marker adds 5 bytes to a capital: room for a cut piece made of capitals.
+            max_sentence_length=_MAX_SENTENCE_BYTES * (6 if case_markers else 1),
             max_sentencepiece_length=16,
             num_threads=2,
             minloglevel=2,
