@@ -127,22 +127,33 @@ def read_config(run_dir: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{path}: not a valid model config: {e}") from None
 
 
-def read_quantization(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's quantization record (bits, group_size, ...), or None for a float run."""
-    path = Path(run_dir) / QUANTIZATION_FILE
+def _read_record(path: Path, *, expected_format: str, what: str,
+                 check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """The JSON record at `path` (None where there is none), its format and `check` passed; any
+    problem is a CheckpointError naming the file and `what` it should have been."""
     if not path.exists():
         return None
     try:
         record = json.loads(path.read_text())
-        if record.get("format") != QUANTIZATION_FORMAT:
-            raise ValueError(f"format {record.get('format')!r}, expected {QUANTIZATION_FORMAT!r}")
-        int(record["bits"]), int(record["group_size"])
-        names = record.get("quantized", [])
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ValueError("'quantized' must be a list of weight names")
+        if record.get("format") != expected_format:
+            raise ValueError(f"format {record.get('format')!r}, expected {expected_format!r}")
+        check(record)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a valid quantization record: {e}") from None
+        raise CheckpointError(f"{path}: not a valid {what}: {e}") from None
     return record
+
+
+def _check_quantization(record: dict[str, Any]) -> None:
+    int(record["bits"]), int(record["group_size"])
+    names = record.get("quantized", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError("'quantized' must be a list of weight names")
+
+
+def read_quantization(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's quantization record (bits, group_size, ...), or None for a float run."""
+    return _read_record(Path(run_dir) / QUANTIZATION_FILE, expected_format=QUANTIZATION_FORMAT,
+                        what="quantization record", check=_check_quantization)
 
 
 def write_quantization(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -307,22 +318,17 @@ def write_lora(run_dir: str | os.PathLike, *, lora: dict[str, Any], base_run: st
     _atomic_write(Path(run_dir) / LORA_FILE, json.dumps(record, indent=1).encode())
 
 
+def _check_lora(record: dict[str, Any]) -> None:
+    base = record["base"]
+    if not (isinstance(base["run_dir"], str) and isinstance(base["step"], int)
+            and isinstance(base["digests"], dict) and isinstance(record["lora"], dict)):
+        raise ValueError("expected lora {rank, alpha, targets} and base {run_dir, step, digests}")
+
+
 def read_lora(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A LoRA run's record (see `write_lora`), or None for any other run."""
-    path = Path(run_dir) / LORA_FILE
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") != LORA_FORMAT:
-            raise ValueError(f"format {record.get('format')!r}, expected {LORA_FORMAT!r}")
-        base = record["base"]
-        if not (isinstance(base["run_dir"], str) and isinstance(base["step"], int)
-                and isinstance(base["digests"], dict) and isinstance(record["lora"], dict)):
-            raise ValueError("expected lora {rank, alpha, targets} and base {run_dir, step, digests}")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a valid LoRA record: {e}") from None
-    return record
+    return _read_record(Path(run_dir) / LORA_FILE, expected_format=LORA_FORMAT, what="LoRA record",
+                        check=_check_lora)
 
 
 def load_lora_base(run_dir: str | os.PathLike, model: nnx.Module, record: dict[str, Any]) -> None:
