@@ -54,27 +54,41 @@ class Record:
     kind: str = ""
 
 
+def greedy_replies(
+    sampler: Sampler, prompts: Sequence[Example], *, batch_size: int, max_new_tokens: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy replies to `prompts` (each ending on a user turn), in order; `on_batch(n)` after
+    each chunk of n."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    # Chunks of equal size (600 -> 3 x 200, not 256 + 256 + 88): the sampler rounds each up to
+    # the same batch shape, so the last one compiles nothing new.
+    size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / batch_size)))
+    outputs: list[str] = []
+    for start in range(0, len(prompts), size):
+        chunk = list(prompts[start : start + size])
+        outputs += sampler.generate(chunk, [params] * len(chunk))
+        if on_batch:
+            on_batch(len(chunk))
+    return outputs
+
+
 def answer_questions(
     sampler: Sampler, examples: Sequence[Example], *, batch_size: int, max_new_tokens: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Record]:
+    if not examples:
+        return []
+    prompts, references = zip(*(split_prompt(e) for e in examples))
+    outputs = greedy_replies(sampler, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             on_batch=on_batch)
     records = []
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    # Chunks of equal size (600 -> 3 x 200, not 256 + 256 + 88): the sampler rounds each up to
-    # the same batch shape, so the last one compiles nothing new.
-    size = math.ceil(len(examples) / max(1, math.ceil(len(examples) / batch_size)))
-    for start in range(0, len(examples), size):
-        chunk = examples[start : start + size]
-        prompts, references = zip(*(split_prompt(e) for e in chunk))
-        outputs = sampler.generate(list(prompts), [params] * len(prompts))
-        for example, prompt, output, reference in zip(chunk, prompts, outputs, references):
-            question = " ".join(p.text for c in prompt.contents for p in c.parts if p.text)
-            records.append(Record(
-                task=example.task, prompt=question, output=output, reference=reference,
-                correct=normalize_answer(output) == normalize_answer(reference),
-            ))
-        if on_batch:
-            on_batch(len(chunk))
+    for example, prompt, output, reference in zip(examples, prompts, outputs, references):
+        question = " ".join(p.text for c in prompt.contents for p in c.parts if p.text)
+        records.append(Record(
+            task=example.task, prompt=question, output=output, reference=reference,
+            correct=normalize_answer(output) == normalize_answer(reference),
+        ))
     return records
 
 

@@ -31,8 +31,7 @@ from typing import Any, ClassVar
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
 from gemini_jax.evals.tasks.base import TaskDataError
-from gemini_jax.evals.tasks.demo import ANSWER_TOKENS, demo_corpus, demo_sampler, normalize_answer
-from gemini_jax.sample.token_choice import SamplingParams
+from gemini_jax.evals.tasks.demo import ANSWER_TOKENS, demo_corpus, demo_sampler, greedy_replies, normalize_answer
 
 ATTRIBUTION_MARGIN = 4  # tokens sampled beyond the longest supported answer's
 PASSAGES = {"test": 500, "validation": 200}  # attribution passages per split (before --limit)
@@ -44,22 +43,14 @@ def percent(flags: Sequence[bool]) -> float:
 
 def replies(context: EvalContext, prompts: Sequence[Example], *, max_new_tokens: int, batch_size: int,
             desc: str) -> list[str]:
-    """Greedy replies to `prompts` (each ending on a user turn), in chunks of equal size (the
-    sampler rounds each chunk up to the same batch shape, so the last compiles nothing new)."""
+    """Greedy replies to `prompts` (each ending on a user turn), with a progress bar."""
     from tqdm.auto import tqdm
 
     if not prompts:
         return []
-    sampler = context.shared(demo_sampler)
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / batch_size)))
-    out: list[str] = []
     with tqdm(total=len(prompts), desc=desc, disable=not context.options.progress, unit="ex", leave=False) as bar:
-        for start in range(0, len(prompts), size):
-            chunk = list(prompts[start : start + size])
-            out += sampler.generate(chunk, [params] * len(chunk))
-            bar.update(len(chunk))
-    return out
+        return greedy_replies(context.shared(demo_sampler), prompts, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, on_batch=bar.update)
 
 
 def _stable_sample(items: Sequence[Any], limit: int | None, key) -> list[Any]:
