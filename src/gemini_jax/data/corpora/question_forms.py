@@ -5,8 +5,8 @@ that only ever sees those learns strings, not questions. `meaning` reads a quest
 what it asks, `ask` writes a meaning with a template of a given set, and the surface changes
 (`flip_first_case`, `drop_question_mark`, `british`) are what a person changes when typing.
 
-`HELD_OUT` templates are asked only by the robustness suite (data/corpora/robustness.py), never
-in training.
+Two template sets never share a template: `TRAINING` (what the demo trains on besides the
+originals) and `HELD_OUT` (what only the robustness suite asks, data/corpora/robustness.py).
 
     m = meaning("is there not a red shape?")   # Meaning(ask="exists", colour="red", negated=True)
     ask(m, HELD_OUT, rng)                      # e.g. "Is it true that no red shape is shown?"
@@ -77,6 +77,20 @@ def meaning(question: str) -> Meaning:
 
 # Templates per (ask, which of shape / colour is named, negated). {thing} is "shape", a shape
 # name or "<colour> shape"; {shape} and {colour} are the object's.
+TRAINING = {
+    ("colour", False): ["What is the {thing}'s color?", "Which color does the {thing} have?",
+                        "What color does the {thing} have?", "Say the color of the {thing}."],
+    ("shape", False): ["What shape do you see?", "What kind of shape is shown?", "Which shape is shown?",
+                       "What is the shape?"],
+    ("shape", True): ["What is the shape that is {colour}?", "The {colour} shape is which shape?",
+                      "What kind of shape is the {colour} one?"],
+    ("exists", False): ["Do you see a {thing}?", "Does the picture show a {thing}?", "Is there any {thing}?"],
+    ("exists", True): ["Is there no {thing}?", "Does the picture lack a {thing}?", "Is a {thing} absent?"],
+    ("direction", False): ["Which direction does the {colour} {shape} move in?", "Where is the {colour} {shape} heading?"],
+    ("first", False): ["Which shape is there from the start?", "What shape appears earliest?"],
+    ("last", False): ["Which shape appears second?", "Which shape turns up after the other?"],
+    ("growth", False): ["Is the {colour} {shape} getting bigger or smaller?", "Bigger or smaller: the {colour} {shape}?"],
+}
 HELD_OUT = {
     ("colour", False): ["Name the colour of the {thing}.", "Tell me the colour of the {thing}.",
                         "Which colour is the {thing}?"],
@@ -93,7 +107,7 @@ HELD_OUT = {
 
 
 def ask(m: Meaning, templates: dict[tuple[str, bool], list[str]], rng: np.random.Generator) -> str:
-    """A question of `m` from one of `templates` (ORIGINAL or HELD_OUT), chosen by `rng`."""
+    """A question of `m` from one of `templates` (ORIGINAL, TRAINING or HELD_OUT), chosen by `rng`."""
     if m.ask in ("colour", "shape"):
         key = (m.ask, m.ask == "shape" and m.colour is not None)
     elif m.ask == "exists":
@@ -115,11 +129,19 @@ def flip_first_case(question: str) -> str:
     return (head.lower() if head.isupper() else head.upper()) + question[1:]
 
 
+PARAPHRASE_RATE = 0.3  # of training questions rewritten from a TRAINING template
+
+
 def typed_form(question: str, key: str) -> str:
-    """`question` as a person might type it: British spelling (three in ten), the first letter's
-    case flipped (even odds), no question mark (one in four); drawn by a generator seeded by `key`
-    (what identifies the example), so every process writes the same form. What the demo trains on."""
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"question:{key}".encode()).digest()[:8], "little"))
+    """`question` (one of ORIGINAL's) as a person might type it: rewritten from a TRAINING template
+    (three in ten), then British spelling (three in ten), the first letter's case flipped (even
+    odds), no question mark (one in four). Drawn by generators seeded by `key` (what identifies the
+    example), so every process writes the same form; the paraphrase has a generator of its own, so
+    the other changes are drawn as they were without it. What the demo trains on."""
+    paraphrase = _generator("paraphrase", key)
+    if paraphrase.random() < PARAPHRASE_RATE:
+        question = ask(meaning(question), TRAINING, paraphrase)
+    rng = _generator("question", key)
     if rng.random() < 0.3:
         question = british(question)
     if rng.random() < 0.5:
@@ -127,6 +149,10 @@ def typed_form(question: str, key: str) -> str:
     if rng.random() < 0.25:
         question = drop_question_mark(question)
     return question
+
+
+def _generator(purpose: str, key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{purpose}:{key}".encode()).digest()[:8], "little"))
 
 
 def drop_question_mark(question: str) -> str:
