@@ -70,11 +70,49 @@ def test_surface_changes():
     assert qf.has_american_spelling("is there a gray circle?") and not qf.has_american_spelling("what shape?")
 
 
-def test_typed_forms_vary_spelling_case_and_question_mark_and_are_reproducible():
-    forms = [qf.typed_form("what shape is in the image?", f"key {i}") for i in range(400)]
-    assert forms == [qf.typed_form("what shape is in the image?", f"key {i}") for i in range(400)]
-    assert set(forms) == {"what shape is in the image?", "What shape is in the image?",
-                          "what shape is in the image", "What shape is in the image"}
-    assert 0.4 < np.mean([f[0] == "W" for f in forms]) < 0.6 and 0.18 < np.mean([not f.endswith("?") for f in forms]) < 0.32
-    british = [qf.typed_form("what color is the shape?", f"key {i}") for i in range(400)]
+def test_training_and_held_out_paraphrases_never_share_a_template_and_cover_every_meaning():
+    assert set(qf.TRAINING) == set(qf.HELD_OUT) == set(qf.ORIGINAL)
+    normal = lambda t: t.lower().rstrip("?.")  # noqa: E731 - the forms typed_form can make of a template
+    for key in qf.ORIGINAL:
+        training = {normal(qf.british(t)) for t in qf.TRAINING[key]} | {normal(t) for t in qf.TRAINING[key]}
+        assert not training & {normal(t) for t in qf.HELD_OUT[key]}, key
+        assert not training & {normal(t) for t in qf.ORIGINAL[key]}, key
+
+
+def test_training_paraphrases_keep_the_meaning():
+    rng = np.random.default_rng(3)
+    for question in every_easy_vqa_question():
+        m = qf.meaning(question)
+        asked = {qf.ask(m, qf.TRAINING, rng) for _ in range(30)}
+        key = ("exists", m.negated) if m.ask == "exists" else (m.ask, m.ask == "shape" and m.colour is not None)
+        thing = (m.shape or f"{m.colour} shape") if m.ask == "exists" else (m.shape or "shape")
+        assert asked == {t.format(thing=thing, colour=m.colour, shape=m.shape) for t in qf.TRAINING[key]}
+
+
+def test_typed_forms_vary_wording_spelling_case_and_question_mark_and_are_reproducible():
+    question = "what shape is in the image?"
+    forms = [qf.typed_form(question, f"key {i}") for i in range(1000)]
+    assert forms == [qf.typed_form(question, f"key {i}") for i in range(1000)]
+    plain = {"what shape is in the image?", "What shape is in the image?",
+             "what shape is in the image", "What shape is in the image"}
+    reworded = [f for f in forms if f not in plain]
+    assert 0.25 < len(reworded) / len(forms) < 0.35
+    templates = {t.lower().rstrip("?") for t in qf.TRAINING["shape", False]}
+    assert {f.lower().rstrip("?") for f in reworded} == templates
+    assert 0.4 < np.mean([f[0].isupper() for f in forms]) < 0.6
+    assert 0.18 < np.mean([not f.endswith("?") for f in forms]) < 0.32
+    british = [qf.typed_form("what color is the shape?", f"key {i}") for i in range(1000)]
     assert 0.2 < np.mean(["colour" in f for f in british]) < 0.4
+
+
+def test_a_paraphrase_leaves_the_other_changes_as_they_were_drawn(monkeypatch):
+    # The paraphrase has its own generator: case, question mark and spelling are drawn as without it.
+    keys = [f"key {i}" for i in range(300)]
+    forms = [qf.typed_form("what color is the circle?", k) for k in keys]
+    monkeypatch.setattr(qf, "PARAPHRASE_RATE", 0.0)
+    unworded = [qf.typed_form("what color is the circle?", k) for k in keys]
+    assert sum(f != u for f, u in zip(forms, unworded)) > 60
+    for f, u in zip(forms, unworded):
+        reworded = not qf.british(f).lower().startswith("what colour is the circle")
+        flipped = f[0].isupper() != reworded  # the training templates start with a capital, easy-VQA's not
+        assert (flipped, f.endswith("?"), "colour" in f) == (u[0].isupper(), u.endswith("?"), "colour" in u)
