@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import device_profile
 from gemini_jax.config import ModelConfig, get_preset, override
 from gemini_jax.model import Gemini, quant
 
@@ -73,11 +74,22 @@ def weight_bytes(model: Gemini) -> int:
     return sum(math.prod(x.shape) * (0.5 if x.dtype == jnp.int4 else x.dtype.itemsize) for x in leaves)
 
 
-def time_decode(model: Gemini, *, batch_size: int, prompt_len: int, steps: int) -> float:
-    """Seconds per decode step at `batch_size`, from a cache holding `prompt_len` tokens per row."""
+# XLA options that make a whole decode step one CUDA graph ("command buffer"): every kind of
+# command, and graphs of any size. Launching some 400 small kernels one by one is what a
+# batch-1 step spends beyond reading the weights.
+WHOLE_STEP_GRAPH = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE",
+    "xla_gpu_graph_min_graph_size": 1,
+}
+
+
+def time_decode(model: Gemini, *, batch_size: int, prompt_len: int, steps: int,
+                compiler_options: dict[str, Any] | None = None, profile: str | None = None) -> tuple[float, dict]:
+    """Seconds per decode step at `batch_size`, from a cache holding `prompt_len` tokens per row,
+    and where the device time of --profile-steps more goes (empty without `profile`)."""
     graphdef, state = nnx.split(model)
 
-    @functools.partial(jax.jit, donate_argnums=(2,))
+    @functools.partial(jax.jit, donate_argnums=(2,), compiler_options=compiler_options)
     def step(state, tokens, cache):
         logits, cache = nnx.merge(graphdef, state).decode_step(tokens, cache)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
@@ -95,7 +107,16 @@ def time_decode(model: Gemini, *, batch_size: int, prompt_len: int, steps: int) 
     for _ in range(steps):
         tokens, cache = step(state, tokens, cache)
     jax.block_until_ready((tokens, cache))
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    summary = {}
+    if profile:
+        profile_steps = min(steps, 16)
+        with device_profile.traced(profile):
+            for _ in range(profile_steps):
+                tokens, cache = step(state, tokens, cache)
+            jax.block_until_ready((tokens, cache))
+        summary = device_profile.summarize(profile, steps=profile_steps, top=12)
+    return seconds, summary
 
 
 def main() -> None:
@@ -110,6 +131,11 @@ def main() -> None:
     parser.add_argument("--variants", default="float,int4", help="comma-separated: float, int4")
     parser.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                         help="attention over the cache (auto: XLA, the faster for decode steps on the H100; cudnn forces the kernel)")
+    parser.add_argument("--graphs", choices=("off", "on", "both"), default="off",
+                        help="compile the step as one CUDA graph (WHOLE_STEP_GRAPH's XLA options): off, on, or "
+                             "both (each timed; rows named '<variant>+graph')")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="also trace 16 steps of each row into DIR and report where their device time goes")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
                         help="override an integer ModelConfig field of the preset, e.g. --set mlp_dim=16384 "
                              "(nano-1 with Gemma-2B's MLP is the Gemma-2B shape); repeatable")
@@ -134,18 +160,25 @@ def main() -> None:
         nbytes = weight_bytes(model)
         roofline = nbytes / args.bandwidth
         entry: dict[str, Any] = {"weight_bytes": nbytes, "roofline_ms_per_step": 1e3 * roofline}
-        for batch_size in batch_sizes:
-            seconds = time_decode(model, batch_size=batch_size, prompt_len=args.prompt_len, steps=args.steps)
-            entry[f"batch_{batch_size}"] = {
-                "ms_per_step": 1e3 * seconds, "tokens_per_s": batch_size / seconds,
-                "measured_over_roofline": seconds / roofline,
-            }
-        results["variants"][variant] = entry
+        graphs = {"off": [False], "on": [True], "both": [False, True]}[args.graphs]
+        for graph in graphs:
+            row = dict(entry)
+            for batch_size in batch_sizes:
+                seconds, profile = time_decode(
+                    model, batch_size=batch_size, prompt_len=args.prompt_len, steps=args.steps,
+                    compiler_options=WHOLE_STEP_GRAPH if graph else None,
+                    profile=args.profile and f"{args.profile}/{variant}{'_graph' * graph}_b{batch_size}")
+                row[f"batch_{batch_size}"] = {
+                    "ms_per_step": 1e3 * seconds, "tokens_per_s": batch_size / seconds,
+                    "measured_over_roofline": seconds / roofline, **({"profile": profile} if profile else {}),
+                }
+            results["variants"][variant + "+graph" * graph] = row
         del model
-    if {"float", "int4"} <= results["variants"].keys():
-        f, q = results["variants"]["float"], results["variants"]["int4"]
-        results["int4_speedup"] = {f"batch_{b}": f[f"batch_{b}"]["ms_per_step"] / q[f"batch_{b}"]["ms_per_step"]
-                                   for b in batch_sizes}
+    for suffix in ("", "+graph"):
+        if {"float" + suffix, "int4" + suffix} <= results["variants"].keys():
+            f, q = results["variants"]["float" + suffix], results["variants"]["int4" + suffix]
+            results["int4_speedup" + suffix] = {
+                f"batch_{b}": f[f"batch_{b}"]["ms_per_step"] / q[f"batch_{b}"]["ms_per_step"] for b in batch_sizes}
     print(json.dumps(results, indent=2))
 
 

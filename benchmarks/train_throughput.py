@@ -40,6 +40,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import device_profile
 from gemini_jax import sharding
 from gemini_jax.config import (
     ATTENTION_IMPLS,
@@ -109,6 +110,10 @@ def main() -> None:
                         help="also time the loss alone and the loss with its gradients (no optimizer), "
                              "to see where a step's time goes")
     parser.add_argument("--mesh", default=None, help="data=D,fsdp=F,tensor=T over all devices (default: one device)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="after the timed steps, trace --profile-steps more into DIR and add where their "
+                             "device time goes (benchmarks/device_profile.py) to the JSON")
+    parser.add_argument("--profile-steps", type=int, default=2, help="steps traced by --profile")
     parser.add_argument("--peak-flops", type=float, default=H100_DENSE_BF16,
                         help="peak FLOP/s of one device, the MFU denominator (default: H100 dense bf16)")
     args = parser.parse_args()
@@ -131,6 +136,14 @@ def main() -> None:
         metrics = trainer.step(batch)
     jax.block_until_ready((trainer.params, metrics))
     seconds = time.perf_counter() - start
+
+    profile = {}
+    if args.profile:
+        with device_profile.traced(args.profile):
+            for _ in range(args.profile_steps):
+                metrics = trainer.step(batch)
+            jax.block_until_ready((trainer.params, metrics))
+        profile = {"profile": device_profile.summarize(args.profile, steps=args.profile_steps)}
 
     breakdown = {}
     if args.breakdown:  # after the timed steps: these programs hold their own buffers
@@ -159,7 +172,7 @@ def main() -> None:
         "tokens_per_s": tokens / seconds, "step_s": seconds / args.steps, "compile_s": compile_s,
         "model_tflops_per_s": tflops, "mfu": tflops * 1e12 / (args.peak_flops * devices),
         "peak_flops_per_device": args.peak_flops, "train_flops_per_token": flops["train"],
-        "loss": float(metrics["loss"]), **breakdown, **peak_memory(),
+        "loss": float(metrics["loss"]), **breakdown, **peak_memory(), **profile,
     }, indent=2))
 
 

@@ -23,7 +23,6 @@ from gemini_jax.data.prepare.pipeline import PrepareOptions
 from gemini_jax.data.prepare.pipeline import prepare as prepare_data
 from gemini_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gemini_jax.model import Gemini
-from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.batches import model_inputs, with_loss_positions
 from gemini_jax.train.lora import (
     TARGETS,
@@ -35,7 +34,6 @@ from gemini_jax.train.lora import (
     apply_lora,
     check_adapters,
     freeze_base,
-    frozen_table_logits,
     load_adapter_state,
     lora_weights,
     merge_lora,
@@ -354,19 +352,6 @@ def test_train_with_lora_flags_trains_adapters_and_resumes(tmp_path, capsys):
     assert "is a LoRA run: resume it with the --lora-rank" in capsys.readouterr().err
     assert main([*argv, *lora[:2], "--steps", "4"]) == 2  # or with others
     assert "other settings (alpha 3.0 -> 4.0; targets ['q', 'v'] -> ['q', 'k'," in capsys.readouterr().err
-
-
-def test_a_frozen_tables_logits_give_autodiffs_hidden_gradient_and_none_for_the_table():
-    rng = np.random.default_rng(0)
-    table = jnp.asarray(rng.standard_normal((23, 8)), jnp.float32)
-    hidden = jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32)
-    cotangent = jnp.asarray(rng.standard_normal((2, 5, 23)), jnp.float32)
-    plain = lambda t, h: tied_logits(t, h, dtype=jnp.float32)
-    frozen = lambda t, h: frozen_table_logits(t, h, jnp.float32)
-    np.testing.assert_array_equal(frozen(table, hidden), plain(table, hidden))
-    (table_grad, hidden_grad), (_, expected) = (jax.vjp(f, table, hidden)[1](cotangent) for f in (frozen, plain))
-    np.testing.assert_allclose(hidden_grad, expected, rtol=1e-6, atol=1e-6)
-    assert not np.any(table_grad)
 
 
 def test_a_lora_step_with_a_chunked_loss_matches_the_unchunked_one(build_model):

@@ -6,8 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gemini_jax.model.layers import tied_logits
+from gemini_jax.model.quant import quantize_array
 from gemini_jax.train.loss import (
+    TiedProjection,
     cross_entropy,
+    even_chunks,
     logits_chunk_tokens,
     masked_cross_entropy,
 )
@@ -67,3 +71,82 @@ def test_chunking_bounds_the_backward_pass_memory():
 def test_default_chunk_is_a_bounded_logits_block():
     assert logits_chunk_tokens(256_000) == 1048
     assert logits_chunk_tokens(1024) == 262_144  # the demo's vocabulary is never chunked in practice
+
+
+def _tied_loss(hidden, table, targets, mask, chunk, projection):
+    return cross_entropy(hidden, targets, mask, table=table, project=projection, chunk_tokens=chunk)[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 21])
+def test_the_tied_projections_chunked_gradients_are_autodiffs_of_the_plain_loss(chunk):
+    hidden, table, targets, mask = _problem()
+    projection = TiedProjection(jnp.float32)
+    grad = jax.value_and_grad(_tied_loss, argnums=(0, 1))
+    value, (d_hidden, d_table) = grad(hidden, table, targets, mask, chunk, projection)
+    plain = lambda h, t: masked_cross_entropy(tied_logits(t, h, dtype=jnp.float32), targets, mask)[0]  # noqa: E731
+    ref_value, (ref_hidden, ref_table) = jax.value_and_grad(plain, argnums=(0, 1))(hidden, table)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(d_hidden, ref_hidden, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d_table, ref_table, rtol=1e-5, atol=1e-7)
+
+
+def test_the_tied_projection_in_bfloat16_matches_float32_within_its_rounding():
+    hidden, table, targets, mask = _problem(batch=4, length=16, width=32, vocab=300)
+    grad = jax.value_and_grad(_tied_loss, argnums=(0, 1))
+    value, (d_hidden, d_table) = grad(hidden.astype(jnp.bfloat16), table, targets, mask, 8,
+                                      TiedProjection(jnp.bfloat16))
+    ref_value, (ref_hidden, ref_table) = grad(hidden, table, targets, mask, 8, TiedProjection(jnp.float32))
+    assert d_hidden.dtype == jnp.bfloat16 and d_table.dtype == jnp.float32  # as the master weights
+    np.testing.assert_allclose(value, ref_value, rtol=2e-2)
+    for got, want in ((d_hidden, ref_hidden), (d_table, ref_table)):
+        got, want = np.asarray(got, np.float32), np.asarray(want)
+        assert np.abs(got - want).max() < 0.03 * np.abs(want).max()
+
+
+def test_the_tied_projections_gradient_matmuls_are_16_bit():
+    """A float32 master table in a bfloat16 model: no matmul of the chunked loss's gradient reads
+    a float32 table (autodiff of the float32 logits would: two float32 matmuls and two
+    conversions of the whole table per chunk)."""
+    hidden, table, targets, mask = _problem(batch=2, length=16, width=32, vocab=300)
+    grad = jax.grad(_tied_loss, argnums=(0, 1))
+    jaxpr = jax.make_jaxpr(grad, static_argnums=(4, 5))(hidden.astype(jnp.bfloat16), table, targets, mask, 8,
+                                                       TiedProjection(jnp.bfloat16))
+
+    def dots(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for param in eqn.params.values():
+                if hasattr(param, "jaxpr"):  # a scan's or custom_vjp's body
+                    yield from dots(param.jaxpr)
+
+    found = list(dots(jaxpr.jaxpr))
+    assert len(found) == 3  # logits, the hidden states' gradient and the table's, in the scan
+    for eqn in found:
+        assert all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars), eqn
+
+
+def test_a_frozen_tied_projection_gives_the_table_no_gradient():
+    hidden, table, targets, mask = _problem()
+    for chunk in (4, 10**6):
+        d_hidden, d_table = jax.grad(_tied_loss, argnums=(0, 1))(hidden, table, targets, mask, chunk,
+                                                                  TiedProjection(jnp.float32, train_table=False))
+        ref_hidden = jax.grad(_tied_loss)(hidden, table, targets, mask, chunk, TiedProjection(jnp.float32))
+        assert not np.any(d_table)
+        np.testing.assert_allclose(d_hidden, ref_hidden, rtol=1e-6, atol=1e-7)
+
+
+def test_a_quantized_table_is_projected_dequantized_and_never_trained():
+    hidden, table, targets, mask = _problem(width=32)
+    quantized = quantize_array(table, axis=1, group_size=32)
+    projection = TiedProjection(jnp.float32, train_table=False)
+    loss = _tied_loss(hidden, quantized, targets, mask, 4, projection)
+    want = _tied_loss(hidden, quantized.dequantize(jnp.float32), targets, mask, 4, projection)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tokens, most, expected", [(16_384, 1048, 1024), (21, 4, 4), (21, 5, 5), (7, 7, 7), (8, 3, 3)])
+def test_even_chunks_pad_less_than_one_token_per_chunk(tokens, most, expected):
+    chunk = even_chunks(tokens, most)
+    chunks = -(-tokens // chunk)
+    assert chunk == expected and chunk <= most and chunks * chunk - tokens < chunks

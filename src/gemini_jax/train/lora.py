@@ -12,7 +12,6 @@ train a LoRA policy with `trainable=nnx.LoRAParam`.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -22,7 +21,6 @@ from flax import nnx
 
 from gemini_jax import checkpoint
 from gemini_jax.model import Gemini
-from gemini_jax.model.layers import tied_logits
 from gemini_jax.model.lora import (
     TARGETS,
     LoraConfig,
@@ -36,12 +34,12 @@ from gemini_jax.model.lora import (
     lora_weights,
     merge_lora,
 )
-from gemini_jax.model.quant import QuantizedWeight
+from gemini_jax.train.loss import TiedProjection
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer, scored_loss
 
 __all__ = ["TARGETS", "LoraConfig", "LoraError", "LoraTrainer", "LoraWeight", "adapter_state", "apply_lora",
-           "check_adapters", "freeze_base", "frozen_table_logits", "load_adapter_state", "lora_weights", "merge_lora",
+           "check_adapters", "freeze_base", "load_adapter_state", "lora_weights", "merge_lora",
            "refuse_lora_run", "start_lora"]
 
 
@@ -77,33 +75,6 @@ def start_lora(model: Gemini, config: LoraConfig, *, run_dir: str | os.PathLike,
     return freeze_base(adapted, jnp.dtype(str(model.config.dtype)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def frozen_table_logits(table: jax.Array, hidden: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """`tied_logits` of a table that is not trained: float32 logits [B, T, V] of hidden [B, T, D].
-
-    Its backward pass gives the hidden states' gradient alone, from the logits' gradient
-    rounded to the compute dtype. Autodiff's would multiply the float32 logits gradient with
-    the 16-bit table, a mixed product for which XLA converts the whole table to float32 once
-    per step (the cast does not depend on the chunk, so it leaves the loss's scan): 2 GB more
-    for nano-1's 256K x 2,048 table, 1.5 GB more at the step's peak (benchmarks/lora_memory.py).
-    """
-    return tied_logits(table, hidden, dtype=dtype)
-
-
-def _frozen_table_logits_fwd(table, hidden, dtype):
-    return tied_logits(table, hidden, dtype=dtype), (table, hidden)
-
-
-def _frozen_table_logits_bwd(dtype, residuals, logits_grad):
-    table, hidden = residuals
-    hidden_grad = jnp.einsum("BTV,VD->BTD", logits_grad.astype(dtype), table.astype(dtype),
-                             preferred_element_type=jnp.float32)  # [B, T, D]
-    return jnp.zeros_like(table), hidden_grad.astype(hidden.dtype)
-
-
-frozen_table_logits.defvjp(_frozen_table_logits_fwd, _frozen_table_logits_bwd)
-
-
 def refuse_lora_run(run_dir: str | os.PathLike) -> None:
     """Raises LoraError if `run_dir` is a LoRA run: resuming it to train every weight would
     read its adapter-only checkpoints as a whole model's."""
@@ -132,8 +103,6 @@ class LoraTrainer(Trainer):
         # above the gradient's, and a rematerialised block (nnx.remat) writes its Variables back
         # after the call, which nnx refuses across trace levels; fresh copies live at this one.
         model = nnx.merge(self.graphdef, params, frozen["base"], copy=True)
-        table = model.embedder.table.get_value()
-        project = None if isinstance(table, QuantizedWeight) else functools.partial(frozen_table_logits,
-                                                                                     dtype=model.embedder.dtype)
+        project = TiedProjection(model.embedder.dtype, train_table=False)
         loss, count = scored_loss(model, batch, chunk_tokens=self.logits_chunk_tokens, project=project)
         return loss, {"loss_tokens": count}

@@ -11,7 +11,6 @@ logging, evaluation, checkpoints, the replica) is loop.py.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,9 +22,8 @@ from flax import nnx
 
 from gemini_jax import sharding
 from gemini_jax.model import Gemini
-from gemini_jax.model.layers import tied_logits
 from gemini_jax.train.batches import loss_positions_width, model_inputs, with_loss_positions
-from gemini_jax.train.loss import Project, cross_entropy
+from gemini_jax.train.loss import Project, TiedProjection, cross_entropy
 from gemini_jax.train.optimizer import (
     OptimizerConfig,
     learning_rate_schedule,
@@ -60,7 +58,7 @@ def scored_loss(model: Gemini, batch: Mapping[str, Any], *, chunk_tokens: int | 
         hidden = jnp.take_along_axis(out.hidden, positions[:, :, None], axis=1)  # [B, K, D]
         targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, K]
         weights = jnp.take_along_axis(batch["loss_mask"], positions, axis=1)  # [B, K]
-    project = project or functools.partial(tied_logits, dtype=model.embedder.dtype)
+    project = project or TiedProjection(model.embedder.dtype)
     return cross_entropy(hidden, targets, weights, table=model.embedder.table.get_value(), project=project,
                          chunk_tokens=chunk_tokens)
 
