@@ -150,3 +150,16 @@ def test_even_chunks_pad_less_than_one_token_per_chunk(tokens, most, expected):
     chunk = even_chunks(tokens, most)
     chunks = -(-tokens // chunk)
     assert chunk == expected and chunk <= most and chunks * chunk - tokens < chunks
+
+
+def test_unchunked_the_tied_projection_is_the_models_tied_logits_bit_for_bit():
+    """The demo's vocabulary is never chunked: its loss and gradients are those of `tied_logits`."""
+    hidden, table, targets, mask = _problem()
+    for dtype in (jnp.float32, jnp.bfloat16):
+        ours = jax.jit(jax.value_and_grad(_tied_loss, argnums=(0, 1)), static_argnums=(4, 5))(
+            hidden, table, targets, mask, 10**6, TiedProjection(dtype))
+        plain = jax.jit(jax.value_and_grad(
+            lambda h, t: masked_cross_entropy(tied_logits(t, h, dtype=dtype), targets, mask)[0], argnums=(0, 1)))(
+            hidden, table)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
