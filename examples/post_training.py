@@ -7,6 +7,7 @@ rule that judges a reply; it labels the data written here and judges held-out re
 never the policy's training signal except through the reward model trained on its labels.
 
     python examples/post_training.py data data/post      # sft, pairs, prompts; validation and heldout
+    python examples/post_training.py data data/post 0.5  # half the rejected replies: wrong answers
     python examples/post_training.py judge data/post/validation.jsonl runs/sft runs/rl   # to choose on
     python examples/post_training.py judge data/post/heldout.jsonl runs/sft runs/demo runs/rl   # once, at the end
 
@@ -77,21 +78,20 @@ def _prompt(question: str, image: str, instructed: bool) -> list[dict]:
     return [_turn("user", {"image": image}, {"text": text})]
 
 
-def _wrong(question: str, answer: str, rng: np.random.Generator) -> str:
-    """A rejected reply: the bare answer, the sentence with a wrong answer, or one that does not
-    name what was asked about."""
+def _wrong(question: str, answer: str, rng: np.random.Generator, wrong_answer_share: float) -> str:
+    """A rejected reply: the sentence with a wrong answer (`wrong_answer_share` of them), else the
+    bare answer or a sentence that does not name what was asked about, evenly."""
     kind, _ = kind_of(question)
     options = [o for o in (SHAPES if kind == "shape" else COLOURS) if o != answer]
-    choice = int(rng.integers(3))
-    if choice == 0:
-        return answer
-    if choice == 1:
+    if rng.random() < wrong_answer_share:
         return sentence(question, options[int(rng.integers(len(options)))])
+    if rng.random() < 0.5:
+        return answer
     return f"It is {'a ' if kind == 'shape' else ''}{answer}."
 
 
 def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1200, heldout: int = 300,
-               seed: int = 0) -> None:
+               seed: int = 0, wrong_answer_share: float = 1 / 3) -> None:
     rng = np.random.default_rng(seed)
     train, test = _questions("train"), _questions("test")
     order = rng.permutation(len(train))
@@ -109,8 +109,9 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
         reply = sentence(q, a) if instructed else a
         demos.append({"contents": _prompt(q, image, instructed) + [_turn("model", {"text": reply})]})
     write("sft.jsonl", demos)
+    rejections = np.random.default_rng([seed, 1])  # its own: the other files do not depend on the pairs' mix
     write("pairs.jsonl", [{"contents": _prompt(q, image, True), "chosen": [{"text": sentence(q, a)}],
-                           "rejected": [{"text": _wrong(q, a, rng)}]}
+                           "rejected": [{"text": _wrong(q, a, rejections, wrong_answer_share)}]}
                           for q, a, image in picked[sft:sft + pairs]])
     write("prompts.jsonl", [{"contents": _prompt(q, image, True) + [_turn("model", {"text": sentence(q, a)})]}
                             for q, a, image in picked[sft + pairs:]])
@@ -145,8 +146,8 @@ def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "data":
-        write_data(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "data":  # data DIR [WRONG_ANSWER_SHARE]
+        write_data(Path(sys.argv[2]), **({"wrong_answer_share": float(sys.argv[3])} if len(sys.argv) == 4 else {}))
     elif len(sys.argv) >= 4 and sys.argv[1] == "judge":
         print(json.dumps(judge(Path(sys.argv[2]), sys.argv[3:]), indent=2))
     else:
