@@ -134,20 +134,25 @@ def rl(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    from gemini_jax.evals import benchmark
     from gemini_jax.evals.registry import (
         DEFAULT_TASKS,
         EvalOptions,
         evaluate_run,
         format_results,
         refuse_unused_options,
+        resolve,
     )
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
     options = EvalOptions(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
                           cache_dir=args.cache_dir, shots=args.shots, samples=args.samples,
-                          temperature=args.temperature, seed=args.seed, lengths=args.lengths, plot=args.plot,
-                          records=args.records, progress=not args.no_progress)
+                          temperature=args.temperature, seed=args.seed, protocol=args.protocol,
+                          lengths=args.lengths, plot=args.plot, records=args.records, progress=not args.no_progress)
     refuse_unused_options(tasks, options)
+    # Before the checkpoint loads: a protocol or sampling flag that would do nothing for a chosen benchmark.
+    benchmark.check_settings([t.task for t in resolve(tasks) if isinstance(t, benchmark.Benchmark)],
+                             benchmark.settings(options))
     results = evaluate_run(args.checkpoint, tasks, options, step=args.step)
     print(format_results(results))
     _write_json(args.output, results)

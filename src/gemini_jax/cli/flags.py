@@ -294,6 +294,16 @@ BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "asr_manifest", "videoqa")
 
 
+def protocol(text: str) -> str:
+    """A --protocol value, checked as it is parsed: greedy, loglikelihood, maj@K, cot-routed@K or pass@K."""
+    from gemini_jax.evals.protocols import ProtocolSpec  # pure Python: --help stays fast
+
+    try:
+        return str(ProtocolSpec.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -334,9 +344,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=non_negative_int, default=None,
                    help="benchmarks: k for the k-shot tasks (default: each task's, e.g. 5 for MMLU, 8 for GSM8K); 0-shot "
                    "tasks (images, audio, video, HellaSwag, WMT, HumanEval) ignore it")
+    p.add_argument("--protocol", type=protocol, default=None, metavar="PROTOCOL",
+                   help="benchmarks: how every chosen task is asked: greedy; loglikelihood (multiple choice); maj@K "
+                   "(the most common answer of K samples); cot-routed@K (K chains of thought, their majority when "
+                   "it reaches a threshold chosen on the task's dev split, else the direct answer; mmlu); pass@K "
+                   "(code: pass@1 and pass@K of K programs). A protocol that does not apply to a chosen task is "
+                   "refused (default: each task's own, as --samples sets it)")
     p.add_argument("--samples", type=positive_int, default=1,
-                   help="benchmarks: samples per question; >1 gives maj@k answers and pass@k for code")
-    p.add_argument("--temperature", type=non_negative_float, default=0.7, help="benchmarks: sampling temperature when --samples > 1")
+                   help="benchmarks without --protocol: samples per question; >1 gives maj@k answers and pass@k for "
+                   "code (refused for multiple-choice and corpus tasks, which it would not change)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.7,
+                   help="benchmarks: sampling temperature of maj@K, cot-routed@K and pass@K (refused where nothing is "
+                   "sampled)")
     p.add_argument("--seed", type=seed, default=0, help="benchmarks: sampling seed (sample i uses seed + i)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="prompts decoded or scored together (default: 16 for benchmarks, 256 for the demo sets)")

@@ -7,8 +7,15 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
-from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
+from gemini_jax.evals.eval_task import EvalContext, EvalOptions, EvalTask, Family, TaskOutcome
 from gemini_jax.evals.tasks import Settings, Task, TaskDataError, run_task
+from gemini_jax.evals.tasks.runner import check as check_settings
+
+
+def settings(options: EvalOptions) -> Settings:
+    """How the benchmarks are asked, from the eval options."""
+    return Settings(shots=options.shots, samples=options.samples, temperature=options.temperature,
+                    limit=options.limit, seed=options.seed, protocol=options.protocol)
 
 
 def checkpoint_model(context: EvalContext):
@@ -29,7 +36,8 @@ class Benchmark(EvalTask):
 
     task: Task
     family: ClassVar[Family] = Family.BENCHMARKS
-    reads: ClassVar[frozenset[str]] = frozenset({"data_dir", "shots", "samples", "temperature", "seed", "records"})
+    reads: ClassVar[frozenset[str]] = frozenset({"data_dir", "shots", "samples", "temperature", "seed", "records",
+                                                 "protocol"})
     default_batch_size: ClassVar[int] = 16
     workers: int = 2  # sandbox processes running HumanEval's tests at once
 
@@ -41,15 +49,14 @@ class Benchmark(EvalTask):
         if self.task.folder and context.options.data_dir is None:
             raise TaskDataError(f"task {self.name} reads its files from --data-dir/{self.task.folder}/; "
                                 "give --data-dir")
+        check_settings([self.task], settings(context.options))
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from tqdm.auto import tqdm
 
         options = context.options
-        settings = Settings(shots=options.shots, samples=options.samples, temperature=options.temperature,
-                            limit=options.limit, seed=options.seed)
         bar = tqdm(desc=f"eval {self.name}", disable=not options.progress, unit="ex", leave=False)
-        outcome = run_task(self.task, context.shared(checkpoint_model), options.data_dir, settings,
+        outcome = run_task(self.task, context.shared(checkpoint_model), options.data_dir, settings(options),
                            on_progress=bar.update, on_loaded=lambda n: bar.reset(total=n), workers=self.workers)
         bar.close()
         return TaskOutcome(outcome.metrics, outcome.records)

@@ -39,7 +39,8 @@ class EvalOptions:
     data_dir: str | None = None  # benchmarks: one sub-folder per task
     cache_dir: str | None = None  # demo sets: the demo corpus cache
     shots: int | None = None  # benchmarks: None, each task's own k
-    samples: int = 1  # benchmarks: 1 greedy; k > 1 maj@k and pass@k at `temperature`
+    samples: int = 1  # benchmarks without a protocol: 1 greedy; k > 1 maj@k and pass@k at `temperature`
+    protocol: str | None = None  # benchmarks: greedy, loglikelihood, maj@K, cot-routed@K, pass@K; None: each task's
     temperature: float = 0.7
     seed: int = 0
     lengths: tuple[int, ...] | None = None  # long context: None, powers of two up to the context

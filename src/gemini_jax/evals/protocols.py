@@ -1,13 +1,16 @@
 """How the Gemini report asks its questions: k-shot prompts, multiple choice, greedy 0-shot,
-maj@k, pass@k, and uncertainty-routed chain-of-thought (CoT@k).
+maj@k, pass@k, and uncertainty-routed chain-of-thought (CoT@k); `ProtocolSpec` names one of them
+as `gemini-jax eval --protocol` does (greedy, loglikelihood, maj@K, cot-routed@K, pass@K).
 
 Pure Python over a two-method `Model` interface, so any sampler (ours, a remote API, a scripted
-fake in the tests) can be evaluated the same way.
+fake in the tests) can be evaluated the same way. The functions take batches of prompts where a
+sampler gains from batching; the single-question forms call them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 from collections import Counter
@@ -28,6 +31,51 @@ class Model(Protocol):
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """log p(continuation | context) for each (context, continuation), summed over its tokens."""
         ...
+
+
+class Method(enum.Enum):
+    """How a question is answered (`gemini-jax eval --protocol`)."""
+
+    GREEDY = "greedy"  # one greedy generation
+    LOGLIKELIHOOD = "loglikelihood"  # the most likely of the choices
+    MAJORITY = "maj"  # maj@K: the most common answer of K samples
+    COT_ROUTED = "cot-routed"  # CoT@K routed by uncertainty, its threshold chosen on a dev split
+    PASS = "pass"  # K programs per problem, judged by their tests: pass@1 and pass@K
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSpec:
+    """A protocol by name: "greedy", "loglikelihood", or "maj@K", "cot-routed@K", "pass@K" with K
+    samples per question."""
+
+    method: Method
+    k: int = 1
+
+    ACCEPTED = "greedy, loglikelihood, maj@K, cot-routed@K or pass@K (K: samples per question, 1 or more)"
+
+    @property
+    def samples(self) -> bool:
+        return self.method in (Method.MAJORITY, Method.COT_ROUTED, Method.PASS)
+
+    @classmethod
+    def parse(cls, text: str) -> ProtocolSpec:
+        name, at, count = text.strip().partition("@")
+        try:
+            method = Method(name)
+        except ValueError:
+            raise ValueError(f"unknown protocol {text!r}; accepted: {cls.ACCEPTED}") from None
+        if not at:
+            if method in (Method.GREEDY, Method.LOGLIKELIHOOD):
+                return cls(method)
+            raise ValueError(f"protocol {text!r} needs its number of samples, e.g. {name}@8")
+        if method in (Method.GREEDY, Method.LOGLIKELIHOOD):
+            raise ValueError(f"protocol {name} takes no number of samples: give {name!r}, not {text!r}")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"protocol {text!r}: the number after '@' must be an integer of 1 or more")
+        return cls(method, int(count))
+
+    def __str__(self) -> str:
+        return f"{self.method.value}@{self.k}" if self.samples else self.method.value
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -63,15 +111,44 @@ def greedy(model: Model, prompts: Sequence[str], *, max_tokens: int = 256, stop:
     return [samples[0] for samples in outputs]
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    index: int  # the chosen choice
+    loglikelihoods: list[float]  # of each choice, summed over its tokens
+
+
+def choices_by_loglikelihood(
+    model: Model, prompts: Sequence[str], choices: Sequence[Sequence[str]], *, per_char: bool = False,
+) -> list[Choice]:
+    """For each prompt, the most likely continuation " choice" among its choices, in one batch of
+    log-likelihoods. `per_char` divides by the choice's length, so that long choices are not
+    penalised for having more tokens. Ties go to the first."""
+    if len(prompts) != len(choices):
+        raise ValueError(f"got {len(prompts)} prompts but {len(choices)} lists of choices: need one per prompt")
+    if not all(choices):
+        raise ValueError("choose_by_loglikelihood needs at least one choice per prompt")
+    scores = model.loglikelihood([(p, f" {c}") for p, options in zip(prompts, choices) for c in options])
+    out, at = [], 0
+    for options in choices:
+        own = list(scores[at : at + len(options)])
+        at += len(options)
+        ranked = [s / max(len(c), 1) for s, c in zip(own, options)] if per_char else own
+        out.append(Choice(max(range(len(options)), key=lambda i: (ranked[i], -i)), own))
+    return out
+
+
 def choose_by_loglikelihood(model: Model, prompt: str, choices: Sequence[str], *, per_char: bool = False) -> int:
-    """The index of the most likely continuation " choice". `per_char` divides by the choice's
-    length, so that long choices are not penalised for having more tokens. Ties go to the first."""
-    if not choices:
-        raise ValueError("choose_by_loglikelihood needs at least one choice")
-    scores = model.loglikelihood([(prompt, f" {c}") for c in choices])
-    if per_char:
-        scores = [s / max(len(c), 1) for s, c in zip(scores, choices)]
-    return max(range(len(choices)), key=lambda i: (scores[i], -i))
+    """The index of the most likely continuation " choice" (see `choices_by_loglikelihood`)."""
+    return choices_by_loglikelihood(model, [prompt], [choices], per_char=per_char)[0].index
+
+
+def read_choice(output: str, num_choices: int) -> int | None:
+    """The first standalone letter among the first `num_choices` in a generation, as an index;
+    None when it names none."""
+    if not 1 <= num_choices <= len(LETTERS):
+        raise ValueError(f"num_choices must be in [1, {len(LETTERS)}], got {num_choices}")
+    match = re.search(rf"\b([{LETTERS[:num_choices]}])\b", output)
+    return LETTERS.index(match.group(1)) if match else None
 
 
 def choose_by_generation(model: Model, prompt: str, num_choices: int) -> int | None:
@@ -80,8 +157,7 @@ def choose_by_generation(model: Model, prompt: str, num_choices: int) -> int | N
     if not 1 <= num_choices <= len(LETTERS):
         raise ValueError(f"num_choices must be in [1, {len(LETTERS)}], got {num_choices}")
     [output] = greedy(model, [prompt], max_tokens=8, stop=("\n",))
-    match = re.search(rf"\b([{LETTERS[:num_choices]}])\b", output)
-    return LETTERS.index(match.group(1)) if match else None
+    return read_choice(output, num_choices)
 
 
 # --- sampling: maj@k, pass@k -------------------------------------------------------------------
@@ -115,15 +191,26 @@ def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, float]:
     return best, counts[best] / len(answers)
 
 
-def sample_answers(
-    model: Model, prompt: str, *, k: int, extract: Callable[[str], str | None], temperature: float = 0.7,
-    seed: int = 0, max_tokens: int = 512, stop: Sequence[str] = (),
-) -> list[str | None]:
+def sample(
+    model: Model, prompts: Sequence[str], *, k: int, temperature: float = 0.7, seed: int = 0, max_tokens: int = 512,
+    stop: Sequence[str] = (),
+) -> list[list[str]]:
+    """k samples per prompt at `temperature`, in one batch; checks the model returned k of each."""
     if k < 1:
         raise ValueError(f"k (samples per question) must be >= 1, got {k}")
-    [samples] = model.generate([prompt], temperature=temperature, num_samples=k, seed=seed, max_tokens=max_tokens, stop=stop)
-    if len(samples) != k:
-        raise ValueError(f"the model returned {len(samples)} samples, {k} were asked for")
+    outputs = model.generate(list(prompts), temperature=temperature, num_samples=k, seed=seed, max_tokens=max_tokens,
+                             stop=stop)
+    for samples in outputs:
+        if len(samples) != k:
+            raise ValueError(f"the model returned {len(samples)} samples, {k} were asked for")
+    return outputs
+
+
+def sample_answers(
+    model: Model, prompt: str, *, k: int, extract: Callable[[str], str | None], **sampling,
+) -> list[str | None]:
+    """The answers `extract` reads from k samples of one prompt (see `sample` for the settings)."""
+    [samples] = sample(model, [prompt], k=k, **sampling)
     return [extract(s) for s in samples]
 
 
@@ -153,6 +240,8 @@ class RoutedAnswer:
 
 
 def route(majority: str | None, consensus: float, greedy_answer: str | None, threshold: float) -> RoutedAnswer:
+    """The majority of the chains of thought when their consensus reaches `threshold`, else the
+    answer without them."""
     if majority is not None and consensus >= threshold:
         return RoutedAnswer(majority, consensus, "cot")
     return RoutedAnswer(greedy_answer, consensus, "greedy")

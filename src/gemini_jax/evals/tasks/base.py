@@ -75,6 +75,8 @@ class Task:
     max_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
     per_char: bool = False  # multiple choice: compare log-likelihoods per character of the choice
+    lettered: bool = False  # multiple choice whose prompt names each choice by a letter: a generation can pick one
+    cot_cue: str = ""  # appended to the prompt to ask for a chain of thought ending "The answer is X"; "": none
     folder: str = ""  # under --data-dir; "" for tasks whose data ships in a package
 
     def __post_init__(self):

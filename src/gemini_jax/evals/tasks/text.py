@@ -2,8 +2,10 @@
 
   mmlu       dev/*_dev.csv, test/*_test.csv: question,A,B,C,D,answer-letter, no header
              (Hendrycks et al.); 5-shot from the subject's dev split, choice by log-likelihood
+             (or --protocol greedy, maj@K or cot-routed@K: the letter a generation names; the
+             routed threshold chosen on the dev split)
   gsm8k      test.jsonl (+ train.jsonl for shots): {question, answer ending "#### N"}; greedy
-             or maj@k (--samples), exact match on the final number
+             or maj@K, exact match on the final number
   math       test.jsonl of {problem, solution}, or the release's test/<subject>/<n>.json; the
              answer is the last \\boxed{...}; (train.* for shots)
   bbh        <subtask>.json: {"examples": [{input, target}]}; shots are the file's first k
@@ -321,7 +323,8 @@ def load_humaneval(folder: Path) -> TaskData:
 
 TASKS = [
     Task("mmlu", "57 subjects, 4-way multiple choice, k-shot from the dev split, by log-likelihood", load_mmlu,
-         Asking.CHOICE, ("accuracy",), prompt=mmlu_prompt, default_shots=5, folder="mmlu"),
+         Asking.CHOICE, ("accuracy",), prompt=mmlu_prompt, default_shots=5, folder="mmlu", lettered=True,
+         cot_cue=" Let's think step by step."),
     Task("gsm8k", "grade-school math, k-shot, greedy or maj@k, exact match on the final number", load_gsm8k,
          Asking.GENERATE, ("exact_match",), prompt=gsm8k_prompt, extract=gsm8k_number, default_shots=8, max_tokens=256,
          stop=("\n\nQuestion:", "Question:"), folder="gsm8k"),
