@@ -251,3 +251,27 @@ def test_help_names_every_protocol(capsys):
     assert "--protocol PROTOCOL" in out
     for method in Method:
         assert method.value in out
+
+
+def test_protocol_names_round_trip_and_say_what_they_sample():
+    for name in ("greedy", "loglikelihood", "maj@32", "cot-routed@8", "pass@1"):
+        assert str(ProtocolSpec.parse(name)) == name
+    assert ProtocolSpec.parse(" maj@32 ") == ProtocolSpec(Method.MAJORITY, 32)
+    assert [ProtocolSpec.parse(n).samples for n in ("greedy", "loglikelihood", "maj@2", "cot-routed@2", "pass@2")] == [
+        False, False, True, True, True]
+    with pytest.raises(TaskDataError, match="--protocol: unknown protocol 'maj8'"):
+        Settings(protocol="maj8")
+
+
+def test_batched_choice_matches_one_question_at_a_time():
+    from gemini_jax.evals.protocols import choices_by_loglikelihood, choose_by_loglikelihood, read_choice
+
+    model = ScriptedModel(likely={"q1": "b", "q2": "long one", "q3": "x"})
+    prompts, choices = ["q1", "q2", "q3"], [["a", "b", "c"], ["short", "long one"], ["x", "y"]]
+    batched = choices_by_loglikelihood(model, prompts, choices)
+    assert [c.index for c in batched] == [1, 1, 0] and batched[0].loglikelihoods == [-5.0, 0.0, -5.0]
+    assert [choose_by_loglikelihood(model, p, c) for p, c in zip(prompts, choices)] == [1, 1, 0]
+    assert len([c for c in model.calls if c[0] == "loglikelihood"]) == 4  # one batch, then one call per question
+    with pytest.raises(ValueError, match="2 prompts but 3 lists of choices"):
+        choices_by_loglikelihood(model, prompts[:2], choices)
+    assert [read_choice(t, 4) for t in ("(C) because", "I think D.", "E", "none")] == [2, 3, None, None]
