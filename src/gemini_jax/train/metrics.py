@@ -57,7 +57,9 @@ class MetricsLog:
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Training loss per logged step (and eval losses, when present) on a log scale."""
+    """Training loss per logged step (and eval losses, when present), on a log scale where every
+    value is positive (a cross-entropy); a policy-gradient loss, which can be negative, on a
+    linear one."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display is needed or wanted
@@ -71,8 +73,12 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     if evals:
         ax.plot(*zip(*evals), "o-", label="held-out loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_yscale("log")
+    values = [loss for _, loss in train + evals]
+    if values and min(values) > 0:
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_yscale("log")
+    else:
+        ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
