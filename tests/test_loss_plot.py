@@ -7,7 +7,7 @@ import pytest
 from gemini_jax.train.metrics import plot_losses
 
 
-@pytest.mark.parametrize("losses", [[2.0, 1.0, 0.5], [0.3, -0.02, 0.01]])
+@pytest.mark.parametrize("losses", [[2.0, 1.0, 0.5], [0.3, -0.02, 0.01], [-0.01, -0.016, -0.02]])
 def test_loss_curves_are_drawn_without_warnings(tmp_path, losses):
     records = [{"kind": "train", "step": i, "loss": loss} for i, loss in enumerate(losses)]
     with warnings.catch_warnings():
