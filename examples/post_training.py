@@ -6,8 +6,8 @@ rectangle."), while a question without the instruction keeps its short answer. `
 rule that judges a reply; it labels the data written here and judges held-out replies, and is
 never the policy's training signal except through the reward model trained on its labels.
 
-    python examples/post_training.py data data/post      # sft, pairs, prompts; validation and heldout
-    python examples/post_training.py data data/post 0.5  # half the rejected replies: wrong answers
+    python examples/post_training.py data data/post 0.5  # sft, pairs (half of the rejected replies
+                                                         # wrong answers), prompts; validation, heldout
     python examples/post_training.py judge data/post/validation.jsonl runs/sft runs/rl   # to choose on
     python examples/post_training.py judge data/post/heldout.jsonl runs/sft runs/demo runs/rl   # once, at the end
 
@@ -91,7 +91,9 @@ def _wrong(question: str, answer: str, rng: np.random.Generator, wrong_answer_sh
 
 
 def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1200, heldout: int = 300,
-               seed: int = 0, wrong_answer_share: float = 1 / 3) -> None:
+               seed: int = 0, wrong_answer_share: float = 1 / 3, replay: Path | None = None) -> None:
+    """The files the loop trains and judges on, in `out`. `replay`: the demo's prepared VQA, which
+    sft.yaml then mixes in one to one with the demonstrations, so that the demo's accuracy holds."""
     rng = np.random.default_rng(seed)
     train, test = _questions("train"), _questions("test")
     order = rng.permutation(len(train))
@@ -118,7 +120,18 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
     held = [test[i] for i in rng.permutation(len(test))[:heldout]]
     write("heldout.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in held])
     write("validation.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in validation])
-    (out / "sft.yaml").write_text("sources:\n  sft: {path: sft}\n")
+    mixture = "sources:\n  sft: {path: sft}\n"
+    if replay is not None:
+        mixture += f"  vqa: {{path: {replay.resolve()}, cache: true}}\nweights: {{sft: 1.0, vqa: 1.0}}\n"
+    (out / "sft.yaml").write_text(mixture + "eval_tasks: [vqa]\n")
+
+
+def demo_vqa() -> Path:
+    """The demo's prepared VQA source (prepared now if the demo has not run in this cache)."""
+    from gemini_jax.data.corpora.demo import DemoCorpus
+    from gemini_jax.data.corpora.demo_prepared import prepare_demo_sources
+
+    return prepare_demo_sources(DemoCorpus.build(None)) / "vqa"
 
 
 def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[str, float]]:
@@ -147,7 +160,8 @@ def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[
 
 if __name__ == "__main__":
     if len(sys.argv) in (3, 4) and sys.argv[1] == "data":  # data DIR [WRONG_ANSWER_SHARE]
-        write_data(Path(sys.argv[2]), **({"wrong_answer_share": float(sys.argv[3])} if len(sys.argv) == 4 else {}))
+        write_data(Path(sys.argv[2]), replay=demo_vqa(),
+                   **({"wrong_answer_share": float(sys.argv[3])} if len(sys.argv) == 4 else {}))
     elif len(sys.argv) >= 4 and sys.argv[1] == "judge":
         print(json.dumps(judge(Path(sys.argv[2]), sys.argv[3:]), indent=2))
     else:

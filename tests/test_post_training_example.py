@@ -52,3 +52,26 @@ def test_the_data_is_labelled_by_the_rule(example, tmp_path):
     asked = {(p["contents"][0]["parts"][0]["image"], p["contents"][0]["parts"][1]["text"].removesuffix(" " + example.INSTRUCTION))
              for name in ("sft", "prompts") for p in map(json.loads, (tmp_path / f"{name}.jsonl").read_text().splitlines())}
     assert len(validation) == 10 and not asked & {(v["image"], v["question"]) for v in validation}
+
+
+def test_the_sft_mixture_replays_the_demos_vqa_when_given_it(example, tmp_path):
+    import yaml
+
+    for replay in (None, tmp_path / "vqa"):
+        out = tmp_path / ("replay" if replay else "plain")
+        example.write_data(out, sft=4, pairs=6, prompts=2, heldout=2, replay=replay)
+        mixture = yaml.safe_load((out / "sft.yaml").read_text())
+        assert sorted(mixture["sources"]) == (["sft", "vqa"] if replay else ["sft"])
+        assert mixture["eval_tasks"] == ["vqa"]
+        if replay:
+            assert mixture["sources"]["vqa"]["path"] == str(replay.resolve()) and mixture["weights"]["vqa"] == 1.0
+    shares = [(out / "pairs.jsonl").read_text() for out in (tmp_path / "plain", tmp_path / "replay")]
+    assert shares[0] == shares[1]
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_share_of_wrong_answer_rejections(example, tmp_path, share):
+    example.write_data(tmp_path, sft=4, pairs=60, prompts=2, heldout=2, wrong_answer_share=share)
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    wrong = [p["rejected"][0]["text"].startswith("The ") for p in pairs]
+    assert all(wrong) if share == 1.0 else not any(wrong)
