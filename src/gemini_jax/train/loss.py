@@ -137,11 +137,7 @@ def _chunked_loss_sum_fwd(project, table, hidden_chunks, target_chunks, weight_c
         total, table_grad = carry
         h, t, w = chunk
         logits, pullback = jax.vjp(project, table, h)  # [1, c, V] float32
-        logits = logits.astype(jnp.float32)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        losses = -jnp.take_along_axis(log_probs, t[..., None], axis=-1)[..., 0] * w  # [1, c]
-        # d(sum of w * loss) / d logits = w * (softmax - one_hot(target))
-        logits_grad = (jnp.exp(log_probs) - jax.nn.one_hot(t, logits.shape[-1], dtype=jnp.float32)) * w[..., None]
+        losses, logits_grad = _chunk_gradient(logits.astype(jnp.float32), t, w)
         d_table, d_hidden = pullback(logits_grad)
         return (total + losses.sum(), table_grad + d_table), d_hidden
 
