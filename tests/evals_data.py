@@ -13,7 +13,8 @@ IMAGES = [
     "vqav2/val2014/COCO_val2014_000000000042.jpg", "vqav2/val2014/COCO_val2014_000000000007.jpg",
     "textvqa/train_images/abc123.jpg", "docvqa/documents/doc1.png", "infographicvqa/images/info1.png",
     "chartqa/png/chart1.png", "chartqa/png/chart2.png", "ai2d/images/0.png", "mmmu/images/art1.png",
-    "mmmu/images/m1.png", "mmmu/images/m2.png",
+    "mmmu/images/m1.png", "mmmu/images/m2.png", "mathvista/images/1.jpg", "mathvista/images/2.jpg",
+    "mathvista/images/3.png",
 ]
 AUDIO = ["asr_manifest/audio/one.wav", "asr_manifest/audio/two.wav"]
 VIDEOS = ["videoqa/clips/moving.gif"]

@@ -23,6 +23,7 @@ EXPECTED = {
     "vqav2": (2, 0, ("red", "red", "red", "dark red"), None), "textvqa": (1, 0, ("stop", "stop", "stop sign", "stop"), None),
     "docvqa": (1, 0, ("1 May 1999", "May 1, 1999"), None), "infographicvqa": (1, 0, ("40%",), None),
     "chartqa": (2, 0, ("12.5",), None), "ai2d": (1, 0, ("B",), 1), "mmmu": (2, 0, ("A",), 0),
+    "mathvista": (3, 0, ("A",), 0),
     "asr_manifest": (2, 0, ("hello world",), None), "videoqa": (1, 0, ("left", "to the left"), None),
     "humaneval": (164, 0, None, None),
 }
@@ -133,6 +134,9 @@ def test_missing_files_are_named(tmp_path):
     ("vqav2", "q_questions.json", '{"questions": []}', r"q_questions.json: missing field 'data_subtype'"),
     ("mmmu", "v.jsonl", '{"question": "q", "options": "[\'a\', \'b\']", "answer": "C"}\n',
      r"v.jsonl:1: field 'answer' is 'C', expected a letter among the 2 options"),
+    ("mathvista", "t.json", '{"7": {"question": "q", "image": "missing.png", "answer": "1"}}',
+     r"t.json: \['7'\]: field 'image' names 'missing.png', but .* does not exist"),
+    ("mathvista", "t.json", '[1]', r"t.json: \[0\]: expected a problem object, got int"),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, task, path, content, message):
     t = get_task(task)
@@ -162,3 +166,12 @@ def test_cli_help_explains_every_eval_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--tasks", "--data-dir", "--limit", "--output", "--records", "--shots", "--samples", "--checkpoint"):
         assert flag in out
+
+
+def test_mathvista_reads_choices_as_letters_and_free_form_as_short_answers(data):
+    task = get_task("mathvista")
+    items = {item.id: item for item in task.load(data / "mathvista").items}
+    assert items["1"].choices == ("A", "B") and items["1"].golds == ("A",) and items["1"].label == 0
+    assert items["3"].golds == ("C",) and items["3"].label == 2  # "6" of 2, 4, 6, 8
+    assert items["2"].choices == () and items["2"].golds == ("1000",)
+    assert "\nC. 6\n" in describe(items["3"].prompt)

@@ -15,6 +15,9 @@ briefly. Paths in the files are relative to --data-dir/<task>/.
                   questionId}}}, images in images/; lettered choices, exact match on the letter
   mmmu            *.jsonl {id, question, options (a list, or its Python spelling as on the Hub),
                   answer, image_1..image_7, question_type}; "<image n>" in the text places image n
+  mathvista       *.json as published ({pid: {question, image, choices, answer, question_type,
+                  answer_type, ...}}, or a list of them) or *.jsonl; "multi_choice" questions as
+                  lettered choices, "free_form" ones answered briefly; exact match
   asr_manifest    *.json / *.jsonl NeMo manifests {audio_filepath, text}; WER
   videoqa         *.jsonl {video, question, answer (a string or a list)}; exact match
 """
@@ -186,6 +189,42 @@ def load_mmmu(folder: Path) -> TaskData:
     return TaskData(items=items)
 
 
+def _mathvista_records(folder: Path):
+    for path in files(folder, "*.json*", "MathVista files: {pid: {question, image, choices, answer, question_type}}"):
+        if path.suffix == ".jsonl":
+            yield from read_jsonl(path, "MathVista {pid, question, image, choices, answer, question_type}")
+            continue
+        data = read_json(path, "MathVista's {pid: problem} object or a list of problems")
+        if isinstance(data, dict):
+            yield from ((f"{path}: [{pid!r}]", {"pid": pid, **record}) for pid, record in data.items())
+        elif isinstance(data, list):
+            yield from ((f"{path}: [{i}]", record) for i, record in enumerate(data))
+        else:
+            raise TaskDataError(f"{path}: expected MathVista's {{pid: problem}} object or a list of problems, "
+                                f"got {type(data).__name__}")
+
+
+def load_mathvista(folder: Path) -> TaskData:
+    items = []
+    for where, record in _mathvista_records(folder):
+        if not isinstance(record, dict):
+            raise TaskDataError(f"{where}: expected a problem object, got {type(record).__name__}")
+        image = media_file(folder, field(record, "image", str, where), where, "image")
+        question, answer = field(record, "question", str, where), str(field(record, "answer", (str, int, float), where))
+        item_id = str(record.get("pid", where))
+        kind = record.get("question_type", "free_form")
+        if kind == "multi_choice":
+            choices = [str(c) for c in field(record, "choices", list, where)]
+            if answer not in choices:
+                raise TaskDataError(f"{where}: field 'answer' is {answer!r}, expected one of its choices {choices}")
+            items.append(_choice_item(item_id, [Part(image=image)], question, choices, choices.index(answer)))
+        elif kind == "free_form":
+            items.append(Item(id=item_id, prompt=_question(image, question), golds=(answer,)))
+        else:
+            raise TaskDataError(f"{where}: field 'question_type' is {kind!r}; accepted: 'multi_choice', 'free_form'")
+    return TaskData(items=items)
+
+
 def load_asr(folder: Path) -> TaskData:
     items = []
     for path in files(folder, "*.json*", "NeMo manifests (one {audio_filepath, text} object per line)"):
@@ -222,6 +261,8 @@ TASKS = [
          ("exact_match",), max_tokens=8, folder="ai2d"),
     Task("mmmu", "college-level multimodal questions, lettered choice or short answer", load_mmmu, Asking.GENERATE,
          ("exact_match",), max_tokens=16, folder="mmmu"),
+    Task("mathvista", "mathematical reasoning over images: lettered choices or a short answer, exact match",
+         load_mathvista, Asking.GENERATE, ("exact_match",), max_tokens=16, folder="mathvista"),
     Task("asr_manifest", "speech recognition from a NeMo manifest, word error rate", load_asr, Asking.CORPUS, ("wer",),
          max_tokens=128, folder="asr_manifest"),
     Task("videoqa", "questions about videos, exact match", load_videoqa, Asking.GENERATE, ("exact_match",),
