@@ -16,7 +16,8 @@ IMAGES = [
     "mmmu/images/m1.png", "mmmu/images/m2.png", "mathvista/images/1.jpg", "mathvista/images/2.jpg",
     "mathvista/images/3.png",
 ]
-AUDIO = ["asr_manifest/audio/one.wav", "asr_manifest/audio/two.wav"]
+AUDIO = ["asr_manifest/audio/one.wav", "asr_manifest/audio/two.wav", "covost2/clips/common_voice_fr_1.wav",
+         "covost2/clips/common_voice_fr_3.wav"]
 VIDEOS = ["videoqa/clips/moving.gif"]
 
 

@@ -103,7 +103,7 @@ def test_generate_greedy_samples_and_stop_strings(adapter):
     # One task per protocol and per kind of media (each extra one costs compilations).
     ("mmlu", Settings(shots=1)), ("gsm8k", Settings(shots=1, samples=2, limit=2)), ("wmt", Settings(limit=2)),
     ("humaneval", Settings(limit=1)), ("vqav2", Settings()), ("mmmu", Settings(limit=1)),
-    ("asr_manifest", Settings()), ("videoqa", Settings()),
+    ("asr_manifest", Settings()), ("videoqa", Settings()), ("covost2", Settings()),
 ])
 def test_every_protocol_runs_on_the_fixtures(tmp_path_factory, adapter, name, settings):
     data = make_data_dir(tmp_path_factory.mktemp("d"))

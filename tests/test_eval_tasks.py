@@ -24,7 +24,7 @@ EXPECTED = {
     "docvqa": (1, 0, ("1 May 1999", "May 1, 1999"), None), "infographicvqa": (1, 0, ("40%",), None),
     "chartqa": (2, 0, ("12.5",), None), "ai2d": (1, 0, ("B",), 1), "mmmu": (2, 0, ("A",), 0),
     "mathvista": (3, 0, ("A",), 0),
-    "asr_manifest": (2, 0, ("hello world",), None), "videoqa": (1, 0, ("left", "to the left"), None),
+    "asr_manifest": (2, 0, ("hello world",), None), "covost2": (2, 0, ("Hello everyone.",), None), "videoqa": (1, 0, ("left", "to the left"), None),
     "humaneval": (164, 0, None, None),
 }
 
@@ -137,6 +137,10 @@ def test_missing_files_are_named(tmp_path):
     ("mathvista", "t.json", '{"7": {"question": "q", "image": "missing.png", "answer": "1"}}',
      r"t.json: \['7'\]: field 'image' names 'missing.png', but .* does not exist"),
     ("mathvista", "t.json", '[1]', r"t.json: \[0\]: expected a problem object, got int"),
+    ("covost2", "covost_v2.fr_en.test.tsv", "path\tsentence\ttranslation\nmissing.wav\ts\tt\n",
+     r"covost_v2.fr_en.test.tsv:2: field 'path' names 'clips/missing.wav'"),
+    ("covost2", "covost_v2.fr_en.test.tsv", "path\tsentence\na.wav\ts\n", r"test.tsv:2: no 'translation'"),
+    ("covost2", "covost_v2.french.tsv", "path\n", r"the name must be covost_v2.<src>_<tgt>.tsv"),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, task, path, content, message):
     t = get_task(task)
@@ -175,3 +179,9 @@ def test_mathvista_reads_choices_as_letters_and_free_form_as_short_answers(data)
     assert items["3"].golds == ("C",) and items["3"].label == 2  # "6" of 2, 4, 6, 8
     assert items["2"].choices == () and items["2"].golds == ("1000",)
     assert "\nC. 6\n" in describe(items["3"].prompt)
+
+
+def test_covost2_reads_the_test_rows_as_translation_requests(data):
+    items = get_task("covost2").load(data / "covost2").items
+    assert [i.golds for i in items] == [("Hello everyone.",), ("Thank you very much.",)]  # the train row is left out
+    assert "Translate this French speech into English." in describe(items[0].prompt)

@@ -20,11 +20,15 @@ briefly. Paths in the files are relative to --data-dir/<task>/.
                   lettered choices, "free_form" ones answered briefly; exact match
   asr_manifest    *.json / *.jsonl NeMo manifests {audio_filepath, text}; WER
   videoqa         *.jsonl {video, question, answer (a string or a list)}; exact match
+  covost2         covost_v2.<src>_<tgt>.tsv as CoVoST 2 publishes it (columns path, sentence,
+                  translation, client_id, and split in the full file: its "test" rows are read) or
+                  covost_v2.<src>_<tgt>.test.tsv; audio in clips/; speech translation, corpus BLEU
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import re
 from pathlib import Path
 
@@ -246,6 +250,37 @@ def load_videoqa(folder: Path) -> TaskData:
     return TaskData(items=items)
 
 
+_COVOST_NAME = re.compile(r"covost_v2\.([a-z]{2,3}(?:-[A-Z]{2})?)_([a-z]{2,3}(?:-[A-Z]{2})?)(?:\.(\w+))?\.tsv$")
+
+
+def load_covost2(folder: Path) -> TaskData:
+    from gemini_jax.evals.tasks.text import LANGUAGES
+
+    items = []
+    for path in files(folder, "covost_v2.*.tsv", "CoVoST 2 files covost_v2.<src>_<tgt>[.test].tsv"):
+        match = _COVOST_NAME.search(path.name)
+        if not match:
+            raise TaskDataError(f"{path}: the name must be covost_v2.<src>_<tgt>.tsv or covost_v2.<src>_<tgt>.<split>.tsv "
+                                "(e.g. covost_v2.fr_en.test.tsv)")
+        source, target = (LANGUAGES.get(code.split("-")[0], code) for code in match.groups()[:2])
+        if match[3] not in (None, "test"):
+            continue  # a train or dev file beside the test one
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        for number, row in enumerate(rows, start=2):  # line 1 is the header
+            where = f"{path}:{number}"
+            if row.get("split", "test") != "test":
+                continue
+            missing = [c for c in ("path", "translation") if not row.get(c)]
+            if missing:
+                raise TaskDataError(f"{where}: no {' or '.join(repr(c) for c in missing)} column value; CoVoST 2 rows "
+                                    "have path, sentence, translation and client_id")
+            audio = media_file(folder, f"clips/{row['path']}", where, "path")
+            prompt = user_turn(Part(audio=audio), Part(text=f"Translate this {source} speech into {target}."))
+            items.append(Item(id=where, prompt=prompt, golds=(row["translation"],), meta={"set": path.stem}))
+    return TaskData(items=items)
+
+
 def _image_task(name: str, description: str, load, metric: str) -> Task:
     return Task(name, description, load, Asking.GENERATE, (metric,), max_tokens=16, folder=name)
 
@@ -267,4 +302,6 @@ TASKS = [
          max_tokens=128, folder="asr_manifest"),
     Task("videoqa", "questions about videos, exact match", load_videoqa, Asking.GENERATE, ("exact_match",),
          max_tokens=16, folder="videoqa"),
+    Task("covost2", "speech translation (CoVoST 2's layout), 0-shot greedy, corpus BLEU", load_covost2,
+         Asking.CORPUS, ("bleu",), max_tokens=128, folder="covost2"),
 ]
