@@ -18,7 +18,7 @@ IMAGES = [
 ]
 AUDIO = ["asr_manifest/audio/one.wav", "asr_manifest/audio/two.wav", "covost2/clips/common_voice_fr_1.wav",
          "covost2/clips/common_voice_fr_3.wav"]
-VIDEOS = ["videoqa/clips/moving.gif"]
+VIDEOS = ["videoqa/clips/moving.gif", "vatex/videos/Ab3xq_000010_000020.gif", "vatex/videos/Zz9_000001_000011.gif"]
 
 
 def make_data_dir(root: Path) -> Path:

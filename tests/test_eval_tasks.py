@@ -24,7 +24,8 @@ EXPECTED = {
     "docvqa": (1, 0, ("1 May 1999", "May 1, 1999"), None), "infographicvqa": (1, 0, ("40%",), None),
     "chartqa": (2, 0, ("12.5",), None), "ai2d": (1, 0, ("B",), 1), "mmmu": (2, 0, ("A",), 0),
     "mathvista": (3, 0, ("A",), 0),
-    "asr_manifest": (2, 0, ("hello world",), None), "covost2": (2, 0, ("Hello everyone.",), None), "videoqa": (1, 0, ("left", "to the left"), None),
+    "asr_manifest": (2, 0, ("hello world",), None), "covost2": (2, 0, ("Hello everyone.",), None),
+    "vatex": (2, 0, ("A red square moves to the left.", "A square slides left across the screen."), None), "videoqa": (1, 0, ("left", "to the left"), None),
     "humaneval": (164, 0, None, None),
 }
 
@@ -137,6 +138,8 @@ def test_missing_files_are_named(tmp_path):
     ("mathvista", "t.json", '{"7": {"question": "q", "image": "missing.png", "answer": "1"}}',
      r"t.json: \['7'\]: field 'image' names 'missing.png', but .* does not exist"),
     ("mathvista", "t.json", '[1]', r"t.json: \[0\]: expected a problem object, got int"),
+    ("vatex", "v.json", '[{"videoID": "nothere", "enCap": ["a"]}]', r"v.json: \[0\]: no clip for videoID 'nothere'"),
+    ("vatex", "v.json", '{"videoID": "x"}', r"v.json: expected a list of \{videoID, enCap\}, got dict"),
     ("covost2", "covost_v2.fr_en.test.tsv", "path\tsentence\ttranslation\nmissing.wav\ts\tt\n",
      r"covost_v2.fr_en.test.tsv:2: field 'path' names 'clips/missing.wav'"),
     ("covost2", "covost_v2.fr_en.test.tsv", "path\tsentence\na.wav\ts\n", r"test.tsv:2: no 'translation'"),
@@ -185,3 +188,19 @@ def test_covost2_reads_the_test_rows_as_translation_requests(data):
     items = get_task("covost2").load(data / "covost2").items
     assert [i.golds for i in items] == [("Hello everyone.",), ("Thank you very much.",)]  # the train row is left out
     assert "Translate this French speech into English." in describe(items[0].prompt)
+
+
+def test_vatex_is_scored_by_cider_d_against_every_caption():
+    from gemini_jax.evals import metrics
+    from gemini_jax.evals.tasks.runner import _corpus_metrics
+
+    task = get_task("vatex")
+    golds = [("a red square moves left", "the square slides to the left"),
+             ("a blue circle grows", "the circle gets bigger"),
+             ("two shapes appear", "a triangle and a circle are shown")]
+    second = ["The square slides to the left.", "The circle gets bigger!", "A triangle and a circle are shown."]
+    score = _corpus_metrics(task, second, golds)["cider_d"]
+    words = lambda t: " ".join(t.lower().replace(".", "").replace("!", "").split())  # noqa: E731
+    assert score == pytest.approx(100 * metrics.cider_d([words(p) for p in second], [list(g) for g in golds]))
+    first_only = 100 * metrics.cider_d([words(p) for p in second], [list(g[:1]) for g in golds])
+    assert score > first_only and score > 100  # each matches a second caption exactly

@@ -291,7 +291,7 @@ ROBUSTNESS_TASKS = ("robustness", "robustness_validation")  # evals/tasks/robust
 SAFETY_TASKS = ("safety", "safety_validation", "hedging", "hedging_validation", "attribution",
                 "attribution_validation")  # evals/tasks/safety.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
-                   "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "mathvista", "asr_manifest", "videoqa",
+                   "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "mathvista", "asr_manifest", "videoqa", "vatex",
                    "covost2")
 
 

@@ -20,6 +20,9 @@ briefly. Paths in the files are relative to --data-dir/<task>/.
                   lettered choices, "free_form" ones answered briefly; exact match
   asr_manifest    *.json / *.jsonl NeMo manifests {audio_filepath, text}; WER
   videoqa         *.jsonl {video, question, answer (a string or a list)}; exact match
+  vatex           VATEX's published JSON [{videoID, enCap: [captions]}], each clip as
+                  videos/<videoID>.gif, .webp or .png (animated: convert VATEX's MP4 files); captioning,
+                  CIDEr-D x 100 against every English caption
   covost2         covost_v2.<src>_<tgt>.tsv as CoVoST 2 publishes it (columns path, sentence,
                   translation, client_id, and split in the full file: its "test" rows are read) or
                   covost_v2.<src>_<tgt>.test.tsv; audio in clips/; speech translation, corpus BLEU
@@ -250,6 +253,28 @@ def load_videoqa(folder: Path) -> TaskData:
     return TaskData(items=items)
 
 
+_CLIP_FORMATS = (".gif", ".webp", ".png")
+
+
+def load_vatex(folder: Path) -> TaskData:
+    items = []
+    for path in files(folder, "*.json", "VATEX files: a list of {videoID, enCap}"):
+        records = read_json(path, "a list of {videoID, enCap}")
+        if not isinstance(records, list):
+            raise TaskDataError(f"{path}: expected a list of {{videoID, enCap}}, got {type(records).__name__}")
+        for i, record in enumerate(records):
+            where = f"{path}: [{i}]"
+            video_id = field(record, "videoID", str, where)
+            clips = [folder / "videos" / f"{video_id}{suffix}" for suffix in _CLIP_FORMATS]
+            clip = next((c for c in clips if c.is_file()), None)
+            if clip is None:
+                raise TaskDataError(f"{where}: no clip for videoID {video_id!r}: expected videos/{video_id}.gif, "
+                                    ".webp or .png (an animated image; convert VATEX's MP4 files)")
+            prompt = user_turn(Part(video=str(clip)), Part(text="Describe this video in one sentence."))
+            items.append(Item(id=video_id, prompt=prompt, golds=strings(record, "enCap", where)))
+    return TaskData(items=items)
+
+
 _COVOST_NAME = re.compile(r"covost_v2\.([a-z]{2,3}(?:-[A-Z]{2})?)_([a-z]{2,3}(?:-[A-Z]{2})?)(?:\.(\w+))?\.tsv$")
 
 
@@ -302,6 +327,8 @@ TASKS = [
          max_tokens=128, folder="asr_manifest"),
     Task("videoqa", "questions about videos, exact match", load_videoqa, Asking.GENERATE, ("exact_match",),
          max_tokens=16, folder="videoqa"),
+    Task("vatex", "video captioning (VATEX's layout), 0-shot greedy, CIDEr-D", load_vatex, Asking.CORPUS,
+         ("cider_d",), max_tokens=32, folder="vatex"),
     Task("covost2", "speech translation (CoVoST 2's layout), 0-shot greedy, corpus BLEU", load_covost2,
          Asking.CORPUS, ("bleu",), max_tokens=128, folder="covost2"),
 ]

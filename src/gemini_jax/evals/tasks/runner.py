@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,9 @@ def _corpus_metrics(task: Task, predictions: list[str], golds: list[tuple[str, .
         if m in ("wer", "cer"):  # case and punctuation are not what a transcript is judged on
             result[m] = 100.0 * metrics.compute(m, [metrics.normalize_text(p) for p in predictions],
                                                 [metrics.normalize_text(g[0]) for g in golds])
+        elif m == "cider_d":  # every reference caption counts; words without punctuation, as COCO's tokenizer
+            words = lambda text: " ".join(re.findall(r"\w+", text.lower()))  # noqa: E731
+            result[m] = 100.0 * metrics.compute(m, [words(p) for p in predictions], [[words(r) for r in g] for g in golds])
         else:
             result[m] = metrics.compute(m, predictions, [list(g[:1]) for g in golds])
     return result
