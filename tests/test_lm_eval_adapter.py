@@ -1,7 +1,8 @@
 """The lm-evaluation-harness adapter on a random-weight model: local YAML tasks of every request
 type (multiple choice, generate_until, rolling log-likelihood) answered through lm-eval's own
 evaluator, its log-likelihoods equal to ours, and `python -m gemini_jax.evals.lm_eval_adapter`
-(lm-eval's CLI with the model registered). Skipped without the optional `eval` extra."""
+(lm-eval's CLI with the model registered). The `test` extra installs lm-eval, so CI runs it; an
+environment without lm-eval skips it."""
 
 import dataclasses
 import json
