@@ -74,6 +74,13 @@ def test_augmented_clips_keep_what_their_questions_ask():
     np.testing.assert_array_equal(row["frame_patches"], copy["frame_patches"])
 
 
+def test_by_default_about_a_quarter_of_clips_change():
+    row = frames_row(shapes.Motion("square", "red", "ivory", "right", x=8, y=16, radius=5, speed=2))
+    changed = [not np.array_equal(ImageAugment()(row, np.random.default_rng(seed))["frame_patches"],
+                                  row["frame_patches"]) for seed in range(400)]
+    assert 0.2 < np.mean(changed) < 0.34  # 1 - 0.9 ** 3 = 0.27 drawn
+
+
 def test_a_new_background_stays_far_from_the_shape_and_noise_stays_in_range():
     black = shapes.Motion("circle", "black", "ivory", "down", x=16, y=8, radius=6, speed=2)
     augment = ImageAugment(scale_probability=0.0, recolour_probability=1.0, noise_probability=1.0,
