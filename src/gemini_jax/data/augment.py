@@ -58,8 +58,7 @@ class ImageAugment:
     Pixels are in [-1, 1]; a background is the most common colour of an image's border.
 
     By default each change is drawn one time in ten, so about a quarter of the images (and
-    clips) change at all: at four in ten each (run A, docs/robustness.md) the demo's encoder no
-    longer learnt shape from the plain pictures the test sets show; at one in ten (run E) it does."""
+    clips) change at all; four in ten cost the demo's encoder its shapes (docs/robustness.md)."""
 
     scale_probability: float = 0.1
     scale: tuple[float, float] = (0.35, 2.0)  # of the shapes' extent, drawn log-uniformly
