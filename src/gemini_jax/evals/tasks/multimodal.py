@@ -116,17 +116,23 @@ def load_infographicvqa(folder: Path) -> TaskData:
     return TaskData(items=_vqa_records(folder, "image_local_name", "images/"))
 
 
+def _listed_records(folder: Path, benchmark: str, fields: str):
+    """(path, index, record) of every record of the JSON files in `folder`, each a list of
+    {`fields`} objects."""
+    for path in files(folder, "*.json", f"{benchmark} files: a list of {{{fields}}}"):
+        records = read_json(path, f"a list of {{{fields}}}")
+        if not isinstance(records, list):
+            raise TaskDataError(f"{path}: expected a list of {{{fields}}}, got {type(records).__name__}")
+        yield from ((path, i, record) for i, record in enumerate(records))
+
+
 def load_chartqa(folder: Path) -> TaskData:
     items = []
-    for path in files(folder, "*.json", "ChartQA files: a list of {imgname, query, label}"):
-        records = read_json(path, "a list of {imgname, query, label}")
-        if not isinstance(records, list):
-            raise TaskDataError(f"{path}: expected a list of {{imgname, query, label}}, got {type(records).__name__}")
-        for i, record in enumerate(records):
-            where = f"{path}: [{i}]"
-            image = media_file(folder, f"png/{field(record, 'imgname', str, where)}", where, "imgname")
-            items.append(Item(id=f"{path.stem}/{i}", prompt=_question(image, field(record, "query", str, where)),
-                              golds=strings(record, "label", where)))
+    for path, i, record in _listed_records(folder, "ChartQA", "imgname, query, label"):
+        where = f"{path}: [{i}]"
+        image = media_file(folder, f"png/{field(record, 'imgname', str, where)}", where, "imgname")
+        items.append(Item(id=f"{path.stem}/{i}", prompt=_question(image, field(record, "query", str, where)),
+                          golds=strings(record, "label", where)))
     return TaskData(items=items)
 
 
@@ -258,20 +264,16 @@ _CLIP_FORMATS = (".gif", ".webp", ".png")
 
 def load_vatex(folder: Path) -> TaskData:
     items = []
-    for path in files(folder, "*.json", "VATEX files: a list of {videoID, enCap}"):
-        records = read_json(path, "a list of {videoID, enCap}")
-        if not isinstance(records, list):
-            raise TaskDataError(f"{path}: expected a list of {{videoID, enCap}}, got {type(records).__name__}")
-        for i, record in enumerate(records):
-            where = f"{path}: [{i}]"
-            video_id = field(record, "videoID", str, where)
-            clips = [folder / "videos" / f"{video_id}{suffix}" for suffix in _CLIP_FORMATS]
-            clip = next((c for c in clips if c.is_file()), None)
-            if clip is None:
-                raise TaskDataError(f"{where}: no clip for videoID {video_id!r}: expected videos/{video_id}.gif, "
-                                    ".webp or .png (an animated image; convert VATEX's MP4 files)")
-            prompt = user_turn(Part(video=str(clip)), Part(text="Describe this video in one sentence."))
-            items.append(Item(id=video_id, prompt=prompt, golds=strings(record, "enCap", where)))
+    for path, i, record in _listed_records(folder, "VATEX", "videoID, enCap"):
+        where = f"{path}: [{i}]"
+        video_id = field(record, "videoID", str, where)
+        clip = next((c for c in (folder / "videos" / f"{video_id}{suffix}" for suffix in _CLIP_FORMATS)
+                     if c.is_file()), None)
+        if clip is None:
+            raise TaskDataError(f"{where}: no clip for videoID {video_id!r}: expected videos/{video_id}.gif, "
+                                ".webp or .png (an animated image; convert VATEX's MP4 files)")
+        prompt = user_turn(Part(video=str(clip)), Part(text="Describe this video in one sentence."))
+        items.append(Item(id=video_id, prompt=prompt, golds=strings(record, "enCap", where)))
     return TaskData(items=items)
 
 
