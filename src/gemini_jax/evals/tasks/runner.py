@@ -194,7 +194,8 @@ def _generate(task: Task, model: Model, items: Sequence[Item], prompts: Sequence
               settings: Settings) -> list[dict]:
     out = []
     for item, samples in zip(items, _outputs(task, model, prompts, spec, settings)):
-        answer, share = majority_vote([_extractor(task, item)(s) for s in samples])
+        extract = _extractor(task, item)
+        answer, share = majority_vote([extract(s) for s in samples])
         record = {"output": samples[0] if len(samples) == 1 else samples, "answer": answer,
                   "scores": _scores(task, item, answer)}
         if spec.method is Method.MAJORITY:
@@ -232,8 +233,9 @@ def _votes(task: Task, model: Model, items: Sequence[Item], prompts: Sequence[Pr
     else:
         direct = [r["answer"] for r in _generate(task, model, items, prompts, ProtocolSpec(Method.GREEDY), settings)]
     out = []
+    after = answer_after()
     for item, samples, answer in zip(items, chains, direct):
-        extract, after = _extractor(task, item), answer_after()
+        extract = _extractor(task, item)
         majority, consensus = majority_vote([None if (a := after(s)) is None else extract(a) for s in samples])
         out.append({"output": samples, "majority": majority, "consensus": consensus, "direct": answer})
     return out
