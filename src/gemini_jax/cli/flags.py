@@ -296,7 +296,8 @@ BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "
 
 
 def protocol(text: str) -> str:
-    """A --protocol value, checked as it is parsed: greedy, loglikelihood, maj@K, cot-routed@K or pass@K."""
+    """A --protocol value, checked as it is parsed: greedy, loglikelihood, maj@K, cot-routed@K, pass@K or
+    cluster@N/K."""
     from gemini_jax.evals.protocols import ProtocolSpec  # pure Python: --help stays fast
 
     try:
@@ -349,7 +350,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="benchmarks: how every chosen task is asked: greedy; loglikelihood (multiple choice); maj@K "
                    "(the most common answer of K samples); cot-routed@K (K chains of thought, their majority when "
                    "it reaches a threshold chosen on the task's dev split, else the direct answer; mmlu); pass@K "
-                   "(code: pass@1 and pass@K of K programs). A protocol that does not apply to a chosen task is "
+                   "(code: pass@1 and pass@K of K programs); cluster@N/K (code, as AlphaCode 2: N programs, those "
+                   "failing the docstring's examples dropped, the rest clustered by their outputs on generated "
+                   "inputs, one of each of the K largest clusters submitted; reported beside pass@K of the same N "
+                   "samples). A protocol that does not apply to a chosen task is "
                    "refused (default: each task's own, as --samples sets it)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="benchmarks without --protocol: samples per question; >1 gives maj@k answers and pass@k for "

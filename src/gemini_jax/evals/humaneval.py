@@ -39,11 +39,16 @@ class Problem:
         """The program that judges `completion`, laid out as the reference harness lays it out."""
         return f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
 
+    @property
+    def hidden(self) -> tuple[str, ...]:
+        """What the program must not read: the problems' file, which holds the reference solutions."""
+        return (_data_dir(),)
+
     def judge(self, completion: str, *, limits: Limits = DEFAULT_LIMITS) -> Result:
         """`completion` judged: the tests run outside the sandbox that runs the completion."""
         return run_judged(program=f"{self.prompt}{completion}\n", entry_point=self.entry_point, context=self.prompt,
                           tests=f"\n\n{self.test}\n\ncheck({self.entry_point})\n", limits=limits,
-                          hidden=[_data_dir()])
+                          hidden=list(self.hidden))
 
 
 def _data_dir() -> str:

@@ -1,6 +1,7 @@
 """How the Gemini report asks its questions: k-shot prompts, multiple choice, greedy 0-shot,
 maj@k, pass@k, and uncertainty-routed chain-of-thought (CoT@k); `ProtocolSpec` names one of them
-as `gemini-jax eval --protocol` does (greedy, loglikelihood, maj@K, cot-routed@K, pass@K).
+as `gemini-jax eval --protocol` does (greedy, loglikelihood, maj@K, cot-routed@K, pass@K, and
+cluster@N/K, whose selection of programs is code_clustering.py's).
 
 Pure Python over a two-method `Model` interface, so any sampler (ours, a remote API, a scripted
 fake in the tests) can be evaluated the same way. The functions take batches of prompts where a
@@ -41,21 +42,24 @@ class Method(enum.Enum):
     MAJORITY = "maj"  # maj@K: the most common answer of K samples
     COT_ROUTED = "cot-routed"  # CoT@K routed by uncertainty, its threshold chosen on a dev split
     PASS = "pass"  # K programs per problem, judged by their tests: pass@1 and pass@K
+    CLUSTER = "cluster"  # AlphaCode 2: N programs filtered by the examples, clustered, K submitted
 
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolSpec:
     """A protocol by name: "greedy", "loglikelihood", or "maj@K", "cot-routed@K", "pass@K" with K
-    samples per question."""
+    samples per question, or "cluster@N/K": N samples, K of them submitted."""
 
     method: Method
-    k: int = 1
+    k: int = 1  # samples per question
+    submitted: int = 0  # cluster@N/K: K, the programs submitted
 
-    ACCEPTED = "greedy, loglikelihood, maj@K, cot-routed@K or pass@K (K: samples per question, 1 or more)"
+    ACCEPTED = ("greedy, loglikelihood, maj@K, cot-routed@K or pass@K (K: samples per question, 1 or more), or "
+                "cluster@N/K (N programs sampled, K <= N submitted)")
 
     @property
     def samples(self) -> bool:
-        return self.method in (Method.MAJORITY, Method.COT_ROUTED, Method.PASS)
+        return self.method in (Method.MAJORITY, Method.COT_ROUTED, Method.PASS, Method.CLUSTER)
 
     @classmethod
     def parse(cls, text: str) -> ProtocolSpec:
@@ -67,14 +71,34 @@ class ProtocolSpec:
         if not at:
             if method in (Method.GREEDY, Method.LOGLIKELIHOOD):
                 return cls(method)
-            raise ValueError(f"protocol {text!r} needs its number of samples, e.g. {name}@8")
+            example = "cluster@10/1" if method is Method.CLUSTER else f"{name}@8"
+            raise ValueError(f"protocol {text!r} needs its number of samples, e.g. {example}")
         if method in (Method.GREEDY, Method.LOGLIKELIHOOD):
             raise ValueError(f"protocol {name} takes no number of samples: give {name!r}, not {text!r}")
+        if method is Method.CLUSTER:
+            return cls._cluster(text, count)
+        if "/" in count:
+            raise ValueError(f"protocol {text!r}: only cluster@N/K takes a '/K'; give {name}@{count.split('/')[0]}")
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"protocol {text!r}: the number after '@' must be an integer of 1 or more")
         return cls(method, int(count))
 
+    @classmethod
+    def _cluster(cls, text: str, count: str) -> ProtocolSpec:
+        n, slash, k = count.partition("/")
+        if not slash:
+            raise ValueError(f"protocol {text!r}: cluster takes N/K, N programs sampled and K submitted, "
+                             "e.g. cluster@10/1")
+        if not (n.isdigit() and k.isdigit() and int(n) >= 1 and int(k) >= 1):
+            raise ValueError(f"protocol {text!r}: N and K in cluster@N/K must be integers of 1 or more")
+        if int(k) > int(n):
+            raise ValueError(f"protocol {text!r}: K (programs submitted, {k}) cannot exceed N (programs "
+                             f"sampled, {n})")
+        return cls(Method.CLUSTER, int(n), int(k))
+
     def __str__(self) -> str:
+        if self.method is Method.CLUSTER:
+            return f"{self.method.value}@{self.k}/{self.submitted}"
         return f"{self.method.value}@{self.k}" if self.samples else self.method.value
 
 

@@ -1,6 +1,7 @@
 """Asking a model one task's questions with a protocol (protocols.py: greedy, log-likelihood
-choice, maj@K, pass@K, uncertainty-routed CoT@K); per-example records and the task's metrics (in
-percent, except BLEU and chrF, which sacrebleu already gives in [0, 100]).
+choice, maj@K, pass@K, uncertainty-routed CoT@K; code_clustering.py: cluster@N/K); per-example
+records and the task's metrics (in percent, except BLEU and chrF, which sacrebleu already gives in
+[0, 100]).
 
 Without a protocol each task keeps its own (by its `Asking`): multiple choice by log-likelihood,
 generation greedy (maj@k with `samples`), corpus tasks greedy, code pass@k. A protocol or setting
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gemini_jax.data.pipeline import RECORD_ERRORS
-from gemini_jax.evals import humaneval, metrics
+from gemini_jax.evals import code_clustering, humaneval, metrics
 from gemini_jax.evals.protocols import (
     Method,
     Model,
@@ -103,9 +104,10 @@ def why_not(task: Task, method: Method) -> str | None:
         case Method.MAJORITY if task.protocol is Asking.CORPUS:
             return "its metric scores whole outputs over the corpus; there is no short answer to vote on"
         case Method.MAJORITY if task.protocol is Asking.CODE:
-            return "programs are judged by their tests, not voted on (pass@K)"
-        case Method.PASS if task.protocol is not Asking.CODE:
-            return "pass@K judges programs by their tests, and it asks for no program"
+            return "programs are judged by their tests, not voted on (pass@K, cluster@N/K)"
+        case Method.PASS | Method.CLUSTER if task.protocol is not Asking.CODE:
+            spelled = "pass@K" if method is Method.PASS else "cluster@N/K"
+            return f"{spelled} judges programs by their tests, and it asks for no program"
         case Method.COT_ROUTED if not task.cot_cue:
             return "it has no chain-of-thought prompt"
     return None
@@ -113,7 +115,8 @@ def why_not(task: Task, method: Method) -> str | None:
 
 def accepted(task: Task) -> str:
     """The protocols that can ask `task`, as --protocol spells them."""
-    return ", ".join(f"{m.value}@K" if ProtocolSpec(m).samples else m.value for m in Method if why_not(task, m) is None)
+    return ", ".join("cluster@N/K" if m is Method.CLUSTER else f"{m.value}@K" if ProtocolSpec(m).samples else m.value
+                     for m in Method if why_not(task, m) is None)
 
 
 def refusals(task: Task, settings: Settings) -> list[str]:
@@ -211,11 +214,16 @@ def _code(task: Task, model: Model, items: Sequence[Item], prompts: Sequence[Pro
     problems = [item.meta["problem"] for item in items for _ in range(n)]
     results = humaneval.check_completions(problems, [s for samples in outputs for s in samples], workers=workers)
     out = []
-    for i, samples in enumerate(outputs):
+    for i, (item, samples) in enumerate(zip(items, outputs)):
         passed = [r.passed for r in results[i * n : (i + 1) * n]]
         scores = {f"pass@{k}": 100.0 * pass_at_k(n, sum(passed), k) for k in sorted({1, n})}
-        out.append({"output": samples[0] if n == 1 else samples, "answer": None, "passed": sum(passed),
-                    "scores": scores})
+        record = {"output": samples[0] if n == 1 else samples, "answer": None, "passed": sum(passed)}
+        if spec.method is Method.CLUSTER:  # AlphaCode 2: filter by the examples, cluster, submit K
+            chosen = code_clustering.choose(item.meta["problem"], samples, k=spec.submitted, workers=workers)
+            scores = code_clustering.scores(chosen, passed, k=spec.submitted)
+            record |= {"survivors": len(chosen.survivors), "clusters": [len(c) for c in chosen.clusters],
+                       "submitted": list(chosen.submitted)}
+        out.append({**record, "scores": scores})
     return out
 
 

@@ -1,0 +1,393 @@
+"""AlphaCode-2-style selection of programs (`--protocol cluster@N/K`): sample N programs, keep
+those that pass the public examples in the prompt, cluster the survivors by what they return on
+generated inputs, and submit one program from each of the K largest clusters.
+
+    examples = docstring_examples(problem.prompt, problem.entry_point)   # the docstring's >>> lines
+    inputs = generated_inputs(examples, problem.entry_point, seed=problem.prompt)
+    chosen = select([probe(problem, s, examples, inputs) for s in samples], k=1)
+    solved = any(passed[i] for i in chosen.submitted)   # passed: each sample's hidden tests
+
+`select` is pure (probes in, indices out), so the ranking is tested with scripted probes; `probe`
+runs one program in the sandbox (`sandbox.run_judged`): the program answers calls, and the judge,
+trusted code, evaluates the examples and records each generated input's outcome (the repr of the
+value returned, or the name of the exception raised). Nothing the program writes is read, so it
+cannot choose its own cluster beyond the values it returns.
+
+Where the docstring has no `>>>` example nothing is filtered and there is nothing to generate
+inputs from: every program then behaves alike and the first sample is the representative.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import doctest
+import hashlib
+import json
+import math
+import random
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from gemini_jax.evals.protocols import pass_at_k
+from gemini_jax.evals.sandbox import Limits, run_judged
+
+GENERATED_INPUTS = 24  # beside the examples' own arguments
+CALL_SECONDS = 1.0  # per call; a program that overruns answers nothing more (its pipe is out of step)
+_LITERALS = (bool, int, float, str, type(None), list, tuple, dict, set)
+
+
+class CodeProblem(Protocol):
+    prompt: str  # signature and docstring: the model continues from here
+    entry_point: str  # the function the examples call
+
+    @property
+    def hidden(self) -> Sequence[str]:
+        """Dirs that appear empty to the program (the benchmark's own files)."""
+        ...
+
+
+# --- the docstring's examples ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One `>>>` example: `source` an expression (it calls the function, maybe inside `round(...)`),
+    `want` the output the docstring shows; `arguments` the literal positional arguments of the
+    function's call in `source`, None when they are not all literals."""
+
+    source: str
+    want: str
+    arguments: tuple | None
+
+
+def _docstring(prompt: str, entry_point: str) -> str | None:
+    """The entry point's docstring; a prompt ends at its docstring, so a body is added to parse it."""
+    try:
+        tree = ast.parse(prompt + "\n    pass\n")
+    except SyntaxError:
+        return None
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                 and n.name == entry_point]
+    return ast.get_docstring(functions[-1]) if functions else None
+
+
+def _arguments(source: str, entry_point: str) -> tuple | None:
+    calls = [n for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name) and n.func.id == entry_point]
+    if len(calls) != 1 or calls[0].keywords:
+        return None
+    try:
+        return tuple(ast.literal_eval(a) for a in calls[0].args)
+    except ValueError:  # a name or an expression, not a literal
+        return None
+
+
+def _split_comparison(source: str) -> tuple[str, str]:
+    """("f(x)", "y") for the source "f(x) == y"; (source, "") for anything else."""
+    try:
+        tree = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        return source, ""
+    if isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq):
+        return ast.get_source_segment(source, tree.left), ast.get_source_segment(source, tree.comparators[0])
+    return source, ""
+
+
+def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
+    """The `>>>` examples of `entry_point`'s docstring (read by `doctest`'s own parser) whose
+    source is one expression that calls `entry_point` and whose output is shown. A malformed
+    example (a string with a raw newline, HumanEval/51) is left out, not the whole docstring;
+    examples that expect an exception are left out too."""
+    text = _docstring(prompt, entry_point)
+    if not text:
+        return []
+    parser, out = doctest.DocTestParser(), []
+    for block in re.split(r"(?m)^(?=\s*>>>)", text):  # one example per block: one bad one costs only itself
+        try:
+            parsed = parser.get_examples(block)
+        except ValueError:
+            continue
+        for example in parsed:
+            source, want = example.source.strip(), example.want.strip()
+            if not want:  # ">>> f(x) == y" with nothing below (six HumanEval prompts): y is the output
+                source, want = _split_comparison(source)
+            if not want or example.exc_msg is not None:
+                continue
+            try:
+                calls = _arguments(source, entry_point)
+            except SyntaxError:
+                continue
+            if re.search(rf"\b{re.escape(entry_point)}\s*\(", source):
+                out.append(Example(source, want, calls))
+    return out
+
+
+# --- generated inputs --------------------------------------------------------------------------
+
+
+def _seed(seed: str | int) -> int:
+    return seed if isinstance(seed, int) else int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big")
+
+
+def _pools(values: Sequence[Any]) -> tuple[str, list]:
+    """The characters of every string and the items of every list among `values` (nested): what a
+    perturbation draws new characters and items from, so that inputs stay in the examples' alphabet."""
+    chars, items = set(), []
+
+    def walk(v):
+        if isinstance(v, str):
+            chars.update(v)
+        elif isinstance(v, list | tuple | set):
+            items.extend(v)
+            for x in v:
+                walk(x)
+        elif isinstance(v, dict):
+            for x in (*v.keys(), *v.values()):
+                walk(x)
+
+    for v in values:
+        walk(v)
+    return "".join(sorted(chars)) or "ab", items
+
+
+def perturb(value: Any, rng: random.Random, chars: str = "ab", items: Sequence[Any] = ()) -> Any:
+    """A value of the same type near `value`: a number moved a little (keeping its sign), a string
+    or list edited one to three times (an item dropped, repeated, changed, swapped with another, one
+    of its own or of `items` or `chars` inserted anywhere, or the whole reversed), a dict with a
+    value changed. Other values come back unchanged."""
+    match value:
+        case bool():
+            return not value
+        case int():
+            moved = rng.choice([value + 1, value - 1, value + rng.randint(2, 5), value * 2, value // 2, -value])
+            return abs(moved) if value >= 0 else moved
+        case float():
+            moved = round(value + rng.uniform(-1.0, 1.0) * max(1.0, abs(value)) / 2, 2)
+            return abs(moved) if value >= 0 else moved
+        case str():
+            return "".join(_edits(list(value), rng, lambda: rng.choice(chars)))
+        case list() | tuple():
+            pool = list(value) or list(items)
+            new = (lambda: copy.deepcopy(rng.choice(pool))) if pool else None
+            change = lambda v: perturb(v, rng, chars, items)  # noqa: E731
+            return type(value)(_edits(list(value), rng, new, change))
+        case dict() if value:
+            key = rng.choice(list(value))
+            return {**value, key: perturb(value[key], rng, chars, items)}
+    return value
+
+
+def _edits(seq: list, rng: random.Random, new: Callable[[], Any] | None,
+           change: Callable[[Any], Any] | None = None) -> list:
+    """One to three edits of `seq` (see `_edit`)."""
+    for _ in range(rng.randint(1, 3)):
+        seq = _edit(seq, rng, new, change)
+    return seq
+
+
+def _edit(seq: list, rng: random.Random, new: Callable[[], Any] | None,
+                      change: Callable[[Any], Any] | None = None) -> list:
+    """One edit of `seq`: insert `new()`, reverse, drop, repeat, change (`change(item)`, else a
+    `new()` in its place) or swap two items."""
+    ops = (["insert"] if new else []) + (["reverse", "drop", "repeat", "change", "swap"] if seq else [])
+    if not ops:
+        return seq
+    op = rng.choice(ops)
+    at = rng.randrange(len(seq)) if seq else 0
+    match op:
+        case "insert":
+            return seq[:at] + [new()] + seq[at:]
+        case "reverse":
+            return seq[::-1]
+        case "drop":
+            return seq[:at] + seq[at + 1:]
+        case "repeat":
+            return seq[:at] + [seq[at]] + seq[at:]
+        case "change":
+            return seq[:at] + [change(seq[at]) if change else new()] + seq[at + 1:]
+        case _:
+            other = rng.randrange(len(seq))
+            seq[at], seq[other] = seq[other], seq[at]
+            return seq
+
+
+def _finite(value: Any) -> bool:
+    """True for plain data without NaN or infinities (their repr is no literal)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple | set):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(k) and _finite(v) for k, v in value.items())
+    return isinstance(value, _LITERALS)
+
+
+def generated_inputs(examples: Sequence[Example], *, count: int = GENERATED_INPUTS,
+                     seed: str | int = 0) -> list[tuple]:
+    """The examples' own argument tuples, then up to `count` new ones, each an example's arguments
+    with one or two perturbed (see `perturb`); the same `seed` (e.g. the prompt) gives the same
+    inputs on every machine. Empty when no example calls the function with literal arguments."""
+    calls = list(dict.fromkeys(repr(e.arguments) for e in examples if e.arguments is not None))
+    bases = [ast.literal_eval(c) for c in calls]
+    if not bases:
+        return []
+    rng = random.Random(_seed(seed))
+    chars, items = _pools([v for args in bases for v in args])
+    seen, out = set(calls), list(bases)
+    for attempt in range(count * 10):
+        if len(out) >= len(bases) + count:
+            break
+        args = list(copy.deepcopy(bases[attempt % len(bases)]))
+        if not args:
+            break
+        for at in rng.sample(range(len(args)), k=min(len(args), rng.choice([1, 1, 2]))):
+            args[at] = perturb(args[at], rng, chars, items)
+        key = repr(tuple(args))
+        if key not in seen and _finite(tuple(args)):
+            seen.add(key)
+            out.append(tuple(args))
+    return out
+
+
+# --- one program's behaviour, judged in the sandbox ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What one program did: whether it passed every public example, and a digest of its outcomes
+    on the generated inputs (equal digests: the same behaviour)."""
+
+    passed_examples: bool
+    behaviour: str
+
+
+# Runs in the judge (trusted): each call of the program under a per-call deadline; the outcomes
+# come back in the verdict's reason, behind a nonce the program never sees.
+_PROBE_TESTS = """
+import ast as _ast, hashlib as _hashlib, json as _json, math as _math, signal as _signal
+
+class _Stopped(Exception):
+    pass
+
+class _Probe(Exception):
+    pass
+
+def _alarm(signum, frame):
+    raise _Stopped("TimedOut")
+
+_signal.signal(_signal.SIGALRM, _alarm)
+_stopped = None
+
+def _outcome(source):
+    global _stopped
+    if _stopped:
+        return "!" + _stopped
+    _signal.setitimer(_signal.ITIMER_REAL, _JOB["call_seconds"])
+    try:
+        return "=" + repr(eval(source, globals()))
+    except _Stopped:
+        _stopped = "TimedOut"
+    except BaseException as e:
+        name = type(e).__name__
+        if name == "ProgramGone":
+            _stopped = name
+        elif name in ("ProgramRaised", "AssertionError") and str(e)[:1].isalpha():
+            return "!" + str(e).split(":", 1)[0].strip()
+        else:
+            return "!" + name
+    finally:
+        _signal.setitimer(_signal.ITIMER_REAL, 0)
+    return "!" + _stopped
+
+def _same(got, want):
+    if type(got) in (int, float) and type(want) in (int, float):
+        return _math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(got, (list, tuple)) and type(got) is type(want) and len(got) == len(want):
+        return all(_same(g, w) for g, w in zip(got, want))
+    return got == want
+
+def _matches(outcome, want):
+    if not outcome.startswith("="):
+        return False
+    text = outcome[1:]
+    if " ".join(text.split()) == " ".join(want.split()):
+        return True
+    try:
+        return _same(_ast.literal_eval(text), eval(want, globals()))
+    except BaseException:
+        return False
+
+_passed = all([_matches(_outcome(source), want) for source, want in _JOB["examples"]])
+_outcomes = [_outcome(_JOB["entry_point"] + "(*" + args + ")") for args in _JOB["inputs"]]
+_digest = _hashlib.sha256("\\n".join(_outcomes).encode()).hexdigest()[:16]
+raise _Probe(_JOB["nonce"] + " " + _json.dumps({"passed": _passed, "behaviour": _digest}))
+"""
+
+
+def probe(problem: CodeProblem, completion: str, examples: Sequence[Example], inputs: Sequence[tuple], *,
+          call_seconds: float = CALL_SECONDS) -> Probe:
+    """Runs `prompt + completion` in the sandbox on the examples, then on `inputs`."""
+    nonce = secrets.token_hex(16)
+    job = {"examples": [(e.source, e.want) for e in examples], "inputs": [repr(args) for args in inputs],
+           "entry_point": problem.entry_point, "call_seconds": call_seconds, "nonce": nonce}
+    calls = len(examples) + len(inputs)
+    limits = Limits(timeout_s=5.0 + call_seconds * calls, cpu_s=math.ceil(5.0 + call_seconds * calls))
+    result = run_judged(program=f"{problem.prompt}{completion}\n", entry_point=problem.entry_point,
+                        context=problem.prompt, tests=f"_JOB = __import__('json').loads({json.dumps(job)!r})\n"
+                        + _PROBE_TESTS, limits=limits, hidden=list(problem.hidden))
+    marker = f"_Probe: {nonce} "
+    if result.reason.startswith(marker):
+        reported = json.loads(result.reason[len(marker):])
+        return Probe(bool(reported["passed"]), str(reported["behaviour"]))
+    # The program could not be defined, or the run ran out of time: no example passed.
+    return Probe(not examples, f"{result.status}")
+
+
+# --- selection -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    survivors: tuple[int, ...]  # the samples that passed the public examples (all, when none did)
+    clusters: tuple[tuple[int, ...], ...]  # survivors by behaviour: largest first, ties to the earliest sample
+    submitted: tuple[int, ...]  # the first sample of each of the top K clusters
+
+
+def select(probes: Sequence[Probe], *, k: int) -> Selection:
+    """Drops the samples that failed the public examples, groups the rest by behaviour, ranks the
+    groups by size (ties: the group whose first sample came first) and submits each of the top
+    `k` groups' first sample. When no sample passes the examples every sample is kept: a
+    docstring's example can be wrong (HumanEval/47's median of [-10, 4, 6, 1000, 10, 20] is 8.0,
+    its docstring says 15.0), and a filter that drops everything would submit nothing."""
+    if k < 1:
+        raise ValueError(f"k (programs submitted) must be >= 1, got {k}")
+    survivors = tuple(i for i, p in enumerate(probes) if p.passed_examples) or tuple(range(len(probes)))
+    groups: dict[str, list[int]] = {}
+    for i in survivors:
+        groups.setdefault(probes[i].behaviour, []).append(i)
+    clusters = tuple(sorted((tuple(g) for g in groups.values()), key=lambda g: (-len(g), g[0])))
+    return Selection(survivors, clusters, tuple(g[0] for g in clusters[:k]))
+
+
+def choose(problem: CodeProblem, samples: Sequence[str], *, k: int, workers: int = 1,
+           call_seconds: float = CALL_SECONDS) -> Selection:
+    """`select` over the samples' probes on `problem`'s examples and generated inputs."""
+    examples = docstring_examples(problem.prompt, problem.entry_point)
+    inputs = generated_inputs(examples, seed=problem.prompt)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        probes = list(pool.map(lambda s: probe(problem, s, examples, inputs, call_seconds=call_seconds), samples))
+    return select(probes, k=k)
+
+
+def scores(selection: Selection, passed: Sequence[bool], *, k: int) -> dict[str, float]:
+    """cluster@N/K (whether a submitted program passes the hidden tests), beside pass@1 and the
+    unbiased pass@K of the same N samples, in percent; and the number of clusters."""
+    n, c = len(passed), sum(passed)
+    return {f"cluster@{n}/{k}": 100.0 * any(passed[i] for i in selection.submitted),
+            "pass@1": 100.0 * pass_at_k(n, c, 1), f"pass@{k}": 100.0 * pass_at_k(n, c, k),
+            "clusters": float(len(selection.clusters))}
