@@ -5,6 +5,7 @@ import pytest
 from evals_data import make_data_dir
 
 from gemini_jax import cli
+from gemini_jax.evals import leakfree_code
 from gemini_jax.evals.tasks import TASKS, TaskDataError, get_task
 from gemini_jax.evals.tasks import text as T
 from gemini_jax.evals.tasks.runner import describe
@@ -27,6 +28,7 @@ EXPECTED = {
     "asr_manifest": (2, 0, ("hello world",), None), "covost2": (2, 0, ("Hello everyone.",), None),
     "vatex": (2, 0, ("A red square moves to the left.", "A square slides left across the screen."), None), "videoqa": (1, 0, ("left", "to the left"), None),
     "humaneval": (164, 0, None, None),
+    "leakfree_code": (len(leakfree_code.load_problems()), 0, None, None),  # built from the installed fontTools
 }
 
 

@@ -292,7 +292,7 @@ SAFETY_TASKS = ("safety", "safety_validation", "hedging", "hedging_validation", 
                 "attribution_validation")  # evals/tasks/safety.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
                    "docvqa", "infographicvqa", "chartqa", "ai2d", "mmmu", "mathvista", "asr_manifest", "videoqa", "vatex",
-                   "covost2")
+                   "covost2", "leakfree_code")
 
 
 def protocol(text: str) -> str:

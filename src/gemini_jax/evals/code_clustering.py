@@ -38,7 +38,7 @@ from gemini_jax.evals.sandbox import Limits, run_judged
 
 GENERATED_INPUTS = 24  # beside the examples' own arguments
 CALL_SECONDS = 1.0  # per call; a program that overruns answers nothing more (its pipe is out of step)
-_LITERALS = (bool, int, float, str, type(None), list, tuple, dict, set)
+_LITERALS = (bool, int, float, str, bytes, type(None), list, tuple, dict, set)
 
 
 class CodeProblem(Protocol):
@@ -65,26 +65,37 @@ class Example:
     arguments: tuple | None
 
 
-def _docstring(prompt: str, entry_point: str) -> str | None:
-    """The entry point's docstring; a prompt ends at its docstring, so a body is added to parse it."""
+def _function(prompt: str, entry_point: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The entry point's definition; a prompt ends at its docstring, so a body is added to parse it."""
     try:
         tree = ast.parse(prompt + "\n    pass\n")
     except SyntaxError:
         return None
     functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
                  and n.name == entry_point]
-    return ast.get_docstring(functions[-1]) if functions else None
+    return functions[-1] if functions else None
 
 
-def _arguments(source: str, entry_point: str) -> tuple | None:
+def _arguments(source: str, function: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple | None:
+    """The literal positional arguments of the one call of `function` in `source`; keyword
+    arguments are put in their places (the defaults, literals too, fill the gaps before them),
+    since the sandbox calls functions with positional arguments only."""
     calls = [n for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Name) and n.func.id == entry_point]
-    if len(calls) != 1 or calls[0].keywords:
+             and isinstance(n.func, ast.Name) and n.func.id == function.name]
+    if len(calls) != 1:
         return None
+    params = [a.arg for a in [*function.args.posonlyargs, *function.args.args]]
+    defaults = dict(zip(params[len(params) - len(function.args.defaults):], function.args.defaults))
     try:
-        return tuple(ast.literal_eval(a) for a in calls[0].args)
-    except ValueError:  # a name or an expression, not a literal
+        values = [ast.literal_eval(a) for a in calls[0].args]
+        keywords = {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords}
+        for name in params[len(values):]:
+            if not keywords:
+                break
+            values.append(keywords.pop(name) if name in keywords else ast.literal_eval(defaults[name]))
+    except (ValueError, KeyError, TypeError):  # a name or an expression, not a literal; no such parameter
         return None
+    return None if keywords else tuple(values)
 
 
 def _split_comparison(source: str) -> tuple[str, str]:
@@ -103,7 +114,8 @@ def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
     source is one expression that calls `entry_point` and whose output is shown. A malformed
     example (a string with a raw newline, HumanEval/51) is left out, not the whole docstring;
     examples that expect an exception are left out too."""
-    text = _docstring(prompt, entry_point)
+    function = _function(prompt, entry_point)
+    text = ast.get_docstring(function) if function else None
     if not text:
         return []
     parser, out = doctest.DocTestParser(), []
@@ -119,7 +131,7 @@ def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
             if not want or example.exc_msg is not None:
                 continue
             try:
-                calls = _arguments(source, entry_point)
+                calls = _arguments(source, function)
             except SyntaxError:
                 continue
             if re.search(rf"\b{re.escape(entry_point)}\s*\(", source):
@@ -216,14 +228,15 @@ def _edit(seq: list, rng: random.Random, new: Callable[[], Any] | None,
             return seq
 
 
-def _finite(value: Any) -> bool:
-    """True for plain data without NaN or infinities (their repr is no literal)."""
+def is_plain(value: Any) -> bool:
+    """True for plain data (what the sandbox's wire carries and `repr` writes as a literal), without
+    NaN or infinities."""
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list | tuple | set):
-        return all(_finite(v) for v in value)
+        return all(is_plain(v) for v in value)
     if isinstance(value, dict):
-        return all(_finite(k) and _finite(v) for k, v in value.items())
+        return all(is_plain(k) and is_plain(v) for k, v in value.items())
     return isinstance(value, _LITERALS)
 
 
@@ -248,7 +261,7 @@ def generated_inputs(examples: Sequence[Example], *, count: int = GENERATED_INPU
         for at in rng.sample(range(len(args)), k=min(len(args), rng.choice([1, 1, 2]))):
             args[at] = perturb(args[at], rng, chars, items)
         key = repr(tuple(args))
-        if key not in seen and _finite(tuple(args)):
+        if key not in seen and is_plain(tuple(args)):
             seen.add(key)
             out.append(tuple(args))
     return out

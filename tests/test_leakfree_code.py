@@ -1,0 +1,96 @@
+"""The leak-free code benchmark: reference solutions pass every hidden test, empty bodies fail
+every one, two builds give the same problems, decontamination sees their text, and the task runs
+through `gemini-jax eval` with pass@K and cluster@N/K."""
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gemini_jax.data.corpora.stdlib_text import stdlib_sources
+from gemini_jax.data.prepare.decontaminate import Decontaminator, eval_sets
+from gemini_jax.evals import humaneval, leakfree_code
+from gemini_jax.evals.tasks import Settings, get_task, run_task
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return leakfree_code.load_problems()
+
+
+def cases(problem):
+    """The hidden (arguments, expected) pairs, read from the tests' text."""
+    [assignment] = [n for n in ast.parse(problem.test).body if isinstance(n, ast.Assign) and n.targets[0].id == "CASES"]
+    return ast.literal_eval(assignment.value)
+
+
+def test_there_are_problems_with_enough_hidden_tests(problems):
+    assert len(problems) >= 5
+    assert len({p.task_id for p in problems}) == len(problems)
+    for p in problems:
+        assert p.task_id.startswith(f"LeakFree/{leakfree_code.PACKAGE}.") and f"def {p.entry_point}(" in p.prompt
+        assert leakfree_code.MIN_TESTS <= len(cases(p)) == p.cases <= leakfree_code.MAX_TESTS
+        assert all(want is not None for _, want in cases(p))  # so a body that returns None fails every one
+
+
+def test_reference_solutions_pass_every_hidden_test(problems):
+    results = humaneval.check_completions(problems, [p.canonical_solution for p in problems], workers=2)
+    assert {p.task_id: r.reason for p, r in zip(problems, results) if not r.passed} == {}
+
+
+def test_empty_bodies_fail(problems):
+    results = humaneval.check_completions(problems, ["    pass\n"] * len(problems), workers=2)
+    assert [r.status for r in results] == ["failed"] * len(problems)
+
+
+def test_two_builds_give_the_same_problems(problems):
+    built = subprocess.run([sys.executable, "-m", "gemini_jax.evals.leakfree_code"], capture_output=True, text=True,
+                           check=True, timeout=leakfree_code.BUILD_TIMEOUT_S)
+    again = json.loads(built.stdout)
+    assert again["version"] == leakfree_code.version()
+    assert [leakfree_code.Problem(**p) for p in again["problems"]] == problems
+
+
+def test_the_reference_package_is_out_of_the_programs_reach(problems):
+    from gemini_jax.evals.sandbox import isolation
+
+    if not isolation().jail:
+        pytest.skip("hiding the package's files needs a mount namespace")
+    p = problems[0]
+    module = p.task_id.removeprefix("LeakFree/").rsplit(".", 1)[0]
+    cheat = f"    from {module} import {p.entry_point} as f\n    return f(*locals().values())\n"
+    [result] = humaneval.check_completions([p], [cheat])
+    assert not result.passed and "ModuleNotFoundError" in result.reason, result
+
+
+def test_decontamination_sees_the_problems_and_the_corpora_do_not_read_them(problems):
+    sets = eval_sets(demo=False)
+    assert sets["leakfree_code"] == leakfree_code.texts()
+    decontaminate = Decontaminator({"leakfree_code": sets["leakfree_code"]})
+    for p in problems:  # a training record holding a reference function is dropped
+        reason = decontaminate(f"some code\n{p.prompt}{p.canonical_solution}\nmore code")
+        assert reason and "leakfree_code" in reason
+    # The project's own code corpus is the standard library: it never reads the package.
+    assert not any(leakfree_code.PACKAGE in path for path, _ in stdlib_sources(max_bytes=1 << 40))
+
+
+class References:
+    """Each problem's reference body, then an empty one, as its samples."""
+
+    def __init__(self, problems):
+        self.solutions = {p.prompt: p.canonical_solution for p in problems}
+
+    def generate(self, prompts, *, temperature, num_samples, seed, max_tokens, stop):
+        return [[self.solutions[p], *["    pass\n"] * (num_samples - 1)][:num_samples] for p in prompts]
+
+
+def test_the_task_runs_with_pass_at_k_and_cluster(problems):
+    task = get_task("leakfree_code")
+    passed = run_task(task, References(problems), None, Settings(protocol="pass@2", limit=3))
+    assert passed.metrics["pass@1"] == 50.0 and passed.metrics["pass@2"] == 100.0
+    clustered = run_task(task, References(problems), None, Settings(protocol="cluster@2/1", limit=3))
+    # The reference passes the docstring's examples, the empty body does not: it is submitted.
+    assert clustered.metrics["cluster@2/1"] == 100.0 and clustered.metrics["pass@1"] == 50.0
+    assert [r["submitted"] for r in clustered.records] == [[0]] * 3
