@@ -4,6 +4,10 @@
     tokens, cache = programs.prefill(batch, sampling, seeds, cache_len=64)   # step 0 of each row
     tokens, cache = programs.decode(cache, tokens, steps, active, sampling, seeds)
 
+A model that writes images (`image_spans`) takes one more input per row, its image-span state
+(image_spans.py, kept by the caller from the tokens it reads): the programs mask the logits by
+it before choosing, so spans of codes come out whole and codes never appear outside one.
+
 `Sampler` (a static batch) and `Engine` (slots that requests join and leave) schedule them
 differently but run these same programs, so an answer does not depend on which of them
 serves it: every row samples with the key fold_in(key(seed), step) of its own request's step.
@@ -18,6 +22,7 @@ from flax import nnx
 
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache
+from gemini_jax.sample.image_spans import ImageSpans
 from gemini_jax.sample.token_choice import sample_next
 
 Arrays = dict[str, np.ndarray]
@@ -26,12 +31,14 @@ Arrays = dict[str, np.ndarray]
 class DecodePrograms:
     """A model's weights, split once, and its jitted prefill and decode step.
 
-    `vocab_size` is the tokenizer's: ids the model's table has beyond it are never drawn.
+    `vocab_size` is the tokenizer's: ids the model's table has beyond it are never drawn, but
+    for the codes of `image_spans`, inside a span.
     """
 
-    def __init__(self, model: Gemini, *, vocab_size: int):
+    def __init__(self, model: Gemini, *, vocab_size: int, image_spans: ImageSpans | None = None):
         self.config = model.config
         self.vocab_size = vocab_size
+        self.image_spans = image_spans
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
         self._decode = jax.jit(self._decode_fn, donate_argnames=("cache",))
@@ -39,30 +46,48 @@ class DecodePrograms:
     def init_cache(self, *, batch_size: int, max_len: int) -> KVCache:
         return nnx.merge(self.graphdef, self.state).init_cache(batch_size=batch_size, max_len=max_len)
 
-    def prefill(self, batch: Arrays, sampling: Arrays, seeds: np.ndarray, *, cache_len: int) -> tuple[jax.Array, KVCache]:
+    def prefill(self, batch: Arrays, sampling: Arrays, seeds: np.ndarray, *, cache_len: int,
+                spans: np.ndarray | None = None) -> tuple[jax.Array, KVCache]:
         """Each row's first answer token (its step 0) and a KV cache of `cache_len` positions
-        (at least the batch's length) holding the prompts."""
-        return self._prefill(self.state, batch, sampling, seeds, cache_len=cache_len)
+        (at least the batch's length) holding the prompts. `spans`: each row's image-span state
+        (needed with `image_spans`, ignored without)."""
+        return self._prefill(self.state, batch, sampling, seeds, self._spans(spans, seeds), cache_len=cache_len)
 
     def decode(self, cache: KVCache, tokens: np.ndarray, steps: np.ndarray, active: np.ndarray, sampling: Arrays,
-               seeds: np.ndarray) -> tuple[jax.Array, KVCache]:
+               seeds: np.ndarray, spans: np.ndarray | None = None) -> tuple[jax.Array, KVCache]:
         """Feeds each row its token and samples the next with its request's `steps`; `cache` is
         donated. A row with `active` False computes a token nobody reads, and its write lands
         past its valid region: only its index and validity must stay put, so that it cannot
         walk off the end of the cache."""
-        return self._decode(self.state, cache, tokens, steps, active, sampling, seeds)
+        return self._decode(self.state, cache, tokens, steps, active, sampling, seeds, self._spans(spans, seeds))
 
-    def _prefill_fn(self, state, batch, sampling, seeds, *, cache_len):
+    def _spans(self, spans: np.ndarray | None, seeds: np.ndarray) -> np.ndarray | None:
+        if self.image_spans is None:
+            return None
+        if spans is None:
+            raise ValueError("a model that writes images needs each row's image-span state (image_spans.py)")
+        if np.shape(spans) != np.shape(seeds):
+            raise ValueError(f"image-span state of shape {np.shape(spans)} for {np.shape(seeds)} rows")
+        return np.asarray(spans, np.int32)
+
+    def _choose(self, logits, *, seeds, steps, sampling, spans):
+        vocab_size = self.vocab_size
+        if self.image_spans is not None:
+            logits = self.image_spans.mask(logits, spans, text_vocab=self.vocab_size)
+            vocab_size = logits.shape[-1]  # the mask has ruled out what is neither text nor a code
+        return sample_next(logits, seeds=seeds, steps=steps, sampling=sampling, vocab_size=vocab_size)
+
+    def _prefill_fn(self, state, batch, sampling, seeds, spans, *, cache_len):
         model = nnx.merge(self.graphdef, state)
         cache = model.init_cache(batch_size=batch["tokens"].shape[0], max_len=cache_len)
         out, cache = model.prefill(batch, cache)
         last = jnp.maximum(cache.index - 1, 0)  # [B]: each row's last prompt token
         logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]  # [B, V]
-        tokens = sample_next(logits, seeds=seeds, steps=jnp.zeros(seeds.shape, jnp.int32), sampling=sampling,
-                             vocab_size=self.vocab_size)
+        tokens = self._choose(logits, seeds=seeds, steps=jnp.zeros(seeds.shape, jnp.int32), sampling=sampling,
+                              spans=spans)
         return tokens, cache
 
-    def _decode_fn(self, state, cache, tokens, steps, active, sampling, seeds):
+    def _decode_fn(self, state, cache, tokens, steps, active, sampling, seeds, spans):
         model = nnx.merge(self.graphdef, state)
         logits, stepped = model.decode_step(tokens, cache)  # [B, V]
         cache = KVCache(
@@ -70,5 +95,5 @@ class DecodePrograms:
             valid=jnp.where(active[:, None], stepped.valid, cache.valid),
             index=jnp.where(active, stepped.index, cache.index),
         )
-        tokens = sample_next(logits, seeds=seeds, steps=steps, sampling=sampling, vocab_size=self.vocab_size)
+        tokens = self._choose(logits, seeds=seeds, steps=steps, sampling=sampling, spans=spans)
         return tokens, cache

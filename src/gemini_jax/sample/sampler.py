@@ -29,6 +29,7 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, batch_bucket, length_bucket
+from gemini_jax.sample.image_spans import ImageSpans
 from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.token_choice import SamplingParams, params_arrays
 
@@ -43,10 +44,15 @@ def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
 
 
 class Sampler:
-    def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None):
+    """`image_spans`: where the model's image codes are, for a model that writes images; its
+    replies (`generate_ids`) then hold whole spans of codes (image_spans.py)."""
+
+    def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None,
+                 image_spans: ImageSpans | None = None):
         self.config = model.config
         self.tokenizer = tokenizer
-        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
+        self.image_spans = image_spans
+        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=image_spans)
         self.media_cache = media_cache
         self.stop_ids = np.array(stop_token_ids(model.config, tokenizer), np.int32)
 
@@ -88,7 +94,8 @@ class Sampler:
         seeds = np.pad(np.array([p.seed for p in params], np.uint32), (0, pad))
         limits = np.array([p.max_new_tokens for p in params] + [0] * pad)
 
-        tokens, cache = self.programs.prefill(batch, sampling, seeds, cache_len=cache_len)
+        spans = self.image_spans.initial(size, room=limits) if self.image_spans else None
+        tokens, cache = self.programs.prefill(batch, sampling, seeds, cache_len=cache_len, spans=spans)
         out = np.zeros((size, max_new), np.int32)
         done = limits == 0
         length = np.zeros(size, np.int64)
@@ -100,7 +107,9 @@ class Sampler:
             if done.all():
                 break
             steps = np.full(size, step + 1, np.int32)  # the rows advance together
-            tokens, cache = self.programs.decode(cache, tokens, steps, ~done, sampling, seeds)
+            if spans is not None:
+                spans = self.image_spans.advance(spans, current, room=limits - steps)
+            tokens, cache = self.programs.decode(cache, tokens, steps, ~done, sampling, seeds, spans)
         answers = []
         for row in range(len(rows)):
             ids = out[row, : length[row]].tolist()
