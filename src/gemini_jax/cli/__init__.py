@@ -19,6 +19,7 @@
     gemini-jax card runs/demo --results eval.json   # a Markdown model card: runs/demo/MODEL_CARD.md
     gemini-jax safety train --out runs/safety   # safety classifiers per category of the shipped policy
     gemini-jax safety data --out data/safety    # safety-tuning data and a mixture that replays the demo
+    gemini-jax image-tokenizer train --out runs/image-tokenizer   # images <-> discrete codes (issue 22)
 
 flags.py defines the flags, commands.py one handler per command; this module runs them.
 """

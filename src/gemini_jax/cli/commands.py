@@ -289,6 +289,12 @@ def safety_data(args: argparse.Namespace) -> None:
     print(f"next:\n  {files.prepare_command(args.init_from)}\n  {files.train_command(args.init_from)}")
 
 
+def image_tokenizer(args: argparse.Namespace) -> None:
+    from gemini_jax.cli.image_tokenizer_command import run
+
+    run(args)
+
+
 HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,
             "presets": presets, "convert": convert, "quantize": quantize, "data": data,
-            "card": card, "safety": safety}
+            "card": card, "safety": safety, "image-tokenizer": image_tokenizer}

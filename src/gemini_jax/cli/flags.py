@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from gemini_jax.cli.data_command import add_parser as add_data_command
+from gemini_jax.cli.image_tokenizer_command import add_parser as add_image_tokenizer_command
 from gemini_jax.cli.types import (
     lengths,
     non_negative_float,
@@ -593,4 +594,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_safety(sub)
     for name in COMPILING_COMMANDS:
         _add_compile_cache_flag(sub.choices[name])
+    _add_compile_cache_flag(add_image_tokenizer_command(sub, _HelpFormatter))
     return parser
