@@ -9,18 +9,21 @@ drops any user record sharing a 13-gram with a problem, its reference or its tes
 trained elsewhere (a converted Gemma checkpoint) may well have seen the package: for it, these
 problems are as open as HumanEval.
 
-The source is fontTools (a dependency of matplotlib, so installed wherever gemini-jax is). A
-problem is each public function of a fontTools module that
+The sources (`SOURCES`) are fontTools (a dependency of matplotlib, so installed wherever
+gemini-jax is) and, where it is installed (torch needs it: the test extra has it), the integer,
+list and polynomial modules of sympy. A problem is each public function of those modules that
 - has `>>>` examples in its docstring calling it with literal arguments (they stay in the prompt:
   the public examples cluster@N/K filters with), a body of at most 25 lines, no decorator;
-- needs nothing but builtins and standard-library imports (its module's import lines that it
-  uses open the prompt), checked by running its source alone against the original;
+- needs nothing but builtins, standard-library imports and the module's literal constants and
+  plain helper functions (those open the prompt, as `encode_cyclic` opens HumanEval/38's),
+  checked by running its source alone against the original;
 - yields at least 3 hidden tests: the reference's outputs on the examples' arguments and on
   inputs generated from them (code_clustering.generated_inputs, seeded by the problem's name),
   keeping only plain values that are not None, so an empty body fails every one.
-The build imports fontTools modules and calls their functions, so it runs in a subprocess
-(`python -m gemini_jax.evals.leakfree_code` prints the problems as JSON). The set is the same on
-every build with the same fontTools version (`VERSION` names the version it was built from).
+The build imports the modules and calls their functions, so it runs in a subprocess (`python -m
+gemini_jax.evals.leakfree_code` prints the problems as JSON), once per set of package versions:
+the problems are cached under the cache root (`$GEMINI_JAX_CACHE`, else ~/.cache/gemini-jax).
+The same versions give the same problems on every build; `versions()` names them.
 
     problems = load_problems()
     results = humaneval.check_completions(problems, [p.canonical_solution for p in problems])
@@ -34,20 +37,30 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import json
+import os
 import pkgutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from gemini_jax.cache_root import cache_root
 from gemini_jax.evals.code_clustering import docstring_examples, generated_inputs, is_plain
 from gemini_jax.evals.humaneval import DEFAULT_LIMITS
 from gemini_jax.evals.sandbox import Limits, Result, run_judged
 
-PACKAGE = "fontTools"
+# package -> the modules whose functions become problems (each with its submodules)
+SOURCES = {"fontTools": ("fontTools",),
+           "sympy": ("sympy.combinatorics", "sympy.crypto", "sympy.logic", "sympy.ntheory", "sympy.polys",
+                     "sympy.utilities")}
+BUILD_VERSION = 2  # of the rules above: a new one rebuilds every cache
 MAX_BODY_LINES = 25
 MIN_TESTS = 3
 MAX_TESTS = 16
@@ -74,7 +87,7 @@ def check(candidate):
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    task_id: str  # "LeakFree/fontTools.misc.fixedTools.floatToFixed"
+    task_id: str  # "LeakFree/fontTools.misc.fixedTools.floatToFixed": the function's module and name
     prompt: str  # standard-library imports, signature and docstring: the model continues from here
     entry_point: str
     canonical_solution: str  # the reference body
@@ -83,8 +96,8 @@ class Problem:
 
     @property
     def hidden(self) -> tuple[str, ...]:
-        """The package the problems come from: its source holds every reference solution."""
-        return (str(Path(importlib.util.find_spec(PACKAGE).origin).parent),)
+        """The packages the problems come from: their source holds every reference solution."""
+        return tuple(str(Path(importlib.util.find_spec(name).origin).parent) for name in installed())
 
     def judge(self, completion: str, *, limits: Limits = DEFAULT_LIMITS) -> Result:
         """`completion` judged by the hidden tests, which run outside the sandbox that runs it."""
@@ -131,6 +144,15 @@ def _free_names(function: ast.FunctionDef) -> set[str]:
     return loads - bound - set(dir(builtins))
 
 
+def _imports_outside_stdlib(node: ast.AST) -> bool:
+    for n in ast.walk(node):
+        if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").split(".")[0] not in sys.stdlib_module_names):
+            return True
+        if isinstance(n, ast.Import) and any(a.name.split(".")[0] not in sys.stdlib_module_names for a in n.names):
+            return True
+    return False
+
+
 def _helpers(module, node: ast.FunctionDef, imports: dict[str, str]) -> tuple[set[str], list[str]] | None:
     """(the imports `node` and its helpers use, the helpers' source): the module's constants (literal
     values) and plain functions that `node` reads, each needing standard-library imports only, as
@@ -150,7 +172,8 @@ def _helpers(module, node: ast.FunctionDef, imports: dict[str, str]) -> tuple[se
             except (OSError, TypeError, KeyError, SyntaxError):
                 return None
             helper = ast.parse(source).body[0] if not source[:1].isspace() else None
-            if not isinstance(helper, ast.FunctionDef) or helper.decorator_list or not _free_names(helper) <= set(own):
+            if (not isinstance(helper, ast.FunctionDef) or helper.decorator_list or _imports_outside_stdlib(helper)
+                    or not _free_names(helper) <= set(own)):
                 return None
             context = [*(own[n] for n in sorted(_free_names(helper))), *context, source.rstrip()]
         else:
@@ -170,6 +193,8 @@ def _problem(module, name: str, function, imports: dict[str, str]) -> dict | Non
     if not isinstance(node, ast.FunctionDef) or node.decorator_list or ast.get_docstring(node) is None:
         return None
     if node.end_lineno - node.body[0].end_lineno > MAX_BODY_LINES or len(node.body) < 2:
+        return None
+    if _imports_outside_stdlib(node):  # the sandbox hides the package: a function importing from it cannot run
         return None
     helpers = _helpers(module, node, imports)
     if helpers is None:
@@ -206,46 +231,77 @@ def _problem(module, name: str, function, imports: dict[str, str]) -> dict | Non
             "cases": len(cases)}
 
 
+def _modules(name: str) -> Iterator[str]:
+    """`name` and its submodules, test suites left out; a subpackage that fails to import is skipped."""
+    module = importlib.import_module(name)
+    yield name
+    for info in pkgutil.iter_modules(getattr(module, "__path__", []), name + "."):
+        if ".test" in info.name or info.name.endswith("__main__"):
+            continue
+        if info.ispkg:
+            try:
+                yield from _modules(info.name)
+            except Exception:  # noqa: BLE001 - an optional dependency missing, a subpackage that needs data
+                continue
+        else:
+            yield info.name
+
+
+def installed() -> dict[str, str]:
+    """{package: version} of the `SOURCES` installed here."""
+    return {name: importlib.metadata.version(name) for name in SOURCES if importlib.util.find_spec(name)}
+
+
 def build() -> dict:
-    """{"version": fontTools' version, "problems": [...]}, in module and function name order."""
-    package = importlib.import_module(PACKAGE)
-    names = [PACKAGE] + sorted(m.name for m in pkgutil.walk_packages(package.__path__, PACKAGE + ".",
-                                                                      onerror=lambda name: None))
+    """{"versions": installed(), "problems": [...]}, in package, module and function name order."""
     problems = []
-    for module_name in names:
-        if ".test" in module_name or module_name.endswith("__main__"):
-            continue
-        try:
-            module = importlib.import_module(module_name)
-            imports = _imports(ast.parse(inspect.getsource(module)))
-        except Exception:  # noqa: BLE001 - a module that does not import here (an optional dependency)
-            continue
-        for name, function in sorted(vars(module).items()):
-            if (inspect.isfunction(function) and function.__module__ == module_name and not name.startswith("_")
-                    and (problem := _problem(module, name, function, imports))):
-                problems.append(problem)
-    return {"version": package.version, "problems": problems}
+    for package in installed():
+        names = sorted({m for root in SOURCES[package] for m in _modules(root)})
+        for module_name in names:
+            try:
+                module = importlib.import_module(module_name)
+                imports = _imports(ast.parse(inspect.getsource(module)))
+            except Exception:  # noqa: BLE001 - a module that does not import here (an optional dependency)
+                continue
+            for name, function in sorted(vars(module).items()):
+                if (inspect.isfunction(function) and function.__module__ == module_name and not name.startswith("_")
+                        and (problem := _problem(module, name, function, imports))):
+                    problems.append(problem)
+    return {"versions": installed(), "problems": problems}
 
 
-@functools.cache
-def _built() -> tuple[str, tuple[Problem, ...]]:
+def build_in_subprocess() -> dict:
+    """`build()` in a fresh interpreter (it imports and calls the packages' code)."""
     done = subprocess.run([sys.executable, "-m", "gemini_jax.evals.leakfree_code"], capture_output=True, text=True,
                           timeout=BUILD_TIMEOUT_S)
     if done.returncode != 0:
         raise RuntimeError(f"building the leak-free code benchmark failed (exit status {done.returncode}): "
                            f"{done.stderr.strip()[-2000:]}")
-    built = json.loads(done.stdout)
-    return built["version"], tuple(Problem(**p) for p in built["problems"])
+    return json.loads(done.stdout)
 
 
-def load_problems() -> list[Problem]:
-    """The problems, built once per process (a few seconds, in a subprocess)."""
-    return list(_built()[1])
+@functools.cache
+def _built(cache_dir: str | None = None) -> dict:
+    key = hashlib.sha256(json.dumps([BUILD_VERSION, installed()]).encode()).hexdigest()[:16]
+    path = cache_root(cache_dir) / f"leakfree_code-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    built = build_in_subprocess()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(built, f)
+    os.replace(f.name, path)  # whole or not at all, should two processes build at once
+    return built
 
 
-def version() -> str:
-    """The fontTools version the problems were built from."""
-    return _built()[0]
+def load_problems(cache_dir: str | None = None) -> list[Problem]:
+    """The problems (built on first use, in a subprocess; then read from the cache)."""
+    return [Problem(**p) for p in _built(cache_dir)["problems"]]
+
+
+def versions(cache_dir: str | None = None) -> dict[str, str]:
+    """The versions of the packages the problems were built from."""
+    return dict(_built(cache_dir)["versions"])
 
 
 def texts() -> list[str]:

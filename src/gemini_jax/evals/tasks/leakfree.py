@@ -16,6 +16,6 @@ def load_leakfree_code(folder: Path) -> TaskData:
                            for p in leakfree_code.load_problems()])
 
 
-TASK = Task("leakfree_code", f"small functions of {leakfree_code.PACKAGE} that no training corpus here reads, pass@k "
-            "in the sandbox against tests computed by the originals", load_leakfree_code, Asking.CODE, ("pass@1",),
-            max_tokens=384, stop=CODE_STOPS)
+TASK = Task("leakfree_code", "small functions of installed packages (fontTools, sympy) that no training corpus here "
+            "reads, pass@k in the sandbox against tests computed by the originals", load_leakfree_code, Asking.CODE,
+            ("pass@1",), max_tokens=384, stop=CODE_STOPS)
