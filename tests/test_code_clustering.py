@@ -80,7 +80,9 @@ def test_clusters_are_ranked_by_size_then_by_their_first_sample():
     assert chosen.clusters == ((2, 3, 6), (0, 4), (5,))
     assert chosen.submitted == (2, 0)
     assert cc.select(probes("x", "y", "y", "x"), k=1).submitted == (0,)  # a tie: the first sample's cluster
-    assert cc.select(probes("-", "-"), k=1).submitted == (0,)  # no survivor: every sample is kept
+    none_passed = cc.select(probes("-", "-"), k=1)  # no sample passes the examples: every sample is kept
+    assert none_passed.passed_examples == 0 and none_passed.survivors == (0, 1) and none_passed.submitted == (0,)
+    assert chosen.passed_examples == 6
     with pytest.raises(ValueError, match="must be >= 1"):
         cc.select(probes("a"), k=0)
 
@@ -114,7 +116,7 @@ def cluster(samples, k):
 def test_the_larger_right_cluster_is_submitted():
     result = cluster([WRONG, FAILS_EXAMPLES, RIGHT, RIGHT_SORTED, RIGHT], k=1)
     [record] = result.records
-    assert record["survivors"] == 4 and record["clusters"] == [3, 1] and record["submitted"] == [2]
+    assert record["passed_examples"] == 4 and record["clusters"] == [3, 1] and record["submitted"] == [2]
     assert result.metrics["cluster@5/1"] == 100.0
     assert result.metrics["pass@1"] == pytest.approx(60.0)  # 3 of 5 samples pass the hidden tests
     assert result.metrics["clusters"] == 2.0
@@ -151,9 +153,15 @@ class Canonical:
 
 def canonical_failures(problems):
     task, ids = get_task("humaneval"), {p.task_id for p in problems}
+    by_id = {p.task_id: p for p in problems}
     only = dataclasses.replace(task, load=lambda folder: TaskData([i for i in task.load(folder).items if i.id in ids]))
     result = run_task(only, Canonical(problems), None, Settings(protocol=ProtocolSpec(Method.CLUSTER, 1, 1)))
     assert result.metrics["examples"] == len(problems)
+    # Each canonical solution passes its docstring's examples, but two docstrings are wrong: HumanEval/47's
+    # median of [-10, 4, 6, 1000, 10, 20] is 8.0, not 15.0; HumanEval/116 sorts negatives by their bits too.
+    failing_examples = {r["id"] for r in result.records
+                        if r["passed_examples"] == 0 and cc.docstring_examples(r["prompt"], by_id[r["id"]].entry_point)}
+    assert failing_examples == {"HumanEval/47", "HumanEval/116"} & ids
     return [r["id"] for r in result.records if r["scores"]["cluster@1/1"] != 100.0]
 
 

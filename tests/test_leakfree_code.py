@@ -17,6 +17,16 @@ def problems():
     return leakfree_code.load_problems()
 
 
+class References:
+    """Each problem's reference body, then an empty one, as its samples."""
+
+    def __init__(self, problems):
+        self.solutions = {p.prompt: p.canonical_solution for p in problems}
+
+    def generate(self, prompts, *, temperature, num_samples, seed, max_tokens, stop):
+        return [[self.solutions[p], *["    pass\n"] * (num_samples - 1)][:num_samples] for p in prompts]
+
+
 def cases(problem):
     """The hidden (arguments, expected) pairs, read from the tests' text."""
     [assignment] = [n for n in ast.parse(problem.test).body if isinstance(n, ast.Assign) and n.targets[0].id == "CASES"]
@@ -33,9 +43,10 @@ def test_there_are_problems_with_enough_hidden_tests(problems):
         assert all(want is not None for _, want in cases(p))  # so a body that returns None fails every one
 
 
-def test_reference_solutions_pass_every_hidden_test(problems):
-    results = humaneval.check_completions(problems, [p.canonical_solution for p in problems], workers=2)
-    assert {p.task_id: r.reason for p, r in zip(problems, results) if not r.passed} == {}
+def test_reference_solutions_pass_their_examples_and_every_hidden_test(problems):
+    result = run_task(get_task("leakfree_code"), References(problems), None, Settings(protocol="cluster@1/1"))
+    assert result.metrics["examples"] == len(problems) and result.metrics["cluster@1/1"] == 100.0
+    assert [r["id"] for r in result.records if r["passed"] != 1 or r["passed_examples"] != 1] == []
 
 
 def test_empty_bodies_fail(problems):
@@ -73,16 +84,6 @@ def test_decontamination_sees_the_problems_and_the_corpora_do_not_read_them(prob
     assert paths and not any(package in path for path in paths for package in leakfree_code.SOURCES)
 
 
-class References:
-    """Each problem's reference body, then an empty one, as its samples."""
-
-    def __init__(self, problems):
-        self.solutions = {p.prompt: p.canonical_solution for p in problems}
-
-    def generate(self, prompts, *, temperature, num_samples, seed, max_tokens, stop):
-        return [[self.solutions[p], *["    pass\n"] * (num_samples - 1)][:num_samples] for p in prompts]
-
-
 def test_the_task_runs_with_pass_at_k_and_cluster(problems):
     task = get_task("leakfree_code")
     passed = run_task(task, References(problems), None, Settings(protocol="pass@2", limit=3))
@@ -90,4 +91,4 @@ def test_the_task_runs_with_pass_at_k_and_cluster(problems):
     clustered = run_task(task, References(problems), None, Settings(protocol="cluster@2/1", limit=3))
     # The reference passes the docstring's examples, the empty body does not: it is submitted.
     assert clustered.metrics["cluster@2/1"] == 100.0 and clustered.metrics["pass@1"] == 50.0
-    assert [r["submitted"] for r in clustered.records] == [[0]] * 3
+    assert [(r["passed_examples"], r["submitted"]) for r in clustered.records] == [(1, [0])] * 3

@@ -20,6 +20,7 @@ inputs from: every program then behaves alike and the first sample is the repres
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import dataclasses
 import doctest
@@ -109,9 +110,34 @@ def _split_comparison(source: str) -> tuple[str, str]:
     return source, ""
 
 
+def _defined(prompt: str) -> set[str]:
+    """The names the prompt's module level defines (its functions, imports and assignments)."""
+    try:
+        tree = ast.parse(prompt + "\n    pass\n")
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _stands_alone(source: str, known: set[str]) -> bool:
+    """Whether an example needs only what the prompt defines and builtins (not a name an earlier
+    example line set, nor `print`, whose output the judge does not read)."""
+    return all(n.id in known for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Name))
+
+
 def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
     """The `>>>` examples of `entry_point`'s docstring (read by `doctest`'s own parser) whose
-    source is one expression that calls `entry_point` and whose output is shown. A malformed
+    source is one expression that calls `entry_point`, needs nothing but the prompt's names and
+    builtins, and whose output is shown. A malformed
     example (a string with a raw newline, HumanEval/51) is left out, not the whole docstring;
     examples that expect an exception are left out too."""
     function = _function(prompt, entry_point)
@@ -119,6 +145,7 @@ def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
     if not text:
         return []
     parser, out = doctest.DocTestParser(), []
+    known = _defined(prompt) | set(dir(builtins)) - {"print"}
     for block in re.split(r"(?m)^(?=\s*>>>)", text):  # one example per block: one bad one costs only itself
         try:
             parsed = parser.get_examples(block)
@@ -134,7 +161,7 @@ def docstring_examples(prompt: str, entry_point: str) -> list[Example]:
                 calls = _arguments(source, function)
             except SyntaxError:
                 continue
-            if re.search(rf"\b{re.escape(entry_point)}\s*\(", source):
+            if re.search(rf"\b{re.escape(entry_point)}\s*\(", source) and _stands_alone(source, known):
                 out.append(Example(source, want, calls))
     return out
 
@@ -282,7 +309,7 @@ class Probe:
 # Runs in the judge (trusted): each call of the program under a per-call deadline; the outcomes
 # come back in the verdict's reason, behind a nonce the program never sees.
 _PROBE_TESTS = """
-import ast as _ast, hashlib as _hashlib, json as _json, math as _math, signal as _signal
+import ast as _ast, hashlib as _hashlib, inspect as _inspect, json as _json, math as _math, signal as _signal
 
 class _Stopped(Exception):
     pass
@@ -295,6 +322,24 @@ def _alarm(signum, frame):
 
 _signal.signal(_signal.SIGALRM, _alarm)
 _stopped = None
+
+# The sandbox calls the program with positional arguments only: keyword arguments of an example
+# ("f(x, precisionBits=14)") are bound to their places by the prompt's own signature.
+_program, _scratch = globals()[_JOB["entry_point"]], {}
+try:
+    exec(_JOB["prompt"] + "\\n    pass\\n", _scratch)
+    _signature = _inspect.signature(_scratch[_JOB["entry_point"]])
+except BaseException:
+    _signature = None
+
+def _positional(*args, **kwargs):
+    if kwargs and _signature is not None:
+        bound = _signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        args, kwargs = bound.args, bound.kwargs
+    return _program(*args, **kwargs)
+
+globals()[_JOB["entry_point"]] = _positional
 
 def _outcome(source):
     global _stopped
@@ -347,7 +392,7 @@ def probe(problem: CodeProblem, completion: str, examples: Sequence[Example], in
     """Runs `prompt + completion` in the sandbox on the examples, then on `inputs`."""
     nonce = secrets.token_hex(16)
     job = {"examples": [(e.source, e.want) for e in examples], "inputs": [repr(args) for args in inputs],
-           "entry_point": problem.entry_point, "call_seconds": call_seconds, "nonce": nonce}
+           "entry_point": problem.entry_point, "prompt": problem.prompt, "call_seconds": call_seconds, "nonce": nonce}
     calls = len(examples) + len(inputs)
     limits = Limits(timeout_s=5.0 + call_seconds * calls, cpu_s=math.ceil(5.0 + call_seconds * calls))
     result = run_judged(program=f"{problem.prompt}{completion}\n", entry_point=problem.entry_point,
@@ -366,7 +411,8 @@ def probe(problem: CodeProblem, completion: str, examples: Sequence[Example], in
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    survivors: tuple[int, ...]  # the samples that passed the public examples (all, when none did)
+    passed_examples: int  # how many samples passed the public examples
+    survivors: tuple[int, ...]  # the samples that did (all of them, when none did)
     clusters: tuple[tuple[int, ...], ...]  # survivors by behaviour: largest first, ties to the earliest sample
     submitted: tuple[int, ...]  # the first sample of each of the top K clusters
 
@@ -379,12 +425,13 @@ def select(probes: Sequence[Probe], *, k: int) -> Selection:
     its docstring says 15.0), and a filter that drops everything would submit nothing."""
     if k < 1:
         raise ValueError(f"k (programs submitted) must be >= 1, got {k}")
-    survivors = tuple(i for i, p in enumerate(probes) if p.passed_examples) or tuple(range(len(probes)))
+    passed = tuple(i for i, p in enumerate(probes) if p.passed_examples)
+    survivors = passed or tuple(range(len(probes)))
     groups: dict[str, list[int]] = {}
     for i in survivors:
         groups.setdefault(probes[i].behaviour, []).append(i)
     clusters = tuple(sorted((tuple(g) for g in groups.values()), key=lambda g: (-len(g), g[0])))
-    return Selection(survivors, clusters, tuple(g[0] for g in clusters[:k]))
+    return Selection(len(passed), survivors, clusters, tuple(g[0] for g in clusters[:k]))
 
 
 def choose(problem: CodeProblem, samples: Sequence[str], *, k: int, workers: int = 1,

@@ -60,7 +60,7 @@ from gemini_jax.evals.sandbox import Limits, Result, run_judged
 SOURCES = {"fontTools": ("fontTools",),
            "sympy": ("sympy.combinatorics", "sympy.crypto", "sympy.logic", "sympy.ntheory", "sympy.polys",
                      "sympy.utilities")}
-BUILD_VERSION = 2  # of the rules above: a new one rebuilds every cache
+BUILD_VERSION = 3  # of the rules above: a new one rebuilds every cache
 MAX_BODY_LINES = 25
 MIN_TESTS = 3
 MAX_TESTS = 16

@@ -221,7 +221,7 @@ def _code(task: Task, model: Model, items: Sequence[Item], prompts: Sequence[Pro
         if spec.method is Method.CLUSTER:  # AlphaCode 2: filter by the examples, cluster, submit K
             chosen = code_clustering.choose(item.meta["problem"], samples, k=spec.submitted, workers=workers)
             scores = code_clustering.scores(chosen, passed, k=spec.submitted)
-            record |= {"survivors": len(chosen.survivors), "clusters": [len(c) for c in chosen.clusters],
+            record |= {"passed_examples": chosen.passed_examples, "clusters": [len(c) for c in chosen.clusters],
                        "submitted": list(chosen.submitted)}
         out.append({**record, "scores": scores})
     return out
