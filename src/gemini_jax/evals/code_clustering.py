@@ -3,7 +3,7 @@ those that pass the public examples in the prompt, cluster the survivors by what
 generated inputs, and submit one program from each of the K largest clusters.
 
     examples = docstring_examples(problem.prompt, problem.entry_point)   # the docstring's >>> lines
-    inputs = generated_inputs(examples, problem.entry_point, seed=problem.prompt)
+    inputs = generated_inputs(examples, seed=problem.prompt)  # their arguments, perturbed
     chosen = select([probe(problem, s, examples, inputs) for s in samples], k=1)
     solved = any(passed[i] for i in chosen.submitted)   # passed: each sample's hidden tests
 
@@ -14,7 +14,9 @@ value returned, or the name of the exception raised). Nothing the program writes
 cannot choose its own cluster beyond the values it returns.
 
 Where the docstring has no `>>>` example nothing is filtered and there is nothing to generate
-inputs from: every program then behaves alike and the first sample is the representative.
+inputs from: the programs then split only into those that define themselves and those that
+cannot, and the first sample of the larger group is submitted. A sample that fails the examples
+is dropped, unless every sample does (a docstring's example can be wrong: HumanEval/47's is).
 """
 
 from __future__ import annotations
@@ -181,9 +183,10 @@ def _pools(values: Sequence[Any]) -> tuple[str, list]:
     def walk(v):
         if isinstance(v, str):
             chars.update(v)
-        elif isinstance(v, list | tuple | set):
-            items.extend(v)
-            for x in v:
+        elif isinstance(v, list | tuple | set | frozenset):
+            ordered = sorted(v, key=repr) if isinstance(v, set | frozenset) else v  # not in hash order
+            items.extend(ordered)
+            for x in ordered:
                 walk(x)
         elif isinstance(v, dict):
             for x in (*v.keys(), *v.values()):
@@ -230,7 +233,7 @@ def _edits(seq: list, rng: random.Random, new: Callable[[], Any] | None,
 
 
 def _edit(seq: list, rng: random.Random, new: Callable[[], Any] | None,
-                      change: Callable[[Any], Any] | None = None) -> list:
+          change: Callable[[Any], Any] | None = None) -> list:
     """One edit of `seq`: insert `new()`, reverse, drop, repeat, change (`change(item)`, else a
     `new()` in its place) or swap two items."""
     ops = (["insert"] if new else []) + (["reverse", "drop", "repeat", "change", "swap"] if seq else [])
