@@ -3,6 +3,8 @@ every one, two builds give the same problems, decontamination sees their text, a
 through `gemini-jax eval` with pass@K and cluster@N/K."""
 
 import ast
+import json
+import types
 
 import pytest
 
@@ -92,3 +94,20 @@ def test_the_task_runs_with_pass_at_k_and_cluster(problems):
     # The reference passes the docstring's examples, the empty body does not: it is submitted.
     assert clustered.metrics["cluster@2/1"] == 100.0 and clustered.metrics["pass@1"] == 50.0
     assert [(r["passed_examples"], r["submitted"]) for r in clustered.records] == [(1, [0])] * 3
+
+
+def test_gemini_jax_eval_asks_it_with_cluster(problems, monkeypatch, tmp_path):
+    from gemini_jax import checkpoint, cli
+    from gemini_jax.evals import benchmark
+
+    monkeypatch.setattr(checkpoint, "load_run", lambda *a, **k: types.SimpleNamespace(
+        model=None, tokenizer=None, run_dir=tmp_path))
+    model = References([*problems, *humaneval.load_problems()])
+    monkeypatch.setattr(benchmark, "checkpoint_model", lambda context: model)
+    out = tmp_path / "results.json"
+    assert cli.main(["eval", "--checkpoint", str(tmp_path), "--tasks", "humaneval,leakfree_code", "--protocol",
+                     "cluster@3/2", "--limit", "2", "--output", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())
+    assert results["leakfree_code"]["cluster@3/2"] == 100.0 and results["leakfree_code"]["examples"] == 2
+    assert results["leakfree_code"]["pass@2"] == pytest.approx(100 * 2 / 3)  # 1 - C(2,2)/C(3,2)
+    assert results["humaneval"]["cluster@3/2"] == 100.0
