@@ -87,6 +87,18 @@ def test_clusters_are_ranked_by_size_then_by_their_first_sample():
         cc.select(probes("a"), k=0)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_right_cluster_larger_than_every_other_is_always_submitted_first(seed):
+    rng = random.Random(seed)
+    wrong = [f"w{i}" for i in range(rng.randint(0, 4))]
+    sizes = {name: rng.randint(1, 5) for name in wrong}
+    sizes["right"] = max(sizes.values(), default=0) + rng.randint(1, 3)
+    spec = [name for name, size in sizes.items() for _ in range(size)] + ["-"] * rng.randint(0, 6)
+    rng.shuffle(spec)
+    chosen = cc.select(probes(*spec), k=1)
+    assert spec[chosen.submitted[0]] == "right", spec
+
+
 # HumanEval/0 (has_close_elements): two right programs, two wrong ones that pass both docstring
 # examples (they compare neighbours only, unsorted), and one that fails them.
 RIGHT = humaneval.load_problems()[0].canonical_solution
