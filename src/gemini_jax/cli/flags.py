@@ -334,7 +334,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
                    + "), or your data (" + ",".join(PREPARED_TASKS) + "), in any mixture; default: all demo sets")
     p.add_argument("--data-dir", default=None,
-                   help="benchmarks: the folder holding one sub-folder per task (humaneval needs none); your "
+                   help="benchmarks: the folder holding one sub-folder per task (humaneval and leakfree_code need none); your "
                    "data: a prepared data directory (`gemini-jax data prepare`) or a .jsonl file")
     p.add_argument("--cache-dir", default=None, help="demo sets: the demo corpus cache (as for train)")
     p.add_argument("--limit", type=positive_int, default=None,
