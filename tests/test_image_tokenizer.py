@@ -39,6 +39,7 @@ TINY = ImageTokenizerConfig(image_size=12, factor=4, levels=(5, 3), widths=(5, 7
 _encode = nnx.jit(lambda model, images: model.encode(images))
 _decode = nnx.jit(lambda model, codes: model.decode(codes))
 _forward = nnx.jit(lambda model, images: model(images))
+_loss = nnx.jit(reconstruction_loss)
 
 
 def _images(n: int = 2, seed: int = 0, size: int = 12) -> jax.Array:
@@ -81,11 +82,22 @@ def test_decoding_the_codes_gives_the_forward_pass_reconstruction():
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     model = ImageTokenizer(TINY, rngs=nnx.Rngs(0))
     images = _images(4, seed=3)
-    before = float(reconstruction_loss(model, images))
+    before = float(_loss(model, images)[0])
     optimizer = _optimizer(model, TrainSettings(steps=20, learning_rate=1e-2, warmup_steps=0))
-    losses = [float(train_step(model, optimizer, images)) for _ in range(20)]
+    losses = [float(train_step(model, optimizer, images)["loss"]) for _ in range(20)]
     assert losses[0] == pytest.approx(before, rel=1e-5)
-    assert float(reconstruction_loss(model, images)) < 0.8 * before
+    assert float(_loss(model, images)[0]) < 0.8 * before
+
+
+def test_latents_pushed_past_fsqs_responsive_range_are_pulled_back():
+    model = ImageTokenizer(TINY, rngs=nnx.Rngs(0))
+    images = _images(4, seed=3)
+    model.to_latents.bias[...] = jnp.asarray([8.0, -8.0])  # every code at its outermost levels
+    loss, metrics = _loss(model, images)
+    assert float(metrics["latent_excess"]) > 10 and float(loss) > float(metrics["mse"])
+    optimizer = _optimizer(model, TrainSettings(steps=20, learning_rate=3e-2, warmup_steps=0))
+    excess = [float(train_step(model, optimizer, images)["latent_excess"]) for _ in range(20)]
+    assert excess[-1] < 0.5 * excess[0]
 
 
 def test_psnr_and_codebook_usage():
@@ -194,3 +206,12 @@ def test_the_command_refuses_bad_flags(tmp_path, capsys):
     argv = ["image-tokenizer", "train", "--out", str(tmp_path), "--factor", "4", "--widths", "4,4,4", "--limit", "60"]
     assert cli.main(argv) == 2
     assert "widths (4, 4, 4) must be 2 positive integers" in capsys.readouterr().err
+
+
+def test_the_commands_defaults_are_the_librarys():
+    args = cli.build_parser().parse_args(["image-tokenizer", "train", "--out", "x"])
+    settings, config = TrainSettings(), ImageTokenizerConfig()
+    assert (args.steps, args.batch_size, args.learning_rate, args.seed) == (
+        settings.steps, settings.batch_size, settings.learning_rate, settings.seed)
+    assert (args.factor, args.levels, args.widths) == (config.factor, config.levels, None)
+    assert tuple(32 << i for i in range(config.stages)) == config.widths  # what --widths' default makes

@@ -59,21 +59,19 @@ def add_parser(sub: argparse._SubParsersAction,
         formatter_class=formatter_class,
     )
     t.add_argument("--out", required=True, metavar="DIR", help="the directory to write the tokenizer and report to")
-    t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: TrainSettings')")
-    t.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: TrainSettings')")
-    t.add_argument("--learning-rate", type=positive_float, default=None,
-                   help="peak AdamW learning rate, after a linear warmup, before a cosine decay (default: "
-                   "TrainSettings')")
+    t.add_argument("--steps", type=positive_int, default=1000, help="training steps")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    t.add_argument("--learning-rate", type=positive_float, default=2e-3,
+                   help="peak AdamW learning rate, after a linear warmup, before a cosine decay")
     t.add_argument("--seed", type=seed, default=0, help="seed for initialisation and the order of the images")
-    t.add_argument("--factor", type=power_of_two, default=None,
-                   help="pixels per code along each side: 8 gives 8x8 = 64 codes for a 64x64 image, 4 gives 256 "
-                   "(default: ImageTokenizerConfig's)")
-    t.add_argument("--levels", type=fsq_levels, default=None, metavar="L1,L2,...",
-                   help="FSQ levels, one per latent channel; the codebook holds their product (default: "
-                   "ImageTokenizerConfig's)")
+    t.add_argument("--factor", type=power_of_two, default=8,
+                   help="pixels per code along each side: 8 gives 8x8 = 64 codes for a 64x64 image, 4 gives 256")
+    t.add_argument("--levels", type=fsq_levels, default=(8, 5, 5, 5), metavar="L1,L2,...",
+                   help="FSQ levels, one per latent channel; the codebook holds their product (default: 8,5,5,5: "
+                   "1,000 codes)")
     t.add_argument("--widths", type=widths, default=None, metavar="W1,W2,...",
                    help="channels of each encoder stage, one per halving (log2 FACTOR of them), full resolution "
-                   "first (default: the config's, or doubling from 32 when --factor changes the stage count)")
+                   "first (default: doubling from 32, e.g. 32,64,128 for factor 8)")
     t.add_argument("--limit", type=positive_int, default=None,
                    help="use only the first this many images (sorted by path) before splitting: quick trials")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,21 +79,14 @@ def add_parser(sub: argparse._SubParsersAction,
 
 
 def run(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from gemini_jax.model.image_tokenizer import ImageTokenizerConfig
     from gemini_jax.train.image_tokenizer import REPORT_FILE, TrainSettings, train_and_report
 
-    config = ImageTokenizerConfig()
-    changes = {name: getattr(args, name) for name in ("factor", "levels", "widths") if getattr(args, name) is not None}
-    if "factor" in changes and "widths" not in changes and changes["factor"] != config.factor:
-        stages = changes["factor"].bit_length() - 1
-        changes["widths"] = tuple(32 << i for i in range(stages))
-    config = dataclasses.replace(config, **changes)
-    settings = TrainSettings(seed=args.seed, progress=not args.no_progress)
-    overrides = {name: getattr(args, name) for name in ("steps", "batch_size", "learning_rate")
-                 if getattr(args, name) is not None}
-    settings = dataclasses.replace(settings, **overrides)
+    stages = args.factor.bit_length() - 1
+    config = ImageTokenizerConfig(factor=args.factor, levels=args.levels,
+                                  widths=args.widths or tuple(32 << i for i in range(stages)))
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             seed=args.seed, progress=not args.no_progress)
     report = train_and_report(args.out, config=config, settings=settings, limit=args.limit)
     test = report["test"]
     print(json.dumps({"test": test, "train_seconds": report["train_seconds"]}, indent=2))
