@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     human, leakfree = (results[t] for t in TASKS)
     shared = [m for m in human if m in leakfree and m.startswith(("pass@", "cluster@"))]
     report = {
-        "checkpoint": args.checkpoint, "protocol": args.protocol, "limit": args.limit, **dict(zip(TASKS, (human, leakfree))),
+        "checkpoint": args.checkpoint, "protocol": args.protocol, "limit": args.limit,
+        "humaneval": human, "leakfree_code": leakfree,
         "gap": {m: human[m] - leakfree[m] for m in shared},
         "leakfree_sources": leakfree_code.versions(), "seconds": round(time.perf_counter() - start, 1),
     }

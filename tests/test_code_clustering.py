@@ -45,7 +45,8 @@ def test_examples_read_by_hand(problems):
         "remove_vowels('zbcd')"]
     # ">>> f(x) == y" with no output line; the third line of 116 ("f(x) [0, ...]") is no expression.
     assert [(e.source, e.want) for e in examples("HumanEval/116")] == [
-        ("sort_array([1, 5, 2, 3, 4])", "[1, 2, 3, 4, 5]"), ("sort_array([-2, -3, -4, -5, -6])", "[-6, -5, -4, -3, -2]")]
+        ("sort_array([1, 5, 2, 3, 4])", "[1, 2, 3, 4, 5]"),
+        ("sort_array([-2, -3, -4, -5, -6])", "[-6, -5, -4, -3, -2]")]
     assert examples("HumanEval/115") == []  # "Example 1: Input: ... Output: 6", no >>>
 
 

@@ -60,7 +60,7 @@ from gemini_jax.evals.sandbox import Limits, Result, run_judged
 SOURCES = {"fontTools": ("fontTools",),
            "sympy": ("sympy.combinatorics", "sympy.crypto", "sympy.logic", "sympy.ntheory", "sympy.polys",
                      "sympy.utilities")}
-BUILD_VERSION = 3  # of the rules above: a new one rebuilds every cache
+BUILD_VERSION = 4  # of the rules above: a new one rebuilds every cache
 MAX_BODY_LINES = 25
 MIN_TESTS = 3
 MAX_TESTS = 16
@@ -153,20 +153,20 @@ def _imports_outside_stdlib(node: ast.AST) -> bool:
     return False
 
 
-def _helpers(module, node: ast.FunctionDef, imports: dict[str, str]) -> tuple[set[str], list[str]] | None:
-    """(the imports `node` and its helpers use, the helpers' source): the module's constants (literal
-    values) and plain functions that `node` reads, each needing standard-library imports only, as
-    HumanEval/38's prompt holds the `encode_cyclic` its `decode_cyclic` undoes. None when `node`
-    needs anything else."""
-    uses, context = set(), []
+def _helpers(module, node: ast.FunctionDef, imports: dict[str, str]) -> tuple[list[str], list[str]] | None:
+    """(import lines, definitions) that `node` needs: its module's standard-library imports, its
+    literal constants and the plain functions of the same package that it calls (each with its own
+    module's imports), as HumanEval/38's prompt holds the `encode_cyclic` its `decode_cyclic`
+    undoes. None when `node` needs anything else."""
+    import_lines, definitions = [], []
     for name in sorted(_free_names(node)):
         value = vars(module).get(name)
         if name in imports:
-            uses.add(name)
-        elif isinstance(value, bool | int | float | str | tuple | frozenset) and is_plain(value) and name.isupper():
-            context.append(f"{name} = {value!r}")
+            import_lines.append(imports[name])
+        elif isinstance(value, bool | int | float | str | tuple) and is_plain(value) and name.isupper():
+            definitions.append(f"{name} = {value!r}")
         elif inspect.isfunction(value) and value.__module__.split(".")[0] == module.__name__.split(".")[0]:
-            try:  # a helper of the same package (fontTools' otRound), with its own module's imports
+            try:  # a helper of the same package (fontTools' otRound)
                 source = inspect.getsource(value)
                 own = _imports(ast.parse(inspect.getsource(sys.modules[value.__module__])))
             except (OSError, TypeError, KeyError, SyntaxError):
@@ -175,10 +175,11 @@ def _helpers(module, node: ast.FunctionDef, imports: dict[str, str]) -> tuple[se
             if (not isinstance(helper, ast.FunctionDef) or helper.decorator_list or _imports_outside_stdlib(helper)
                     or not _free_names(helper) <= set(own)):
                 return None
-            context = [*(own[n] for n in sorted(_free_names(helper))), *context, source.rstrip()]
+            import_lines += [own[n] for n in sorted(_free_names(helper))]
+            definitions.append(source.rstrip())
         else:
             return None
-    return uses, context
+    return list(dict.fromkeys(import_lines)), definitions
 
 
 def _problem(module, name: str, function, imports: dict[str, str]) -> dict | None:
@@ -199,11 +200,10 @@ def _problem(module, name: str, function, imports: dict[str, str]) -> dict | Non
     helpers = _helpers(module, node, imports)
     if helpers is None:
         return None
-    uses, context = helpers
+    import_lines, definitions = helpers
+    header = "\n".join(import_lines) + "".join(f"\n\n\n{d}" for d in definitions)
     lines = source.splitlines(keepends=True)
-    header = "\n".join([*(imports[n] for n in sorted(uses)), *dict.fromkeys(c for c in context if c.startswith(("import ", "from ")))])
-    header += "".join(f"\n\n\n{c}" for c in context if not c.startswith(("import ", "from ")))
-    prompt = (header + "\n\n" if header else "") + "".join(lines[: node.body[0].end_lineno])
+    prompt = (header.lstrip("\n") + "\n\n\n" if header else "") + "".join(lines[: node.body[0].end_lineno])
     body = "".join(lines[node.body[0].end_lineno:])
     task_id = f"LeakFree/{module.__name__}.{name}"
     examples = docstring_examples(prompt, name)
