@@ -290,6 +290,7 @@ def _built(cache_dir: str | None = None) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
         json.dump(built, f)
+    os.chmod(f.name, 0o644)  # as a file written plainly would be (a temporary file is private)
     os.replace(f.name, path)  # whole or not at all, should two processes build at once
     return built
 
