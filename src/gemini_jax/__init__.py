@@ -6,8 +6,8 @@
 """
 
 from gemini_jax import compile_cache  # compile_cache.enable(): what the commands compile, kept on disk
-from gemini_jax.api import evaluate, generate, load, train_recipe, user_turn
+from gemini_jax.api import evaluate, generate, generate_parts, load, train_recipe, user_turn
 
 __version__ = "0.1.0"
 
-__all__ = ["compile_cache", "evaluate", "generate", "load", "train_recipe", "user_turn"]
+__all__ = ["compile_cache", "evaluate", "generate", "generate_parts", "load", "train_recipe", "user_turn"]

@@ -7,6 +7,7 @@
     run = gemini_jax.load("runs/demo")
     gemini_jax.generate(run, "What shape is this?", images=["shape.png"])
     gemini_jax.generate(run, "Hello", safety="runs/safety", safety_settings={"harassment": 0.2})
+    gemini_jax.generate_parts(run, "Draw a red circle.")   # ["...", uint8[64, 64, 3], ...]: runs that draw
     gemini_jax.evaluate(run, ["vqa", "asr"], limit=100)
     gemini_jax.train_recipe(gemini_jax.recipes.DemoRecipe(run_dir="runs/mine"))
 
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from gemini_jax.checkpoint import Run
     from gemini_jax.data.examples import Example
     from gemini_jax.recipes.runner import Recipe
@@ -56,8 +59,26 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
     `safety`: a SafetyFilter or the directory `gemini-jax safety train` wrote; the user turns' text
     is checked before generating and the answer after, under `safety_settings` (the request forms
     of gemini_jax.safety.filter). A blocked one raises SafetyBlocked (its `stage`, `verdict`:
-    category and score) instead of returning text."""
+    category and score) instead of returning text. A run that writes images gives its text with
+    each image's markers in place (`generate_parts` gives the pictures)."""
+    return _reply(run, prompt, images=images, videos=videos, audios=audios, max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, safety=safety,
+                  safety_settings=safety_settings)[1]
+
+
+def generate_parts(run: Run | str | os.PathLike, prompt: str | Example, **options: Any) -> list[str | np.ndarray]:
+    """The answer as text and images (uint8[H, W, 3], decoded by the run's image tokenizer) in
+    order; a run that writes text only gives one text part. `options` are `generate`'s."""
+    return _reply(run, prompt, parts=True, **options)[1]
+
+
+def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
+           videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
+           parts: bool = False) -> tuple[Run, Any]:
     from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
+    from gemini_jax.sample.image_output import ImageWriter
     from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
@@ -72,12 +93,17 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
         raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
+    writer = ImageWriter.for_run(run) if parts else None  # before sampling: a missing tokenizer fails fast
     if check:
         check.require_safe(prompt_text(prompt), settings, stage="prompt")
-    [answer] = Sampler(run.model, run.tokenizer).generate([prompt], [params])
+    sampler = Sampler(run.model, run.tokenizer)
+    [ids] = sampler.generate_ids([prompt], [params])
+    text = sampler.text(ids)
     if check:
-        check.require_safe(answer, settings, stage="response")
-    return answer
+        check.require_safe(text, settings, stage="response")
+    if not parts:
+        return run, text
+    return run, writer.parts(ids) if writer else [text]
 
 
 def evaluate(run: Run | str | os.PathLike, tasks: Sequence[str], *, corpus: Any = None,

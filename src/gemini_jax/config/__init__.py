@@ -29,6 +29,7 @@ from gemini_jax.config.schema import (
     UNK_ID,
     AudioConfig,
     ConfigError,
+    ImageOutputConfig,
     ModelConfig,
     VisionConfig,
     config_from_dict,
@@ -45,6 +46,6 @@ __all__ = [
     "ATTENTION_IMPLS", "AUDIO_TOKEN_ID", "BOS_ID", "END_OF_TURN_ID", "EOS_ID", "FRAME_TOKEN_ID",
     "IMAGE_TOKEN_ID", "PAD_ID", "PRESETS", "PROMPT_FORMATS", "REMAT_POLICIES", "REPORTED_PARAMS",
     "START_OF_TURN_ID", "UNK_ID", "AttentionImpl", "AudioConfig", "ConfigError", "DType", "FramePooling",
-    "ModelConfig", "Pooling", "PositionEmbedding", "PromptAttention", "PromptFormat", "RematPolicy",
+    "ImageOutputConfig", "ModelConfig", "Pooling", "PositionEmbedding", "PromptAttention", "PromptFormat", "RematPolicy",
     "VisionBlock", "VisionConfig", "config_from_dict", "config_to_dict", "get_preset", "override",
 ]

@@ -201,6 +201,22 @@ class AudioConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageOutputConfig:
+    """Images the decoder writes as discrete codes of an image tokenizer (model/image_tokenizer.py):
+    the top `codebook_size` ids of the vocabulary, `codes_per_image` of them between
+    <start_of_image> and <end_of_image> (sample/image_spans.py)."""
+
+    codebook_size: int
+    codes_per_image: int
+
+    def __post_init__(self):
+        for name in ("codebook_size", "codes_per_image"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"image_output.{name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """A Gemini decoder (the public Gemma-1 layout) with optional media encoders.
 
@@ -230,6 +246,7 @@ class ModelConfig:
     scan_layers: bool = False
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
+    image_output: ImageOutputConfig | None = None  # None: the model writes text only
     image_token_id: int = IMAGE_TOKEN_ID
     frame_token_id: int = FRAME_TOKEN_ID
     audio_token_id: int = AUDIO_TOKEN_ID
@@ -243,6 +260,16 @@ class ModelConfig:
         _require_bool(self.scan_layers, "scan_layers")
         if not (isinstance(self.attention_block, int) and self.attention_block > 0):
             raise ConfigError(f"attention_block must be a positive integer, got {self.attention_block!r}")
+        if self.image_output is not None and self.image_output.codebook_size >= self.vocab_size:
+            raise ConfigError(f"image_output.codebook_size ({self.image_output.codebook_size}) leaves no text ids in "
+                              f"a vocabulary of {self.vocab_size}: the codes are its top ids")
+
+    @property
+    def first_image_code(self) -> int:
+        """The id of image code 0 (the codes are the vocabulary's top `codebook_size` ids)."""
+        if self.image_output is None:
+            raise ConfigError("this model has no image output (config.image_output is None)")
+        return self.vocab_size - self.image_output.codebook_size
 
     @property
     def text_only(self) -> ModelConfig:
@@ -260,7 +287,7 @@ def config_from_dict(values: dict[str, Any]) -> ModelConfig:
     """Builds a ModelConfig from plain data (e.g. a checkpoint's JSON), checking every key."""
     values = dict(values)
     _check_keys(ModelConfig, values, "model config")
-    for name, cls in (("vision", VisionConfig), ("audio", AudioConfig)):
+    for name, cls in (("vision", VisionConfig), ("audio", AudioConfig), ("image_output", ImageOutputConfig)):
         if values.get(name) is not None:
             _check_keys(cls, values[name], f"{name} config")
             values[name] = cls(**values[name])

@@ -82,6 +82,11 @@ def check_compatible(tokenizer: Tokenizer, config: ModelConfig) -> None:
     if tokenizer.vocab_size > config.vocab_size:
         raise EncodeError(
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is {config.vocab_size}")
+    if config.image_output is not None and tokenizer.vocab_size > config.first_image_code:
+        raise EncodeError(
+            f"the tokenizer's {tokenizer.vocab_size} pieces overlap the model's image codes, ids "
+            f"{config.first_image_code} to {config.vocab_size - 1}: a model that writes images needs vocab_size >= "
+            f"the tokenizer's pieces + image_output.codebook_size")
     if not tokenizer.has_media:  # text only: a media part fails when it asks for its placeholder
         return
     pairs = {

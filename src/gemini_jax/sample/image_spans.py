@@ -23,9 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    from gemini_jax.config import ModelConfig
+    from gemini_jax.data.tokenizer import Tokenizer
 
 OUTSIDE, NO_ROOM = -1, -2
 
@@ -83,3 +89,14 @@ class ImageSpans:
     def mask(self, logits: jax.Array, state: jax.Array, *, text_vocab: int) -> jax.Array:
         """Logits [B, V] with every token a row may not sample set to -inf."""
         return jnp.where(self.allowed(state, vocab=logits.shape[-1], text_vocab=text_vocab), logits, -jnp.inf)
+
+
+def image_spans_for(config: ModelConfig, tokenizer: Tokenizer) -> ImageSpans | None:
+    """Where a model's image codes are: the config's reserved range (None: it writes text only)."""
+    from gemini_jax.data.tokenizer import END_OF_IMAGE, START_OF_IMAGE
+
+    if config.image_output is None:
+        return None
+    return ImageSpans(start_id=tokenizer.special_id(START_OF_IMAGE), end_id=tokenizer.special_id(END_OF_IMAGE),
+                      first_code=config.first_image_code, num_codes=config.image_output.codebook_size,
+                      codes_per_image=config.image_output.codes_per_image)

@@ -29,7 +29,7 @@ from gemini_jax.data.pipeline import collate
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, batch_bucket, length_bucket
-from gemini_jax.sample.image_spans import ImageSpans
+from gemini_jax.sample.image_spans import ImageSpans, image_spans_for
 from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.token_choice import SamplingParams, params_arrays
 
@@ -44,15 +44,16 @@ def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
 
 
 class Sampler:
-    """`image_spans`: where the model's image codes are, for a model that writes images; its
-    replies (`generate_ids`) then hold whole spans of codes (image_spans.py)."""
+    """A model that writes images (config.image_output) gives replies (`generate_ids`) with
+    whole spans of codes (image_spans.py; `image_spans` overrides where the codes are);
+    `generate`'s text keeps each image's two markers and leaves its codes out."""
 
     def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None,
                  image_spans: ImageSpans | None = None):
         self.config = model.config
         self.tokenizer = tokenizer
-        self.image_spans = image_spans
-        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=image_spans)
+        self.image_spans = image_spans or image_spans_for(model.config, tokenizer)
+        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=self.image_spans)
         self.media_cache = media_cache
         self.stop_ids = np.array(stop_token_ids(model.config, tokenizer), np.int32)
 
@@ -67,7 +68,13 @@ class Sampler:
 
     def generate(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[str]:
         """One answer per prompt (an Example whose last turn is the user's)."""
-        return [self.tokenizer.decode(ids) for ids in self.generate_ids(prompts, params)]
+        return [self.text(ids) for ids in self.generate_ids(prompts, params)]
+
+    def text(self, ids: Sequence[int]) -> str:
+        """A reply's text; an image's codes are left out, its markers kept."""
+        if self.image_spans is not None:
+            ids = [t for t in ids if not self.image_spans.is_code(t)]
+        return self.tokenizer.decode(ids)
 
     def generate_ids(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[list[int]]:
         if not prompts:

@@ -1,0 +1,132 @@
+"""A reply of a model that writes images, as text and pictures in order.
+
+A run whose config has `image_output` keeps its image tokenizer (model/image_tokenizer.py) in
+`RUN/image_tokenizer/`; its replies hold spans of codes (sample/image_spans.py), which the
+tokenizer's decoder turns into pixels:
+
+    writer = ImageWriter.for_run(run)                      # None for a text-only run
+    parts = writer.parts(reply_ids)                        # ["Here it is: ", uint8[64, 64, 3], "."]
+    text = writer.save(parts, "out/", stem="reply0")      # "Here it is: out/reply0-1.png."
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gemini_jax.checkpoint import CheckpointError
+from gemini_jax.config import ModelConfig
+from gemini_jax.data.tokenizer import Tokenizer
+from gemini_jax.sample.image_spans import ImageSpans, image_spans_for
+
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
+
+Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
+
+
+def split_reply(ids: Sequence[int], spans: ImageSpans) -> list[list[int] | np.ndarray]:
+    """A reply's ids as runs of text ids (lists) and images (int32 arrays of their codes, 0-based).
+    A span left open (a reply cut short: the sampler never leaves one open) is dropped."""
+    pieces: list[list[int] | np.ndarray] = [[]]
+    codes: list[int] | None = None
+    for token in ids:
+        if codes is None:
+            if token == spans.start_id:
+                codes = []
+            else:
+                pieces[-1].append(int(token))
+        elif token == spans.end_id:
+            pieces += [np.asarray(codes, np.int32), []]
+            codes = None
+        else:
+            codes.append(int(token) - spans.first_code)
+    return [p for p in pieces if not isinstance(p, list) or p]
+
+
+class ImageWriter:
+    """A run's image tokenizer, checked against the run's reserved code range."""
+
+    def __init__(self, image_tokenizer: Any, *, spans: ImageSpans, tokenizer: Tokenizer):
+        self.image_tokenizer, self.spans, self.tokenizer = image_tokenizer, spans, tokenizer
+        self._decode = None
+
+    @classmethod
+    def for_run(cls, run: Any) -> ImageWriter | None:
+        """The writer of a loaded run (`checkpoint.load_run`), or None when it writes text only."""
+        spans = image_spans_for(run.config, run.tokenizer)
+        if spans is None:
+            return None
+        return cls(load_run_image_tokenizer(run.run_dir, run.config), spans=spans, tokenizer=run.tokenizer)
+
+    def pixels(self, codes: np.ndarray) -> np.ndarray:
+        """uint8[H, W, 3] of one image's codes (in raster order, as the tokenizer wrote them)."""
+        import jax
+
+        config = self.image_tokenizer.config
+        if codes.shape != (config.codes_per_image,):
+            raise ValueError(f"an image of {codes.shape} codes; this tokenizer reads {config.codes_per_image}")
+        if self._decode is None:
+            from flax import nnx
+
+            self._decode = nnx.jit(lambda model, c: model.decode(c))
+        grid = codes.reshape(1, config.grid, config.grid)
+        image = np.asarray(jax.device_get(self._decode(self.image_tokenizer, grid)))[0]
+        return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+    def parts(self, ids: Sequence[int]) -> list[Part]:
+        """The reply as text and images, in order."""
+        return [self.tokenizer.decode(p) if isinstance(p, list) else self.pixels(p)
+                for p in split_reply(ids, self.spans)]
+
+    @staticmethod
+    def save(parts: Sequence[Part], out_dir: str | os.PathLike, *, stem: str) -> str:
+        """Writes each image of `parts` as OUT_DIR/STEM-N.png (N from 1) and returns the text
+        with each image's path in its place."""
+        from PIL import Image
+
+        out = Path(out_dir)
+        text, count = [], 0
+        for part in parts:
+            if isinstance(part, str):
+                text.append(part)
+                continue
+            count += 1
+            path = out / f"{stem}-{count}.png"
+            Image.fromarray(part).save(path)
+            text.append(str(path))
+        return "".join(text)
+
+
+def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) -> Any:
+    """RUN/image_tokenizer, refused unless its codes fill exactly the run's reserved range."""
+    from gemini_jax.model.image_tokenizer import load_image_tokenizer, read_image_tokenizer_config
+
+    directory = Path(run_dir) / IMAGE_TOKENIZER_DIR
+    if not directory.is_dir():
+        raise CheckpointError(f"{run_dir}: the run writes images (config.image_output) but has no {IMAGE_TOKENIZER_DIR}/ "
+                              "directory holding the image tokenizer its codes belong to")
+    saved = read_image_tokenizer_config(directory)
+    wanted = config.image_output
+    if (saved.codebook_size, saved.codes_per_image) != (wanted.codebook_size, wanted.codes_per_image):
+        raise CheckpointError(
+            f"{directory}: the image tokenizer has {saved.codebook_size} codes, {saved.codes_per_image} an image, but "
+            f"the run reserves {wanted.codebook_size} codes, {wanted.codes_per_image} an image (config.image_output)")
+    return load_image_tokenizer(directory)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """`--save-images`' directory: made if missing; refused unless it is a writable directory."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--save-images {path}: not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--save-images {path}: cannot make this directory ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--save-images {path}: the directory is not writable")
+    return out
