@@ -191,11 +191,24 @@ def generate(args: argparse.Namespace) -> None:
     from gemini_jax.safety.filter import SafetyBlocked
 
     check, settings = _safety_flags(args)
+    out = None
+    if args.save_images is not None:
+        from gemini_jax.config import ConfigError
+        from gemini_jax.sample.image_output import ImageWriter, check_output_dir
+
+        try:
+            out = check_output_dir(args.save_images)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     run = api.load(args.checkpoint, step=args.step)
+    options = dict(images=args.image, videos=args.video, audios=args.audio, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, safety=check,
+                   safety_settings=settings)
     try:
-        print(api.generate(run, args.prompt, images=args.image, videos=args.video, audios=args.audio,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=args.seed, safety=check, safety_settings=settings))
+        if out is None:
+            print(api.generate(run, args.prompt, **options))
+        else:
+            print(ImageWriter.save(api.generate_parts(run, args.prompt, **options), out, stem="reply"))
     except SafetyBlocked as e:
         print(e)
 

@@ -398,6 +398,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--safety-setting", action="append", default=[], metavar="CATEGORY=THRESHOLD",
                    help="with --safety: block CATEGORY at this score in [0, 1] (lower blocks more) or 'off'; "
                    "repeatable; unnamed categories keep the classifier's thresholds")
+    p.add_argument("--save-images", default=None, metavar="DIR",
+                   help="for a run that writes images: save each one as DIR/reply-N.png (DIR made if missing) and "
+                   "print the text with each image's path in its place")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
