@@ -8,6 +8,8 @@ questions as data for both ways of improving it, on the same prompts:
     # train.jsonl        the demo's training clips of this kind (its validation carve-out left out)
     # rl_train.jsonl     those `gemini-jax rl` trains on after its own 5% validation split,
     #                    which is also what continued supervised training gets
+    # replay.jsonl       the demo's other training clips (direction, size, which comes first),
+    #                    replayed beside them by sft_replay.yaml
     # validation.jsonl   300 new clips drawn by the demo's renderer: for choosing steps and rates
     # test.jsonl         500 more new clips, read once at the end (besides the demo's own test set)
 
@@ -17,6 +19,10 @@ questions as data for both ways of improving it, on the same prompts:
         --tokenizer runs/demo --no-decontaminate --validation-fraction 0
     gemini-jax train --data data/order_last/sft.yaml --init-from runs/demo --steps 100 --batch-size 8 \\
         --run-dir runs/ol-sft      # 8 prompts a step, as RL draws
+    gemini-jax data prepare data/order_last/replay.jsonl --out data/order_last/replay \\
+        --tokenizer runs/demo --no-decontaminate --validation-fraction 0
+    gemini-jax train --data data/order_last/sft_replay.yaml --init-from runs/demo --steps 100 \\
+        --batch-size 16 --learning-rate 1e-3 --run-dir runs/ol-sft-replay
     gemini-jax eval --checkpoint runs/ol-rl --tasks prepared --data-dir data/order_last/validation.jsonl
 
 New clips are drawn with the demo's own sampler and renderer and kept only when their parameters
@@ -41,9 +47,9 @@ NEW_CLIPS = {"validation": 300, "test": 500}
 RL_VALIDATION_FRACTION = 0.05  # what the commands above pass to `gemini-jax rl`
 
 
-def example(video: Path, question: str, answer: str, group: str | None = None) -> dict:
+def example(video: Path, question: str, answer: str, group: str | None = None, kind: str = KIND) -> dict:
     line = {"contents": [{"role": "user", "parts": [{"video": str(video)}, {"text": question}]},
-                         {"role": "model", "parts": [{"text": answer}]}], "task": f"video:{KIND}"}
+                         {"role": "model", "parts": [{"text": answer}]}], "task": f"video:{kind}"}
     return line | ({"group": group} if group else {})
 
 
@@ -65,6 +71,11 @@ def main(out: Path, seed: int = 20261204) -> None:
     by_group = {line["group"]: line for line in lines}
     write_jsonl(out / "rl_train.jsonl", [by_group[p.group] for p in kept])
     (out / "sft.yaml").write_text("sources:\n  order_last: {path: sft}\n", encoding="utf-8")
+    others = [r for r in corpus.records("video", "train") if r.kind != KIND]
+    write_jsonl(out / "replay.jsonl", [example(corpus.root / r.meta["media"], r.meta["prompt"], r.meta["answer"], kind=r.kind)
+                                       for r in others])
+    (out / "sft_replay.yaml").write_text("sources:\n  order_last: {path: sft}\n  replay: {path: replay}\n"
+                                         "weights: {order_last: 1, replay: 1}\n", encoding="utf-8")
 
     seen = {shapes.key(shapes.Order(**r.meta["params"])) for split in ("train", "validation", "test")
             for r in corpus.records("video", split) if r.meta["clip"] == "Order"}
