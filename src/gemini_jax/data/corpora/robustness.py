@@ -168,19 +168,31 @@ def _scene(rng: np.random.Generator) -> tuple[str, str, tuple[int, int, int], np
     half_w, half_h = radius * min(aspect, 1.0), radius * min(1 / aspect, 1.0)
     x = float(rng.uniform(half_w, _IMAGE_SIZE - half_w))
     y = float(rng.uniform(half_h, _IMAGE_SIZE - half_h))
+    pixels = draw_scene(shape=shape, fill=VQA_COLOURS[colour], background=background, x=x, y=y, radius=radius,
+                        aspect=aspect)
+    return shape, colour, background, _noisy(pixels.astype(np.float64), rng)
+
+
+def draw_scene(*, shape: str, fill: tuple[int, int, int], background: tuple[int, int, int], x: float, y: float,
+               radius: float, aspect: float = 1.0) -> np.ndarray:
+    """uint8[64, 64, 3]: one easy-VQA-style shape centred at (x, y) on a plain background, edges
+    anti-aliased; a rectangle `aspect` times as wide as high, within the square of `radius`."""
+    half_w, half_h = radius * min(aspect, 1.0), radius * min(1 / aspect, 1.0)
     s = _SUPERSAMPLE
     image = Image.new("RGB", (_IMAGE_SIZE * s, _IMAGE_SIZE * s), background)
     draw = ImageDraw.Draw(image)
     box = ((x - half_w) * s, (y - half_h) * s, (x + half_w) * s, (y + half_h) * s)
     if shape == "circle":
-        draw.ellipse(box, fill=VQA_COLOURS[colour])
+        draw.ellipse(box, fill=fill)
     elif shape == "rectangle":
-        draw.rectangle(box, fill=VQA_COLOURS[colour])
-    else:
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
         draw.polygon([((x) * s, (y - radius) * s), ((x + radius) * s, (y + radius) * s),
-                      ((x - radius) * s, (y + radius) * s)], fill=VQA_COLOURS[colour])
+                      ((x - radius) * s, (y + radius) * s)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; accepted: {', '.join(VQA_SHAPES)}")
     image = image.resize((_IMAGE_SIZE, _IMAGE_SIZE), Image.Resampling.BOX)
-    return shape, colour, background, _noisy(np.asarray(image, dtype=np.float64), rng)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def _scene_question(rng: np.random.Generator, shape: str, colour: str) -> tuple[str, str, str]:

@@ -1,0 +1,286 @@
+"""Drawing tasks in the easy-VQA style: a model turn that is an image.
+
+    corpus = DrawingCorpus.build()                  # ~/.cache/gemini-jax/drawings-v1, built on first use
+    corpus.records("draw", "test")                  # 300 held-out text-to-image requests
+    corpus.examples("train")                        # list[Example]: drawing and editing, mixed
+    corpus.images("train")                          # uint8 [N, 64, 64, 3]: every train target image
+
+Two tasks, each an `Example` in the contents format (data/examples.py):
+
+- "draw" (text to image): user "Draw a blue circle." (or one of DRAW_TEMPLATES' other
+  phrasings) -> model: the picture.
+- "edit": user: a picture + "Make the shape red." (a "colour" change) or "Change the circle into a
+  triangle." (a "shape" change) -> model: the same scene with that one change: same position, size,
+  background (and a rectangle's proportions, kept in every scene for that reason).
+
+A scene is one of easy-VQA's three shapes in one of its eight colours on a pale background (easy-VQA's
+are between 230 and 255 in each channel), drawn by robustness.draw_scene, at the image tokenizer's
+64x64; radius 7 to 17 pixels (easy-VQA's shapes cover up to 961 pixels; below 7 an 8x8 grid of codes
+barely holds a shape's outline).
+
+Splits: a request goes to test when a hash of its content says so (held_out.is_test), to validation
+(carved from the rest) when another hash does: for "draw" the prompt's text (shape, colour and
+phrasing), for "edit" the change requested with the source's shape and colour. So a held-out prompt is
+never seen in training, word for word, while every shape, colour and phrasing is (each in other
+combinations): the model is tested on wording and combinations it has not seen, not on concepts it
+could not know. Scenes come from the item's own seed; a train scene equal to a held-out one (parameters
+rounded as stored) is dropped, so no held-out picture is a training picture either.
+
+Built once into <cache root>/drawings-v1[-<hash of the sizes>] (PNGs and records.json, written last),
+in a temporary folder renamed into place: a crash never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gemini_jax.cache_root import cache_root
+from gemini_jax.data.corpora.held_out import READ_SPLITS, is_test, is_validation
+from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES, draw_scene
+from gemini_jax.data.examples import Content, Example, Part
+
+VERSION = 1
+TASK = "image_generation"  # Example.task of every drawing example
+KINDS = ("draw", "edit")
+CHANGES = ("colour", "shape")  # what an edit changes
+SHAPES = VQA_SHAPES
+COLOURS = tuple(VQA_COLOURS)
+IMAGE_SIZE = 64
+RADII = (7, 17)  # inclusive
+RECORDS_FILE = "records.json"
+
+DRAW_TEMPLATES = (
+    "Draw a {colour} {shape}.", "Draw a {shape} that is {colour}.", "Please draw a {colour} {shape}.",
+    "Can you draw a {colour} {shape}?", "Show me a {colour} {shape}.", "Make a picture of a {colour} {shape}.",
+    "Paint a {colour} {shape}.", "Sketch a {colour} {shape}.", "I would like a picture of a {colour} {shape}.",
+    "Draw a {shape} in {colour}.", "Create an image of a {colour} {shape}.", "Picture a {colour} {shape}.",
+)
+COLOUR_TEMPLATES = (
+    "Make the shape {colour}.", "Colour the shape {colour}.", "Change the colour to {colour}.",
+    "Paint the {shape} {colour}.", "Turn the {shape} {colour}.", "Make it {colour}.",
+)
+SHAPE_TEMPLATES = (
+    "Change the {shape} into a {new}.", "Make it a {new}.", "Turn the {shape} into a {new}.",
+    "Replace the {shape} with a {new}.", "Draw a {new} instead of the {shape}.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawingSizes:
+    """Requests of each kind per split (validation is carved from train's side of the hash)."""
+
+    draw_train: int = 4000
+    edit_train: int = 4000
+    draw_validation: int = 200
+    edit_validation: int = 200
+    draw_test: int = 300
+    edit_test: int = 300
+
+    def count(self, kind: str, split: str) -> int:
+        return getattr(self, f"{kind}_{split}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """One picture's parameters; `aspect` (width / height) shapes rectangles only, and is kept by
+    every scene so that an edit into a rectangle has it."""
+
+    shape: str
+    colour: str
+    background: tuple[int, int, int]
+    x: float  # centre, pixels
+    y: float
+    radius: int
+    aspect: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "background", tuple(int(v) for v in self.background))
+        if self.shape not in SHAPES or self.colour not in COLOURS:
+            raise ValueError(f"a scene of shape {self.shape!r} and colour {self.colour!r}; accepted shapes: "
+                             f"{', '.join(SHAPES)}; colours: {', '.join(COLOURS)}")
+
+    def pixels(self) -> np.ndarray:
+        """uint8[64, 64, 3]"""
+        return draw_scene(shape=self.shape, fill=VQA_COLOURS[self.colour], background=self.background, x=self.x,
+                          y=self.y, radius=self.radius, aspect=self.aspect if self.shape == "rectangle" else 1.0)
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawing:
+    """One request: its `example`, and what judging it needs (the target scene, the source scene
+    and the change for an edit)."""
+
+    kind: str  # "draw" | "edit"
+    prompt: str
+    target: Scene
+    source: Scene | None  # edits only
+    change: str | None  # edits only: "colour" | "shape"
+    content_key: str  # what the split hashes
+    image: Path  # the target's PNG
+    source_image: Path | None
+
+    @property
+    def example(self) -> Example:
+        user = (Part(text=self.prompt),) if self.source_image is None else (Part(image=str(self.source_image)),
+                                                                            Part(text=self.prompt))
+        return Example(contents=(Content("user", user), Content("model", (Part(image=str(self.image)),))),
+                       task=TASK, group=self.content_key)
+
+
+class DrawingCorpus:
+    """A built corpus on disk; `DrawingCorpus.build(...)` builds it when needed."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        rows = json.loads((self.root / RECORDS_FILE).read_text())
+        self._records = {split: [_drawing(row, self.root) for row in rows[split]] for split in READ_SPLITS}
+
+    @classmethod
+    def build(cls, cache_dir: str | os.PathLike | None = None, *, sizes: DrawingSizes = DrawingSizes()) -> DrawingCorpus:
+        """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax), drawn
+        first if it is missing. Default sizes live in `drawings-v1`, others beside it."""
+        root = cache_root(cache_dir) / _subdir(sizes)
+        if not (root / RECORDS_FILE).is_file():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
+            try:
+                _build_into(partial, sizes)
+                if not (root / RECORDS_FILE).is_file():  # else another process finished first
+                    shutil.rmtree(root, ignore_errors=True)
+                    os.replace(partial, root)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+        return cls(root)
+
+    def records(self, kind: str, split: str) -> list[Drawing]:
+        """The requests of `kind` ("draw" or "edit") in `split` (train, validation or test)."""
+        if kind not in KINDS or split not in READ_SPLITS:
+            raise ValueError(f"drawings have kinds {KINDS} and splits {READ_SPLITS}, not {kind!r}, {split!r}")
+        return [d for d in self._records[split] if d.kind == kind]
+
+    def examples(self, split: str) -> list[Example]:
+        """Every request of `split`, both kinds, in the corpus's (mixed) order."""
+        if split not in READ_SPLITS:
+            raise ValueError(f"drawings have splits {READ_SPLITS}, not {split!r}")
+        return [d.example for d in self._records[split]]
+
+    def images(self, split: str) -> np.ndarray:
+        """uint8 [N, 64, 64, 3]: the target image of every request of `split`, in order."""
+        return np.stack([load_png(d.image) for d in self._records[split]])
+
+
+def load_png(path: str | os.PathLike) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _subdir(sizes: DrawingSizes) -> str:
+    if sizes == DrawingSizes():
+        return f"drawings-v{VERSION}"
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(sizes), sort_keys=True).encode()).hexdigest()
+    return f"drawings-v{VERSION}-{digest[:8]}"
+
+
+def _split(content_key: str) -> str:
+    if is_test(content_key):
+        return "test"
+    return "validation" if is_validation(content_key) else "train"
+
+
+def sample_scene(rng: np.random.Generator, *, shape: str, colour: str) -> Scene:
+    radius = int(rng.integers(RADII[0], RADII[1] + 1))
+    aspect = round(float(rng.uniform(0.6, 1.6)), 2)
+    background = tuple(int(v) for v in rng.integers(230, 256, size=3))
+    x, y = (round(float(rng.uniform(radius, IMAGE_SIZE - radius)) * 4) / 4 for _ in range(2))  # quarter pixels
+    return Scene(shape, colour, background, x, y, radius, aspect)
+
+
+def sample_request(rng: np.random.Generator, kind: str) -> dict[str, Any]:
+    """One request's content and scenes: {prompt, target, source, change, content_key}."""
+    def pick(options):
+        return options[int(rng.integers(len(options)))]
+
+    shape, colour = pick(SHAPES), pick(COLOURS)
+    if kind == "draw":
+        prompt = pick(DRAW_TEMPLATES).format(shape=shape, colour=colour)
+        return {"prompt": prompt, "target": sample_scene(rng, shape=shape, colour=colour), "source": None,
+                "change": None, "content_key": f"draw|{prompt}"}
+    source = sample_scene(rng, shape=shape, colour=colour)
+    change = pick(CHANGES)
+    if change == "colour":
+        new = pick([c for c in COLOURS if c != colour])
+        prompt = pick(COLOUR_TEMPLATES).format(shape=shape, colour=new)
+        target = dataclasses.replace(source, colour=new)
+    else:
+        new = pick([s for s in SHAPES if s != shape])
+        prompt = pick(SHAPE_TEMPLATES).format(shape=shape, new=new)
+        target = dataclasses.replace(source, shape=new)
+    return {"prompt": prompt, "target": target, "source": source, "change": change,
+            "content_key": f"edit|{shape}|{colour}|{prompt}"}
+
+
+def plan(sizes: DrawingSizes) -> dict[str, list[dict[str, Any]]]:
+    """{split: [request, ...]}: request i drawn from seed (VERSION, kind, i) and sent to its content's
+    split until every split of every kind is full; train scenes equal to a held-out one dropped."""
+    planned: dict[str, list[dict[str, Any]]] = {split: [] for split in READ_SPLITS}
+    for k, kind in enumerate(KINDS):
+        wanted = {split: sizes.count(kind, split) for split in READ_SPLITS}
+        got = {split: [] for split in READ_SPLITS}
+        i = 0
+        while any(len(got[s]) < wanted[s] for s in READ_SPLITS):
+            if i > 100 * sum(wanted.values()) + 10_000:
+                raise RuntimeError(f"drawings: cannot fill the {kind} splits {wanted} (got "
+                                   f"{ {s: len(v) for s, v in got.items()} })")
+            request = {"kind": kind, **sample_request(np.random.default_rng([VERSION, k, i]), kind)}
+            split = _split(request["content_key"])
+            if len(got[split]) < wanted[split]:
+                got[split].append(request)
+            i += 1
+        held_out = {r["target"].key() for s in ("validation", "test") for r in got[s]}
+        held_out |= {r["source"].key() for s in ("validation", "test") for r in got[s] if r["source"] is not None}
+        got["train"] = [r for r in got["train"]
+                        if r["target"].key() not in held_out and (r["source"] is None or r["source"].key() not in held_out)]
+        for split in READ_SPLITS:
+            planned[split] += got[split]
+    for split in READ_SPLITS:  # kinds interleaved, in a fixed order
+        order = np.random.default_rng([VERSION, 99]).permutation(len(planned[split]))
+        planned[split] = [planned[split][j] for j in order]
+    return planned
+
+
+def _build_into(out: Path, sizes: DrawingSizes) -> None:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for split, requests in plan(sizes).items():
+        (out / split).mkdir()
+        rows[split] = []
+        for i, request in enumerate(requests):
+            row = {"kind": request["kind"], "prompt": request["prompt"], "change": request["change"],
+                   "content_key": request["content_key"], "target": dataclasses.asdict(request["target"]),
+                   "image": f"{split}/{i:05d}.png", "source": None, "source_image": None}
+            Image.fromarray(request["target"].pixels()).save(out / row["image"])
+            if request["source"] is not None:
+                row["source"] = dataclasses.asdict(request["source"])
+                row["source_image"] = f"{split}/{i:05d}-source.png"
+                Image.fromarray(request["source"].pixels()).save(out / row["source_image"])
+            rows[split].append(row)
+    (out / RECORDS_FILE).write_text(json.dumps(rows))  # last: its presence marks the build complete
+
+
+def _drawing(row: dict[str, Any], root: Path) -> Drawing:
+    return Drawing(kind=row["kind"], prompt=row["prompt"], target=Scene(**row["target"]),
+                   source=None if row["source"] is None else Scene(**row["source"]), change=row["change"],
+                   content_key=row["content_key"], image=root / row["image"],
+                   source_image=None if row["source_image"] is None else root / row["source_image"])

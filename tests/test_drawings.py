@@ -1,0 +1,74 @@
+"""The drawing corpus: deterministic, its splits disjoint by content and by scene, its edits
+changing exactly the one thing they ask for."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gemini_jax.data.corpora import drawings
+from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes, Scene, load_png
+
+SIZES = DrawingSizes(draw_train=60, edit_train=60, draw_validation=10, edit_validation=10, draw_test=20, edit_test=20)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return DrawingCorpus.build(tmp_path_factory.mktemp("cache"), sizes=SIZES)
+
+
+def test_every_split_has_its_sizes(corpus):
+    for kind in drawings.KINDS:
+        assert len(corpus.records(kind, "validation")) == SIZES.count(kind, "validation")
+        assert len(corpus.records(kind, "test")) == SIZES.count(kind, "test")
+        # Train loses only scenes equal to a held-out one (none at these sizes, at most a few ever).
+        assert 0.9 * SIZES.count(kind, "train") <= len(corpus.records(kind, "train")) <= SIZES.count(kind, "train")
+
+
+def test_splits_are_disjoint_by_content_and_by_scene(corpus):
+    splits = ("train", "validation", "test")
+    content = {s: {d.content_key for k in drawings.KINDS for d in corpus.records(k, s)} for s in splits}
+    prompts = {s: {d.prompt for d in corpus.records("draw", s)} for s in splits}
+    scenes = {s: {sc.key() for k in drawings.KINDS for d in corpus.records(k, s) for sc in (d.target, d.source) if sc}
+              for s in splits}
+    for a, b in (("train", "test"), ("train", "validation"), ("validation", "test")):
+        assert not content[a] & content[b] and not prompts[a] & prompts[b] and not scenes[a] & scenes[b]
+    # The split is the hash's, not the order's: a held-out key is held out wherever it is drawn.
+    assert all(drawings._split(key) == "test" for key in content["test"])
+
+
+def test_the_build_is_deterministic(corpus, tmp_path):
+    again = DrawingCorpus.build(tmp_path, sizes=SIZES)
+    for split in ("train", "test"):
+        first, second = corpus.records("edit", split)[:5], again.records("edit", split)[:5]
+        assert [(d.prompt, d.target, d.source) for d in first] == [(d.prompt, d.target, d.source) for d in second]
+        np.testing.assert_array_equal(corpus.images(split), again.images(split))
+
+
+def test_edits_change_only_what_they_ask_for(corpus):
+    for d in corpus.records("edit", "train") + corpus.records("edit", "test"):
+        changed = {f.name for f in dataclasses.fields(Scene) if getattr(d.source, f.name) != getattr(d.target, f.name)}
+        assert changed == {d.change}
+        assert getattr(d.target, d.change) in d.prompt
+        source, target = load_png(d.source_image), load_png(d.image)
+        assert (source[0, 0] == target[0, 0]).all()  # the same background
+    for d in corpus.records("draw", "test"):
+        assert d.target.shape in d.prompt and d.target.colour in d.prompt and d.source is None
+
+
+def test_examples_are_in_the_contents_format(corpus):
+    draw, edit = corpus.records("draw", "test")[0], corpus.records("edit", "test")[0]
+    user, model = draw.example.contents
+    assert [p.kind for p in user.parts] == ["text"] and [p.kind for p in model.parts] == ["image"]
+    user, model = edit.example.contents
+    assert [p.kind for p in user.parts] == ["image", "text"] and model.parts[0].image == str(edit.image)
+    assert edit.example.task == drawings.TASK and edit.example.group == edit.content_key
+    assert load_png(edit.image).shape == (64, 64, 3)
+
+
+def test_a_scene_draws_its_own_colour_and_refuses_unknown_names():
+    scene = Scene("circle", "teal", (240, 240, 240), 32.0, 32.0, 10, 1.0)
+    pixels = scene.pixels()
+    assert tuple(pixels[32, 32]) == drawings.VQA_COLOURS["teal"] and tuple(pixels[2, 2]) == (240, 240, 240)
+    with pytest.raises(ValueError, match="accepted shapes: circle, rectangle, triangle"):
+        Scene("square", "teal", (240, 240, 240), 32.0, 32.0, 10, 1.0)
