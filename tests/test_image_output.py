@@ -144,3 +144,86 @@ def test_bad_image_output_setups_get_clear_errors(run_dir, tmp_path, capsys):
                          other / IMAGE_TOKENIZER_DIR)
     with pytest.raises(CheckpointError, match="has 15 codes, 16 an image, but the run reserves 9 codes"):
         ImageWriter.for_run(api.load(other))
+
+
+# --- training data: an image in a model turn is written as its codes ------------------------------
+
+
+def drawing(colour=(200, 30, 30)) -> np.ndarray:
+    image = np.full((16, 16, 3), 235, np.uint8)
+    image[4:12, 5:11] = colour
+    return image
+
+
+def drawing_example(image):
+    from gemini_jax.data.examples import Content, Example, Part
+
+    return Example(contents=(Content("user", (Part(text="Draw a red rectangle."),)),
+                             Content("model", (Part(text="Here: "), Part(image=image)))))
+
+
+def test_a_model_turn_image_is_written_as_targets_and_round_trips(run_dir, tmp_path):
+    from gemini_jax.data.encode import encode_example
+    from gemini_jax.data.image_codes import ImageCoder
+    from gemini_jax.data.media_cache import MediaCache
+
+    run = api.load(run_dir)
+    coder = ImageCoder.load(run_dir / IMAGE_TOKENIZER_DIR)
+    path = tmp_path / "red.png"
+    Image.fromarray(drawing()).save(path)
+    row = encode_example(drawing_example(str(path)), tokenizer=run.tokenizer, config=run.config, image_codes=coder)
+    spans = ImageWriter.for_run(run).spans
+    targets, mask = row["targets"].tolist(), row["loss_mask"]
+    start = targets.index(spans.start_id)
+    written = targets[start: start + TOKENIZER.codes_per_image + 2]
+    # <start_of_image>, 16 codes from the run's first code, <end_of_image>, then <end_of_turn>: all targets.
+    codes = np.asarray(coder(str(path)))
+    assert written == [spans.start_id, *(codes + run.config.first_image_code).tolist(), spans.end_id]
+    assert mask[start: start + TOKENIZER.codes_per_image + 3].all()
+    assert targets[start + TOKENIZER.codes_per_image + 2] == run.tokenizer.end_of_turn_id
+    assert "image_patches" not in row  # written, not read: the vision encoder never sees it
+    # The codes in the row decode to what the image tokenizer makes of the picture.
+    [text, pixels] = ImageWriter.for_run(run).parts(targets[start - 3: start + TOKENIZER.codes_per_image + 2])
+    again = np.asarray(coder.image_tokenizer.decode(codes.reshape(1, 4, 4)))[0]
+    np.testing.assert_array_equal(pixels, np.clip(np.round(again * 255), 0, 255).astype(np.uint8))
+    # The same file twice: its codes are computed once (the media cache keeps them).
+    calls = []
+
+    class Counting:
+        key = coder.key
+
+        def __call__(self, source):
+            calls.append(source)
+            return coder(source)
+
+    cache = MediaCache(max_bytes=1 << 20)
+    for _ in range(2):
+        encode_example(drawing_example(str(path)), tokenizer=run.tokenizer, config=run.config, image_codes=Counting(),
+                       media_cache=cache)
+    assert calls == [str(path)]
+
+
+def test_model_turn_images_without_image_output_are_refused(run_dir):
+    from gemini_jax.data.encode import encode_example
+
+    run = api.load(run_dir)
+    with pytest.raises(EncodeError, match="needs the run's image tokenizer"):
+        encode_example(drawing_example(drawing()), tokenizer=run.tokenizer, config=run.config)
+    text_only = dataclasses.replace(run.config, image_output=None)
+    with pytest.raises(EncodeError, match="a model turn holds an image, but this model writes text only"):
+        encode_example(drawing_example(drawing()), tokenizer=run.tokenizer, config=text_only)
+
+
+def test_wrong_code_counts_from_the_coder_are_refused(run_dir):
+    from gemini_jax.data.encode import encode_example
+
+    run = api.load(run_dir)
+
+    class Short:
+        key = "short"
+
+        def __call__(self, source):
+            return np.zeros(3, np.int32)
+
+    with pytest.raises(EncodeError, match="gave 3 codes.*takes 16"):
+        encode_example(drawing_example(drawing()), tokenizer=run.tokenizer, config=run.config, image_codes=Short())

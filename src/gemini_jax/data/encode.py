@@ -20,7 +20,10 @@ position i predicts token i + 1. Loss (train_on="model"): the parts of model tur
 their <end_of_turn>, the stop token the sampler waits for; train_on="last": the same for
 the last model turn only; train_on="all": every text
 target, template included. Media placeholders and markers are never targets: the model
-reads media, it does not write it. Raw-text examples are <bos> text <eos>, all counted.
+reads media, it does not write it. The exception is an image in a model turn of a run that
+writes images (config.image_output): `<start_of_image>`, its image tokenizer's codes,
+`<end_of_image>`, targets as the turn's text is. Raw-text examples are <bos> text <eos>, all
+counted.
 
 Models with `config.prompt_format="prefix"` (imported PaliGemma) are rendered in
 PaliGemma's layout instead; see `_render_prefix`.
@@ -32,7 +35,7 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,6 +56,15 @@ from gemini_jax.data.tokenizer import (
 
 class EncodeError(ValueError):
     """An example that cannot be encoded for this model (too long, media without an encoder)."""
+
+
+class ImageCodes(Protocol):
+    """The codes of an image a model writes (data/image_codes.py's ImageCoder)."""
+
+    key: str  # names the image tokenizer: codes cached for another one are never reused
+
+    def __call__(self, source: Any) -> np.ndarray:  # int [codes_per_image], raster order
+        ...
 
 
 @dataclasses.dataclass
@@ -100,11 +112,13 @@ def check_compatible(tokenizer: Tokenizer, config: ModelConfig) -> None:
 
 
 class _Encoder:
-    def __init__(self, *, tokenizer: Tokenizer, config: ModelConfig, cache: MediaCache | None, where: str):
+    def __init__(self, *, tokenizer: Tokenizer, config: ModelConfig, cache: MediaCache | None, where: str,
+                 image_codes: ImageCodes | None = None):
         self.tok = tokenizer
         self.config = config
         self.cache = cache
         self.where = where
+        self.image_codes = image_codes
         self.out = _Rendering()
         self.turn_span = 0  # nonzero: every token goes into this span (a bidirectional turn)
 
@@ -129,12 +143,15 @@ class _Encoder:
             return self.cache.get((hashlib.blake2b(source, digest_size=16).digest(), *key), make)
         return make()
 
-    def part(self, part: Part, *, counts: bool) -> None:
+    def part(self, part: Part, *, counts: bool, written: bool = False) -> None:
+        """One part of a turn; `written`: the model's own turn, where an image is one it wrote."""
         try:
             if part.kind == "text":
                 if not isinstance(part.text, str):
                     raise ExampleError(f"a text part holds {type(part.text).__name__}, not str")
                 self.text(part.text, counts=counts)
+            elif part.kind == "image" and written:
+                self.written_image(part.image, counts=counts)
             elif part.kind == "image":
                 self.image(part.image)
             elif part.kind == "video":
@@ -162,6 +179,28 @@ class _Encoder:
         self.placeholders(self.config.image_token_id, vision.num_soft_tokens(len(patches.patches)))
         if not prefix:
             self.special(END_OF_IMAGE, counts=False)
+
+    def written_image(self, source: Any, *, counts: bool) -> None:
+        """An image in a model turn, as the model writes one: <start_of_image>, the codes of the
+        run's image tokenizer (ids from config.first_image_code), <end_of_image>; all targets
+        when the turn is."""
+        output = self.config.image_output
+        if output is None:
+            raise EncodeError(f"{self.where}: a model turn holds an image, but this model writes text only (its "
+                              "config has no image_output and no image tokenizer): move the image to a user turn, "
+                              "or train a run that writes images")
+        if self.image_codes is None:
+            raise EncodeError(f"{self.where}: a model turn holds an image; encoding it needs the run's image "
+                              "tokenizer (image_codes=...), which was not given")
+        codes = np.asarray(self._cached(source, ("image_codes", self.image_codes.key),
+                                        lambda: self.image_codes(source))).reshape(-1)
+        if codes.shape[0] != output.codes_per_image or codes.min() < 0 or codes.max() >= output.codebook_size:
+            raise EncodeError(f"{self.where}: the image tokenizer gave {codes.shape[0]} codes in [{codes.min()}, "
+                              f"{codes.max()}]; this model takes {output.codes_per_image} in [0, "
+                              f"{output.codebook_size - 1}]")
+        self.special(START_OF_IMAGE, counts=counts)
+        self.ids((codes + self.config.first_image_code).tolist(), counts=counts)
+        self.special(END_OF_IMAGE, counts=counts)
 
     def video(self, source: Any) -> None:
         vision = self._vision("a video")
@@ -260,7 +299,7 @@ def _render(example: Example, enc: _Encoder, *, for_generation: bool) -> None:
         enc.ids([tok.start_of_turn_id], counts=template)
         enc.text(f"{turn.role}\n", counts=template)
         for part in turn.parts:
-            enc.part(part, counts=in_loss)
+            enc.part(part, counts=in_loss, written=turn.role == "model")
         enc.ids([tok.end_of_turn_id], counts=in_loss)
         enc.text("\n", counts=template)
         enc.turn_span = 0
@@ -299,6 +338,7 @@ def encode_example(
     max_len: int | None = None,
     for_generation: bool = False,
     media_cache: MediaCache | None = None,
+    image_codes: ImageCodes | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays of one row (batch.py's keys, no batch axis, length T = the rendering's).
 
@@ -307,13 +347,14 @@ def encode_example(
     padded to `vision.max_patches` patches, frames to `frame_max_patches`, clips to the
     longest clip). `for_generation=True` renders the whole conversation, then opens a
     model turn, and returns no targets/loss_mask. More than `max_len` (default
-    `config.max_seq_len`) tokens is an EncodeError.
+    `config.max_seq_len`) tokens is an EncodeError. An image in a model turn is written as
+    its codes (a run with config.image_output), which `image_codes` gives.
     """
     if not isinstance(example, Example):
         raise ExampleError(f"encode_example expects an examples.Example, got {type(example).__name__}")
     check_compatible(tokenizer, config)
     where = f"example of task {example.task!r}" if example.task else "example"
-    enc = _Encoder(tokenizer=tokenizer, config=config, cache=media_cache, where=where)
+    enc = _Encoder(tokenizer=tokenizer, config=config, cache=media_cache, where=where, image_codes=image_codes)
     _render(example, enc, for_generation=for_generation)
     r = enc.out
     ids = np.asarray(r.ids, np.int32)

@@ -21,7 +21,7 @@ import numpy as np
 
 from gemini_jax.config import ModelConfig
 from gemini_jax.data import media
-from gemini_jax.data.encode import EncodeError, check_compatible, encode_example
+from gemini_jax.data.encode import EncodeError, ImageCodes, check_compatible, encode_example
 from gemini_jax.data.examples import Example, ExampleError
 from gemini_jax.data.media_cache import MediaCache
 from gemini_jax.data.tokenizer import Tokenizer
@@ -117,6 +117,7 @@ def encoded_source(
     media_cache_bytes: int = 512 << 20,
     transform: Callable[[Row, np.random.Generator], Row] | None = None,
     seed: int = 0,
+    image_codes: ImageCodes | None = None,
 ) -> EncodedSource:
     """A MapDataset of `encode_example` rows, encoded lazily.
 
@@ -125,7 +126,8 @@ def encoded_source(
     shown for many epochs (rows hold float32 patches: about 4 bytes x pixels each).
     `.errors` reports the bad records met so far. `transform(row, rng)` changes each row as it
     is encoded, with a generator seeded by `seed` and the record's index: once per record, the
-    same on every read (an augmentation paid for once, kept with a cached row).
+    same on every read (an augmentation paid for once, kept with a cached row). `image_codes`
+    writes the images of model turns as codes, for a run that writes images (data/image_codes.py).
     """
     check_compatible(tokenizer, config)
     cache = MediaCache(max_bytes=media_cache_bytes) if media_cache_bytes > 0 else None
@@ -135,7 +137,8 @@ def encoded_source(
             raise EncodeError(f"a conversation ends on a {example.contents[-1].role} turn: training scores the "
                               "model's turns, so it must end on the model's reply (a prompt with no reply belongs "
                               "in an evaluation set)")
-        return encode_example(example, tokenizer=tokenizer, config=config, max_len=max_len, media_cache=cache)
+        return encode_example(example, tokenizer=tokenizer, config=config, max_len=max_len, media_cache=cache,
+                              image_codes=image_codes)
 
     return EncodedSource(examples, encode=encode, error_budget=error_budget, cache_rows=cache_rows,
                          transform=transform, seed=seed)
