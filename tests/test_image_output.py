@@ -21,7 +21,8 @@ from gemini_jax.config import PRESETS, ConfigError, ImageOutputConfig, config_fr
 from gemini_jax.data.encode import EncodeError, check_compatible
 from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.model.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, save_image_tokenizer
-from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, ImageWriter, split_reply
+from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, ImageWriter
+from gemini_jax.sample.image_spans import split_reply
 from gemini_jax.sample.image_spans import ImageSpans
 
 TOKENIZER = ImageTokenizerConfig(image_size=16, factor=4, levels=(3, 3), widths=(8, 8))  # 9 codes, 16 an image
@@ -227,3 +228,72 @@ def test_wrong_code_counts_from_the_coder_are_refused(run_dir):
 
     with pytest.raises(EncodeError, match="gave 3 codes.*takes 16"):
         encode_example(drawing_example(drawing()), tokenizer=run.tokenizer, config=run.config, image_codes=Short())
+
+
+# --- serving: the engine keeps spans whole; the server sends images as PNG data URLs -------------
+
+
+def test_the_engine_writes_the_samplers_images(run_dir, drawn):
+    from gemini_jax.sample.engine import Engine
+    from gemini_jax.sample.token_choice import SamplingParams
+
+    run = api.load(run_dir)
+    seed, ids = drawn
+    engine = Engine(run.model, run.tokenizer, slots=2, max_len=128)
+    events = []
+    request = engine.submit(api.user_turn("Draw a red circle."), SamplingParams(seed=seed, **OPTIONS),
+                            on_event=events.append)
+    other = engine.submit(api.user_turn("Here it is."), SamplingParams(seed=seed + 1, **OPTIONS))
+    engine.run_until_idle()
+    assert request.result().token_ids == [t for t in ids if t not in engine.stop_ids]
+    assert other.result() is not None
+    spans = engine.image_spans
+    # Events: each image's codes after the text before it; the text leaves markers and codes out.
+    images = [e.image for e in events if e.image is not None]
+    expected = [p for p in split_reply(request.result().token_ids, spans) if isinstance(p, np.ndarray)]
+    assert images and all(np.array_equal(a, b) for a, b in zip(images, expected, strict=True))
+    text = "".join(e.delta for e in events)
+    assert text == request.result().text and "<start_of_image>" not in text
+
+
+def png_of_url(url: str) -> bytes:
+    import base64
+
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix)
+    return base64.b64decode(url[len(prefix):])
+
+
+def test_the_server_sends_the_same_png_bytes_as_save_images(run_dir, drawn, tmp_path, capsys):
+    from starlette.testclient import TestClient
+
+    from gemini_jax.sample.engine import Engine
+    from gemini_jax.sample.server import ChatServer, ServerConfig
+
+    run = api.load(run_dir)
+    seed, _ = drawn
+    engine = Engine(run.model, run.tokenizer, slots=2, max_len=128)
+    server = ChatServer(engine, ServerConfig(), images=ImageWriter.for_run(run))
+    ask = {"messages": [{"role": "user", "content": "Draw a red circle."}], "seed": seed,
+           "temperature": OPTIONS["temperature"], "max_tokens": OPTIONS["max_new_tokens"]}
+    out = tmp_path / "saved"
+    assert main(["generate", "--checkpoint", str(run_dir), "--save-images", str(out), "--seed", str(seed),
+                 "--max-new-tokens", str(OPTIONS["max_new_tokens"]), "--temperature", str(OPTIONS["temperature"]),
+                 "Draw a red circle."]) == 0
+    capsys.readouterr()
+    saved = [p.read_bytes() for p in sorted(out.glob("reply-*.png"))]
+    with TestClient(server.app) as http:
+        content = http.post("/v1/chat/completions", json=ask).json()["choices"][0]["message"]["content"]
+        streamed = http.post("/v1/chat/completions", json={**ask, "stream": True}).text
+    assert isinstance(content, list)
+    sent = [png_of_url(p["image_url"]["url"]) for p in content if p["type"] == "image_url"]
+    assert sent == saved
+    chunks = [json.loads(line[6:]) for line in streamed.split("\n") if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks]
+    streamed_images = [png_of_url(p["image_url"]["url"]) for d in deltas if isinstance(d, list) for p in d]
+    assert streamed_images == saved
+    # The stream's text equals the reply's text parts, in the same order around the images.
+    stream_order = [("image" if isinstance(d, list) else d) for d in deltas if d]
+    body_order = ["image" if p["type"] == "image_url" else p["text"] for p in content]
+    joined = lambda order: [x for x in "".join(x if x != "image" else "\0" for x in order).split("\0")]  # noqa: E731
+    assert joined(stream_order) == joined(body_order)

@@ -14,6 +14,10 @@ template does, system text opens the next user turn. Images come only as data: U
 server fetches nothing. Media are decoded here, so a bad upload is refused with the field
 that holds it before it costs any model time; their preprocessing is the data pipeline's own.
 
+A run that writes images (config.image_output) answers with content parts instead of a string
+where its reply holds images: text parts and image parts whose URL is a base64 PNG data URL;
+in a stream, a chunk's delta carries each finished image as {"content": [image part]}.
+
 Nothing in a body is trusted: it must be UTF-8 JSON nested at most `RequestLimits.max_depth`
 deep whose every string is valid Unicode; numbers are finite and in range; media are sized from
 their headers before decoding. Every refusal is an APIError whose body follows OpenAI's:
@@ -335,9 +339,10 @@ def parse_chat_request(raw: bytes, *, limits: RequestLimits = RequestLimits(),
     )
 
 
-def completion_body(*, request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int, safety: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`safety`: why the reply was blocked (finish_reason "content_filter"), else None and absent."""
+def completion_body(*, request_id: str, model: str, text: str | list[dict[str, Any]], finish_reason: str,
+                    prompt_tokens: int, completion_tokens: int, safety: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`text`: the reply, or its content parts where it holds images (`content_parts`). `safety`:
+    why the reply was blocked (finish_reason "content_filter"), else None and absent."""
     body = {
         "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -348,7 +353,16 @@ def completion_body(*, request_id: str, model: str, text: str, finish_reason: st
     return body if safety is None else {**body, "safety": safety}
 
 
-def chunk_body(*, request_id: str, model: str, delta: dict[str, str], finish_reason: str | None,
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def image_part(url: str) -> dict[str, Any]:
+    """An image the model wrote, as the request format's image part: a PNG data URL."""
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def chunk_body(*, request_id: str, model: str, delta: dict[str, Any], finish_reason: str | None,
                safety: dict[str, Any] | None = None) -> dict[str, Any]:
     body = {
         "id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,

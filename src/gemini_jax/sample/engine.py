@@ -20,6 +20,11 @@ with the request's own step (0 for the first answer token), so an answer depends
 request alone, never on its slot or its companions. `Sampler` runs the same compiled programs
 (programs.py), so it gives the same answers.
 
+A model that writes images (config.image_output) has one more per-slot input, its image-span
+state (image_spans.py), kept here from the tokens each slot samples; a request's text then
+leaves out each image's markers and codes, and each finished image reaches the listener as an
+Event holding its codes, in order with the text around it.
+
 Prompts are prefilled one at a time on purpose: a batched prefill runs faster once compiled,
 but every mix of batch size, length and media is another compiled shape, and compiling those
 under load costs more than it saves (docs/serving.md has the measurements).
@@ -46,6 +51,7 @@ from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache, LayerKV
 from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, length_bucket
+from gemini_jax.sample.image_spans import image_spans_for, split_reply
 from gemini_jax.sample.programs import DecodePrograms
 from gemini_jax.sample.sampler import stop_token_ids
 from gemini_jax.sample.token_choice import SamplingParams, params_arrays
@@ -66,12 +72,15 @@ class Event:
 
     finish_reason: None while running; "stop" (a stop token or stop string), "length"
     (max_new_tokens reached), "cancelled", or "error" (then `error` says what happened).
+    image: the codes (0-based, int32[codes_per_image]) of an image the model just finished, which
+    comes after `delta`'s text.
     """
 
     request_id: int
     delta: str
     finish_reason: str | None = None
     error: str | None = None
+    image: np.ndarray | None = None
 
     @property
     def finished(self) -> bool:
@@ -165,7 +174,8 @@ class Engine:
         self.max_queue = max_queue
         self.media_cache = media_cache
         self.stop_ids = frozenset(stop_token_ids(config, tokenizer))
-        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size)
+        self.image_spans = image_spans_for(config, tokenizer)
+        self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=self.image_spans)
         self.cache = self.programs.init_cache(batch_size=slots, max_len=max_len)
         # Per-slot inputs of the decode step, kept on the host: they change by a few entries a
         # step, and the sampled tokens come back to the host every step anyway (to be streamed).
@@ -173,6 +183,7 @@ class Engine:
         self._steps = np.zeros(slots, np.int32)  # the request's own step: the key it samples with
         self._active = np.zeros(slots, bool)
         self._seeds = np.zeros(slots, np.uint32)
+        self._spans = np.full(slots, -1, np.int32) if self.image_spans else None  # image-span state
         self._sampling = params_arrays([SamplingParams()] * slots)
         self._live: list[Request | None] = [None] * slots
         self._waiting: collections.deque[Request] = collections.deque()
@@ -240,7 +251,7 @@ class Engine:
         if self._active.any():
             try:
                 tokens, self.cache = self.programs.decode(self.cache, self._tokens, self._steps, self._active,
-                                                          self._sampling, self._seeds)
+                                                          self._sampling, self._seeds, self._spans)
                 tokens = np.asarray(tokens)
             except Exception as e:  # a failed step fails its requests, not the server
                 log.exception("decode step failed")
@@ -285,7 +296,12 @@ class Engine:
         bucket = length_bucket(request.prompt_tokens, limit=self.max_len)
         batch = collate([request.row], seq_len=bucket, config=self.config, mel_frames_multiple=MEL_FRAMES_BUCKET)
         seeds = np.array([request.params.seed], np.uint32)
-        token, row_cache = self.programs.prefill(batch, params_arrays([request.params]), seeds, cache_len=bucket)
+        spans = None
+        if self.image_spans is not None:
+            spans = self.image_spans.initial(1, room=request.params.max_new_tokens)
+            self._spans[slot] = spans[0]
+        token, row_cache = self.programs.prefill(batch, params_arrays([request.params]), seeds, cache_len=bucket,
+                                                 spans=spans)
         self.cache = self._insert(self.cache, row_cache, jnp.int32(slot))
         return int(np.asarray(token)[0])
 
@@ -298,7 +314,16 @@ class Engine:
             self._finish(slot, "stop")
             return
         request.token_ids.append(token)
-        delta, stopped = request.stream.update(self.tokenizer.decode(request.token_ids))
+        image = None
+        if self.image_spans is not None:
+            room = request.params.max_new_tokens - len(request.token_ids)
+            self._spans[slot] = self.image_spans.advance(self._spans[slot:slot + 1], np.array([token]), room=room)[0]
+            if token == self.image_spans.end_id:
+                image = split_reply(request.token_ids, self.image_spans)[-1]
+        delta, stopped = request.stream.update(self._text(request.token_ids))
+        if image is not None:  # the text before it goes with it, even where that is empty
+            self._emit(request, Event(request.id, delta, image=image))
+            delta = ""
         if stopped:
             self._finish(slot, "stop", delta=delta)
         elif len(request.token_ids) >= request.params.max_new_tokens:
@@ -309,6 +334,13 @@ class Engine:
             if delta:
                 self._emit(request, Event(request.id, delta))
 
+    def _text(self, ids: list[int]) -> str:
+        """A reply's text; a model that writes images leaves their markers and codes out."""
+        if self.image_spans is None:
+            return self.tokenizer.decode(ids)
+        return "".join(self.tokenizer.decode(p) for p in split_reply(ids, self.image_spans)
+                       if isinstance(p, list))
+
     def _finish(self, slot: int, reason: str, *, delta: str = "", error: str | None = None) -> None:
         request = self._live[slot]
         assert request is not None
@@ -318,7 +350,7 @@ class Engine:
 
     def _settle(self, request: Request, reason: str, *, delta: str = "", error: str | None = None) -> None:
         if reason != "error":
-            tail, _ = request.stream.update(self.tokenizer.decode(request.token_ids), final=True)
+            tail, _ = request.stream.update(self._text(request.token_ids), final=True)
             delta += tail
             request.completion = Completion(text=request.stream.text, token_ids=list(request.token_ids),
                                             finish_reason=reason, prompt_tokens=request.prompt_tokens)
@@ -349,7 +381,7 @@ class Engine:
         self._prefill_into(0, Request(-1, self.encode(prompt), SamplingParams(max_new_tokens=1), (), None))
         # Every slot is idle: the step leaves their cache indices and validity as they were.
         tokens, self.cache = self.programs.decode(self.cache, self._tokens, self._steps, self._active,
-                                                  self._sampling, self._seeds)
+                                                  self._sampling, self._seeds, self._spans)
         jax.block_until_ready(tokens)
 
     def run_until_idle(self) -> None:

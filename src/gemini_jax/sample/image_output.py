@@ -11,6 +11,8 @@ tokenizer's decoder turns into pixels:
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,30 +23,11 @@ import numpy as np
 from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.tokenizer import Tokenizer
-from gemini_jax.sample.image_spans import ImageSpans, image_spans_for
+from gemini_jax.sample.image_spans import ImageSpans, image_spans_for, split_reply
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
 
 Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
-
-
-def split_reply(ids: Sequence[int], spans: ImageSpans) -> list[list[int] | np.ndarray]:
-    """A reply's ids as runs of text ids (lists) and images (int32 arrays of their codes, 0-based).
-    A span left open (a reply cut short: the sampler never leaves one open) is dropped."""
-    pieces: list[list[int] | np.ndarray] = [[]]
-    codes: list[int] | None = None
-    for token in ids:
-        if codes is None:
-            if token == spans.start_id:
-                codes = []
-            else:
-                pieces[-1].append(int(token))
-        elif token == spans.end_id:
-            pieces += [np.asarray(codes, np.int32), []]
-            codes = None
-        else:
-            codes.append(int(token) - spans.first_code)
-    return [p for p in pieces if not isinstance(p, list) or p]
 
 
 class ImageWriter:
@@ -86,8 +69,6 @@ class ImageWriter:
     def save(parts: Sequence[Part], out_dir: str | os.PathLike, *, stem: str) -> str:
         """Writes each image of `parts` as OUT_DIR/STEM-N.png (N from 1) and returns the text
         with each image's path in its place."""
-        from PIL import Image
-
         out = Path(out_dir)
         text, count = [], 0
         for part in parts:
@@ -96,9 +77,22 @@ class ImageWriter:
                 continue
             count += 1
             path = out / f"{stem}-{count}.png"
-            Image.fromarray(part).save(path)
+            path.write_bytes(png_bytes(part))
             text.append(str(path))
         return "".join(text)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An image as PNG bytes: what --save-images writes and the server sends, byte for byte."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode("ascii")
 
 
 def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) -> Any:

@@ -22,7 +22,7 @@ sampling settings; `advance` moves the host's state on by the tokens just sample
 from __future__ import annotations
 
 import dataclasses
-
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import jax
@@ -100,3 +100,22 @@ def image_spans_for(config: ModelConfig, tokenizer: Tokenizer) -> ImageSpans | N
     return ImageSpans(start_id=tokenizer.special_id(START_OF_IMAGE), end_id=tokenizer.special_id(END_OF_IMAGE),
                       first_code=config.first_image_code, num_codes=config.image_output.codebook_size,
                       codes_per_image=config.image_output.codes_per_image)
+
+
+def split_reply(ids: Sequence[int], spans: ImageSpans) -> list[list[int] | np.ndarray]:
+    """A reply's ids as runs of text ids (lists) and images (int32 arrays of their codes, 0-based).
+    A span left open (a reply cut short: the sampler never leaves one open) is dropped."""
+    pieces: list[list[int] | np.ndarray] = [[]]
+    codes: list[int] | None = None
+    for token in ids:
+        if codes is None:
+            if token == spans.start_id:
+                codes = []
+            else:
+                pieces[-1].append(int(token))
+        elif token == spans.end_id:
+            pieces += [np.asarray(codes, np.int32), []]
+            codes = None
+        else:
+            codes.append(int(token) - spans.first_code)
+    return [p for p in pieces if not isinstance(p, list) or p]

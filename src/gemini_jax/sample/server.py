@@ -21,6 +21,10 @@ With a safety classifier (`serve(..., safety=DIR)`, `--safety DIR`) a request ma
 chunk as it grows. A blocked request is answered 200 with finish_reason "content_filter", no
 generated text past the point it was blocked, and a `safety` object naming the category and
 score (docs/safety.md).
+
+A run that writes images (config.image_output, its image tokenizer in RUN/image_tokenizer/)
+answers with content parts: text, and each image it wrote as a PNG data URL, in order; a
+stream sends each image in a chunk of its own as soon as the model closes it (chat_api.py).
 """
 
 from __future__ import annotations
@@ -59,9 +63,12 @@ from gemini_jax.sample.chat_api import (
     RequestLimits,
     chunk_body,
     completion_body,
+    image_part,
     parse_chat_request,
+    text_part,
 )
 from gemini_jax.sample.engine import Engine, Event, QueueFull, Row
+from gemini_jax.sample.image_output import ImageWriter, png_data_url
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +135,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class ChatServer:
     """The HTTP handlers around one Engine; `app` is the ASGI application."""
 
-    def __init__(self, engine: Engine, config: ServerConfig = ServerConfig(), *, safety: SafetyFilter | None = None):
+    def __init__(self, engine: Engine, config: ServerConfig = ServerConfig(), *, safety: SafetyFilter | None = None,
+                 images: ImageWriter | None = None):
+        """`images`: the run's image tokenizer (ImageWriter.for_run), for a run that writes images."""
         self.engine = engine
+        self.images = images
         self.config = config
         self.counters = _Counters()
         self.safety = safety
@@ -236,14 +246,19 @@ class ChatServer:
         if chat.stream:
             return StreamingResponse(self._stream(chat, submitted, events, request_id, model),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = ""
+        text, parts = "", []  # parts: the reply's content parts, where it holds images
         try:
             async for event in self._events(submitted, events):
                 if event.finish_reason == "error":
                     self.counters.requests_failed += 1
                     return _error(APIError(500, f"generation failed: {event.error}", type="server_error"))
                 text += event.delta
-                verdict = await self._check_response(chat, text, changed=bool(event.delta))
+                if event.image is not None:
+                    parts += [text_part(text)] if text else []
+                    parts.append(await self._image_part(event.image))
+                    text = ""
+                verdict = await self._check_response(chat, "".join(p.get("text", "") for p in parts) + text,
+                                                     changed=bool(event.delta))
                 if verdict is not None:  # the text so far is withheld, and generation stops here
                     self._count(submitted)
                     return JSONResponse(completion_body(
@@ -254,9 +269,17 @@ class ChatServer:
             submitted.cancel()  # a no-op once finished; frees the slot if the client went away
         completion = submitted.result()
         self._count(submitted)
+        content = parts + ([text_part(text)] if text else []) if parts else completion.text
         return JSONResponse(completion_body(
-            request_id=request_id, model=model, text=completion.text, finish_reason=completion.finish_reason,
+            request_id=request_id, model=model, text=content, finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens, completion_tokens=len(completion.token_ids)))
+
+    async def _image_part(self, codes) -> dict[str, Any]:
+        """The content part of an image the model finished: decoded by the run's image tokenizer
+        (in a worker thread) and sent as a PNG data URL."""
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._workers, self.images.pixels, codes)
+        return image_part(png_data_url(pixels))
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -363,6 +386,13 @@ class ChatServer:
                     break
                 text += event.delta
                 verdict = await self._check_response(chat, text, changed=bool(event.delta))
+                if verdict is None and event.image is not None:
+                    if event.delta:
+                        yield sse(chunk_body(request_id=request_id, model=model, delta={"content": event.delta},
+                                             finish_reason=None))
+                    yield sse(chunk_body(request_id=request_id, model=model,
+                                         delta={"content": [await self._image_part(event.image)]}, finish_reason=None))
+                    continue
                 if verdict is not None:  # this chunk is not sent; the stream ends here
                     self._count(submitted)
                     yield sse(chunk_body(request_id=request_id, model=model, delta={}, finish_reason="content_filter",
@@ -405,7 +435,11 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
         safety_filter = SafetyFilter.load(safety) if safety is not None else None
     except (OSError, ValueError) as e:
         raise ConfigError(f"--safety {safety}: {e}") from None
-    model, tokenizer = load_run(run_dir, step=step)
+    from gemini_jax import checkpoint
+
+    run = checkpoint.load_run(run_dir, step=step)
+    images = ImageWriter.for_run(run)  # None for a text-only run; a missing image tokenizer fails here
+    model, tokenizer = run.model, run.tokenizer
     try:
         engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
     except ValueError as e:  # the flags: slots, queue, cache length
@@ -414,5 +448,5 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
     name = run_dir.rstrip("/").split("/")[-1] or "gemini-jax"
     server = ChatServer(engine, ServerConfig(model_name=name, api_key=api_key, max_request_bytes=max_request_bytes,
                                              max_image_pixels=max_image_pixels, media_workers=media_workers),
-                        safety=safety_filter)
+                        safety=safety_filter, images=images)
     uvicorn.run(server.app, host=host, port=port, log_level="info")
