@@ -297,3 +297,29 @@ def test_the_server_sends_the_same_png_bytes_as_save_images(run_dir, drawn, tmp_
     body_order = ["image" if p["type"] == "image_url" else p["text"] for p in content]
     joined = lambda order: [x for x in "".join(x if x != "image" else "\0" for x in order).split("\0")]  # noqa: E731
     assert joined(stream_order) == joined(body_order)
+
+
+def test_decoding_past_an_image_span_equals_the_full_forward_pass(run_dir, drawn):
+    """The reply with its image span fed back through the KV cache, one token at a time, gives the
+    logits one forward pass over prompt and reply gives at every reply position."""
+    from gemini_jax.data.encode import encode_example
+
+    run = api.load(run_dir)
+    seed, ids = drawn
+    model = run.model
+    row = encode_example(api.user_turn("Draw a red circle."), tokenizer=run.tokenizer, config=run.config,
+                         for_generation=True)
+    prompt = row["tokens"].tolist()
+    full = prompt + ids
+    batch = {"tokens": np.array([full], np.int32), "segment_ids": np.ones((1, len(full)), np.int32),
+             "positions": np.arange(len(full), dtype=np.int32)[None],
+             "media_spans": np.zeros((1, len(full)), np.int32)}
+    expected = np.asarray(model(batch).logits[0, len(prompt) - 1: -1])  # the logits that chose each reply token
+    cache = model.init_cache(batch_size=1, max_len=len(full) + 8)
+    out, cache = model.prefill({k: v[:, : len(prompt)] for k, v in batch.items()}, cache)
+    got = [np.asarray(out.logits[0, len(prompt) - 1])]
+    for token in ids[:-1]:
+        logits, cache = model.decode_step(np.array([token], np.int32), cache)
+        got.append(np.asarray(logits[0]))
+    assert any(t >= run.config.first_image_code for t in ids)
+    np.testing.assert_allclose(np.stack(got), expected, atol=2e-4, rtol=2e-4)
