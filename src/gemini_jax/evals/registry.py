@@ -34,6 +34,7 @@ from gemini_jax.evals.eval_task import (  # noqa: F401 - EvalTask and Family are
 from gemini_jax.evals.tasks import TASKS as BENCHMARKS
 from gemini_jax.evals.tasks import TaskDataError
 from gemini_jax.evals.tasks import demo
+from gemini_jax.evals.tasks import image_generation
 from gemini_jax.evals.tasks import long_context
 from gemini_jax.evals.tasks import prepared
 from gemini_jax.evals.tasks import robustness
@@ -48,6 +49,7 @@ TaskLike = str | EvalTask  # a registry name, or a task instance with its own pa
 
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
     *demo.demo_sets(), robustness.Robustness(), robustness.Robustness(name="robustness_validation", split="validation"),
+    image_generation.ImageGeneration(), image_generation.ImageGeneration(name="image_generation_validation", split="validation"),
     long_context.KvRetrieval(), long_context.NllByPosition(), *prepared.prepared_sets(),
     *safety.safety_sets(), *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
 DEFAULT_TASKS = demo.TASKS  # what `gemini-jax eval` runs without --tasks

@@ -1,0 +1,188 @@
+"""`gemini-jax eval --tasks image_generation`: the pictures a model draws, judged by a model
+that did not draw them (evals/image_judge.py, fitted on the drawing corpus's real train images).
+
+For the held-out requests of data/corpora/drawings.py:
+- "draw": the share of replies whose first image shows the requested shape AND colour;
+- "edit": the share whose image shows the requested change made and the rest kept: the target's
+  shape and colour (the one asked for, the other unchanged), and the shape where it was, about as
+  large (IoU of the judged shape's mask with the real edited picture's >= EDIT_IOU).
+A reply without an image fails. In the same table, for each:
+- `_real`: the real held-out target pictures, judged the same way (the judge's ceiling);
+- `_tokenized`: the same through the run's image tokenizer (encoded, decoded: what a perfect model
+  could write at best);
+- `_random`: pictures of uniformly random codes (a floor);
+- `_wrong_prompt`: the pictures the model drew for another request (one whose target differs in
+  shape or colour), judged against this one (a floor: a model that ignores the request scores here);
+- `edit_unchanged`: the input picture given back unchanged (the floor of an editor that does nothing).
+
+Generation goes through the library's batched path (Sampler.generate_ids, then ImageWriter.parts):
+a fixed-seed sample at --temperature (0 for greedy), request i with seed --seed + i, so each of the
+300 requests gets its own picture although held-out prompts repeat (drawings.py: about 25 distinct
+draw prompts in test). `image_generation_validation` scores the validation requests (for choosing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
+from gemini_jax.evals.tasks.base import TaskDataError
+
+if TYPE_CHECKING:
+    from gemini_jax.data.corpora.drawings import DrawingSizes
+
+EDIT_IOU = 0.5
+JUDGE_TRAIN_IMAGES = 2000  # real train pictures the judge's shape classifier is fitted on
+TEXT_ROOM = 8  # reply tokens allowed besides one image's span
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageGeneration(EvalTask):
+    family: ClassVar[Family] = Family.DEMO_SETS
+    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed"})
+    default_batch_size: ClassVar[int] = 64
+
+    name: str = "image_generation"
+    split: str = "test"  # "validation" while choosing
+    corpus_sizes: DrawingSizes | None = None  # None: the default corpus
+
+    def check(self, context: EvalContext) -> None:
+        if context.model.config.image_output is None:
+            raise TaskDataError(f"{self.name}: this model writes text only (config.image_output is None); train one "
+                                "with `gemini-jax train --task image_generation`")
+        if context.run_dir is None:
+            raise TaskDataError(f"{self.name}: needs the run directory, whose image_tokenizer/ decodes the codes")
+
+    def run(self, context: EvalContext) -> TaskOutcome:
+        from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
+
+        options = context.options
+        sizes = self.corpus_sizes or DrawingSizes()
+        corpus = DrawingCorpus.build(options.cache_dir, sizes=sizes)
+        judge = fit_judge(corpus)
+        writer = run_image_writer(context)
+        draw = corpus.records("draw", self.split)[: options.limit]
+        edit = corpus.records("edit", self.split)[: options.limit]
+        images = draw_images(context, writer, draw + edit, batch_size=self.batch_size(options))
+        metrics, records = {}, []
+        for kind, requests, drawn in (("draw", draw, images[: len(draw)]), ("edit", edit, images[len(draw) :])):
+            scores = score_requests(judge, requests, drawn)
+            metrics[kind] = percent(scores)
+            metrics[f"{kind}_images"] = percent([image is not None for image in drawn])
+            records += [{"task": self.name, "kind": kind, "prompt": r.prompt, "correct": bool(s), "drew": d is not None,
+                         "target": [r.target.shape, r.target.colour]} for r, s, d in zip(requests, scores, drawn)]
+            real = [_load(r.image) for r in requests]
+            metrics[f"{kind}_real"] = percent(score_requests(judge, requests, real))
+            metrics[f"{kind}_tokenized"] = percent(score_requests(judge, requests, tokenized(writer, real)))
+            metrics[f"{kind}_random"] = percent(score_requests(judge, requests, random_images(writer, len(requests),
+                                                                                               seed=options.seed)))
+            metrics[f"{kind}_wrong_prompt"] = percent(score_requests(judge, requests, [drawn[j] for j in wrong_pairs(requests)]))
+        metrics["edit_unchanged"] = percent(score_requests(judge, edit, [_load(r.source_image) for r in edit]))
+        metrics["examples"] = len(draw) + len(edit)
+        return TaskOutcome(metrics, records)
+
+
+def percent(flags) -> float:
+    flags = list(flags)
+    return 100.0 * sum(bool(f) for f in flags) / max(len(flags), 1)
+
+
+def fit_judge(corpus):
+    """The judge, fitted on the first JUDGE_TRAIN_IMAGES real train pictures (never a generated one)."""
+    from gemini_jax.evals.image_judge import ImageJudge
+
+    train = corpus.records("draw", "train") + corpus.records("edit", "train")
+    train = sorted(train, key=lambda d: d.image.name)[:JUDGE_TRAIN_IMAGES]
+    return ImageJudge.fit(np.stack([_load(d.image) for d in train]), [d.target.shape for d in train])
+
+
+def run_image_writer(context: EvalContext):
+    from gemini_jax.sample.image_output import ImageWriter, load_run_image_tokenizer
+    from gemini_jax.sample.image_spans import image_spans_for
+
+    config, tokenizer = context.model.config, context.tokenizer
+    return ImageWriter(load_run_image_tokenizer(context.run_dir, config), spans=image_spans_for(config, tokenizer),
+                       tokenizer=tokenizer)
+
+
+def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> list[np.ndarray | None]:
+    """The first image of the model's reply to each request (None when it drew none)."""
+    from tqdm.auto import tqdm
+
+    from gemini_jax.data.examples import Example
+    from gemini_jax.evals.tasks.demo import demo_sampler
+    from gemini_jax.sample.token_choice import SamplingParams
+
+    options = context.options
+    sampler = context.shared(demo_sampler)
+    room = writer.spans.span_length + TEXT_ROOM
+    images: list[np.ndarray | None] = []
+    bar = tqdm(total=len(requests), desc="eval image_generation", disable=not options.progress, unit="ex", leave=False)
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
+        prompts = [Example(contents=r.example.contents[:1]) for r in batch]
+        params = [SamplingParams(temperature=options.temperature, max_new_tokens=room, seed=options.seed + start + i)
+                  for i in range(len(batch))]
+        for ids in sampler.generate_ids(prompts, params):
+            pictures = [p for p in writer.parts(ids) if isinstance(p, np.ndarray)]
+            images.append(pictures[0] if pictures else None)
+        bar.update(len(batch))
+    bar.close()
+    return images
+
+
+def score_requests(judge, requests, images) -> list[bool]:
+    """Whether each image does what its request asked (module docstring); None fails."""
+    present = [i for i, image in enumerate(images) if image is not None]
+    verdicts = dict(zip(present, judge.judge([images[i] for i in present]))) if present else {}
+    targets = judge.judge([_load(r.image) for r in requests]) if any(r.kind == "edit" for r in requests) else None
+    scores = []
+    for i, request in enumerate(requests):
+        verdict = verdicts.get(i)
+        ok = verdict is not None and (verdict.shape, verdict.colour) == (request.target.shape, request.target.colour)
+        if ok and request.kind == "edit":
+            from gemini_jax.evals.image_judge import mask_iou
+
+            ok = mask_iou(verdict.mask, targets[i].mask) >= EDIT_IOU
+        scores.append(ok)
+    return scores
+
+
+def tokenized(writer, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The pictures through the image tokenizer: encoded to codes, decoded back."""
+    tokenizer = writer.image_tokenizer
+    codes = np.asarray(tokenizer.encode(np.stack(images)))
+    return _decode(writer, codes)
+
+
+def random_images(writer, count: int, *, seed: int) -> list[np.ndarray]:
+    config = writer.image_tokenizer.config
+    codes = np.random.default_rng([seed, 22]).integers(0, config.codebook_size, (count, config.grid, config.grid))
+    return _decode(writer, codes.astype(np.int32))
+
+
+def _decode(writer, codes: np.ndarray) -> list[np.ndarray]:
+    if not len(codes):
+        return []
+    pixels = np.asarray(writer.image_tokenizer.decode(codes))
+    return list(np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8))
+
+
+def wrong_pairs(requests) -> list[int]:
+    """For each request, the next one (cyclically) whose target differs in shape or colour; itself
+    when none does."""
+    pairs = []
+    for i, request in enumerate(requests):
+        want = (request.target.shape, request.target.colour)
+        others = (j % len(requests) for j in range(i + 1, i + len(requests)))
+        pairs.append(next((j for j in others if (requests[j].target.shape, requests[j].target.colour) != want), i))
+    return pairs
+
+
+def _load(path) -> np.ndarray:
+    from gemini_jax.data.corpora.drawings import load_png
+
+    return load_png(path)

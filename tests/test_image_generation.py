@@ -1,0 +1,122 @@
+"""The image generation eval: its judge against hand labels, its scoring rules, and the task on a
+tiny fresh run that writes images."""
+
+import dataclasses
+import inspect
+import textwrap
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from gemini_jax.config import PRESETS, ImageOutputConfig
+from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes, load_png
+from gemini_jax.data.corpora.robustness import VQA_COLOURS
+from gemini_jax.data.tokenizer import train_tokenizer
+from gemini_jax.evals.image_judge import ImageJudge, mask_iou
+from gemini_jax.evals.registry import EvalOptions, evaluate
+from gemini_jax.evals.tasks import image_generation
+from gemini_jax.evals.tasks.image_generation import ImageGeneration, score_requests, wrong_pairs
+from gemini_jax.model.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, save_image_tokenizer
+from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR
+
+SIZES = DrawingSizes(draw_train=150, edit_train=150, draw_validation=4, edit_validation=4, draw_test=6, edit_test=6)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def corpus(cache):
+    return DrawingCorpus.build(cache, sizes=SIZES)
+
+
+@pytest.fixture(scope="module")
+def judge(corpus):
+    train = corpus.records("draw", "train") + corpus.records("edit", "train")
+    return ImageJudge.fit(np.stack([load_png(d.image) for d in train]), [d.target.shape for d in train])
+
+
+def _hand_drawn(shape: str, colour: str, *, centre=(30, 36), radius=12, background=(245, 240, 235)) -> np.ndarray:
+    """A picture drawn here with array arithmetic (not the corpus's renderer), so its label is known."""
+    rows, cols = np.mgrid[0:64, 0:64]
+    cy, cx = centre
+    if shape == "circle":
+        inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
+    elif shape == "rectangle":
+        inside = (abs(rows - cy) <= radius // 2) & (abs(cols - cx) <= radius)
+    else:  # apex up, base at the bottom: half-width grows linearly with the row
+        inside = (rows >= cy - radius) & (rows <= cy + radius) & (abs(cols - cx) <= (rows - (cy - radius)) / 2)
+    image = np.empty((64, 64, 3), np.uint8)
+    image[:] = background
+    image[inside] = VQA_COLOURS[colour]
+    return image
+
+
+def test_the_judge_names_hand_labelled_pictures(judge):
+    labels = [("circle", "red"), ("rectangle", "teal"), ("triangle", "blue"), ("circle", "gray"),
+              ("rectangle", "black"), ("triangle", "yellow"), ("circle", "brown"), ("triangle", "green")]
+    pictures = [_hand_drawn(s, c, centre=(20 + 3 * i, 40 - 2 * i), radius=9 + i) for i, (s, c) in enumerate(labels)]
+    verdicts = judge.judge(pictures + [np.full((64, 64, 3), 240, np.uint8)])
+    assert [(v.shape, v.colour) for v in verdicts[:-1]] == labels
+    assert verdicts[-1].shape is None and verdicts[-1].colour is None  # a blank picture holds no shape
+    assert mask_iou(verdicts[0].mask, verdicts[0].mask) == 1.0
+
+
+def test_scoring_passes_real_targets_and_fails_what_was_not_asked(judge, corpus):
+    draw, edit = corpus.records("draw", "test"), corpus.records("edit", "test")
+    assert all(score_requests(judge, draw + edit, [load_png(r.image) for r in draw + edit]))
+    assert not any(score_requests(judge, edit, [load_png(r.source_image) for r in edit]))  # nothing changed
+    assert not any(score_requests(judge, draw, [None] * len(draw)))  # no image
+    # The right shape and colour half a picture away is no edit (shapes are at most 34 pixels wide).
+    assert not any(score_requests(judge, edit, [np.roll(load_png(r.image), 32, axis=1) for r in edit]))
+    for i, j in enumerate(wrong_pairs(draw)):
+        assert (draw[i].target.shape, draw[i].target.colour) != (draw[j].target.shape, draw[j].target.colour)
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    """(model, tokenizer, run directory): a fresh test-preset model (vision in, images out) and, in
+    the directory, a 64x64 image tokenizer of 9 codes, 16 an image."""
+    from gemini_jax.data.tokenizer import Tokenizer
+    from gemini_jax.model import Gemini
+
+    tokenizer_config = ImageTokenizerConfig(image_size=64, factor=16, levels=(3, 3), widths=(4, 4, 4, 4))
+    tok = tmp_path_factory.mktemp("tok") / "t.model"
+    train_tokenizer([inspect.getsource(textwrap), "Draw a red circle. Make the shape blue.\n" * 30], vocab_size=400,
+                    path=tok)
+    config = dataclasses.replace(PRESETS["test"], vocab_size=400 + tokenizer_config.codebook_size,
+                                 image_output=ImageOutputConfig(codebook_size=tokenizer_config.codebook_size,
+                                                                codes_per_image=tokenizer_config.codes_per_image))
+    run_dir = tmp_path_factory.mktemp("run")
+    save_image_tokenizer(ImageTokenizer(tokenizer_config, rngs=nnx.Rngs(0)), run_dir / IMAGE_TOKENIZER_DIR)
+    return Gemini(config, rngs=nnx.Rngs(0)), Tokenizer.load(tok), run_dir
+
+
+def test_the_task_on_a_tiny_fresh_model(image_model, cache, tmp_path):
+    model, tokenizer, run_dir = image_model
+    task = ImageGeneration(corpus_sizes=SIZES)
+    records = tmp_path / "records.jsonl"
+    # Temperature 30: a random model opens an image span now and then, so some replies hold one.
+    options = EvalOptions(cache_dir=str(cache), limit=5, temperature=30.0, seed=1, records=str(records), progress=False)
+    metrics = evaluate(model, tokenizer, [task], options, run_dir=run_dir)["image_generation"]
+    assert metrics["examples"] == 10
+    for kind in ("draw", "edit"):
+        for name in ("", "_images", "_real", "_tokenized", "_random", "_wrong_prompt"):
+            assert 0.0 <= metrics[kind + name] <= 100.0
+        assert metrics[f"{kind}_real"] == 100.0  # the judge's ceiling on real pictures
+    assert 0.0 <= metrics["edit_unchanged"] <= 100.0
+    assert len(records.read_text().splitlines()) == 10
+
+
+def test_a_text_only_run_is_refused(tmp_path):
+    from gemini_jax.evals.eval_task import EvalContext
+    from gemini_jax.evals.tasks.base import TaskDataError
+    from gemini_jax.model import Gemini
+
+    model = Gemini(PRESETS["test"], rngs=nnx.Rngs(0))
+    context = EvalContext(model=model, tokenizer=None, options=EvalOptions(), run_dir=tmp_path)
+    with pytest.raises(TaskDataError, match="writes text only"):
+        image_generation.ImageGeneration().check(context)
