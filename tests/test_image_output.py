@@ -323,3 +323,16 @@ def test_decoding_past_an_image_span_equals_the_full_forward_pass(run_dir, drawn
         got.append(np.asarray(logits[0]))
     assert any(t >= run.config.first_image_code for t in ids)
     np.testing.assert_allclose(np.stack(got), expected, atol=2e-4, rtol=2e-4)
+
+
+def test_a_prompt_may_hold_images_the_model_wrote_before(run_dir, tmp_path):
+    """Multi-turn: an earlier model turn's image is read back as the codes it was written as."""
+    from gemini_jax.data.examples import Content, Example, Part
+
+    run = api.load(run_dir)
+    history = Example(contents=(*drawing_example(drawing()).contents,
+                                Content("user", (Part(text="Now make it blue."),))))
+    parts = api.generate_parts(run, history, max_new_tokens=8)
+    assert parts and all(isinstance(p, (str, np.ndarray)) for p in parts)
+    text = api.generate(run, history, max_new_tokens=8)
+    assert isinstance(text, str)

@@ -93,10 +93,10 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
         raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
-    writer = ImageWriter.for_run(run) if parts else None  # before sampling: a missing tokenizer fails fast
+    writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast
     if check:
         check.require_safe(prompt_text(prompt), settings, stage="prompt")
-    sampler = Sampler(run.model, run.tokenizer)
+    sampler = Sampler(run.model, run.tokenizer, image_codes=writer.coder() if writer else None)
     [ids] = sampler.generate_ids([prompt], [params])
     text = sampler.text(ids)
     if check:

@@ -34,11 +34,9 @@ class ImageCoder:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ImageCoder:
-        from gemini_jax.model.image_tokenizer import WEIGHTS_FILE, load_image_tokenizer
+        from gemini_jax.model.image_tokenizer import load_image_tokenizer
 
-        model = load_image_tokenizer(directory)
-        digest = hashlib.blake2b(Path(directory, WEIGHTS_FILE).read_bytes(), digest_size=16).hexdigest()
-        return cls(model, key=f"image-tokenizer:{digest}")
+        return cls(load_image_tokenizer(directory), key=tokenizer_key(directory))
 
     def __call__(self, source: Any) -> np.ndarray:
         """int32[codes_per_image]: the image's codes in raster order."""
@@ -48,3 +46,11 @@ class ImageCoder:
         if pixels.shape[:2] != (self.size, self.size):
             pixels = np.asarray(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
         return np.asarray(self._encode(self.image_tokenizer, pixels[None]), np.int32).reshape(-1)
+
+
+def tokenizer_key(directory: str | os.PathLike) -> str:
+    """Names a saved image tokenizer by a digest of its weights."""
+    from gemini_jax.model.image_tokenizer import WEIGHTS_FILE
+
+    digest = hashlib.blake2b(Path(directory, WEIGHTS_FILE).read_bytes(), digest_size=16).hexdigest()
+    return f"image-tokenizer:{digest}"

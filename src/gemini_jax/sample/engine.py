@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemini_jax.data.encode import EncodeError, encode_example
+from gemini_jax.data.encode import EncodeError, ImageCodes, encode_example
 from gemini_jax.data.media_cache import MediaCache
 from gemini_jax.data.examples import Content, Example, Part
 from gemini_jax.data.pipeline import collate
@@ -154,11 +154,13 @@ class Engine:
     """Continuous-batching decoder over `slots` rows of one preallocated KV cache of `max_len` positions.
 
     `max_queue` bounds the requests waiting for a slot (None: unbounded): `submit` raises
-    QueueFull once slots + max_queue requests are in flight.
+    QueueFull once slots + max_queue requests are in flight. `image_codes` (data/image_codes.py)
+    reads the images of earlier model turns in a prompt, for a model that writes images.
     """
 
     def __init__(self, model: Gemini, tokenizer: Tokenizer, *, slots: int = 8, max_len: int | None = None,
-                 max_queue: int | None = None, media_cache: MediaCache | None = None):
+                 max_queue: int | None = None, media_cache: MediaCache | None = None,
+                 image_codes: ImageCodes | None = None):
         config = model.config
         max_len = config.max_seq_len if max_len is None else max_len
         if slots < 1:
@@ -173,6 +175,7 @@ class Engine:
         self.max_len = max_len
         self.max_queue = max_queue
         self.media_cache = media_cache
+        self.image_codes = image_codes
         self.stop_ids = frozenset(stop_token_ids(config, tokenizer))
         self.image_spans = image_spans_for(config, tokenizer)
         self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=self.image_spans)
@@ -202,7 +205,7 @@ class Engine:
     def encode(self, prompt: Example) -> dict[str, np.ndarray]:
         """The prompt's arrays (the chat template, media preprocessed as in training)."""
         return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,
-                              max_len=self.max_len, media_cache=self.media_cache)
+                              max_len=self.max_len, media_cache=self.media_cache, image_codes=self.image_codes)
 
     def submit(self, prompt: Example | Row, params: SamplingParams = SamplingParams(), *,
                stop: Sequence[str] = (), on_event: Callable[[Event], None] | None = None) -> Request:

@@ -22,6 +22,7 @@ import numpy as np
 
 from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ModelConfig
+from gemini_jax.data.image_codes import ImageCoder, tokenizer_key
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.sample.image_spans import ImageSpans, image_spans_for, split_reply
 
@@ -33,8 +34,8 @@ Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
 class ImageWriter:
     """A run's image tokenizer, checked against the run's reserved code range."""
 
-    def __init__(self, image_tokenizer: Any, *, spans: ImageSpans, tokenizer: Tokenizer):
-        self.image_tokenizer, self.spans, self.tokenizer = image_tokenizer, spans, tokenizer
+    def __init__(self, image_tokenizer: Any, *, spans: ImageSpans, tokenizer: Tokenizer, key: str = "image-tokenizer"):
+        self.image_tokenizer, self.spans, self.tokenizer, self.key = image_tokenizer, spans, tokenizer, key
         self._decode = None
 
     @classmethod
@@ -43,7 +44,12 @@ class ImageWriter:
         spans = image_spans_for(run.config, run.tokenizer)
         if spans is None:
             return None
-        return cls(load_run_image_tokenizer(run.run_dir, run.config), spans=spans, tokenizer=run.tokenizer)
+        model, key = load_run_image_tokenizer(run.run_dir, run.config)
+        return cls(model, spans=spans, tokenizer=run.tokenizer, key=key)
+
+    def coder(self) -> ImageCoder:
+        """The same image tokenizer's encoder: the codes of images in earlier model turns."""
+        return ImageCoder(self.image_tokenizer, key=self.key)
 
     def pixels(self, codes: np.ndarray) -> np.ndarray:
         """uint8[H, W, 3] of one image's codes (in raster order, as the tokenizer wrote them)."""
@@ -95,8 +101,9 @@ def png_data_url(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode("ascii")
 
 
-def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) -> Any:
-    """RUN/image_tokenizer, refused unless its codes fill exactly the run's reserved range."""
+def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) -> tuple[Any, str]:
+    """RUN/image_tokenizer and its key (data/image_codes.py), refused unless its codes fill
+    exactly the run's reserved range."""
     from gemini_jax.model.image_tokenizer import load_image_tokenizer, read_image_tokenizer_config
 
     directory = Path(run_dir) / IMAGE_TOKENIZER_DIR
@@ -109,7 +116,7 @@ def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) ->
         raise CheckpointError(
             f"{directory}: the image tokenizer has {saved.codebook_size} codes, {saved.codes_per_image} an image, but "
             f"the run reserves {wanted.codebook_size} codes, {wanted.codes_per_image} an image (config.image_output)")
-    return load_image_tokenizer(directory)
+    return load_image_tokenizer(directory), tokenizer_key(directory)
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

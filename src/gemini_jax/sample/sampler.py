@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from gemini_jax.config import ModelConfig
-from gemini_jax.data.encode import EncodeError, encode_example
+from gemini_jax.data.encode import EncodeError, ImageCodes, encode_example
 from gemini_jax.data.media_cache import MediaCache
 from gemini_jax.data.examples import Example
 from gemini_jax.data.pipeline import collate
@@ -46,12 +46,14 @@ def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
 class Sampler:
     """A model that writes images (config.image_output) gives replies (`generate_ids`) with
     whole spans of codes (image_spans.py; `image_spans` overrides where the codes are);
-    `generate`'s text keeps each image's two markers and leaves its codes out."""
+    `generate`'s text keeps each image's two markers and leaves its codes out. `image_codes`
+    (data/image_codes.py) reads the images of earlier model turns in a prompt."""
 
     def __init__(self, model: Gemini, tokenizer: Tokenizer, *, media_cache: MediaCache | None = None,
-                 image_spans: ImageSpans | None = None):
+                 image_spans: ImageSpans | None = None, image_codes: ImageCodes | None = None):
         self.config = model.config
         self.tokenizer = tokenizer
+        self.image_codes = image_codes
         self.image_spans = image_spans or image_spans_for(model.config, tokenizer)
         self.programs = DecodePrograms(model, vocab_size=tokenizer.vocab_size, image_spans=self.image_spans)
         self.media_cache = media_cache
@@ -64,7 +66,7 @@ class Sampler:
 
     def encode_prompt(self, prompt: Example) -> dict[str, np.ndarray]:
         return encode_example(prompt, tokenizer=self.tokenizer, config=self.config, for_generation=True,
-                              media_cache=self.media_cache)
+                              media_cache=self.media_cache, image_codes=self.image_codes)
 
     def generate(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[str]:
         """One answer per prompt (an Example whose last turn is the user's)."""

@@ -439,9 +439,9 @@ def serve(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int
 
     run = checkpoint.load_run(run_dir, step=step)
     images = ImageWriter.for_run(run)  # None for a text-only run; a missing image tokenizer fails here
-    model, tokenizer = run.model, run.tokenizer
     try:
-        engine = Engine(model, tokenizer, slots=slots, max_queue=max_queue, max_len=max_len)
+        engine = Engine(run.model, run.tokenizer, slots=slots, max_queue=max_queue, max_len=max_len,
+                        image_codes=images.coder() if images else None)
     except ValueError as e:  # the flags: slots, queue, cache length
         raise ConfigError(f"serve: {e}") from None
     engine.warm_up()  # before the port opens: ready means the first request compiles nothing
