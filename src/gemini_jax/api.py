@@ -63,20 +63,20 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
     each image's markers in place (`generate_parts` gives the pictures)."""
     return _reply(run, prompt, images=images, videos=videos, audios=audios, max_new_tokens=max_new_tokens,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, safety=safety,
-                  safety_settings=safety_settings)[1]
+                  safety_settings=safety_settings)
 
 
 def generate_parts(run: Run | str | os.PathLike, prompt: str | Example, **options: Any) -> list[str | np.ndarray]:
     """The answer as text and images (uint8[H, W, 3], decoded by the run's image tokenizer) in
     order; a run that writes text only gives one text part. `options` are `generate`'s."""
-    return _reply(run, prompt, parts=True, **options)[1]
+    return _reply(run, prompt, parts=True, **options)
 
 
 def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
            videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
-           parts: bool = False) -> tuple[Run, Any]:
+           parts: bool = False) -> str | list[str | np.ndarray]:
     from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
     from gemini_jax.sample.image_output import ImageWriter
     from gemini_jax.sample.sampler import Sampler
@@ -102,8 +102,8 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
     if check:
         check.require_safe(text, settings, stage="response")
     if not parts:
-        return run, text
-    return run, writer.parts(ids) if writer else [text]
+        return text
+    return writer.parts(ids) if writer else [text]
 
 
 def evaluate(run: Run | str | os.PathLike, tasks: Sequence[str], *, corpus: Any = None,
