@@ -120,3 +120,31 @@ def test_a_text_only_run_is_refused(tmp_path):
     context = EvalContext(model=model, tokenizer=None, options=EvalOptions(), run_dir=tmp_path)
     with pytest.raises(TaskDataError, match="writes text only"):
         image_generation.ImageGeneration().check(context)
+
+
+def test_the_recipe_reserves_the_codes_above_the_text_pieces():
+    from gemini_jax.recipes.image_generation import ImageGenerationRecipe
+
+    config = ImageGenerationRecipe().model_config(text_pieces=301, codebook_size=1000, codes_per_image=64)
+    assert config.vocab_size == 1301 and config.first_image_code == 301
+    assert config.image_output == ImageOutputConfig(codebook_size=1000, codes_per_image=64)
+    assert config.vision is not None and config.audio is None  # editing reads pictures; nothing here is heard
+
+
+def test_the_recipe_copies_a_given_image_tokenizer_and_refuses_a_bad_one(corpus, tmp_path, capsys):
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.cli import main
+    from gemini_jax.recipes.image_generation import ImageGenerationRecipe
+
+    given = tmp_path / "given"
+    save_image_tokenizer(ImageTokenizer(ImageTokenizerConfig(image_size=64, factor=16, levels=(3, 3),
+                                                             widths=(4, 4, 4, 4)), rngs=nnx.Rngs(0)), given)
+    recipe = ImageGenerationRecipe(image_tokenizer=str(given))
+    copied = recipe._image_tokenizer(tmp_path / "run", corpus)
+    assert copied == tmp_path / "run" / IMAGE_TOKENIZER_DIR
+    assert (copied / "image_tokenizer.safetensors").read_bytes() == (given / "image_tokenizer.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="is not an image tokenizer"):
+        ImageGenerationRecipe(image_tokenizer=str(tmp_path))._image_tokenizer(tmp_path / "other-run", corpus)
+    assert main(["train", "--task", "kv_retrieval", "--image-tokenizer", str(given), "--run-dir",
+                 str(tmp_path / "kv")]) == 2
+    assert "--image-tokenizer is for --task image_generation" in capsys.readouterr().err

@@ -85,6 +85,10 @@ def train(args: argparse.Namespace) -> None:
     if args.data is None:
         if args.init_from is not None:
             raise ConfigError("--init-from needs --data MIXTURE (the demo and long-context recipes start afresh)")
+        if args.image_tokenizer is not None:
+            if args.task != "image_generation":
+                raise ConfigError("--image-tokenizer is for --task image_generation: drop it")
+            fields["image_tokenizer"] = args.image_tokenizer
         recipe = recipe_from_flags(RECIPES[args.task or "demo"], args, **fields)
         _start_backend(args, recipe)
         _write_json(args.output, train_and_evaluate(recipe))

@@ -22,7 +22,7 @@ from gemini_jax.cli.types import (
 )
 
 DEFAULT_RUN_DIR = "runs/demo"
-TRAIN_TASKS = ("demo", "kv_retrieval", "long_text")
+TRAIN_TASKS = ("demo", "kv_retrieval", "long_text", "image_generation")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,7 +71,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=TRAIN_TASKS, default=None,
                    help="demo (the default): the multimodal demo; kv_retrieval: the long-context recipe, a text-only "
                    "decoder trained on synthetic key-value retrieval, evaluated by context length and position; "
-                   "long_text: that decoder trained on long documents, evaluated by NLL by token position")
+                   "long_text: that decoder trained on long documents, evaluated by NLL by token position; "
+                   "image_generation: a model that draws and edits easy-VQA-style pictures as image codes, judged on "
+                   "held-out requests (src/gemini_jax/recipes/image_generation.py)")
+    p.add_argument("--image-tokenizer", default=None, metavar="DIR",
+                   help="image_generation: use this trained image tokenizer (`gemini-jax image-tokenizer train --out "
+                   "DIR`) instead of training one on the drawings (default: trained by the recipe)")
 
     def mixture_file(text: str) -> str:
         if not text.endswith((".yaml", ".yml", ".json")):

@@ -8,9 +8,10 @@
 
 from gemini_jax.recipes.demo import DemoRecipe
 from gemini_jax.recipes.distill import distill_and_evaluate
+from gemini_jax.recipes.image_generation import ImageGenerationRecipe
 from gemini_jax.recipes.long_context import LongTextRecipe, RetrievalRecipe
 from gemini_jax.recipes.runner import train_and_evaluate
 
-RECIPES = {recipe.name: recipe for recipe in (DemoRecipe, RetrievalRecipe, LongTextRecipe)}
+RECIPES = {recipe.name: recipe for recipe in (DemoRecipe, RetrievalRecipe, LongTextRecipe, ImageGenerationRecipe)}
 
-__all__ = ["RECIPES", "DemoRecipe", "LongTextRecipe", "RetrievalRecipe", "distill_and_evaluate", "train_and_evaluate"]
+__all__ = ["RECIPES", "DemoRecipe", "ImageGenerationRecipe", "LongTextRecipe", "RetrievalRecipe", "distill_and_evaluate", "train_and_evaluate"]

@@ -104,8 +104,8 @@ def run_image_writer(context: EvalContext):
     from gemini_jax.sample.image_spans import image_spans_for
 
     config, tokenizer = context.model.config, context.tokenizer
-    return ImageWriter(load_run_image_tokenizer(context.run_dir, config), spans=image_spans_for(config, tokenizer),
-                       tokenizer=tokenizer)
+    image_tokenizer, key = load_run_image_tokenizer(context.run_dir, config)
+    return ImageWriter(image_tokenizer, spans=image_spans_for(config, tokenizer), tokenizer=tokenizer, key=key)
 
 
 def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> list[np.ndarray | None]:

@@ -1,0 +1,180 @@
+"""The image generation demo: one small model that reads pictures and draws them as discrete codes.
+
+    gemini-jax train --task image_generation                     # on 2 CPU cores: docs/image-output.md
+    gemini-jax train --task image_generation --image-tokenizer runs/image-tokenizer   # reuse a trained one
+    gemini-jax generate --checkpoint runs/image_generation --save-images out "Draw a blue circle."
+    gemini-jax eval --checkpoint runs/image_generation --tasks image_generation
+
+1. The drawing corpus (data/corpora/drawings.py): "Draw a blue circle." -> the picture, and
+   editing (a picture + "Make the shape red.") -> the changed picture, split by request.
+2. The image tokenizer (model/image_tokenizer.py) is trained on the corpus's train pictures (or
+   taken from `image_tokenizer`) and kept in RUN/image_tokenizer/, with its validation PSNR and
+   codebook usage in RUN/image_tokenizer/report.json.
+3. A text tokenizer trained on the corpus's train prompts (the requests use few words).
+4. The demo preset's decoder and vision encoder (no audio), its vocabulary the text pieces plus
+   the image tokenizer's codes (config.image_output); trained on the drawing examples, whose
+   model turns are `<start_of_image>` + 64 codes + `<end_of_image>` (data/image_codes.py).
+5. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from gemini_jax.config import ConfigError, ImageOutputConfig, ModelConfig, get_preset, override
+from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
+from gemini_jax.model.image_tokenizer import ImageTokenizerConfig
+from gemini_jax.recipes.runner import Setup, Timings, log
+from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR
+from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.image_tokenizer import TrainSettings
+from gemini_jax.train.optimizer import OptimizerConfig
+
+TOKENIZER_RECIPE = 1  # a change trains a new text tokenizer
+QUICK_EVAL_LIMIT = 50  # validation requests of each kind, every `train.eval_every` steps
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageGenerationRecipe:
+    """The drawing corpus, the image tokenizer, the model and its schedule, the final evaluation."""
+
+    name: ClassVar[str] = "image_generation"
+    multi_device: ClassVar[bool] = False
+    eval_limit_field: ClassVar[str] = "eval_limit"
+    run_dir: str | None = None  # None: runs/image_generation
+    preset: str = "demo"
+    model: ModelConfig | None = None  # replaces the preset (tests); its vocabulary is set here
+    dtype: str | None = None
+    image_tokenizer: str | None = None  # a trained image tokenizer's directory; None: trained here
+    image_tokenizer_config: ImageTokenizerConfig = ImageTokenizerConfig()
+    image_tokenizer_settings: TrainSettings = TrainSettings(steps=600)
+    corpus: DrawingSizes = DrawingSizes()
+    cache_dir: str | None = None
+    text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
+    seq_len: int = 128  # an edit: 16 image soft tokens, its request, 66 image tokens, the turns' markers
+    batch_size: int = 32
+    train: TrainConfig = TrainConfig(
+        steps=1_500, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=100, weight_decay=0.01))
+    eval_limit: int | None = None  # test requests of each kind in the final evaluation; None: all (300 each)
+    eval_temperature: float = 0.7  # 0: greedy
+    evaluate_at_end: bool = True
+
+    def __post_init__(self):
+        if self.train.mesh is not None:
+            raise ConfigError("image_generation trains on one device: drop the mesh (--mesh) and the multi-host flags")
+
+    def model_config(self, *, text_pieces: int, codebook_size: int, codes_per_image: int) -> ModelConfig:
+        """The preset (no audio) with room for the text pieces and, above them, the codes."""
+        config = self.model or override(get_preset(self.preset), audio=None)
+        if config.vision is None:
+            raise ConfigError(f"image_generation needs a vision encoder (editing reads a picture); {self.preset!r} has none")
+        config = override(config, vocab_size=text_pieces + codebook_size,
+                          image_output=ImageOutputConfig(codebook_size=codebook_size, codes_per_image=codes_per_image))
+        return config if self.dtype is None else override(config, dtype=self.dtype)
+
+    def setup(self, run_dir: Path, timings: Timings) -> Setup:
+        from gemini_jax import checkpoint
+        from gemini_jax.data import pipeline
+        from gemini_jax.data.image_codes import ImageCoder
+        from gemini_jax.data.tokenizer import Tokenizer
+        from gemini_jax.model.image_tokenizer import read_image_tokenizer_config
+
+        with timings.phase("corpus_s"):
+            corpus = DrawingCorpus.build(self.cache_dir, sizes=self.corpus)
+        with timings.phase("image_tokenizer_s"):
+            image_dir = self._image_tokenizer(run_dir, corpus)
+        with timings.phase("tokenizer_s"):
+            tokenizer_file = prepare_tokenizer(corpus, vocab_size=self.text_vocab_size)
+        tokenizer = Tokenizer.load(tokenizer_file)
+        image_config = read_image_tokenizer_config(image_dir)
+        config = self.model_config(text_pieces=tokenizer.vocab_size, codebook_size=image_config.codebook_size,
+                                   codes_per_image=image_config.codes_per_image)
+        if config.max_seq_len < self.seq_len:
+            raise ConfigError(f"seq_len {self.seq_len} exceeds the model's context of {config.max_seq_len}")
+        checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
+        rows = pipeline.encoded_source(corpus.examples("train"), tokenizer=tokenizer, config=config, max_len=self.seq_len,
+                                       cache_rows=True, image_codes=ImageCoder.load(image_dir), seed=self.train.seed)
+        data = iter(pipeline.batched(rows, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.train.seed,
+                                     config=config, max_images=1, num_threads=1, prefetch_batches=1))
+
+        def scores(model, *, split: str, limit: int | None):
+            from gemini_jax.evals.registry import EvalOptions, evaluate
+            from gemini_jax.evals.tasks.image_generation import ImageGeneration
+
+            task = ImageGeneration(name="image_generation" if split == "test" else f"image_generation_{split}",
+                                   split=split, corpus_sizes=self.corpus)
+            options = EvalOptions(limit=limit, cache_dir=self.cache_dir, temperature=self.eval_temperature,
+                                  progress=self.train.progress)
+            return evaluate(model, tokenizer, [task], options, run_dir=run_dir)
+
+        def quick(model):
+            return {k: v for k, v in scores(model, split="validation", limit=QUICK_EVAL_LIMIT)
+                    ["image_generation_validation"].items() if k in ("draw", "edit", "draw_images", "edit_images")}
+
+        from gemini_jax.evals.registry import format_results
+
+        return Setup(config=config, tokenizer=tokenizer, data=data, quick_evaluate=quick,
+                     evaluate=lambda model: scores(model, split="test", limit=self.eval_limit),
+                     format_results=format_results)
+
+    def _image_tokenizer(self, run_dir: Path, corpus: DrawingCorpus) -> Path:
+        """RUN/image_tokenizer: kept when the run has one (resuming), else copied from
+        `image_tokenizer`, else trained on the corpus's train pictures."""
+        from gemini_jax.model.image_tokenizer import load_image_tokenizer
+
+        out = run_dir / IMAGE_TOKENIZER_DIR
+        if (out / "image_tokenizer.json").is_file():
+            return out
+        if self.image_tokenizer is not None:
+            load_image_tokenizer(self.image_tokenizer)  # checked before it is copied
+            shutil.copytree(self.image_tokenizer, out, dirs_exist_ok=True)
+            return out
+        train_image_tokenizer(corpus, out, config=self.image_tokenizer_config,
+                              settings=dataclasses.replace(self.image_tokenizer_settings, progress=self.train.progress,
+                                                           seed=self.train.seed))
+        return out
+
+
+def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageTokenizerConfig,
+                          settings: TrainSettings) -> dict:
+    """Trains an image tokenizer on the corpus's train pictures into `out`, with report.json:
+    PSNR and codebook usage on the validation pictures (the run's test pictures stay unread)."""
+    from flax import nnx
+
+    from gemini_jax.model.image_tokenizer import ImageTokenizer, save_image_tokenizer
+    from gemini_jax.train import image_tokenizer as tokenizer_training
+
+    model = ImageTokenizer(config, rngs=nnx.Rngs(settings.seed))
+    start = time.perf_counter()
+    log(f"image tokenizer: training {settings.steps} steps on {len(corpus.records('draw', 'train')) + len(corpus.records('edit', 'train'))} "
+        "drawings")
+    history = tokenizer_training.train(model, corpus.images("train"), settings)
+    seconds = time.perf_counter() - start
+    partial = out.with_name(out.name + ".partial")
+    save_image_tokenizer(model, partial)
+    validation = tokenizer_training.evaluate(model, corpus.images("validation"), batch_size=settings.eval_batch_size)
+    report = {"config": config.to_json(), "settings": dataclasses.asdict(settings), "train_seconds": round(seconds, 1),
+              "final_train_mse": history[-1]["mse"], "validation": validation}
+    (partial / tokenizer_training.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)  # whole or not at all: a crash leaves no half-written tokenizer to resume with
+    log(f"image tokenizer: validation PSNR {validation['psnr_db']:.1f} dB, codebook usage "
+        f"{100 * validation['codebook_usage']:.0f}% ({seconds:.0f} s)")
+    return report
+
+
+def prepare_tokenizer(corpus: DrawingCorpus, *, vocab_size: int) -> Path:
+    """The text tokenizer of the drawing requests, trained once per corpus and size, cached beside it."""
+    from gemini_jax.data.tokenizer import train_tokenizer
+
+    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}.model"
+    if not path.exists():
+        prompts = [d.prompt for kind in ("draw", "edit") for d in corpus.records(kind, "train")]
+        train_tokenizer(prompts, vocab_size=vocab_size, path=path)
+    return path
