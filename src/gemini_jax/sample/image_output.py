@@ -41,10 +41,11 @@ class ImageWriter:
     @classmethod
     def for_run(cls, run: Any) -> ImageWriter | None:
         """The writer of a loaded run (`checkpoint.load_run`), or None when it writes text only."""
-        spans = image_spans_for(run.config, run.tokenizer)
+        config = run.model.config
+        spans = image_spans_for(config, run.tokenizer)
         if spans is None:
             return None
-        model, key = load_run_image_tokenizer(run.run_dir, run.config)
+        model, key = load_run_image_tokenizer(run.run_dir, config)
         return cls(model, spans=spans, tokenizer=run.tokenizer, key=key)
 
     def coder(self) -> ImageCoder:
