@@ -254,7 +254,8 @@ def convert(args: argparse.Namespace) -> None:
 def quantize(args: argparse.Namespace) -> None:
     from gemini_jax.sample.quantize import quantize_run
 
-    report = quantize_run(args.checkpoint, args.out, group_size=args.group_size, bits=args.bits, step=args.step)
+    report = quantize_run(args.checkpoint, args.out, group_size=args.group_size, bits=args.bits, step=args.step,
+                          calibrate=args.calibrate)
     print(json.dumps(report, indent=2))
 
 

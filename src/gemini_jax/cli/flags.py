@@ -496,6 +496,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=positive_int, default=32, help="input features sharing one scale")
     p.add_argument("--bits", type=int, choices=(4, 8), default=4, help="bits per weight")
     p.add_argument("--step", type=non_negative_int, default=None, help="the checkpoint step to quantize (default: the latest)")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="N",
+                   help="round by GPTQ (each layer's output error least on N training examples of the demo corpus) "
+                   "instead of to nearest (default 0: to nearest)")
 
 
 def _add_card(sub: argparse._SubParsersAction) -> None:

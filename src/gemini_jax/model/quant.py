@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import jax
@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 SCALE_DTYPE = jnp.bfloat16
-_CODE_DTYPES = {4: jnp.int4, 8: jnp.int8}
+CODE_DTYPES = {4: jnp.int4, 8: jnp.int8}
 
 
 class QuantizationError(ValueError):
@@ -91,14 +91,27 @@ def read_weight(variable: nnx.Variable, dtype: jnp.dtype) -> jax.Array:
     dequantized copy is a temporary that XLA may fuse into the following matmul.
     """
     value = variable.get_value()
-    if isinstance(value, QuantizedWeight):
-        return value.dequantize(dtype)
-    return value.astype(dtype)
+    weight = value.dequantize(dtype) if isinstance(value, QuantizedWeight) else value.astype(dtype)
+    if _read_hook is not None:
+        _read_hook(variable, weight)
+    return weight
+
+
+# Called with (variable, weight) by every read_weight: gptq.py's calibration pass learns which
+# array handed to an einsum is which weight. None outside it.
+_read_hook: Callable[[nnx.Variable, jax.Array], None] | None = None
+
+
+def set_read_hook(hook: Callable[[nnx.Variable, jax.Array], None] | None):
+    """Installs `hook` for read_weight; returns the one it replaces (to restore it)."""
+    global _read_hook
+    previous, _read_hook = _read_hook, hook
+    return previous
 
 
 def check_settings(*, group_size: int, bits: int) -> None:
-    if bits not in _CODE_DTYPES:
-        raise QuantizationError(f"bits must be one of {sorted(_CODE_DTYPES)}, got {bits}")
+    if bits not in CODE_DTYPES:
+        raise QuantizationError(f"bits must be one of {sorted(CODE_DTYPES)}, got {bits}")
     if group_size < 2:
         raise QuantizationError(f"group size must be at least 2, got {group_size}")
 
@@ -145,7 +158,7 @@ def quantize_array(w: jax.Array, *, axis: int, group_size: int, bits: int = 4) -
         scales, error = jnp.where(better, new_scales, scales), jnp.where(better, new_error, error)
         codes = jnp.where(jnp.expand_dims(better, axis + 1), new_codes, codes)
     codes = codes.astype(jnp.int8).reshape(shape)
-    return QuantizedWeight(codes=codes.astype(_CODE_DTYPES[bits]), scales=scales)
+    return QuantizedWeight(codes=codes.astype(CODE_DTYPES[bits]), scales=scales)
 
 
 # One compiled program per weight shape: eager dispatch compiles each of its dozen ops instead.
@@ -162,6 +175,13 @@ _RULES: dict[str, dict[str, int]] = {
     "AttentionPool": {"q": 0, "k": 0, "v": 0, "o": 1},  # the vision encoder's pooling
 }
 _DECODER_PREFIXES = ("embedder", "decoder")
+
+
+def quantizable_weights(model: nnx.Module) -> Iterator[tuple[str, nnx.Variable]]:
+    """(name, variable) of every weight the rules name, float or already quantized."""
+    for path, module in nnx.iter_graph(model):
+        for attr in _RULES.get(type(module).__name__, {}):
+            yield f"{'.'.join(str(p) for p in path)}.{attr}", getattr(module, attr)
 
 
 def quantize_model(model: nnx.Module, *, group_size: int, bits: int = 4,
