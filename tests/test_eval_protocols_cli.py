@@ -202,6 +202,8 @@ def test_canonical_humaneval_solutions_pass_164_of_164_through_the_protocol_path
     (["--tasks", "gsm8k", "--temperature", "0.3"], "--temperature does nothing for gsm8k: asked greedy"),
     (["--tasks", "mmlu", "--protocol", "loglikelihood", "--temperature", "1"], "--temperature does nothing for mmlu"),
     (["--tasks", "vqa", "--protocol", "greedy"], r"--protocol \(for benchmarks only\)"),
+    (["--tasks", "mmlu,vqav2", "--shots", "2"], "--shots does nothing for vqav2: it is asked 0-shot"),
+    (["--tasks", "hellaswag", "--shots", "0"], "--shots does nothing for hellaswag"),
 ])
 def test_options_that_would_do_nothing_are_refused_before_the_checkpoint_loads(capsys, flags, message):
     assert cli.main(["eval", "--checkpoint", "no-such-run", "--data-dir", "x", *flags]) == 2

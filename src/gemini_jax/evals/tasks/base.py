@@ -59,6 +59,11 @@ class Asking(enum.Enum):
     CODE = "code"  # pass@k in the sandbox
 
 
+def zero_shot(item: Item, pool: Sequence[Item], k: int) -> Prompt:
+    """The prompt of a task asked 0-shot by design: the question alone, whatever --shots says."""
+    return item.prompt
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """`load(dir)` reads `data_dir / folder`; `prompt(item, shot_pool, k)` builds the whole k-shot prompt;
@@ -69,7 +74,7 @@ class Task:
     load: Callable[[Path], TaskData]
     protocol: Asking
     metrics: tuple[str, ...]
-    prompt: Callable[[Item, Sequence[Item], int], Prompt] = lambda item, pool, k: item.prompt
+    prompt: Callable[[Item, Sequence[Item], int], Prompt] = zero_shot
     extract: Callable[[str], str | None] = str.strip
     default_shots: int = 0
     max_tokens: int = 32
@@ -82,6 +87,11 @@ class Task:
     def __post_init__(self):
         if not isinstance(self.protocol, Asking):
             raise ValueError(f"task {self.name}: protocol must be an Asking, got {self.protocol!r}")
+
+    @property
+    def takes_shots(self) -> bool:
+        """Whether its prompts hold k shots (--shots), or it is asked 0-shot by design."""
+        return self.prompt is not zero_shot
 
 
 # --- checked readers ---------------------------------------------------------------------------

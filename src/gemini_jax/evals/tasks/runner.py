@@ -133,6 +133,8 @@ def refusals(task: Task, settings: Settings) -> list[str]:
                  else "greedily, scored over the corpus")
         out.append(f"--samples does nothing for {task.name}: it is asked {asked} (it takes --protocol "
                    f"{accepted(task)})")
+    if settings.shots is not None and not task.takes_shots:
+        out.append(f"--shots does nothing for {task.name}: it is asked 0-shot, its prompt is the question alone")
     if settings.temperature != Settings.temperature and not spec.samples:
         out.append(f"--temperature does nothing for {task.name}: asked {spec}, it samples nothing")
     return out
