@@ -374,7 +374,7 @@ def run_task(task: Task, model: Model, data_dir: str | os.PathLike | None, setti
 
 def _shots(task: Task, data: TaskData, settings: Settings) -> int:
     """k of the k-shot prompts: --shots for the few-shot tasks, else the task's default."""
-    few_shot = task.default_shots > 0 or bool(data.shots)  # the others are 0-shot by design: --shots skips them
+    few_shot = task.default_shots > 0 or bool(data.shots)  # DROP without its train file: 0-shot
     k = settings.shots if settings.shots is not None and few_shot else (task.default_shots if data.shots else 0)
     if k and not data.shots:
         raise TaskDataError(f"task {task.name}: {k}-shot prompts asked for, but its data has no shots to draw from")
