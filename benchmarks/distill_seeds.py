@@ -17,8 +17,10 @@ a finished run is read back, an interrupted one resumes, so a rerun costs only w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,10 +62,11 @@ def train_arm(run_dir: Path, *, steps: int, seed: int, teacher: Path | None, con
     results = finished(run_dir, steps)
     if results is None:
         recipe = student(run_dir, steps=steps, seed=seed)
-        if teacher is None:
-            train_and_evaluate(recipe)
-        else:
-            distill_and_evaluate(recipe, teacher=str(teacher), config=config)
+        with contextlib.redirect_stdout(sys.stderr):  # the recipe prints its tables; stdout is the JSON
+            if teacher is None:
+                train_and_evaluate(recipe)
+            else:
+                distill_and_evaluate(recipe, teacher=str(teacher), config=config)
         results = finished(run_dir, steps)
     return {**seed_stats.numeric_metrics(results, TASKS), "training_s": results["run"]["training_s"]}
 
