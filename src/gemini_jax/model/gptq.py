@@ -99,8 +99,9 @@ def _recording(model: nnx.Module, token_mask: jax.Array) -> Iterator[dict[str, t
 
 def capture_hessians(model: nnx.Module, batches: Iterable[Mapping[str, Any]]) -> dict[str, Hessian]:
     """{weight name: Hessian} from the float `model`'s forward passes over `batches` (each a
-    model input with a batch axis; padded positions, segment_ids 0, are left out of the
-    decoder's Hessians). One compiled pass per batch shape."""
+    model input with a batch axis). Padded positions (segment_ids 0) are left out of the
+    decoder's Hessians; the encoders' inputs are counted as the encoders see them, padded
+    patches and frames included. One compiled pass per batch shape."""
     graphdef, state = nnx.split(model)
     contracted: dict[str, tuple[int, ...]] = {}
 
