@@ -129,3 +129,36 @@ def test_a_calibrated_model_fits_its_calibration_logits_better(build_model):
     report = gptq.quantize_model_gptq(calibrated, gptq.capture_hessians(float_model, batches), group_size=8)
     assert report["calibrated"] == report["quantized"] and not report["kept_float"]
     assert logits_error(calibrated) < logits_error(nearest)
+
+
+def test_a_calibrated_run_records_its_method_and_reloads_as_written(build_model, tmp_path, monkeypatch):
+    from gemini_jax import checkpoint
+    from gemini_jax.data.tokenizer import train_tokenizer
+    from gemini_jax.sample import quantize
+
+    float_model = build_model(TEXT)
+    tokenizer_file = tmp_path / "t.model"
+    train_tokenizer(["What colour is the shape? A red circle. A blue square.\n" * 40], vocab_size=400,
+                    path=tokenizer_file)
+    checkpoint.write_run_files(tmp_path / "float", config=TEXT, tokenizer_path=tokenizer_file)
+    saver = checkpoint.Checkpointer(tmp_path / "float", async_save=False)
+    saver.save(3, state={"params": nnx.to_pure_dict(nnx.state(float_model, nnx.Param))}, meta={"step": 3})
+    saver.wait()
+    saver.close()
+    # The demo corpus stands aside: random token batches as the calibration examples.
+    rng = np.random.default_rng(6)
+    batches = [_batch(rng.integers(10, 400, (4, 16)).astype(np.int32), [16, 16, 9, 16]) for _ in range(2)]
+    asked = []
+    monkeypatch.setattr(quantize, "demo_calibration",
+                        lambda tokenizer, config, *, examples, cache_dir: asked.append(examples) or batches)
+    report = quantize.quantize_run(tmp_path / "float", tmp_path / "gptq", group_size=8, calibrate=8)
+    record = checkpoint.read_quantization(tmp_path / "gptq")
+    assert asked == [8] and report["method"] == record["method"] == "gptq"
+    assert record["calibration_examples"] == 8 and record["calibrated"] == record["quantized"]
+
+    in_memory = nnx.clone(float_model)
+    gptq.quantize_model_gptq(in_memory, gptq.capture_hessians(float_model, batches), group_size=8)
+    reloaded = checkpoint.load_run(tmp_path / "gptq").model
+    for name, variable in quant.quantizable_weights(reloaded):
+        expected = dict(quant.quantizable_weights(in_memory))[name].get_value()
+        np.testing.assert_array_equal(_codes(variable.get_value()), _codes(expected))
