@@ -75,6 +75,8 @@ def quantize_run(source: str | os.PathLike, out: str | os.PathLike, *, group_siz
     with the parameter count and the bytes per parameter of the saved checkpoint. `calibrate` > 0
     rounds by GPTQ on that many demo training examples (`demo_calibration`), 0 to nearest."""
     source, out = Path(source), Path(out)
+    if calibrate < 0:
+        raise quant.QuantizationError(f"calibrate takes a number of examples >= 0 (0: to nearest), got {calibrate}")
     if checkpoint.read_quantization(source) is not None:
         raise checkpoint.CheckpointError(f"{str(source)!r} is already quantized; quantize the float run it came from")
     if out.exists() and not out.is_dir():
