@@ -336,3 +336,16 @@ def test_a_prompt_may_hold_images_the_model_wrote_before(run_dir, tmp_path):
     assert parts and all(isinstance(p, (str, np.ndarray)) for p in parts)
     text = api.generate(run, history, max_new_tokens=8)
     assert isinstance(text, str)
+
+
+def test_a_quantized_image_run_draws_with_its_sources_image_tokenizer(run_dir, drawn, tmp_path):
+    from gemini_jax.sample.quantize import quantize_run
+
+    quantize_run(run_dir, tmp_path / "int4", group_size=2)  # the test preset: head_dim 10
+    int4 = api.load(tmp_path / "int4")
+    assert int4.config.image_output == api.load(run_dir).config.image_output
+    writer = ImageWriter.for_run(int4)
+    assert (tmp_path / "int4" / IMAGE_TOKENIZER_DIR / "image_tokenizer.safetensors").read_bytes() == \
+        (run_dir / IMAGE_TOKENIZER_DIR / "image_tokenizer.safetensors").read_bytes()
+    parts = api.generate_parts(int4, "Draw a red circle.", seed=drawn[0], **OPTIONS)
+    assert all(isinstance(p, (str, np.ndarray)) for p in parts) and writer.spans.codes_per_image == 16

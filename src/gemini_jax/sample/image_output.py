@@ -120,6 +120,22 @@ def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) ->
     return load_image_tokenizer(directory), tokenizer_key(directory)
 
 
+def copy_image_tokenizer(source_run: str | os.PathLike, out_run: str | os.PathLike) -> None:
+    """A run made from another (quantized, say) draws with the same image tokenizer: its files,
+    copied into OUT_RUN/image_tokenizer/ (a directory first written aside, then renamed)."""
+    import shutil
+
+    source = Path(source_run) / IMAGE_TOKENIZER_DIR
+    if not source.is_dir():
+        raise CheckpointError(f"{source_run}: the run writes images but has no {IMAGE_TOKENIZER_DIR}/ to copy")
+    target = Path(out_run) / IMAGE_TOKENIZER_DIR
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
     """`--save-images`' directory: made if missing; refused unless it is a writable directory."""
     out = Path(path)

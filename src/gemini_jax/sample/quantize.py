@@ -26,6 +26,7 @@ from flax import nnx
 from gemini_jax import checkpoint
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini, gptq, quant
+from gemini_jax.sample.image_output import copy_image_tokenizer
 
 CALIBRATION_TEXT_TOKENS = 128  # a code document's calibration row: the demo's text row length
 
@@ -103,6 +104,8 @@ def quantize_run(source: str | os.PathLike, out: str | os.PathLike, *, group_siz
     stored = quant.to_storage(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
     checkpoint.write_run_files(out, config=config, tokenizer_path=checkpoint.tokenizer_path(source))
+    if config.image_output is not None:  # its images are drawn by the source's image tokenizer
+        copy_image_tokenizer(source, out)
     # The record goes first: a crash before the checkpoint completes leaves a run that says
     # "no completed checkpoint" rather than one that would be read as float.
     record = {"bits": bits, "group_size": group_size, "scale_dtype": jax.numpy.dtype(quant.SCALE_DTYPE).name,
