@@ -41,7 +41,7 @@ def test_every_task_is_known_to_the_cli_and_tested():
     from gemini_jax.evals.registry import TASKS as EVERY_TASK
 
     assert set(EVERY_TASK) == {*TASKS, *DEMO, *cli.ROBUSTNESS_TASKS, *cli.LONG_CONTEXT_TASKS, *cli.PREPARED_TASKS,
-                               *cli.SAFETY_TASKS}
+                               *cli.SAFETY_TASKS, *cli.IMAGE_GENERATION_TASKS}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

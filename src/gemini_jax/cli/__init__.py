@@ -33,6 +33,7 @@ import sys
 from gemini_jax.cli.flags import (
     BENCHMARK_TASKS,
     DEMO_TASKS,
+    IMAGE_GENERATION_TASKS,
     LONG_CONTEXT_TASKS,
     PREPARED_TASKS,
     ROBUSTNESS_TASKS,
@@ -40,8 +41,8 @@ from gemini_jax.cli.flags import (
     build_parser,
 )
 
-__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS", "ROBUSTNESS_TASKS", "SAFETY_TASKS",
-           "build_parser", "entry",
+__all__ = ["BENCHMARK_TASKS", "DEMO_TASKS", "IMAGE_GENERATION_TASKS", "LONG_CONTEXT_TASKS", "PREPARED_TASKS",
+           "ROBUSTNESS_TASKS", "SAFETY_TASKS", "build_parser", "entry",
            "huge_pages_environ", "main"]
 
 

@@ -294,6 +294,7 @@ DEMO_TASKS = ("vqa", "asr", "video", "text")  # evals/demo_eval.py's, named here
 LONG_CONTEXT_TASKS = ("kv_retrieval", "nll_by_position")  # long_context.py's
 PREPARED_TASKS = ("prepared", "prepared_validation")  # evals/tasks/prepared.py's
 ROBUSTNESS_TASKS = ("robustness", "robustness_validation")  # evals/tasks/robustness.py's
+IMAGE_GENERATION_TASKS = ("image_generation", "image_generation_validation")  # evals/tasks/image_generation.py's
 SAFETY_TASKS = ("safety", "safety_validation", "hedging", "hedging_validation", "attribution",
                 "attribution_validation")  # evals/tasks/safety.py's
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "math", "bbh", "drop", "hellaswag", "wmt", "humaneval", "vqav2", "textvqa",
@@ -335,6 +336,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks: benchmarks (" + ",".join(BENCHMARK_TASKS) + "), or demo sets ("
                    + ",".join(DEMO_TASKS) + "), or the demo's robustness suite (" + ",".join(ROBUSTNESS_TASKS)
+                   + "), or the pictures a model draws (" + ",".join(IMAGE_GENERATION_TASKS)
                    + "), or safety, hedging and attribution (" + ",".join(SAFETY_TASKS)
                    + "), or long-context evaluations (" + ",".join(LONG_CONTEXT_TASKS)
                    + "), or your data (" + ",".join(PREPARED_TASKS) + "), in any mixture; default: all demo sets")
