@@ -48,7 +48,7 @@ def corpus(tmp_path_factory):
 def test_the_registry_holds_every_evaluation_once():
     assert list(TASKS)[:10] == ["vqa", "asr", "video", "text", "robustness", "robustness_validation",
                                 "kv_retrieval", "nll_by_position", "prepared", "prepared_validation"]
-    assert set(BENCHMARKS) <= set(TASKS) and len(TASKS) == 16 + len(BENCHMARKS)  # 6: tasks/safety.py's
+    assert set(BENCHMARKS) <= set(TASKS) and len(TASKS) == 18 + len(BENCHMARKS)  # 6 safety, 2 image_generation
     assert {t.family for t in TASKS.values()} == set(Family)
     assert all(TASKS[name].family is Family.DEMO_SETS for name in registry.DEFAULT_TASKS)
     assert registry.DEFAULT_TASKS == demo_sets.TASKS

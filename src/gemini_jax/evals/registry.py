@@ -49,9 +49,10 @@ TaskLike = str | EvalTask  # a registry name, or a task instance with its own pa
 
 TASKS: dict[str, EvalTask] = {task.name: task for task in (
     *demo.demo_sets(), robustness.Robustness(), robustness.Robustness(name="robustness_validation", split="validation"),
-    image_generation.ImageGeneration(), image_generation.ImageGeneration(name="image_generation_validation", split="validation"),
     long_context.KvRetrieval(), long_context.NllByPosition(), *prepared.prepared_sets(),
-    *safety.safety_sets(), *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
+    *safety.safety_sets(), image_generation.ImageGeneration(),
+    image_generation.ImageGeneration(name="image_generation_validation", split="validation"),
+    *(benchmark.Benchmark(task) for task in BENCHMARKS.values()))}
 DEFAULT_TASKS = demo.TASKS  # what `gemini-jax eval` runs without --tasks
 
 
