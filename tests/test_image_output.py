@@ -121,6 +121,10 @@ def test_save_images_writes_pngs_and_prints_their_paths(run_dir, drawn, tmp_path
                  "--max-new-tokens", "24", "--temperature", "30", "Draw a red circle."]) == 0
     printed = capsys.readouterr().out
     saved = sorted(out.glob("reply-*.png"))
+    # By default a run that draws gets room for an image beyond the usual 64 tokens.
+    from gemini_jax.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "x"]).max_new_tokens is None
     assert saved and all(str(p) in printed for p in saved)
     first = next(p for p in parts if isinstance(p, np.ndarray))
     np.testing.assert_array_equal(np.asarray(Image.open(saved[0])), first)

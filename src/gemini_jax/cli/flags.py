@@ -392,7 +392,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", default=[], help="an image file (PNG, JPEG, ...); repeatable")
     p.add_argument("--video", action="append", default=[], help="a video file (animated GIF/WebP/PNG); repeatable")
     p.add_argument("--audio", action="append", default=[], help="an audio file (WAV, FLAC, ...; resampled to 16 kHz mono); repeatable")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="stop after this many new tokens")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="stop after this many new tokens (default: 64, and room for one image more for a run that "
+                   "writes images)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 for greedy decoding")
     p.add_argument("--top-k", type=non_negative_int, default=0, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=probability, default=1.0, help="sample from the smallest set with this much probability")
