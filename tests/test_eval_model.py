@@ -132,7 +132,7 @@ def test_cli_evaluates_benchmarks_on_a_checkpoint(run, tmp_path, capsys):
     data = make_data_dir(tmp_path)
     out, records = tmp_path / "results.json", tmp_path / "records.jsonl"
     code = cli.main(["eval", "--tasks", "hellaswag,vqav2", "--checkpoint", str(root),
-                     "--data-dir", str(data), "--limit", "2", "--shots", "1", "--output", str(out),
+                     "--data-dir", str(data), "--limit", "2", "--output", str(out),
                      "--records", str(records), "--no-progress"])
     assert code == 0
     table = capsys.readouterr().out
