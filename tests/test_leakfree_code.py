@@ -46,8 +46,10 @@ def test_there_are_problems_with_enough_hidden_tests(problems):
 
 
 def test_reference_solutions_pass_every_hidden_test(problems):
-    results = humaneval.check_completions(problems, [p.canonical_solution for p in problems], workers=2)
-    assert [r.status for r in results] == ["passed"] * len(problems)
+    """Every fourth problem here; every problem through the whole protocol under -m slow (below)."""
+    some = problems[::4]
+    results = humaneval.check_completions(some, [p.canonical_solution for p in some], workers=2)
+    assert [r.status for r in results] == ["passed"] * len(some)
 
 
 @pytest.mark.parametrize("limit", [pytest.param(None, marks=pytest.mark.slow), 12])
@@ -60,9 +62,11 @@ def test_reference_solutions_pass_their_examples_through_cluster(problems, limit
     assert [r["id"] for r in result.records if r["passed"] != 1 or r["passed_examples"] != 1] == []
 
 
-def test_empty_bodies_fail(problems):
-    results = humaneval.check_completions(problems, ["    pass\n"] * len(problems), workers=2)
-    assert [r.status for r in results] == ["failed"] * len(problems)
+@pytest.mark.parametrize("every", [pytest.param(1, marks=pytest.mark.slow), 4])
+def test_empty_bodies_fail(problems, every):
+    some = problems[::every]
+    results = humaneval.check_completions(some, ["    pass\n"] * len(some), workers=2)
+    assert [r.status for r in results] == ["failed"] * len(some)
 
 
 def test_two_builds_give_the_same_problems(problems):
