@@ -39,15 +39,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from gemini_jax.cache_root import cache_root
+from gemini_jax.cache_root import build_once, cache_root
 from gemini_jax.data.corpora.held_out import READ_SPLITS, is_test, is_validation
 from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES, draw_scene
 from gemini_jax.data.examples import Content, Example, Part
@@ -160,17 +158,7 @@ class DrawingCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax), drawn
         first if it is missing. Default sizes live in `drawings-v1`, others beside it."""
         root = cache_root(cache_dir) / _subdir(sizes)
-        if not (root / RECORDS_FILE).is_file():
-            root.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
-            try:
-                _build_into(partial, sizes)
-                if not (root / RECORDS_FILE).is_file():  # else another process finished first
-                    shutil.rmtree(root, ignore_errors=True)
-                    os.replace(partial, root)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
-        return cls(root)
+        return cls(build_once(root, RECORDS_FILE, lambda partial: _build_into(partial, sizes)))
 
     def records(self, kind: str, split: str) -> list[Drawing]:
         """The requests of `kind` ("draw" or "edit") in `split` (train, validation or test)."""

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gemini_jax.cache_root import build_once
 from gemini_jax.data.corpora import question_forms, shapes, speech
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoRecord, number_split
 from gemini_jax.data.corpora.demo_tasks import ASR_PROMPT, ASR_VOICES_TRAIN, VIDEO_KINDS
@@ -74,17 +72,8 @@ class RobustnessSuite:
             raise ValueError(f"the robustness suite has splits {list(_SEEDS)}, not {split!r}")
         sizes = SIZES if sizes is None else {**SIZES, **sizes}
         name = split if sizes == SIZES else f"{split}-" + "-".join(str(sizes[k]) for k in SIZES)
-        root = corpus.root / f"robustness-v{VERSION}" / name
-        if not (root / "records.json").is_file():
-            root.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f"{name}.partial-", dir=root.parent))
-            try:
-                _build_media(partial, split, sizes)
-                if not (root / "records.json").is_file():  # else another process finished first
-                    shutil.rmtree(root, ignore_errors=True)
-                    os.replace(partial, root)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
+        root = build_once(corpus.root / f"robustness-v{VERSION}" / name, "records.json",
+                          lambda partial: _build_media(partial, split, sizes))
         return cls(corpus, split, root)
 
     def records(self, kind: str) -> list[DemoRecord]:
