@@ -7,30 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from gemini_jax.cli.types import positive_float, positive_int, seed
+from gemini_jax.cli.types import int_list, positive_float, positive_int, seed
 
 
 def fsq_levels(text: str) -> tuple[int, ...]:
     """FSQ levels separated by commas, each an integer >= 3, e.g. 8,5,5,5."""
-    try:
-        values = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 3:
-        raise argparse.ArgumentTypeError(f"takes integers >= 3 separated by commas (e.g. 8,5,5,5), got {text!r}")
-    return values
+    return int_list(text, least=3, what="integers >= 3", example="8,5,5,5")
 
 
 def widths(text: str) -> tuple[int, ...]:
     """Channel counts separated by commas, e.g. 32,64,128."""
-    try:
-        values = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"takes positive channel counts separated by commas (e.g. 32,64,128), "
-                                         f"got {text!r}")
-    return values
+    return int_list(text, least=1, what="positive channel counts", example="32,64,128")
 
 
 def power_of_two(text: str) -> int:

@@ -67,15 +67,21 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def lengths(text: str) -> tuple[int, ...]:
-    """Token counts separated by commas, e.g. 256,512."""
+def int_list(text: str, *, least: int, what: str, example: str, skip_empty: bool = False) -> tuple[int, ...]:
+    """Integers of at least `least` separated by commas; `skip_empty` passes over empty items ("8,,5")."""
+    pieces = [n for n in text.split(",") if n.strip()] if skip_empty else text.split(",")
     try:
-        values = tuple(int(n) for n in text.split(",") if n.strip())
+        values = tuple(int(n) for n in pieces)
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"takes positive token counts separated by commas (e.g. 256,512), got {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"takes {what} separated by commas (e.g. {example}), got {text!r}")
     return values
+
+
+def lengths(text: str) -> tuple[int, ...]:
+    """Token counts separated by commas, e.g. 256,512."""
+    return int_list(text, least=1, what="positive token counts", example="256,512", skip_empty=True)
 
 
 def port(text: str) -> int:
