@@ -1,5 +1,6 @@
 """cluster@N/K (AlphaCode 2's filter, cluster, submit): the docstring-example parser on the real
-HumanEval prompts, reproducible generated inputs, the ranking on scripted probes, scripted right
+HumanEval prompts, reproducible generated inputs (perturbed examples, or drawn from the type
+annotations where a prompt has no example), the ranking on scripted probes, scripted right
 and wrong programs through the sandbox and the runner, the canonical solutions through the
 protocol path, and bad specs as usage errors."""
 
@@ -68,6 +69,82 @@ def test_perturbations_stay_in_the_examples_alphabet():
         word = cc.perturb("abc", rng, chars="abc")
         assert isinstance(word, str) and set(word) <= set("abc")
         assert type(cc.perturb((1, 2), rng)) is tuple and type(cc.perturb(True, rng)) is bool
+
+
+SIGNATURE = ("from typing import Dict, List, Optional, Tuple\n\n\n"
+             "def f(xs: List[int], s: str, t: Tuple[int, str], d: Dict[str, float], o: Optional[int]) -> bool:\n"
+             '    """No examples."""\n')
+
+
+def test_annotated_inputs_match_their_annotations():
+    inputs = cc.annotated_inputs(SIGNATURE, "f", seed="f")
+    assert len(inputs) == cc.GENERATED_INPUTS and len({repr(i) for i in inputs}) == len(inputs)
+    for xs, s, t, d, o in inputs:
+        assert type(xs) is list and all(type(x) is int for x in xs) and len(xs) <= 6
+        assert type(s) is str and set(s) <= set("abcdefghijklmnopqrstuvwxyz ")
+        assert type(t) is tuple and [type(v) for v in t] == [int, str]
+        assert type(d) is dict and all(type(k) is str and type(v) is float for k, v in d.items())
+        assert o is None or type(o) is int
+    values = [x for args in inputs for x in args[0]]
+    assert min(values) < 0 and 0 in values  # small numbers, negatives and zero among them
+    assert any(o is None for *_, o in inputs) and any(o is not None for *_, o in inputs)
+    assert all(cc.is_plain(args) for args in inputs)
+
+
+def test_annotated_inputs_read_the_other_spellings():
+    prompt = 'def g(a: "list[tuple[int, ...]]", b: set[float], c: typing.Set[bool], e: int | str, *rest):\n    """."""\n'
+    inputs = cc.annotated_inputs(prompt, "g", count=40)
+    assert len(inputs) == 40
+    for a, b, c, e in inputs:
+        assert type(a) is list and all(type(t) is tuple and all(type(x) is int for x in t) for t in a)
+        assert type(b) is set and all(type(x) is float for x in b) and type(c) is set and c <= {True, False}
+        assert type(e) in (int, str)
+    assert {type(e) for *_, e in inputs} == {int, str}
+    assert cc.annotated_inputs('def h(flag: bool):\n    """."""\n', "h") in ([(False,), (True,)], [(True,), (False,)])
+
+
+def test_annotated_inputs_are_reproducible():
+    inputs = cc.annotated_inputs(SIGNATURE, "f", seed=SIGNATURE)
+    assert inputs == cc.annotated_inputs(SIGNATURE, "f", seed=SIGNATURE)
+    assert inputs != cc.annotated_inputs(SIGNATURE, "f", seed="another seed")
+
+
+@pytest.mark.parametrize("params", [
+    "xs: List[int], n",  # one parameter unannotated
+    "x: Any", "xs: list", "xs: List", "p: Point", "f: Callable[[int], int]",  # too little to draw from
+    "d: Dict[List[int], int]", "s: Set[str]",  # an unhashable key; a set whose order each process draws anew
+    "x: int, *, y: int",  # a keyword-only argument the positional call cannot fill
+])
+def test_annotated_inputs_are_none_where_a_parameter_cannot_be_drawn(params):
+    assert cc.annotated_inputs(f'def f({params}):\n    """."""\n', "f") == []
+
+
+def test_3_of_the_88_humaneval_prompts_without_examples_get_inputs_from_annotations(problems):
+    without = [p for p in problems if not cc.docstring_examples(p.prompt, p.entry_point)]
+    drawn = {p.task_id for p in without if cc.annotated_inputs(p.prompt, p.entry_point)}
+    # The other 85 leave their parameters unannotated; these three annotate theirs `str` or `int`.
+    annotated = {p.task_id for p in without
+                 if all(a.annotation for a in cc._function(p.prompt, p.entry_point).args.args)}
+    assert len(without) == 88 and drawn == annotated == {"HumanEval/38", "HumanEval/41", "HumanEval/50"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Total:
+    """A problem without examples whose parameter is annotated `List[int]`."""
+
+    prompt: str = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """The sum of xs."""\n'
+    entry_point: str = "total"
+    hidden: tuple = ()
+
+
+def test_programs_that_differ_on_annotated_inputs_land_in_different_clusters(problems):
+    car_race_collision = problems[41]  # `n: int`, no examples; its canonical solution is n**2
+    right, wrong = car_race_collision.canonical_solution, "    return 2 * n\n"
+    assert cc.choose(car_race_collision, [right, wrong, right], k=1).clusters == ((0, 2), (1,))
+    summed, looped = "    return sum(xs)\n", "    t = 0\n    for x in xs:\n        t += x\n    return t\n"
+    positives = "    return sum(x for x in xs if x > 0)\n"
+    chosen = cc.choose(Total(), [positives, summed, looped], k=1)
+    assert chosen.passed_examples == 3 and chosen.clusters == ((1, 2), (0,)) and chosen.submitted == (1,)
 
 
 def probes(*spec):

@@ -4,6 +4,7 @@ generated inputs, and submit one program from each of the K largest clusters.
 
     examples = docstring_examples(problem.prompt, problem.entry_point)   # the docstring's >>> lines
     inputs = generated_inputs(examples, seed=problem.prompt)  # their arguments, perturbed
+    inputs = inputs or annotated_inputs(problem.prompt, problem.entry_point, seed=problem.prompt)
     chosen = select([probe(problem, s, examples, inputs) for s in samples], k=1)
     solved = any(passed[i] for i in chosen.submitted)   # passed: each sample's hidden tests
 
@@ -13,8 +14,10 @@ trusted code, evaluates the examples and records each generated input's outcome 
 value returned, or the name of the exception raised). Nothing the program writes is read, so it
 cannot choose its own cluster beyond the values it returns.
 
-Where the docstring has no `>>>` example nothing is filtered and there is nothing to generate
-inputs from: the programs then split only into those that define themselves and those that
+Where the docstring has no `>>>` example nothing is filtered, and the inputs are drawn from the
+entry point's type annotations instead (`annotated_inputs`: `List[int]`, `str`, `Optional[T]`,
+...). A parameter without an annotation, or with one that says too little (`Any`, a class), leaves
+no inputs at all: the programs then split only into those that define themselves and those that
 cannot, and the first sample of the larger group is submitted. A sample that fails the examples
 is dropped, unless every sample does (a docstring's example can be wrong: HumanEval/47's is).
 """
@@ -297,6 +300,126 @@ def generated_inputs(examples: Sequence[Example], *, count: int = GENERATED_INPU
     return out
 
 
+# --- inputs drawn from the type annotations ----------------------------------------------------
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz "
+_MAX_ITEMS = 6  # lists, tuples, dicts and sets of 0 to 6 items: calls stay fast
+Draw = Callable[[random.Random], Any]
+
+# Small values, 0 and negatives included, so that a program's edge cases show in its outcomes.
+_SCALARS: dict[str, Draw] = {
+    "int": lambda rng: rng.randint(-10, 10),
+    "float": lambda rng: round(rng.uniform(-10.0, 10.0), 2),
+    "bool": lambda rng: rng.random() < 0.5,
+    "str": lambda rng: "".join(rng.choices(_LETTERS, k=rng.randint(0, 8))),
+}
+
+
+def _name(node: ast.expr) -> str | None:
+    """The name an annotation spells: "List" for both `List` and `typing.List`."""
+    match node:
+        case ast.Name(id=name) | ast.Attribute(attr=name):
+            return name
+    return None
+
+
+def _alternatives(node: ast.expr) -> list[ast.expr]:
+    """The members of a union (`A | B | None`, `Union[A, B]`, `Optional[A]`), flattened; [node] otherwise."""
+    match node:
+        case ast.BinOp(op=ast.BitOr()):
+            return _alternatives(node.left) + _alternatives(node.right)
+        case ast.Subscript(slice=ast.Tuple(elts=items)) if _name(node.value) == "Union":
+            return [a for item in items for a in _alternatives(item)]
+        case ast.Subscript(slice=item) if _name(node.value) in ("Union", "Optional"):
+            none = [ast.Constant(None)] if _name(node.value) == "Optional" else []
+            return _alternatives(item) + none
+    return [node]
+
+
+def _spells(node: ast.expr, name: str) -> bool:
+    """Whether the annotation `node` mentions `name` anywhere (inside string annotations too)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+            try:
+                if _spells(ast.parse(n.value, mode="eval").body, name):
+                    return True
+            except SyntaxError:
+                pass
+        elif _name(n) == name:
+            return True
+    return False
+
+
+def _drawer(node: ast.expr | None, *, hashable: bool = False) -> Draw | None:
+    """What draws a value of the type `node` annotates (`hashable`: to be a dict key or a set
+    item); None for a type it cannot draw without guessing: no annotation, `Any`, a class of the
+    prompt's own, a bare `list` whose items are unknown, a list where a hashable value is needed."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a string annotation: "List[int]"
+        try:
+            return _drawer(ast.parse(node.value, mode="eval").body, hashable=hashable)
+        except SyntaxError:
+            return None
+    alternatives = _alternatives(node)
+    if alternatives != [node]:
+        draws = [_drawer(a, hashable=hashable) for a in alternatives]
+        return None if None in draws else (lambda rng: rng.choice(draws)(rng))
+    if isinstance(node, ast.Constant) and node.value is None:
+        return lambda rng: None
+    if not isinstance(node, ast.Subscript):
+        return _SCALARS.get(_name(node))
+    kind = (_name(node.value) or "").lower()
+    items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+    if kind == "tuple" and len(items) == 2 and isinstance(items[1], ast.Constant) and items[1].value is ...:
+        item = _drawer(items[0], hashable=hashable)  # Tuple[T, ...]
+        if item is None:
+            return None
+        return lambda rng: tuple(item(rng) for _ in range(rng.randint(0, _MAX_ITEMS)))
+    if kind == "set" and _spells(items[0], "str"):
+        return None  # a set of strings iterates in an order each process draws anew (hash randomization)
+    draws = [_drawer(i, hashable=hashable or kind in ("dict", "set") and at == 0) for at, i in enumerate(items)]
+    if None in draws:
+        return None
+    match kind, draws:
+        case "tuple", _:
+            return lambda rng: tuple(d(rng) for d in draws)
+        case "list", [item] if not hashable:
+            return lambda rng: [item(rng) for _ in range(rng.randint(0, _MAX_ITEMS))]
+        case "set", [item] if not hashable:
+            return lambda rng: {item(rng) for _ in range(rng.randint(0, _MAX_ITEMS))}
+        case "dict", [key, value] if not hashable:
+            return lambda rng: {key(rng): value(rng) for _ in range(rng.randint(0, _MAX_ITEMS))}
+    return None
+
+
+def annotated_inputs(prompt: str, entry_point: str, *, count: int = GENERATED_INPUTS,
+                     seed: str | int = 0) -> list[tuple]:
+    """Up to `count` distinct argument tuples for `entry_point`, each parameter's value drawn at
+    random from its annotation (read from the prompt's syntax tree, never run): small ints and
+    floats, 0 and negatives included; strings of 0-8 lowercase letters and spaces; bools; lists,
+    sets, dicts and `Tuple[T, ...]`s of 0-6 items; fixed tuples; a member of a union or
+    `Optional`. The same `seed` gives the same inputs. Empty when any parameter the positional
+    call must fill has no annotation it can draw from (see `_drawer`): better no inputs than
+    inputs of a type the program never meant to take."""
+    function = _function(prompt, entry_point)
+    if function is None or any(d is None for d in function.args.kw_defaults):  # a keyword-only argument to fill
+        return []
+    draws = [_drawer(a.annotation) for a in [*function.args.posonlyargs, *function.args.args]]
+    if None in draws:
+        return []
+    rng = random.Random(_seed(seed))
+    seen, out = set(), []
+    for _ in range(count * 10):
+        if len(out) >= count:
+            break
+        args = tuple(d(rng) for d in draws)
+        if repr(args) not in seen and is_plain(args):
+            seen.add(repr(args))
+            out.append(args)
+    return out
+
+
 # --- one program's behaviour, judged in the sandbox ---------------------------------------------
 
 
@@ -439,9 +562,11 @@ def select(probes: Sequence[Probe], *, k: int) -> Selection:
 
 def choose(problem: CodeProblem, samples: Sequence[str], *, k: int, workers: int = 1,
            call_seconds: float = CALL_SECONDS) -> Selection:
-    """`select` over the samples' probes on `problem`'s examples and generated inputs."""
+    """`select` over the samples' probes on `problem`'s examples and generated inputs (drawn from
+    the annotations where the examples give none)."""
     examples = docstring_examples(problem.prompt, problem.entry_point)
-    inputs = generated_inputs(examples, seed=problem.prompt)
+    inputs = (generated_inputs(examples, seed=problem.prompt)
+              or annotated_inputs(problem.prompt, problem.entry_point, seed=problem.prompt))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         probes = list(pool.map(lambda s: probe(problem, s, examples, inputs, call_seconds=call_seconds), samples))
     return select(probes, k=k)
