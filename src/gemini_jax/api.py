@@ -8,6 +8,7 @@
     gemini_jax.generate(run, "What shape is this?", images=["shape.png"])
     gemini_jax.generate(run, "Hello", safety="runs/safety", safety_settings={"harassment": 0.2})
     gemini_jax.generate_parts(run, "Draw a red circle.")   # ["...", uint8[64, 64, 3], ...]: runs that draw
+    gemini_jax.generate_parts(run, "Draw a red circle.", guidance=3.0, temperature=1.0)   # classifier-free guidance
     gemini_jax.evaluate(run, ["vqa", "asr"], limit=100)
     gemini_jax.train_recipe(gemini_jax.recipes.DemoRecipe(run_dir="runs/mine"))
 
@@ -53,17 +54,22 @@ def user_turn(text: str, *, images: Sequence[Any] = (), videos: Sequence[Any] = 
 def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
              videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None) -> str:
+             safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
+             guidance: float | None = None) -> str:
     """The model's answer to `prompt`: a user turn's text (with its media) or a whole Example.
 
     `safety`: a SafetyFilter or the directory `gemini-jax safety train` wrote; the user turns' text
     is checked before generating and the answer after, under `safety_settings` (the request forms
     of gemini_jax.safety.filter). A blocked one raises SafetyBlocked (its `stage`, `verdict`:
     category and score) instead of returning text. A run that writes images gives its text with
-    each image's markers in place (`generate_parts` gives the pictures)."""
+    each image's markers in place (`generate_parts` gives the pictures).
+
+    `guidance` s (a run that writes images and keeps an unconditional prompt): classifier-free
+    guidance of the images' codes, u + s (c - u) with u from the run's unconditional prompt
+    (docs/image-output.md); None or 1 samples as without it."""
     return _reply(run, prompt, images=images, videos=videos, audios=audios, max_new_tokens=max_new_tokens,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, safety=safety,
-                  safety_settings=safety_settings)
+                  safety_settings=safety_settings, guidance=guidance)
 
 
 def generate_parts(run: Run | str | os.PathLike, prompt: str | Example, **options: Any) -> list[str | np.ndarray]:
@@ -76,7 +82,7 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
            videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
-           parts: bool = False) -> str | list[str | np.ndarray]:
+           guidance: float | None = None, parts: bool = False) -> str | list[str | np.ndarray]:
     from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
     from gemini_jax.sample.image_output import ImageWriter
     from gemini_jax.sample.sampler import Sampler
@@ -94,16 +100,41 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
     writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast
+    unconditional = guided_prompts(run, guidance, count=1)
     if check:
         check.require_safe(prompt_text(prompt), settings, stage="prompt")
     sampler = Sampler(run.model, run.tokenizer, image_codes=writer.coder() if writer else None)
-    [ids] = sampler.generate_ids([prompt], [params])
+    [ids] = sampler.generate_ids([prompt], [params], guidance=guidance, unconditional=unconditional)
     text = sampler.text(ids)
     if check:
         check.require_safe(text, settings, stage="response")
     if not parts:
         return text
     return writer.parts(ids) if writer else [text]
+
+
+def guided_prompts(run: Run, guidance: float | None, *, count: int) -> list[Example] | None:
+    """`count` copies of the run's unconditional prompt as a user turn (None without guidance);
+    a ConfigError (a ValueError) where guidance cannot apply: a text-only run, a bad scale, no
+    unconditional prompt."""
+    import math
+    import numbers
+
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.config import ConfigError
+    from gemini_jax.sample.image_output import unconditional_prompt
+
+    if guidance is None:
+        return None
+    if run.config.image_output is None:
+        raise ConfigError(f"guidance {guidance}: {run.run_dir} writes text only (config.image_output is None); "
+                         "guidance steers the codes of the images a run writes")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
+        raise ConfigError(f"guidance must be a finite number >= 0 (1: unguided), got {guidance!r}")
+    try:
+        return [user_turn(unconditional_prompt(run.run_dir))] * count
+    except CheckpointError as e:
+        raise ConfigError(f"guidance {guidance}: {e}") from None
 
 
 def evaluate(run: Run | str | os.PathLike, tasks: Sequence[str], *, corpus: Any = None,

@@ -151,7 +151,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
     options = EvalOptions(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
                           cache_dir=args.cache_dir, shots=args.shots, samples=args.samples,
-                          temperature=args.temperature, seed=args.seed, protocol=args.protocol,
+                          temperature=args.temperature, seed=args.seed, guidance=args.guidance, protocol=args.protocol,
                           lengths=args.lengths, plot=args.plot, records=args.records, progress=not args.no_progress)
     refuse_unused_options(tasks, options)
     # Before the checkpoint loads: a protocol or sampling flag that would do nothing for a chosen benchmark.
@@ -211,7 +211,7 @@ def generate(args: argparse.Namespace) -> None:
         max_new_tokens = 64 + (drawn.codes_per_image + 2 if drawn else 0)
     options = dict(images=args.image, videos=args.video, audios=args.audio, max_new_tokens=max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, safety=check,
-                   safety_settings=settings)
+                   safety_settings=settings, guidance=args.guidance)
     try:
         if out is None:
             print(api.generate(run, args.prompt, **options))

@@ -370,6 +370,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="benchmarks: sampling temperature of maj@K, cot-routed@K and pass@K (refused where nothing is "
                    "sampled)")
     p.add_argument("--seed", type=seed, default=0, help="benchmarks: sampling seed (sample i uses seed + i)")
+    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="S",
+                   help="image_generation: classifier-free guidance scale of the drawn images' codes (1: as "
+                   "without it; docs/image-output.md); refused for the other tasks")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="prompts decoded or scored together (default: 16 for benchmarks, 256 for the demo sets)")
     p.add_argument("--step", type=non_negative_int, default=None,
@@ -410,6 +413,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-images", default=None, metavar="DIR",
                    help="for a run that writes images: save each one as DIR/reply-N.png (DIR made if missing) and "
                    "print the text with each image's path in its place")
+    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="S",
+                   help="for a run that writes images: classifier-free guidance of the images' codes, u + S (c - u) "
+                   "with u the logits of the run's unconditional prompt (1: as without it; larger follows the "
+                   "request more closely); the run must have been trained with guidance_dropout > 0")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

@@ -43,6 +43,7 @@ class EvalOptions:
     protocol: str | None = None  # benchmarks: greedy, loglikelihood, maj@K, cot-routed@K, pass@K; None: each task's
     temperature: float = 0.7
     seed: int = 0
+    guidance: float | None = None  # image_generation: classifier-free guidance scale; None: none
     lengths: tuple[int, ...] | None = None  # long context: None, powers of two up to the context
     plot: str | None = None  # nll_by_position's PNG; None: beside the run, when there is one
     records: str | None = None  # a JSONL file for every example's record
@@ -53,6 +54,8 @@ class EvalOptions:
             object.__setattr__(self, "lengths", tuple(self.lengths))
             if not self.lengths or min(self.lengths) < 1:
                 raise TaskDataError(f"--lengths takes positive token counts, got {list(self.lengths)}")
+        if self.guidance is not None and not 0 <= self.guidance < float("inf"):
+            raise TaskDataError(f"--guidance must be a finite number >= 0, got {self.guidance}")
         for name, least in (("limit", 1), ("batch_size", 1), ("shots", 0), ("samples", 1)):
             value = getattr(self, name)
             if value is not None and value < least:

@@ -14,7 +14,12 @@
 4. The demo preset's decoder and vision encoder (no audio), its vocabulary the text pieces plus
    the image tokenizer's codes (config.image_output); trained on the drawing examples, whose
    model turns are `<start_of_image>` + 64 codes + `<end_of_image>` (data/image_codes.py).
-5. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py).
+   A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
+   that one model also learns the unconditional picture distribution that classifier-free
+   guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
+   in RUN/image_tokenizer/guidance.json (sample/image_output.py).
+5. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py),
+   guided by `eval_guidance` when it is set.
 """
 
 from __future__ import annotations
@@ -23,20 +28,31 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
 
 from gemini_jax.config import ConfigError, ImageOutputConfig, ModelConfig, get_preset, override
 from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
 from gemini_jax.model.image_tokenizer import ImageTokenizerConfig
 from gemini_jax.recipes.runner import Setup, Timings, log
-from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR
+from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, write_unconditional_prompt
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.image_tokenizer import TrainSettings
 from gemini_jax.train.optimizer import OptimizerConfig
 
+if TYPE_CHECKING:
+    from gemini_jax.data.examples import Example
+    from gemini_jax.data.tokenizer import Tokenizer
+
 TOKENIZER_RECIPE = 1  # a change trains a new text tokenizer
 QUICK_EVAL_LIMIT = 50  # validation requests of each kind, every `train.eval_every` steps
+# What a dropped drawing request says instead: every word of it is in the train prompts ("Make a
+# picture of ...", "Draw a ..."), so the text tokenizer trained on them writes it in learned pieces.
+UNCONDITIONAL_PROMPT = "Draw a picture."
+DROPOUT_STREAM = 22  # seeds the choice of dropped requests apart from every other use of train.seed
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,11 +80,25 @@ class ImageGenerationRecipe:
     # Chosen on validation (docs/image-output.md): greedy decoding writes the likeliest code everywhere, the
     # background's, and draws nothing; sampling at 1 drew best.
     eval_temperature: float = 1.0
+    # Classifier-free guidance: the share of drawing requests trained with UNCONDITIONAL_PROMPT in their
+    # place (0.1, as Parti and Muse drop theirs), and the scale s of the evaluations (None: unguided; s is
+    # chosen on validation, docs/image-output.md).
+    guidance_dropout: float = 0.1
+    eval_guidance: float | None = None
     evaluate_at_end: bool = True
 
     def __post_init__(self):
         if self.train.mesh is not None:
             raise ConfigError("image_generation trains on one device: drop the mesh (--mesh) and the multi-host flags")
+        if not 0.0 <= self.guidance_dropout < 1.0:
+            raise ConfigError(f"guidance_dropout is the share of drawing requests dropped, in [0, 1); got "
+                              f"{self.guidance_dropout}")
+        if self.eval_guidance is not None:
+            if not 0.0 <= self.eval_guidance < float("inf"):
+                raise ConfigError(f"eval_guidance must be a finite number >= 0 (or None), got {self.eval_guidance}")
+            if self.guidance_dropout == 0:
+                raise ConfigError("eval_guidance needs guidance_dropout > 0: a model never shown the unconditional "
+                                  "prompt has no unconditional distribution to guide against")
 
     def model_config(self, *, text_pieces: int, codebook_size: int, codes_per_image: int) -> ModelConfig:
         """The preset (no audio) with room for the text pieces and, above them, the codes."""
@@ -93,13 +123,17 @@ class ImageGenerationRecipe:
         with timings.phase("tokenizer_s"):
             tokenizer_file = prepare_tokenizer(corpus, vocab_size=self.text_vocab_size)
         tokenizer = Tokenizer.load(tokenizer_file)
+        if self.guidance_dropout > 0:
+            check_unconditional_prompt(tokenizer)
         image_config = read_image_tokenizer_config(image_dir)
         config = self.model_config(text_pieces=tokenizer.vocab_size, codebook_size=image_config.codebook_size,
                                    codes_per_image=image_config.codes_per_image)
         if config.max_seq_len < self.seq_len:
             raise ConfigError(f"seq_len {self.seq_len} exceeds the model's context of {config.max_seq_len}")
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
-        rows = pipeline.encoded_source(corpus.examples("train"), tokenizer=tokenizer, config=config, max_len=self.seq_len,
+        write_unconditional_prompt(run_dir, UNCONDITIONAL_PROMPT if self.guidance_dropout > 0 else None)
+        examples = drop_requests(corpus.examples("train"), fraction=self.guidance_dropout, seed=self.train.seed)
+        rows = pipeline.encoded_source(examples, tokenizer=tokenizer, config=config, max_len=self.seq_len,
                                        cache_rows=True, image_codes=ImageCoder.load(image_dir), seed=self.train.seed)
         data = iter(pipeline.batched(rows, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.train.seed,
                                      config=config, max_images=1, num_threads=1, prefetch_batches=1))
@@ -111,7 +145,7 @@ class ImageGenerationRecipe:
             task = ImageGeneration(name="image_generation" if split == "test" else f"image_generation_{split}",
                                    split=split, corpus_sizes=self.corpus)
             options = EvalOptions(limit=limit, cache_dir=self.cache_dir, temperature=self.eval_temperature,
-                                  progress=self.train.progress)
+                                  guidance=self.eval_guidance, progress=self.train.progress)
             return evaluate(model, tokenizer, [task], options, run_dir=run_dir)
 
         def quick(model):
@@ -140,6 +174,36 @@ class ImageGenerationRecipe:
                               settings=dataclasses.replace(self.image_tokenizer_settings, progress=self.train.progress,
                                                            seed=self.train.seed))
         return out
+
+
+def is_drawing(example: Example) -> bool:
+    """A drawing request (its user turn is text alone), not an edit (which reads a picture)."""
+    user = example.contents[0]
+    return user.role == "user" and all(part.text is not None for part in user.parts)
+
+
+def drop_requests(examples: Sequence[Example], *, fraction: float, seed: int) -> list[Example]:
+    """`examples` with each drawing request's text replaced by UNCONDITIONAL_PROMPT with
+    probability `fraction`, the choice fixed by `seed` and the example's place (the same on every
+    resume); edits are kept whole."""
+    from gemini_jax.data.examples import Content, Part
+
+    if fraction == 0:
+        return list(examples)
+    dropped = np.random.default_rng([seed, DROPOUT_STREAM]).random(len(examples)) < fraction
+    blank = Content("user", (Part(text=UNCONDITIONAL_PROMPT),))
+    return [dataclasses.replace(e, contents=(blank, *e.contents[1:])) if drop and is_drawing(e) else e
+            for e, drop in zip(examples, dropped)]
+
+
+def check_unconditional_prompt(tokenizer: Tokenizer) -> None:
+    """ConfigError unless UNCONDITIONAL_PROMPT encodes to learned pieces: a byte-fallback piece
+    would mean its text never occurred in what the tokenizer was trained on."""
+    pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode(UNCONDITIONAL_PROMPT)]
+    unknown = [p for p in pieces if p.startswith("<0x") or p == "<unk>"]
+    if unknown:
+        raise ConfigError(f"the unconditional prompt {UNCONDITIONAL_PROMPT!r} encodes to pieces the text tokenizer never "
+                          f"learned ({unknown}): its words must occur in the corpus's train prompts")
 
 
 def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageTokenizerConfig,

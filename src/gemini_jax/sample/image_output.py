@@ -7,12 +7,18 @@ tokenizer's decoder turns into pixels:
     writer = ImageWriter.for_run(run)                      # None for a text-only run
     parts = writer.parts(reply_ids)                        # ["Here it is: ", uint8[64, 64, 3], "."]
     text = writer.save(parts, "out/", stem="reply0")      # "Here it is: out/reply0-1.png."
+
+A run trained with its requests sometimes dropped (the image_generation recipe's
+`guidance_dropout`) keeps the prompt that stood in for them in RUN/image_tokenizer/guidance.json,
+so that its copies (a quantized run copies the directory) and a loaded run can sample with
+classifier-free guidance: `unconditional_prompt(run_dir)`.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +33,7 @@ from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.sample.image_spans import ImageSpans, image_spans_for, split_reply
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
+GUIDANCE_FILE = "guidance.json"  # inside IMAGE_TOKENIZER_DIR: {"unconditional_prompt": "..."}
 
 Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
 
@@ -118,6 +125,35 @@ def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) ->
             f"{directory}: the image tokenizer has {saved.codebook_size} codes, {saved.codes_per_image} an image, but "
             f"the run reserves {wanted.codebook_size} codes, {wanted.codes_per_image} an image (config.image_output)")
     return load_image_tokenizer(directory), tokenizer_key(directory)
+
+
+def write_unconditional_prompt(run_dir: str | os.PathLike, prompt: str | None) -> None:
+    """Records the run's unconditional prompt beside its image tokenizer; None removes a record
+    (a run trained without dropped requests, whose image tokenizer came from one with them)."""
+    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / GUIDANCE_FILE
+    if prompt is None:
+        path.unlink(missing_ok=True)
+        return
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps({"unconditional_prompt": prompt}) + "\n")
+    staging.replace(path)
+
+
+def unconditional_prompt(run_dir: str | os.PathLike) -> str:
+    """The prompt a run was trained on in place of dropped requests: what guidance samples beside
+    each request. A CheckpointError where the run has none."""
+    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / GUIDANCE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no {IMAGE_TOKENIZER_DIR}/{GUIDANCE_FILE}, so guidance has no unconditional "
+                              "prompt: the run was trained without dropped requests (train it with the image_generation "
+                              "recipe's guidance_dropout > 0)")
+    try:
+        prompt = json.loads(path.read_text())["unconditional_prompt"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        prompt = None
+    if not isinstance(prompt, str) or not prompt:
+        raise CheckpointError(f"{path}: expected {{\"unconditional_prompt\": \"<text>\"}}")
+    return prompt
 
 
 def copy_image_tokenizer(source_run: str | os.PathLike, out_run: str | os.PathLike) -> None:

@@ -16,6 +16,8 @@ programs of programs.py, so they give the same answers.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,12 +80,46 @@ class Sampler:
             ids = [t for t in ids if not self.image_spans.is_code(t)]
         return self.tokenizer.decode(ids)
 
-    def generate_ids(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None) -> list[list[int]]:
+    def generate_ids(self, prompts: Sequence[Example], params: Sequence[SamplingParams] | None = None, *,
+                     guidance: float | None = None,
+                     unconditional: Sequence[Example] | None = None) -> list[list[int]]:
+        """Each prompt's reply ids, its stop token dropped.
+
+        `guidance` s (a model that writes images): classifier-free guidance, each prompt run beside
+        its `unconditional` prompt (one per prompt, e.g. the recipe's "Draw a picture."), the
+        codes of its images chosen from u + s (c - u) (programs.py). s = 1 is unguided sampling of
+        the prompt, s = 0 of the unconditional prompt; the text outside images is the prompt's own.
+        """
         if not prompts:
             return []
         params = list(params) if params is not None else [SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling settings")
+        if guidance is not None:
+            self._check_guidance(guidance, prompts, unconditional)
+            # Each request is a pair of rows (prompt, unconditional prompt) with the request's settings.
+            pairs = self._generate([p for pair in zip(prompts, unconditional) for p in pair],
+                                   [p for p in params for _ in range(2)], guidance=guidance)
+            return pairs[::2]
+        if unconditional is not None:
+            raise ValueError("unconditional prompts are read only with guidance (a scale s >= 0)")
+        return self._generate(prompts, params)
+
+    def _check_guidance(self, guidance: float, prompts: Sequence[Example], unconditional: Sequence[Example] | None):
+        if self.image_spans is None:
+            raise ValueError("guidance steers the codes of the images a model writes; this model writes text only "
+                             "(config.image_output is None)")
+        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
+            raise ValueError(f"guidance must be a finite number >= 0 (1: unguided), got {guidance!r}")
+        if unconditional is None or len(unconditional) != len(prompts):
+            got = "none" if unconditional is None else len(unconditional)
+            raise ValueError(f"guidance needs one unconditional prompt per prompt: {len(prompts)} prompts, {got} "
+                             "unconditional ones")
+
+    def _generate(self, prompts: Sequence[Example], params: list[SamplingParams], *,
+                  guidance: float | None = None) -> list[list[int]]:
+        """The static batch; with `guidance`, rows (2i, 2i + 1) are pairs (an even batch, padded
+        with whole pairs of idle rows)."""
         rows = [self.encode_prompt(p) for p in prompts]
         lengths = [int(r["segment_ids"].sum()) for r in rows]
         max_new = max(p.max_new_tokens for p in params)
@@ -104,7 +140,8 @@ class Sampler:
         limits = np.array([p.max_new_tokens for p in params] + [0] * pad)
 
         spans = self.image_spans.initial(size, room=limits) if self.image_spans else None
-        tokens, cache = self.programs.prefill(batch, sampling, seeds, cache_len=cache_len, spans=spans)
+        tokens, cache = self.programs.prefill(batch, sampling, seeds, cache_len=cache_len, spans=spans,
+                                              guidance=guidance)
         out = np.zeros((size, max_new), np.int32)
         done = limits == 0
         length = np.zeros(size, np.int64)
@@ -118,7 +155,7 @@ class Sampler:
             steps = np.full(size, step + 1, np.int32)  # the rows advance together
             if spans is not None:
                 spans = self.image_spans.advance(spans, current, room=limits - steps)
-            tokens, cache = self.programs.decode(cache, tokens, steps, ~done, sampling, seeds, spans)
+            tokens, cache = self.programs.decode(cache, tokens, steps, ~done, sampling, seeds, spans, guidance)
         answers = []
         for row in range(len(rows)):
             ids = out[row, : length[row]].tolist()

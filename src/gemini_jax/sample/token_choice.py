@@ -1,7 +1,8 @@
 """Choosing the next token from logits: greedy, temperature, top-k and top-p, per row.
 
 Each row of a batch carries its own settings (arrays of shape [B]), so requests with
-different sampling parameters share one compiled decode step.
+different sampling parameters share one compiled decode step. `guided_logits` combines the rows
+of a batch in pairs for classifier-free guidance (docs/image-output.md).
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def sample_next(
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
     keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(seeds, steps)  # [B] keys
     return sample_tokens(logits, keys, **sampling)
+
+
+def guided_logits(logits: jax.Array, *, scale: jax.Array, guide: jax.Array) -> jax.Array:
+    """float32[P, V]: the logits of P pairs of rows, rows (2p, 2p + 1) being a request's prompt
+    and its unconditional prompt, combined by classifier-free guidance (Ho & Salimans 2022) where
+    `guide` (bool[P]) holds and the prompt's own elsewhere.
+
+    logits [2P, V]; scale: a float32 scalar s. Written (1 - s) u + s c, which is u + s (c - u)
+    and gives c exactly at s = 1 and u exactly at s = 0: those two reproduce unguided sampling
+    of one prompt or the other token for token.
+    """
+    pairs = logits.astype(jnp.float32).reshape(-1, 2, logits.shape[-1])  # [P, 2, V]
+    cond, uncond = pairs[:, 0], pairs[:, 1]
+    return jnp.where(guide[:, None], (1.0 - scale) * uncond + scale * cond, cond)
 
 
 def params_arrays(params: list[SamplingParams]) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ Generation goes through the library's batched path (Sampler.generate_ids, then I
 a fixed-seed sample at --temperature (0 for greedy), request i with seed --seed + i, so each of the
 300 requests gets its own picture although held-out prompts repeat (drawings.py: about 25 distinct
 draw prompts in test). `image_generation_validation` scores the validation requests (for choosing).
+With --guidance S every request (draw and edit) is sampled with classifier-free guidance beside the
+run's unconditional prompt (sample/image_output.py's `unconditional_prompt`; docs/image-output.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ TEXT_ROOM = 8  # reply tokens allowed besides one image's span
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageGeneration(EvalTask):
     family: ClassVar[Family] = Family.DEMO_SETS
-    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed"})
+    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed", "guidance"})
     default_batch_size: ClassVar[int] = 64
 
     name: str = "image_generation"
@@ -55,6 +57,8 @@ class ImageGeneration(EvalTask):
                                 "with `gemini-jax train --task image_generation`")
         if context.run_dir is None:
             raise TaskDataError(f"{self.name}: needs the run directory, whose image_tokenizer/ decodes the codes")
+        if context.options.guidance is not None:
+            unconditional(context, self.name)  # a run without an unconditional prompt fails before sampling
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
@@ -108,8 +112,22 @@ def run_image_writer(context: EvalContext):
     return ImageWriter(image_tokenizer, spans=image_spans_for(config, tokenizer), tokenizer=tokenizer, key=key)
 
 
+def unconditional(context: EvalContext, name: str):
+    """The run's unconditional prompt as a user turn (an Example), for --guidance."""
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.data.examples import Content, Example, Part
+    from gemini_jax.sample.image_output import unconditional_prompt
+
+    try:
+        text = unconditional_prompt(context.run_dir)
+    except CheckpointError as e:
+        raise TaskDataError(f"{name} --guidance {context.options.guidance}: {e}") from None
+    return Example(contents=(Content("user", (Part(text=text),)),))
+
+
 def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> list[np.ndarray | None]:
-    """The first image of the model's reply to each request (None when it drew none)."""
+    """The first image of the model's reply to each request (None when it drew none); with
+    --guidance, guided beside the run's unconditional prompt."""
     from tqdm.auto import tqdm
 
     from gemini_jax.data.examples import Example
@@ -119,6 +137,8 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
     options = context.options
     sampler = context.shared(demo_sampler)
     room = writer.spans.span_length + TEXT_ROOM
+    guidance = options.guidance
+    blank = unconditional(context, "image_generation") if guidance is not None else None
     images: list[np.ndarray | None] = []
     bar = tqdm(total=len(requests), desc="eval image_generation", disable=not options.progress, unit="ex", leave=False)
     for start in range(0, len(requests), batch_size):
@@ -126,7 +146,8 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
         prompts = [Example(contents=r.example.contents[:1]) for r in batch]
         params = [SamplingParams(temperature=options.temperature, max_new_tokens=room, seed=options.seed + start + i)
                   for i in range(len(batch))]
-        for ids in sampler.generate_ids(prompts, params):
+        guided = dict(guidance=guidance, unconditional=[blank] * len(batch)) if guidance is not None else {}
+        for ids in sampler.generate_ids(prompts, params, **guided):
             pictures = [p for p in writer.parts(ids) if isinstance(p, np.ndarray)]
             images.append(pictures[0] if pictures else None)
         bar.update(len(batch))
