@@ -45,7 +45,7 @@ def test_text_kinds_change_only_the_question(suite):
     assert all(question(c) == qf.flip_first_case(question(p)) for c, p in zip(case, suite.plain("case")))
     assert all(not question(c).endswith("?") for c in suite.records("punctuation"))
     assert all("color" not in question(c) and "gray" not in question(c) for c in suite.records("spelling"))
-    held_out = {t for options in qf.HELD_OUT.values() for t in options}
+    held_out = {t for options in qf.HELD_OUT[suite.split].values() for t in options}
     for c, p in zip(suite.records("paraphrase"), suite.plain("paraphrase")):
         m = qf.meaning(question(p))
         assert any(question(c) == t.format(thing=m.shape or (f"{m.colour} shape" if m.ask == "exists" else "shape"),
@@ -109,6 +109,8 @@ def test_the_suite_is_built_once_and_validation_is_apart(corpus, suite):
     assert validation.root != suite.root
     assert [answer(r) for r in validation.plain("paraphrase")] == \
         [answer(r) for r in corpus.records("vqa", "validation") + corpus.records("video", "validation")]
+    # Each split asks its own held-out templates: no paraphrase of validation is worded as test's.
+    assert not {question(r) for r in validation.records("paraphrase")} & {question(r) for r in suite.records("paraphrase")}
     with pytest.raises(ValueError, match="splits"):
         RobustnessSuite.build(corpus, "train")
     with pytest.raises(ValueError, match="accepted: case, punctuation"):

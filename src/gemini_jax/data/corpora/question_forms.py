@@ -5,11 +5,12 @@ that only ever sees those learns strings, not questions. `meaning` reads a quest
 what it asks, `ask` writes a meaning with a template of a given set, and the surface changes
 (`flip_first_case`, `drop_question_mark`, `british`) are what a person changes when typing.
 
-Two template sets never share a template: `TRAINING` (what the demo trains on besides the
-originals) and `HELD_OUT` (what only the robustness suite asks, data/corpora/robustness.py).
+No two template sets share a template: `TRAINING` (what the demo trains on besides the
+originals) and `HELD_OUT["validation"]` and `HELD_OUT["test"]` (what only the robustness suite
+asks, data/corpora/robustness.py, on each split).
 
     m = meaning("is there not a red shape?")   # Meaning(ask="exists", colour="red", negated=True)
-    ask(m, HELD_OUT, rng)                      # e.g. "Is it true that no red shape is shown?"
+    ask(m, HELD_OUT["validation"], rng)        # e.g. "Is it true that no red shape is shown?"
 """
 
 from __future__ import annotations
@@ -91,23 +92,43 @@ TRAINING = {
     ("last", False): ["Which shape appears second?", "Which shape turns up after the other?"],
     ("growth", False): ["Is the {colour} {shape} getting bigger or smaller?", "Bigger or smaller: the {colour} {shape}?"],
 }
+# The robustness suite's paraphrases (data/corpora/robustness.py), a set per split: recipes are
+# chosen on the validation set's scores, and training templates have been written from its
+# failures (docs/robustness.md), so wordings nobody has tuned against are a set only test asks.
 HELD_OUT = {
-    ("colour", False): ["Name the colour of the {thing}.", "Tell me the colour of the {thing}.",
-                        "Which colour is the {thing}?"],
-    ("shape", False): ["Which shape is it?", "Name the shape in the picture.", "What sort of shape can you see?"],
-    ("shape", True): ["Which shape is {colour}?", "Name the {colour} shape's kind."],
-    ("exists", False): ["Is any {thing} shown?", "Can you see a {thing}?", "Does this picture have a {thing} in it?"],
-    ("exists", True): ["Is it true that no {thing} is shown?", "Is the picture without any {thing}?"],
-    ("direction", False): ["In which direction is the {colour} {shape} moving?", "Where does the {colour} {shape} go?"],
-    ("first", False): ["Which shape is shown before the other?", "What shape comes first?"],
-    ("last", False): ["Which shape shows up later?", "What shape comes last?"],
-    ("growth", False): ["Over the clip, does the {colour} {shape} become bigger or smaller?",
-                        "Does the {colour} {shape} grow or shrink: bigger or smaller?"],
+    "validation": {
+        ("colour", False): ["Name the colour of the {thing}.", "Tell me the colour of the {thing}.",
+                            "Which colour is the {thing}?"],
+        ("shape", False): ["Which shape is it?", "Name the shape in the picture.", "What sort of shape can you see?"],
+        ("shape", True): ["Which shape is {colour}?", "Name the {colour} shape's kind."],
+        ("exists", False): ["Is any {thing} shown?", "Can you see a {thing}?", "Does this picture have a {thing} in it?"],
+        ("exists", True): ["Is it true that no {thing} is shown?", "Is the picture without any {thing}?"],
+        ("direction", False): ["In which direction is the {colour} {shape} moving?", "Where does the {colour} {shape} go?"],
+        ("first", False): ["Which shape is shown before the other?", "What shape comes first?"],
+        ("last", False): ["Which shape shows up later?", "What shape comes last?"],
+        ("growth", False): ["Over the clip, does the {colour} {shape} become bigger or smaller?",
+                            "Does the {colour} {shape} grow or shrink: bigger or smaller?"],
+    },
+    "test": {
+        ("colour", False): ["What's the colour of the {thing}?", "Could you tell me what colour the {thing} is?",
+                            "The {thing} is what colour?"],
+        ("shape", False): ["What's the shape?", "Can you name the shape?", "What shape has been drawn?"],
+        ("shape", True): ["Tell me which shape is {colour}.", "The {colour} one is what shape?"],
+        ("exists", False): ["Is there a {thing} anywhere in the picture?", "Can a {thing} be seen?",
+                            "Does the image include a {thing}?"],
+        ("exists", True): ["Does the image have no {thing} at all?", "Is it correct that there is no {thing}?"],
+        ("direction", False): ["What direction is the {colour} {shape} travelling in?",
+                               "Towards which side does the {colour} {shape} move?"],
+        ("first", False): ["Which of the shapes appears first?", "What is the first shape to appear?"],
+        ("last", False): ["Which of the shapes appears last?", "What is the last shape to appear?"],
+        ("growth", False): ["By the end, is the {colour} {shape} bigger or smaller?",
+                            "Bigger or smaller, how does the {colour} {shape} change?"],
+    },
 }
 
 
 def ask(m: Meaning, templates: dict[tuple[str, bool], list[str]], rng: np.random.Generator) -> str:
-    """A question of `m` from one of `templates` (ORIGINAL, TRAINING or HELD_OUT), chosen by `rng`."""
+    """A question of `m` from one of `templates` (ORIGINAL, TRAINING or a split's HELD_OUT), chosen by `rng`."""
     if m.ask in ("colour", "shape"):
         key = (m.ask, m.ask == "shape" and m.colour is not None)
     elif m.ask == "exists":

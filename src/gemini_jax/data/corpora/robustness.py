@@ -5,8 +5,9 @@ Seven kinds, each with the plain set it is compared with:
 
 - "case", "punctuation", "spelling", "paraphrase": the VQA and video questions of a split with the
   first letter's case flipped, without the question mark, with British spellings (only questions
-  that have an American one), or rewritten from `question_forms.HELD_OUT` templates. Same images
-  and clips, same answers: compared with the same records asked plainly.
+  that have an American one), or rewritten from the split's `question_forms.HELD_OUT` templates
+  (validation and test have sets of their own). Same images and clips, same answers: compared
+  with the same records asked plainly.
 - "images": easy-VQA-style scenes drawn here, with shapes of radius 3 pixels (smaller than 95% of
   easy-VQA's) or 22-30 (larger than any: its largest covers 961 pixels), at any position, on
   darker backgrounds (easy-VQA's are pastel) with pixel noise; asked with easy-VQA's own
@@ -78,7 +79,7 @@ class RobustnessSuite:
 
     def records(self, kind: str) -> list[DemoRecord]:
         if kind in TEXT_KINDS:
-            return [_reworded(r, kind, np.random.default_rng([_SEEDS[self.split], i]))
+            return [_reworded(r, kind, self.split, np.random.default_rng([_SEEDS[self.split], i]))
                     for i, r in enumerate(self._questions(kind))]
         if kind not in self._media:
             raise ValueError(f"unknown robustness kind {kind!r}; accepted: {', '.join(KINDS)}")
@@ -99,7 +100,7 @@ class RobustnessSuite:
         return rows
 
 
-def _reworded(record: DemoRecord, kind: str, rng: np.random.Generator) -> DemoRecord:
+def _reworded(record: DemoRecord, kind: str, split: str, rng: np.random.Generator) -> DemoRecord:
     question = record.meta["prompt"]
     if kind == "case":
         question = question_forms.flip_first_case(question)
@@ -108,7 +109,7 @@ def _reworded(record: DemoRecord, kind: str, rng: np.random.Generator) -> DemoRe
     elif kind == "spelling":
         question = question_forms.british(question)
     else:
-        question = question_forms.ask(question_forms.meaning(question), question_forms.HELD_OUT, rng)
+        question = question_forms.ask(question_forms.meaning(question), question_forms.HELD_OUT[split], rng)
     user, model = record.example.contents
     media = [p for p in user.parts if p.text is None]
     example = dataclasses.replace(record.example, contents=(Content("user", (*media, Part(text=question))), model))
