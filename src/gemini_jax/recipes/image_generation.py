@@ -81,10 +81,10 @@ class ImageGenerationRecipe:
     # background's, and draws nothing; sampling at 1 drew best.
     eval_temperature: float = 1.0
     # Classifier-free guidance: the share of drawing requests trained with UNCONDITIONAL_PROMPT in their
-    # place (0.1, as Parti and Muse drop theirs), and the scale s of the evaluations (None: unguided; s is
-    # chosen on validation, docs/image-output.md).
+    # place (0.1, as Parti and Muse drop theirs), and the scale s of the evaluations (None: unguided).
+    # s = 2 drew best on validation of 1.5, 2, 3 and 5 (docs/image-output.md).
     guidance_dropout: float = 0.1
-    eval_guidance: float | None = None
+    eval_guidance: float | None = 2.0
     evaluate_at_end: bool = True
 
     def __post_init__(self):
