@@ -117,20 +117,17 @@ def guided_prompts(run: Run, guidance: float | None, *, count: int) -> list[Exam
     """`count` copies of the run's unconditional prompt as a user turn (None without guidance);
     a ConfigError (a ValueError) where guidance cannot apply: a text-only run, a bad scale, no
     unconditional prompt."""
-    import math
-    import numbers
-
     from gemini_jax.checkpoint import CheckpointError
     from gemini_jax.config import ConfigError
     from gemini_jax.sample.image_output import unconditional_prompt
+    from gemini_jax.sample.token_choice import check_guidance
 
     if guidance is None:
         return None
     if run.config.image_output is None:
         raise ConfigError(f"guidance {guidance}: {run.run_dir} writes text only (config.image_output is None); "
                          "guidance steers the codes of the images a run writes")
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
-        raise ConfigError(f"guidance must be a finite number >= 0 (1: unguided), got {guidance!r}")
+    check_guidance(guidance, error=ConfigError)
     try:
         return [user_turn(unconditional_prompt(run.run_dir))] * count
     except CheckpointError as e:

@@ -29,7 +29,7 @@ from flax import nnx
 from gemini_jax.model import Gemini
 from gemini_jax.model.attention import KVCache
 from gemini_jax.sample.image_spans import ImageSpans
-from gemini_jax.sample.token_choice import guided_logits, sample_next
+from gemini_jax.sample.token_choice import check_guidance, guided_logits, sample_next
 
 Arrays = dict[str, np.ndarray]
 
@@ -85,11 +85,9 @@ class DecodePrograms:
             return None
         if self.image_spans is None:
             raise ValueError("guidance steers a model's image codes; this model writes text only")
-        if not np.isfinite(guidance) or guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         if np.shape(seeds)[0] % 2:
             raise ValueError(f"guided rows come in pairs (prompt, unconditional prompt); got {np.shape(seeds)[0]} rows")
-        return np.float32(guidance)
+        return np.float32(check_guidance(guidance))
 
     def _choose(self, logits, *, seeds, steps, sampling, spans, guidance=None):
         if guidance is not None:  # one choice per pair, from the pair's combined logits, fed to both rows

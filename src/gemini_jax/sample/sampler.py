@@ -16,8 +16,6 @@ programs of programs.py, so they give the same answers.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +31,7 @@ from gemini_jax.model import Gemini
 from gemini_jax.sample.buckets import MEL_FRAMES_BUCKET, batch_bucket, length_bucket
 from gemini_jax.sample.image_spans import ImageSpans, image_spans_for
 from gemini_jax.sample.programs import DecodePrograms
-from gemini_jax.sample.token_choice import SamplingParams, params_arrays
+from gemini_jax.sample.token_choice import SamplingParams, check_guidance, params_arrays
 
 
 def stop_token_ids(config: ModelConfig, tokenizer: Tokenizer) -> list[int]:
@@ -109,8 +107,7 @@ class Sampler:
         if self.image_spans is None:
             raise ValueError("guidance steers the codes of the images a model writes; this model writes text only "
                              "(config.image_output is None)")
-        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
-            raise ValueError(f"guidance must be a finite number >= 0 (1: unguided), got {guidance!r}")
+        check_guidance(guidance)
         if unconditional is None or len(unconditional) != len(prompts):
             got = "none" if unconditional is None else len(unconditional)
             raise ValueError(f"guidance needs one unconditional prompt per prompt: {len(prompts)} prompts, {got} "

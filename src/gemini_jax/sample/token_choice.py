@@ -8,6 +8,8 @@ of a batch in pairs for classifier-free guidance (docs/image-output.md).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,13 @@ def sample_next(
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
     keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(seeds, steps)  # [B] keys
     return sample_tokens(logits, keys, **sampling)
+
+
+def check_guidance(guidance: object, *, error: type[Exception] = ValueError) -> float:
+    """`guidance` as a float, or `error` unless it is a finite real number >= 0 (not a bool)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
+        raise error(f"guidance must be a finite number >= 0 (1: unguided), got {guidance!r}")
+    return float(guidance)
 
 
 def guided_logits(logits: jax.Array, *, scale: jax.Array, guide: jax.Array) -> jax.Array:

@@ -114,15 +114,14 @@ def run_image_writer(context: EvalContext):
 
 def unconditional(context: EvalContext, name: str):
     """The run's unconditional prompt as a user turn (an Example), for --guidance."""
+    from gemini_jax.api import user_turn
     from gemini_jax.checkpoint import CheckpointError
-    from gemini_jax.data.examples import Content, Example, Part
     from gemini_jax.sample.image_output import unconditional_prompt
 
     try:
-        text = unconditional_prompt(context.run_dir)
+        return user_turn(unconditional_prompt(context.run_dir))
     except CheckpointError as e:
         raise TaskDataError(f"{name} --guidance {context.options.guidance}: {e}") from None
-    return Example(contents=(Content("user", (Part(text=text),)),))
 
 
 def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> list[np.ndarray | None]:
