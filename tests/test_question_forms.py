@@ -88,7 +88,7 @@ def test_training_paraphrases_keep_the_meaning():
     rng = np.random.default_rng(3)
     for question in every_easy_vqa_question():
         m = qf.meaning(question)
-        asked = {qf.ask(m, qf.TRAINING, rng) for _ in range(200)}
+        asked = {qf.ask(m, qf.TRAINING, rng) for _ in range(30)}
         key = ("exists", m.negated) if m.ask == "exists" else (m.ask, m.ask == "shape" and m.colour is not None)
         thing = (m.shape or f"{m.colour} shape") if m.ask == "exists" else (m.shape or "shape")
         assert asked == {t.format(thing=thing, colour=m.colour, shape=m.shape) for t in qf.TRAINING[key]}
@@ -105,8 +105,7 @@ def test_typed_forms_vary_wording_spelling_case_and_question_mark_and_are_reprod
     templates = {t.lower().rstrip("?") for t in qf.TRAINING["shape", False]}
     assert {f.lower().rstrip("?") for f in reworded} == templates
     assert 0.4 < np.mean([f[0].isupper() for f in forms]) < 0.6
-    # Imperative templates end with a full stop, which stays.
-    assert 0.18 < np.mean([not f.endswith("?") for f in forms if not f.endswith(".")]) < 0.32
+    assert 0.18 < np.mean([not f.endswith("?") for f in forms]) < 0.32
     british = [qf.typed_form("what color is the shape?", f"key {i}") for i in range(1000)]
     assert 0.2 < np.mean(["colour" in f for f in british]) < 0.4
 
@@ -119,7 +118,7 @@ def test_a_paraphrase_leaves_the_other_changes_as_they_were_drawn(monkeypatch):
     unworded = [qf.typed_form("what color is the circle?", k) for k in keys]
     assert sum(f != u for f, u in zip(forms, unworded)) > 60
     for f, u in zip(forms, unworded):
-        reworded = qf.british(f).lower().rstrip("?") != "what colour is the circle"
+        reworded = not qf.british(f).lower().startswith("what colour is the circle")
         flipped = f[0].isupper() != reworded  # the training templates start with a capital, easy-VQA's not
         assert (flipped, "colour" in f) == (u[0].isupper(), "colour" in u)
         if not f.endswith("."):  # "Say the color of the circle." has no question mark to drop
