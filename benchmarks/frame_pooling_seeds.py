@@ -54,13 +54,23 @@ def arm_model(arm: str) -> ModelConfig:
 
 
 def trained(run_dir: Path, arm: str, seed: int, steps: int | None) -> Path:
-    """`run_dir`, trained first (or resumed) unless its results.json says it finished."""
-    if not (run_dir / RESULTS_FILE).is_file():
-        recipe = DemoRecipe(run_dir=str(run_dir), model=None if arm == DEMO_ARM else arm_model(arm))
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(
-            recipe.train, seed=seed, steps=steps or recipe.train.steps, progress=False))
-        with contextlib.redirect_stdout(sys.stderr):  # the recipe prints its tables; stdout is the JSON
-            train_and_evaluate(recipe)
+    """`run_dir`, trained first (or resumed) unless its results.json says it finished; a finished
+    run of other steps, seed or pooling is refused rather than mixed in."""
+    recipe = DemoRecipe(run_dir=str(run_dir), model=None if arm == DEMO_ARM else arm_model(arm))
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, seed=seed, steps=steps or recipe.train.steps, progress=False))
+    results = run_dir / RESULTS_FILE
+    if results.is_file():
+        done = json.loads(results.read_text())["recipe"]
+        wanted = json.loads(json.dumps(dataclasses.asdict(recipe), default=str))
+        differ = [key for key in ("model", "preset") if done.get(key) != wanted[key]]
+        differ += [f"train.{key}" for key in ("steps", "seed") if done["train"].get(key) != wanted["train"][key]]
+        if differ:
+            raise SystemExit(f"{str(run_dir)!r} is a finished run whose {', '.join(differ)} differ from the {arm} arm "
+                             f"at seed {seed}: move it away or give another --out")
+        return run_dir
+    with contextlib.redirect_stdout(sys.stderr):  # the recipe prints its tables; stdout is the JSON
+        train_and_evaluate(recipe)
     return run_dir
 
 

@@ -43,3 +43,17 @@ def test_a_given_demo_run_must_be_the_demo_preset_at_its_seed(tmp_path):
         frame_pooling_seeds.check_demo_run(tmp_path / "missing", 1)
     with pytest.raises(SystemExit, match="one per seed"):
         frame_pooling_seeds.main(["--seeds", "0", "1", "--demo-runs", str(tmp_path / "ok")])
+
+
+def test_a_finished_run_of_other_settings_is_refused_not_mixed_in(tmp_path):
+    recipe = json.loads(json.dumps(dataclasses.asdict(frame_pooling_seeds.DemoRecipe(
+        model=frame_pooling_seeds.arm_model("grid"))), default=str))
+    run = tmp_path / "grid-s0"
+    run.mkdir()
+    recipe["train"]["seed"], recipe["train"]["steps"] = 0, 20
+    (run / "results.json").write_text(json.dumps({"recipe": recipe}))
+    assert frame_pooling_seeds.trained(run, "grid", 0, 20) == run  # finished as asked: read back
+    with pytest.raises(SystemExit, match=r"train.steps differ from the grid arm at seed 0"):
+        frame_pooling_seeds.trained(run, "grid", 0, None)
+    with pytest.raises(SystemExit, match=r"model differ from the frame arm"):
+        frame_pooling_seeds.trained(run, "frame", 0, 20)
