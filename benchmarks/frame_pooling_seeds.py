@@ -14,8 +14,8 @@ of its vision encoder changed:
 Each run is scored on the demo's validation sets (the recipe choice is made there; the test sets
 are the recipe's own end-of-training table, in each run's results.json). The JSON gives per arm
 and seed the validation metrics (video by question kind), their mean +- sample std, and each
-arm minus grid+frame per seed. Runs live under --out (<arm>-sS); a finished run is read back,
-an interrupted one resumes. `--demo-runs` names finished `gemini-jax train --seed S` runs to
+arm minus grid+frame per seed. Runs live under --out (<arm>-sS), each trained in a process of
+its own; a finished run is read back, an interrupted one resumes. `--demo-runs` names finished `gemini-jax train --seed S` runs to
 use as the grid+frame arm instead of training it again (each is checked to be the demo preset
 at its seed).
 """
@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -69,9 +70,18 @@ def trained(run_dir: Path, arm: str, seed: int, steps: int | None) -> Path:
             raise SystemExit(f"{str(run_dir)!r} is a finished run whose {', '.join(differ)} differ from the {arm} arm "
                              f"at seed {seed}: move it away or give another --out")
         return run_dir
+    # Each run trains in a process of its own: one that trains several keeps ~7 GB of each.
+    child = multiprocessing.get_context("spawn").Process(target=_train, args=(recipe,))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"training {str(run_dir)!r} failed (exit code {child.exitcode}); rerun to resume it")
+    return run_dir
+
+
+def _train(recipe: DemoRecipe) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the recipe prints its tables; stdout is the JSON
         train_and_evaluate(recipe)
-    return run_dir
 
 
 def check_demo_run(run: Path, seed: int) -> None:
