@@ -15,9 +15,9 @@ Each run is scored on the demo's validation sets (the recipe choice is made ther
 are the recipe's own end-of-training table, in each run's results.json). The JSON gives per arm
 and seed the validation metrics (video by question kind), their mean +- sample std, and each
 arm minus grid+frame per seed. Runs live under --out (<arm>-sS), each trained in a process of
-its own; a finished run is read back, an interrupted one resumes. `--demo-runs` names finished `gemini-jax train --seed S` runs to
-use as the grid+frame arm instead of training it again (each is checked to be the demo preset
-at its seed).
+its own; a finished run is read back, an interrupted one resumes. `--demo-runs` names finished
+`gemini-jax train --seed S` runs to use as the grid+frame arm instead of training it again (each
+is checked to be the demo preset at its seed).
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def _train(recipe: DemoRecipe) -> None:
         train_and_evaluate(recipe)
 
 
-def check_demo_run(run: Path, seed: int) -> None:
-    """A run given for the grid+frame arm must be the demo preset trained at `seed`."""
+def check_demo_run(run: Path, seed: int, steps: int | None = None) -> None:
+    """A run given for the grid+frame arm must be the demo preset trained at `seed` for `steps`
+    (None: the recipe's)."""
     path = run / RESULTS_FILE
     if not path.is_file():
         raise SystemExit(f"{str(run)!r} has no {RESULTS_FILE}: give finished `gemini-jax train --seed S` runs")
@@ -93,6 +94,9 @@ def check_demo_run(run: Path, seed: int) -> None:
     problems = [f"seed {recipe['train']['seed']} (wanted {seed})"] if recipe["train"]["seed"] != seed else []
     if recipe.get("model") is not None or recipe.get("preset") != "demo":
         problems.append("not the demo preset")
+    steps = steps or DemoRecipe().train.steps
+    if recipe["train"].get("steps") != steps:
+        problems.append(f"{recipe['train'].get('steps')} steps (wanted {steps})")
     if problems:
         raise SystemExit(f"{str(run)!r} cannot be the {DEMO_ARM} arm at seed {seed}: {', '.join(problems)}")
 
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i, seed in enumerate(args.seeds):
             if arm == DEMO_ARM and args.demo_runs is not None:
                 run = args.demo_runs[i]
-                check_demo_run(run, seed)
+                check_demo_run(run, seed, args.steps)
             else:
                 run = trained(args.out / f"{arm}-s{seed}", arm, seed, args.steps)
             per_arm[arm].append(validation(run, args.out / f"{arm}-s{seed}-validation.json"))

@@ -25,10 +25,10 @@ def test_each_arm_changes_only_the_frame_pooling(arm):
     assert frame_pooling_seeds.ARMS[frame_pooling_seeds.DEMO_ARM][0] == FramePooling.GRID_AND_FRAME
 
 
-def _run(tmp_path, name, *, seed, model=None, preset="demo"):
+def _run(tmp_path, name, *, seed, model=None, preset="demo", steps=10_000):
     run = tmp_path / name
     run.mkdir()
-    recipe = {"train": {"seed": seed}, "model": model, "preset": preset}
+    recipe = {"train": {"seed": seed, "steps": steps}, "model": model, "preset": preset}
     (run / "results.json").write_text(json.dumps({"recipe": recipe}))
     return run
 
@@ -39,6 +39,9 @@ def test_a_given_demo_run_must_be_the_demo_preset_at_its_seed(tmp_path):
         frame_pooling_seeds.check_demo_run(_run(tmp_path, "other-seed", seed=0), 1)
     with pytest.raises(SystemExit, match="not the demo preset"):
         frame_pooling_seeds.check_demo_run(_run(tmp_path, "half", seed=1, preset="demo-half"), 1)
+    with pytest.raises(SystemExit, match=r"20 steps \(wanted 10000\)"):
+        frame_pooling_seeds.check_demo_run(_run(tmp_path, "short", seed=1, steps=20), 1)
+    frame_pooling_seeds.check_demo_run(tmp_path / "short", 1, 20)
     with pytest.raises(SystemExit, match="has no results.json"):
         frame_pooling_seeds.check_demo_run(tmp_path / "missing", 1)
     with pytest.raises(SystemExit, match="one per seed"):
