@@ -34,8 +34,6 @@ from pathlib import Path
 import seed_stats
 
 from gemini_jax.config import FramePooling, ModelConfig, get_preset
-from gemini_jax.evals.registry import EvalOptions, evaluate_run
-from gemini_jax.evals.tasks.demo import demo_sets
 from gemini_jax.recipes import DemoRecipe, train_and_evaluate
 from gemini_jax.recipes.runner import RESULTS_FILE
 
@@ -102,12 +100,8 @@ def check_demo_run(run: Path, seed: int, steps: int | None = None) -> None:
 
 
 def validation(run: Path, cache: Path) -> dict:
-    """The demo's validation sets scored on `run`, read from `cache` once written."""
-    if not cache.is_file():
-        results = evaluate_run(run, list(demo_sets(split="validation")), EvalOptions(progress=False))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(results, indent=2) + "\n")
-    return seed_stats.numeric_metrics(json.loads(cache.read_text()), TASKS)
+    """The demo's validation sets scored on `run` (numeric metrics), read from `cache` once written."""
+    return seed_stats.numeric_metrics(seed_stats.evaluated(run, cache, split="validation"), TASKS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,22 +24,11 @@ from pathlib import Path
 
 import seed_stats
 
-from gemini_jax.evals.registry import DEFAULT_TASKS, EvalOptions, evaluate_run
-from gemini_jax.evals.tasks.demo import demo_sets
+from gemini_jax.evals.registry import DEFAULT_TASKS
 from gemini_jax.model.gptq import DEFAULT_DAMP
 from gemini_jax.sample.quantize import quantize_run
 
 HEADLINE = {"vqa": "exact_match", "asr": "exact_match", "video": "exact_match", "text": "perplexity"}
-
-
-def evaluated(run: Path, cache: Path, *, split: str, limit: int | None) -> dict:
-    """The demo sets' metrics of `run` on `split`, read from `cache` when an earlier call wrote them."""
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    results = evaluate_run(run, list(demo_sets(split=split)), EvalOptions(limit=limit, progress=False))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(results, indent=2) + "\n")
-    return results
 
 
 def quantized(run: Path, out: Path, *, group_size: int, bits: int, calibrate: int, damp: float) -> dict:
@@ -77,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         out = args.out / f"{name}-{tag}"
         reports.append(quantized(run, out, group_size=args.group_size, bits=args.bits, calibrate=args.calibrate,
                                  damp=args.damp))
-        float_results = evaluated(run, args.out / f"{name}-float{suffix}.json", split=args.split, limit=args.limit)
-        int_results = evaluated(out, out / f"eval{suffix}.json", split=args.split, limit=args.limit)
+        float_results = seed_stats.evaluated(run, args.out / f"{name}-float{suffix}.json", split=args.split,
+                                             limit=args.limit)
+        int_results = seed_stats.evaluated(out, out / f"eval{suffix}.json", split=args.split, limit=args.limit)
         floats.append(seed_stats.numeric_metrics(float_results, DEFAULT_TASKS))
         ints.append(seed_stats.numeric_metrics(int_results, DEFAULT_TASKS))
     diff = seed_stats.difference(ints, floats)

@@ -1,4 +1,5 @@
-"""Mean and spread over seeds of nested {task: {metric: value}} results, for the *_seeds.py benchmarks.
+"""Mean and spread over seeds of nested {task: {metric: value}} results, for the *_seeds.py benchmarks,
+and the demo sets scored on a run with the score kept in a file (`evaluated`).
 
 A README comparison reads "mean +- std (per-seed values)": std is the sample standard deviation
 (ddof=1), the spread a fourth seed would be expected to show, not the smaller population one.
@@ -7,7 +8,9 @@ A README comparison reads "mean +- std (per-seed values)": std is the sample sta
 from __future__ import annotations
 
 import statistics
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # Metrics that count examples or tokens, not quality: the same for every seed and left out.
@@ -46,3 +49,17 @@ def brief(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Mappi
     """{task: "mean +- std"} of one metric per task, for a reader's first look at the JSON."""
     return {task: f"{summary[task][m]['mean']:.2f} +- {summary[task][m]['std'] or 0:.2f}"
             for task, m in metrics.items() if task in summary and m in summary[task]}
+
+
+def evaluated(run: Path, cache: Path, *, split: str, limit: int | None = None) -> dict:
+    """The demo sets' metrics of `run` on `split` ({task: {metric: value}}), read from `cache`
+    when an earlier call wrote them."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from gemini_jax.evals.registry import EvalOptions, evaluate_run
+    from gemini_jax.evals.tasks.demo import demo_sets
+
+    results = evaluate_run(run, list(demo_sets(split=split)), EvalOptions(limit=limit, progress=False))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(results, indent=2) + "\n")
+    return results
