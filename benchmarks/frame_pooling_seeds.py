@@ -35,7 +35,7 @@ import seed_stats
 
 from gemini_jax.config import FramePooling, ModelConfig, get_preset
 from gemini_jax.recipes import DemoRecipe, train_and_evaluate
-from gemini_jax.recipes.runner import RESULTS_FILE
+from gemini_jax.recipes.runner import RESULTS_FILE, recipe_as_json
 
 TASKS = ("vqa", "asr", "video", "text")
 HEADLINE = {"vqa": "exact_match", "asr": "exact_match", "video": "exact_match", "text": "perplexity"}
@@ -61,7 +61,7 @@ def trained(run_dir: Path, arm: str, seed: int, steps: int | None) -> Path:
     results = run_dir / RESULTS_FILE
     if results.is_file():
         done = json.loads(results.read_text())["recipe"]
-        wanted = json.loads(json.dumps(dataclasses.asdict(recipe), default=str))
+        wanted = recipe_as_json(recipe)
         differ = [key for key in ("model", "preset") if done.get(key) != wanted[key]]
         differ += [f"train.{key}" for key in ("steps", "seed") if done["train"].get(key) != wanted["train"][key]]
         if differ:

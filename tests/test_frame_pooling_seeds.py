@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gemini_jax.config import FramePooling, get_preset
+from gemini_jax.recipes.runner import recipe_as_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import frame_pooling_seeds  # noqa: E402
@@ -49,8 +50,7 @@ def test_a_given_demo_run_must_be_the_demo_preset_at_its_seed(tmp_path):
 
 
 def test_a_finished_run_of_other_settings_is_refused_not_mixed_in(tmp_path):
-    recipe = json.loads(json.dumps(dataclasses.asdict(frame_pooling_seeds.DemoRecipe(
-        model=frame_pooling_seeds.arm_model("grid"))), default=str))
+    recipe = recipe_as_json(frame_pooling_seeds.DemoRecipe(model=frame_pooling_seeds.arm_model("grid")))
     run = tmp_path / "grid-s0"
     run.mkdir()
     recipe["train"]["seed"], recipe["train"]["steps"] = 0, 20
