@@ -15,7 +15,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jiwer
 import numpy as np
@@ -24,6 +24,9 @@ from gemini_jax.data.examples import Example
 from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
+
+if TYPE_CHECKING:
+    from gemini_jax.data.corpora.demo import DemoRecord
 
 TASKS = ("vqa", "asr", "video", "text")
 ANSWER_TOKENS = {"vqa": 8, "asr": 24, "video": 8}  # at most this many answer tokens sampled per question
@@ -120,6 +123,17 @@ def summarize(task: str, records: Sequence[Record], kinds: Sequence[str]) -> dic
     return result
 
 
+def yes_no_by_presence(records: Sequence[DemoRecord], scored: Sequence[Record]) -> dict[str, float]:
+    """VQA's yes/no exact match apart for questions about a shape or colour the picture holds and
+    one it lacks: easy-VQA asks about an absent one four times in five, so the two together mostly
+    measure that prior (docs/robustness.md)."""
+    from gemini_jax.data.corpora.vqa_balance import about_present
+
+    present = [about_present(r.meta["prompt"], r.meta["answer"]) for r in records]
+    return {f"exact_match_yes/no_{name}": exact_match([s for s, p in zip(scored, present) if p is value])
+            for name, value in (("present", True), ("absent", False)) if value in present}
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'task':<8} {'metric':<22} {'value':>10}", "-" * 42]
     for task, metrics in results.items():
@@ -175,7 +189,10 @@ class QuestionSet(_DemoSet):
                                   batch_size=self.batch_size(context.options), max_new_tokens=self.max_new_tokens,
                                   on_batch=bar.update)
         bar.close()
-        return TaskOutcome(summarize(self.name, scored, [r.kind for r in records]),
+        metrics = summarize(self.name, scored, [r.kind for r in records])
+        if self.name == "vqa":
+            metrics |= yes_no_by_presence(records, scored)
+        return TaskOutcome(metrics,
                            [dataclasses.asdict(dataclasses.replace(s, kind=r.kind)) for s, r in zip(scored, records)])
 
 
