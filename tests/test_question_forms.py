@@ -123,3 +123,26 @@ def test_a_paraphrase_leaves_the_other_changes_as_they_were_drawn(monkeypatch):
         assert (flipped, "colour" in f) == (u[0].isupper(), "colour" in u)
         if not f.endswith("."):  # "Say the color of the circle." has no question mark to drop
             assert f.endswith("?") == u.endswith("?")
+
+
+@pytest.mark.parametrize(("question", "answer", "expected"), [
+    ("is there a red shape?", "yes", True), ("is there a red shape?", "no", False),
+    ("is no circle present?", "no", True), ("is no circle present?", "yes", False),
+    ("what color is the shape?", "red", None), ("Is there a red shape?", "yes", None),  # not a template
+])
+def test_about_present(question, answer, expected):
+    assert qf.about_present(question, answer) is expected
+
+
+def test_the_vqa_metrics_report_yes_no_apart_by_presence():
+    from gemini_jax.data.corpora.demo import DemoRecord
+    from gemini_jax.data.examples import Content, Example, Part
+    from gemini_jax.evals.tasks.demo import Record, yes_no_by_presence
+
+    asked = [("is there a red shape?", "yes", True), ("is there a blue shape?", "no", True),
+             ("is there a green shape?", "no", False), ("is no circle present?", "no", False),
+             ("what shape is present?", "circle", True)]
+    records = [DemoRecord(Example(contents=(Content("user", (Part(text=q),)), Content("model", (Part(text=a),)))),
+                          "yes/no", {"prompt": q, "answer": a}) for q, a, _ in asked]
+    scored = [Record(task="vqa", prompt=q, output="", reference=a, correct=c) for q, a, c in asked]
+    assert yes_no_by_presence(records, scored) == {"exact_match_yes/no_present": 50.0, "exact_match_yes/no_absent": 50.0}

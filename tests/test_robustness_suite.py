@@ -9,7 +9,8 @@ from gemini_jax.data.corpora import question_forms as qf
 from gemini_jax.data.corpora import shapes, speech
 from gemini_jax.data.corpora.demo import DemoCorpus, DemoSizes
 from gemini_jax.data.corpora.held_out import is_test
-from gemini_jax.data.corpora.robustness import KINDS, TEXT_KINDS, VQA_COLOURS, RobustnessSuite
+from gemini_jax.data.corpora.robustness import (KINDS, PRESENT_SHARE, TEXT_KINDS, VQA_COLOURS, RobustnessSuite,
+                                                scene_question)
 
 SIZES = {"images": 24, "clips": 9, "speech": 3}
 
@@ -116,3 +117,15 @@ def test_the_suite_is_built_once_and_validation_is_apart(corpus, suite):
     with pytest.raises(ValueError, match="accepted: case, punctuation"):
         suite.records("colour")
     assert set(KINDS) == {"case", "punctuation", "spelling", "paraphrase", "images", "clips", "speech"}
+
+
+def test_drawn_images_are_asked_in_the_plain_sets_mix_of_questions():
+    rng = np.random.default_rng(0)
+    asked = [scene_question(rng, "circle", "red") for _ in range(4000)]
+    kinds = [kind for _, _, kind in asked]
+    assert abs(kinds.count("yes/no") / len(kinds) - 2 / 3) < 0.03
+    present = [qf.about_present(q, a) for q, a, kind in asked if kind == "yes/no"]
+    assert abs(sum(present) / len(present) - PRESENT_SHARE) < 0.03
+    half = [qf.about_present(q, a) for q, a, kind in (scene_question(rng, "circle", "red", present_share=0.5)
+                                                     for _ in range(2000)) if kind == "yes/no"]
+    assert abs(sum(half) / len(half) - 0.5) < 0.05

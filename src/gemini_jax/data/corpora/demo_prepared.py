@@ -10,11 +10,8 @@ validation sets during training, by the corpus's split rule) and test stays in t
 files. An example's `task` is "<task>:<kind>" ("vqa:shape", "asr:number"), which a mixture
 source selects with `tasks:`.
 
-Three changes teach questions and voices rather than one generator's strings and speeds
+Two changes teach questions and voices rather than one generator's strings and speeds
 (docs/robustness.md measures them):
-- two in five yes/no questions about a shape or colour the picture lacks are asked about the one
-  it holds instead, so that "yes, it is there" is as common as "no" and the answer needs the
-  picture (`vqa_balance`; easy-VQA's own questions are about an absent one four times in five);
 - each VQA and video question is written as a person might type it
   (`question_forms.typed_form`: three in ten in other words, from training templates disjoint
   from the robustness suite's; British or American spelling, either case of the first letter,
@@ -38,17 +35,15 @@ import numpy as np
 from filelock import FileLock
 
 from gemini_jax.data.augment import speed_perturbed
-from gemini_jax.data.corpora import speech, vqa_balance
+from gemini_jax.data.corpora import speech
 from gemini_jax.data.corpora.demo import TASKS, DemoCorpus, DemoRecord
-from gemini_jax.data.corpora.demo_tasks import easy_vqa_data_dir
 from gemini_jax.data.corpora.question_forms import typed_form
 from gemini_jax.data.examples import Content, Example, Part, to_json
 from gemini_jax.data.prepared import MANIFEST
 
-VERSION = 7  # of this export: a change prepares the sources again
+VERSION = 6  # of this export: a change prepares the sources again
 SLOWER, FASTER = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9), (1.1, 1.15, 1.2, 1.25, 1.3)
 SPEED_SEED = 2  # the speeds drawn since version 2: a new version alone does not draw others
-BALANCE_SEED = 3  # which yes/no questions are asked about what the picture holds
 # Every stage that could change the corpus is off: the records are checked, embedded and sharded.
 OPTIONS = {"validation_fraction": 0.0, "normalize": False, "quality": False, "safety": False, "dedup": False,
            "near_dedup": False, "decontaminate": False}
@@ -73,18 +68,11 @@ def task_rows(corpus: DemoCorpus, task: str, scratch: Path) -> Iterator[dict]:
     """The task's training examples as JSON, each `task` naming its kind; questions retyped and
     speech sped up or slowed down (the module's docstring), new clips written under `scratch`."""
     records = corpus.records(task, "train")
-    pictures = vqa_balance.scenes(records, easy_vqa_data_dir()) if task == "vqa" else {}
     for index, record in enumerate(records):
         example = record.example
         if task in ("vqa", "video"):
             question = record.meta["prompt"]
-            key = f"{task}:{record.meta['media']}:{question}"
-            if task == "vqa":
-                question, answer = vqa_balance.asked_about_present(
-                    question, record.meta["answer"], pictures[record.meta["media"]],
-                    np.random.default_rng([BALANCE_SEED, index]))
-                example = _with_answer(example, answer)
-            example = _with_question(example, typed_form(question, key))
+            example = _with_question(example, typed_form(question, f"{task}:{record.meta['media']}:{question}"))
         elif task == "asr":
             example = _with_speed(example, record, index, scratch=scratch)
         yield to_json(example) | {"task": f"{task}:{record.kind}"}
@@ -94,11 +82,6 @@ def _with_question(example: Example, question: str) -> Example:
     user, *rest = example.contents
     parts = tuple(Part(text=question) if p.text is not None else p for p in user.parts)
     return dataclasses.replace(example, contents=(Content("user", parts), *rest))
-
-
-def _with_answer(example: Example, answer: str) -> Example:
-    user, _ = example.contents
-    return dataclasses.replace(example, contents=(user, Content("model", (Part(text=answer),))))
 
 
 def _with_speed(example: Example, record: DemoRecord, index: int, *, scratch: Path) -> Example:

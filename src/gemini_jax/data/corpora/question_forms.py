@@ -144,6 +144,19 @@ def ask(m: Meaning, templates: dict[tuple[str, bool], list[str]], rng: np.random
     return template.format(thing=thing, shape=m.shape, colour=m.colour)
 
 
+def about_present(question: str, answer: str) -> bool | None:
+    """Whether a yes/no question of ORIGINAL's asks about a shape or colour the picture holds (its
+    answer is "yes" unless negated); None for any other question. easy-VQA asks about an absent one
+    four times in five, so a model can answer most of its yes/no questions without looking."""
+    if answer not in ("yes", "no"):
+        return None
+    try:
+        m = meaning(question)
+    except ValueError:
+        return None
+    return (answer == "yes") != m.negated if m.ask == "exists" else None
+
+
 def flip_first_case(question: str) -> str:
     """"what shape ..." -> "What shape ..." and back."""
     head = question[:1]

@@ -127,7 +127,7 @@ def yes_no_by_presence(records: Sequence[DemoRecord], scored: Sequence[Record]) 
     """VQA's yes/no exact match apart for questions about a shape or colour the picture holds and
     one it lacks: easy-VQA asks about an absent one four times in five, so the two together mostly
     measure that prior (docs/robustness.md)."""
-    from gemini_jax.data.corpora.vqa_balance import about_present
+    from gemini_jax.data.corpora.question_forms import about_present
 
     present = [about_present(r.meta["prompt"], r.meta["answer"]) for r in records]
     return {f"exact_match_yes/no_{name}": exact_match([s for s, p in zip(scored, present) if p is value])
