@@ -68,7 +68,7 @@ def trained(run_dir: Path, arm: str, seed: int, steps: int | None) -> Path:
             raise SystemExit(f"{str(run_dir)!r} is a finished run whose {', '.join(differ)} differ from the {arm} arm "
                              f"at seed {seed}: move it away or give another --out")
         return run_dir
-    # Each run trains in a process of its own: one that trains several keeps ~7 GB of each.
+    # Each run trains in a process of its own, which gives back all its memory when it ends.
     child = multiprocessing.get_context("spawn").Process(target=_train, args=(recipe,))
     child.start()
     child.join()

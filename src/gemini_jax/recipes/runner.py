@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from gemini_jax import checkpoint
+from gemini_jax import checkpoint, host_memory
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.model import Gemini
@@ -103,6 +103,15 @@ def train_and_evaluate(recipe: Recipe, *, make_trainer: Callable[..., Trainer] =
     Returns the final evaluation, {task: {metric: value}} ({} without one). `make_trainer`
     replaces the Trainer (distillation trains another loss in the same loop).
     """
+    try:
+        return _train_and_evaluate(recipe, make_trainer=make_trainer)
+    finally:
+        # The run's host buffers are garbage now; without this a process training several runs keeps
+        # much of each one's peak memory (host_memory.py).
+        host_memory.release()
+
+
+def _train_and_evaluate(recipe: Recipe, *, make_trainer: Callable[..., Trainer]) -> dict[str, Any]:
     run_dir = run_dir_of(recipe)
     checkpoint.check_trainable(run_dir)  # before anything is written into it
     timings = Timings()
