@@ -14,12 +14,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import os
 from pathlib import Path
-
-
-def resident_gb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 def demo_recipe(run_dir: Path, *, steps: int, seed: int):
@@ -41,7 +36,7 @@ def resident_after_runs(recipes, *, release: bool) -> list[float]:
     after = []
     for recipe in recipes:
         train_and_evaluate(recipe)
-        after.append(round(resident_gb(), 2))
+        after.append(round(host_memory.resident_bytes() / 1e9, 2))
     return after
 
 

@@ -13,15 +13,10 @@ from conftest import write_fresh_run
 from gemini_jax.config import PRESETS
 from gemini_jax.data.corpora import robustness
 from gemini_jax.data.tokenizer import train_tokenizer
+from gemini_jax.evals.image_judge import shape_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import drawn_image_factors as factors  # noqa: E402
-
-
-def shape_pixels(pixels: np.ndarray) -> np.ndarray:
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(int)
-    values, counts = np.unique(border, axis=0, return_counts=True)
-    return np.abs(pixels.astype(int) - values[counts.argmax()]).sum(-1) > 90
 
 
 def test_each_variant_changes_what_it_names():
@@ -35,8 +30,8 @@ def test_each_variant_changes_what_it_names():
             # Without noise the border is the background and perhaps the shape's flat fill; with it, all but unique.
             assert (np.sort(counts)[-2:].sum() < 0.2 * len(border)) == noise, name
             if not noise:  # the suite's dark backgrounds are 40-160 a channel, easy-VQA's 230-255
-                assert (values[counts.argmax()].max() <= 160) == dark or shape_pixels(pixels)[0].any(), name
-                rows, cols = np.nonzero(shape_pixels(pixels))
+                assert (values[counts.argmax()].max() <= 160) == dark or shape_mask(pixels)[0].any(), name
+                rows, cols = np.nonzero(shape_mask(pixels))
                 extent = max(np.ptp(rows), np.ptp(cols)) + 1  # radius 3: 7 pixels; 8-16: 16-33; 22-30: 44-61
                 assert (extent < 10) == (size == "small") and (extent > 40) == (size == "large"), (name, extent)
 

@@ -9,12 +9,6 @@ from gemini_jax import host_memory
 from gemini_jax.recipes import runner
 
 
-def rss_bytes() -> int:
-    import os
-
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_memory_freed_in_threads_goes_back_to_the_system():
     kept = []
@@ -28,9 +22,9 @@ def test_memory_freed_in_threads_goes_back_to_the_system():
         thread.start()
     for thread in threads:
         thread.join()
-    before = rss_bytes()
+    before = host_memory.resident_bytes()
     assert host_memory.release()
-    assert before - rss_bytes() > 200e6
+    assert before - host_memory.resident_bytes() > 200e6
 
 
 def test_a_recipe_run_releases_memory_even_when_it_fails(monkeypatch):

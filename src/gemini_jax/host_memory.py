@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import sys
+from pathlib import Path
 
 
 def release() -> bool:
@@ -24,3 +26,8 @@ def release() -> bool:
     except (OSError, AttributeError):  # another C library (musl) or none found
         return False
     return bool(trim(0))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux: /proc/self/statm)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

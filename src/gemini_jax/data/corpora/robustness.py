@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,20 +154,30 @@ def noisy(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(pixels + rng.normal(0, sigma, pixels.shape), 0, 255).astype(np.uint8)
 
 
-def _scene(rng: np.random.Generator) -> tuple[str, str, tuple[int, int, int], np.ndarray]:
-    """(shape, colour, background, uint8[64, 64, 3]) of one easy-VQA-style scene out of its range."""
+def outside_radius(rng: np.random.Generator) -> int:
+    """3 pixels (smaller than 95% of easy-VQA's shapes) or 22-30 (larger than any), at even odds."""
+    return 3 if rng.random() < 0.5 else int(rng.integers(22, 31))
+
+
+def scene(rng: np.random.Generator, *,
+          pick_background: Callable[[np.random.Generator], tuple[int, int, int]] = dark_background,
+          pick_radius: Callable[[np.random.Generator], int] = outside_radius,
+          noise: bool = True) -> tuple[str, str, tuple[int, int, int], np.ndarray]:
+    """(shape, colour, background, uint8[64, 64, 3]) of one easy-VQA-style scene: by default out of
+    easy-VQA's range (the suite's); `pick_background` and `pick_radius` draw those, `noise` adds
+    pixel noise."""
     shape = VQA_SHAPES[int(rng.integers(3))]
-    background = dark_background(rng)
+    background = pick_background(rng)
     colours = [c for c, rgb in VQA_COLOURS.items() if _contrast(rgb, background) >= MIN_CONTRAST]
     colour = colours[int(rng.integers(len(colours)))]
-    radius = 3 if rng.random() < 0.5 else int(rng.integers(22, 31))
+    radius = pick_radius(rng)
     aspect = float(rng.uniform(0.6, 1.6)) if shape == "rectangle" else 1.0
     half_w, half_h = radius * min(aspect, 1.0), radius * min(1 / aspect, 1.0)
     x = float(rng.uniform(half_w, _IMAGE_SIZE - half_w))
     y = float(rng.uniform(half_h, _IMAGE_SIZE - half_h))
     pixels = draw_scene(shape=shape, fill=VQA_COLOURS[colour], background=background, x=x, y=y, radius=radius,
                         aspect=aspect)
-    return shape, colour, background, noisy(pixels.astype(np.float64), rng)
+    return shape, colour, background, noisy(pixels.astype(np.float64), rng) if noise else pixels
 
 
 def draw_scene(*, shape: str, fill: tuple[int, int, int], background: tuple[int, int, int], x: float, y: float,
@@ -219,7 +230,7 @@ def _draw_images(out: Path, rng: np.random.Generator, count: int) -> list[dict]:
     (out / "images").mkdir()
     rows = []
     for i in range(count):
-        shape, colour, background, pixels = _scene(rng)
+        shape, colour, background, pixels = scene(rng)
         question, answer, kind = scene_question(rng, shape, colour)
         media = f"images/{i:05d}.png"
         Image.fromarray(pixels).save(out / media)
