@@ -50,7 +50,7 @@ SIZES = {"images": 600, "clips": 600, "speech": 300}
 _SEEDS = {"validation": 1, "test": 2}  # of the drawn media; never the corpus's seed (0)
 # Of easy-VQA's yes/no questions, the share about a shape or colour the picture holds (5,149 of the
 # train set's 28,407; 1,246 of the test set's 7,136): the drawn images are asked in the plain set's
-# mix, so that their gap measures the pictures alone. Version 1 asked half about the one there.
+# mix, so that their gap measures the pictures alone (docs/robustness.md).
 PRESENT_SHARE = 0.18
 
 VQA_SHAPES = ("circle", "rectangle", "triangle")
