@@ -56,12 +56,24 @@ def test_edits_change_only_what_they_ask_for(corpus):
         assert d.target.shape in d.prompt and d.target.colour in d.prompt and d.source is None
 
 
+def test_an_edit_asks_for_its_source_in_a_training_prompt(corpus):
+    """An edit's first request draws its source, in words a training drawing request uses: no
+    held-out drawing prompt is ever part of a training conversation."""
+    for d in corpus.records("edit", "train") + corpus.records("edit", "test"):
+        assert d.source.shape in d.source_prompt and d.source.colour in d.source_prompt
+        assert drawings._split(f"draw|{d.source_prompt}") == "train"
+
+
 def test_examples_are_in_the_contents_format(corpus):
     draw, edit = corpus.records("draw", "test")[0], corpus.records("edit", "test")[0]
     user, model = draw.example.contents
     assert [p.kind for p in user.parts] == ["text"] and [p.kind for p in model.parts] == ["image"]
-    user, model = edit.example.contents
-    assert [p.kind for p in user.parts] == ["image", "text"] and model.parts[0].image == str(edit.image)
+    first, source, request, model = edit.example.contents
+    assert [t.role for t in edit.example.contents] == ["user", "model", "user", "model"]
+    assert first.parts[0].text == edit.source_prompt and source.parts[0].image == str(edit.source_image)
+    assert request.parts[0].text == edit.prompt and model.parts[0].image == str(edit.image)
+    assert edit.example.train_on == "last"  # the conversation's first picture is context, not a target
+    assert edit.request.contents == edit.example.contents[:3] and draw.request.contents == draw.example.contents[:1]
     assert edit.example.task == drawings.TASK and edit.example.group == edit.content_key
     assert load_png(edit.image).shape == (64, 64, 3)
 

@@ -78,8 +78,8 @@ def test_scoring_passes_real_targets_and_fails_what_was_not_asked(judge, corpus)
 
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory):
-    """(model, tokenizer, run directory): a fresh test-preset model (vision in, images out) and, in
-    the directory, a 64x64 image tokenizer of 9 codes, 16 an image."""
+    """(model, tokenizer, run directory): a fresh test-preset decoder writing images as the recipe's
+    does (code places embedded) and, in the directory, a 64x64 image tokenizer of 9 codes, 16 an image."""
     from gemini_jax.data.tokenizer import Tokenizer
     from gemini_jax.model import Gemini
 
@@ -87,9 +87,11 @@ def image_model(tmp_path_factory):
     tok = tmp_path_factory.mktemp("tok") / "t.model"
     train_tokenizer([inspect.getsource(textwrap), "Draw a red circle. Make the shape blue.\n" * 30], vocab_size=400,
                     path=tok)
-    config = dataclasses.replace(PRESETS["test"], vocab_size=400 + tokenizer_config.codebook_size,
+    config = dataclasses.replace(PRESETS["test"], vocab_size=400 + tokenizer_config.codebook_size, vision=None,
+                                 audio=None,
                                  image_output=ImageOutputConfig(codebook_size=tokenizer_config.codebook_size,
-                                                                codes_per_image=tokenizer_config.codes_per_image))
+                                                                codes_per_image=tokenizer_config.codes_per_image,
+                                                                code_positions=True))
     run_dir = tmp_path_factory.mktemp("run")
     save_image_tokenizer(ImageTokenizer(tokenizer_config, rngs=nnx.Rngs(0)), run_dir / IMAGE_TOKENIZER_DIR)
     return Gemini(config, rngs=nnx.Rngs(0)), Tokenizer.load(tok), run_dir
@@ -127,8 +129,9 @@ def test_the_recipe_reserves_the_codes_above_the_text_pieces():
 
     config = ImageGenerationRecipe().model_config(text_pieces=301, codebook_size=1000, codes_per_image=64)
     assert config.vocab_size == 1301 and config.first_image_code == 301
-    assert config.image_output == ImageOutputConfig(codebook_size=1000, codes_per_image=64)
-    assert config.vision is not None and config.audio is None  # editing reads pictures; nothing here is heard
+    assert config.image_output == ImageOutputConfig(codebook_size=1000, codes_per_image=64, code_positions=True)
+    # Every picture it reads is one it could have written (an edit's source, as codes): no encoders.
+    assert config.vision is None and config.audio is None
 
 
 def test_the_recipe_copies_a_given_image_tokenizer_and_refuses_a_bad_one(corpus, tmp_path, capsys):

@@ -233,7 +233,7 @@ def test_the_eval_task_samples_with_the_runs_unconditional_prompt(run, monkeypat
     options = EvalOptions(guidance=2.0, temperature=1.0, progress=False)
     context = EvalContext(model=run.model, tokenizer=run.tokenizer, options=options, run_dir=run.run_dir)
     ImageGeneration().check(context)
-    requests = [SimpleNamespace(example=turn(text)) for text in PROMPTS[:3]]
+    requests = [SimpleNamespace(request=turn(text)) for text in PROMPTS[:3]]
     images = draw_images(context, run_image_writer(context), requests, batch_size=2)
     assert len(images) == 3 and [len(k["unconditional"]) for k in seen] == [2, 1]
     assert all(k["guidance"] == 2.0 and k["unconditional"][0] == turn(BLANK) for k in seen)
@@ -248,13 +248,14 @@ def test_the_eval_task_samples_with_the_runs_unconditional_prompt(run, monkeypat
 
 
 def drawing_examples(count: int) -> list[Example]:
-    """Alternating draw (text alone) and edit (a picture and text) requests, as the corpus's."""
+    """Alternating draw (a request, a picture) and edit (a conversation whose first request is a
+    drawing one) examples, as the corpus's."""
     out = []
     for i in range(count):
-        user = (Part(text=f"Draw a red circle. {i}"),) if i % 2 == 0 else (Part(image=f"src{i}.png"),
-                                                                          Part(text=f"Make it blue. {i}"))
-        out.append(Example(contents=(Content("user", user), Content("model", (Part(image=f"t{i}.png"),))),
-                           group=str(i)))
+        draw = (Content("user", (Part(text=f"Draw a red circle. {i}"),)), Content("model", (Part(image=f"t{i}.png"),)))
+        edit = (Content("model", (Part(image=f"e{i}.png"),)),) if i % 2 else ()
+        turns = (*draw, Content("user", (Part(text=f"Make it blue. {i}"),)), *edit) if edit else draw
+        out.append(Example(contents=turns, group=str(i), train_on="last" if edit else "model"))
     return out
 
 

@@ -204,16 +204,25 @@ class AudioConfig:
 class ImageOutputConfig:
     """Images the decoder writes as discrete codes of an image tokenizer (model/image_tokenizer.py):
     the top `codebook_size` ids of the vocabulary, `codes_per_image` of them between
-    <start_of_image> and <end_of_image> (sample/image_spans.py)."""
+    <start_of_image> and <end_of_image> (sample/image_spans.py).
+
+    `code_positions` adds a learned embedding of each code's place in its image (0 ..
+    codes_per_image - 1, raster order) to the code's token embedding, as DALL-E adds row and
+    column embeddings to its image tokens: the decoder then knows where in the grid every code
+    it reads or writes lies, which RoPE's distances alone do not say across two images whose
+    gap varies (an edit copying its source picture: docs/image-output.md)."""
 
     codebook_size: int
     codes_per_image: int
+    code_positions: bool = False
 
     def __post_init__(self):
         for name in ("codebook_size", "codes_per_image"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"image_output.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.code_positions, bool):
+            raise ConfigError(f"image_output.code_positions must be true or false, got {self.code_positions!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

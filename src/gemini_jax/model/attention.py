@@ -36,11 +36,15 @@ class KVCache:
     index:  int32[B], each row's next write slot, which is also its length and the
             RoPE position of its next token (prompts are right-padded, so a row's
             real tokens occupy slots 0 .. index - 1).
+    code_run: int32[B], how many image codes each row ends with (0 after any other token):
+            the place in its image of the next token when that is a code
+            (ImageOutputConfig.code_positions; the decoder of a text model ignores it).
     """
 
     layers: tuple[LayerKV, ...]
     valid: jax.Array
     index: jax.Array
+    code_run: jax.Array
 
     @classmethod
     def zeros(
@@ -55,6 +59,7 @@ class KVCache:
             layers=layers,
             valid=jnp.zeros((batch_size, max_len), bool),
             index=jnp.zeros((batch_size,), jnp.int32),
+            code_run=jnp.zeros((batch_size,), jnp.int32),
         )
 
     @property

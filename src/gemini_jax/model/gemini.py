@@ -30,7 +30,7 @@ from gemini_jax.batch import AUDIO_KEYS, FRAME_KEYS, IMAGE_KEYS
 from gemini_jax.config import ModelConfig, PromptAttention
 from gemini_jax.model.attention import KVCache, LayerKV
 from gemini_jax.model.audio import AudioEncoder
-from gemini_jax.model.layers import Embedder, SoftTokens
+from gemini_jax.model.layers import Embedder, SoftTokens, param
 from gemini_jax.model.mask import SegmentMask, attention_mask
 from gemini_jax.model.transformer import Decoder
 from gemini_jax.model.vision import VisionEncoder
@@ -108,6 +108,17 @@ def _check_placeholder_counts(batch: Mapping[str, jax.Array], config: ModelConfi
             )
 
 
+def code_runs(tokens: jax.Array, *, first_code: int, num_codes: int, run_before: jax.Array) -> jax.Array:
+    """int32[B, T]: how many consecutive image codes end at each token (0 where it is no code),
+    counting the `run_before` (int32[B]) codes that came before tokens[:, 0] (a decode step's
+    cache): a code's place in its image is its run minus one."""
+    is_code = (tokens >= first_code) & (tokens < first_code + num_codes)
+    count = jnp.cumsum(is_code, axis=1, dtype=jnp.int32)
+    runs = count - jax.lax.cummax(jnp.where(is_code, 0, count), axis=1)
+    from_start = runs == jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.int32)[None, :]  # unbroken since token 0
+    return runs + jnp.where(from_start, run_before[:, None], 0)
+
+
 class Gemini(nnx.Module):
     """A Gemini model: Gemma-1 decoder with optional vision and audio encoders."""
 
@@ -129,6 +140,12 @@ class Gemini(nnx.Module):
             if config.audio is not None
             else None
         )
+        output = config.image_output
+        if output is not None and output.code_positions:
+            # Unit-size entries, as the scaled token embeddings they are added to.
+            init = nnx.initializers.normal(stddev=1.0)
+            self.code_position = param(init(rngs.params(), (output.codes_per_image, config.width), jnp.float32),
+                                       "position", "embed")
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -185,9 +202,22 @@ class Gemini(nnx.Module):
             )
         return soft
 
-    def _embed(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def _code_runs(self, tokens: jax.Array, run_before: jax.Array | None = None) -> jax.Array | None:
+        """code_runs of `tokens` when the model embeds code places, else None."""
+        output = self.config.image_output
+        if output is None or not output.code_positions:
+            return None
+        if run_before is None:
+            run_before = jnp.zeros(tokens.shape[:1], jnp.int32)
+        return code_runs(tokens, first_code=self.config.first_image_code, num_codes=output.codebook_size,
+                         run_before=run_before)
+
+    def _embed(self, batch: Mapping[str, jax.Array], runs: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
         tokens = batch["tokens"]
         x = self.embedder.encode(tokens)  # [B, T, D]
+        if runs is not None:
+            x = self._add_code_positions(x, runs)
         families = self._media_families(batch)
         _check_placeholder_counts(batch, self.config)
         soft = self._encode_media(batch, families)
@@ -207,10 +237,18 @@ class Gemini(nnx.Module):
         intermediates["embedded"] = x
         return x, intermediates
 
+    def _add_code_positions(self, x: jax.Array, runs: jax.Array) -> jax.Array:
+        """x[B, T, D] with each code's place embedding added (runs: code_runs of its tokens)."""
+        table = self.code_position[...]
+        places = jnp.clip(runs - 1, 0, table.shape[0] - 1)  # a malformed longer run keeps the last place
+        added = jnp.take(table, places, axis=0).astype(x.dtype)  # [B, T, D]
+        return x + jnp.where((runs > 0)[..., None], added, jnp.zeros_like(added))
+
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-        """Decoder inputs [B, T, D]: scaled token embeddings with soft tokens in their slots."""
+        """Decoder inputs [B, T, D]: scaled token embeddings (plus code places, where the model
+        has them) with soft tokens in their slots."""
         self._check_text(batch, ("tokens",))
-        return self._embed(batch)[0]
+        return self._embed(batch, self._code_runs(batch["tokens"]))[0]
 
     def _self_attention_mask(self, batch: Mapping[str, jax.Array]) -> SegmentMask:
         """The decoder's mask over the whole batch, as the ids it is computed from: blockwise
@@ -228,7 +266,7 @@ class Gemini(nnx.Module):
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> ModelOutput:
         self._check_text(batch, _DECODER_KEYS)
-        x, intermediates = self._embed(batch)
+        x, intermediates = self._embed(batch, self._code_runs(batch["tokens"]))
         hidden, _ = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
         return ModelOutput(logits=self.embedder.decode(hidden), hidden=hidden, intermediates=intermediates)
 
@@ -263,7 +301,8 @@ class Gemini(nnx.Module):
             if np.any(real_np[:, 1:] & ~real_np[:, :-1]):
                 raise ValueError("prefill needs right-padded prompts: segment_ids > 0 must be a prefix of each row")
 
-        x, intermediates = self._embed(batch)
+        runs = self._code_runs(batch["tokens"])
+        x, intermediates = self._embed(batch, runs)
         hidden, kvs = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
         layers = tuple(
             LayerKV(
@@ -273,7 +312,12 @@ class Gemini(nnx.Module):
             for old, new in zip(cache.layers, kvs, strict=True)
         )  # each [B, S, K, H]
         valid = jnp.zeros_like(cache.valid).at[:, :length].set(real)  # [B, S]
-        cache = KVCache(layers=layers, valid=valid, index=jnp.sum(real, axis=1, dtype=jnp.int32))
+        index = jnp.sum(real, axis=1, dtype=jnp.int32)
+        code_run = jnp.zeros_like(index)
+        if runs is not None:  # the run each prompt ends with
+            last = jnp.take_along_axis(runs, jnp.maximum(index - 1, 0)[:, None], axis=1)[:, 0]
+            code_run = jnp.where(index > 0, last, 0)
+        cache = KVCache(layers=layers, valid=valid, index=index, code_run=code_run)
         output = ModelOutput(logits=self.embedder.decode(hidden), hidden=hidden, intermediates=intermediates)
         return output, cache
 
@@ -290,9 +334,14 @@ class Gemini(nnx.Module):
             kv_segment_ids=valid.astype(jnp.int32), q_indices=cache.index[:, None],
         )  # [B, 1, S]
         x = self.embedder.encode(tokens[:, None])  # [B, 1, D]
+        runs = self._code_runs(tokens[:, None], cache.code_run)
+        code_run = cache.code_run
+        if runs is not None:
+            x = self._add_code_positions(x, runs)
+            code_run = runs[:, 0]
         hidden, layers = self.decoder(x, mask=mask, positions=cache.index[:, None], cache=cache)
         logits = self.embedder.decode(hidden)[:, 0]  # [B, V]
-        return logits, KVCache(layers=layers, valid=valid, index=cache.index + 1)
+        return logits, KVCache(layers=layers, valid=valid, index=cache.index + 1, code_run=code_run)
 
 
 def count_params(config: ModelConfig) -> dict[str, int]:

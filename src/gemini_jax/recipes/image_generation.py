@@ -6,14 +6,17 @@
     gemini-jax eval --checkpoint runs/image_generation --tasks image_generation
 
 1. The drawing corpus (data/corpora/drawings.py): "Draw a blue circle." -> the picture, and
-   editing (a picture + "Make the shape red.") -> the changed picture, split by request.
+   editing, a conversation ("Draw a green circle." -> the picture -> "Make the shape red.") -> the
+   changed picture, split by request.
 2. The image tokenizer (model/image_tokenizer.py) is trained on the corpus's train pictures (or
    taken from `image_tokenizer`) and kept in RUN/image_tokenizer/, with its validation PSNR and
    codebook usage in RUN/image_tokenizer/report.json.
 3. A text tokenizer trained on the corpus's train prompts (the requests use few words).
-4. The demo preset's decoder and vision encoder (no audio), its vocabulary the text pieces plus
-   the image tokenizer's codes (config.image_output); trained on the drawing examples, whose
-   model turns are `<start_of_image>` + 64 codes + `<end_of_image>` (data/image_codes.py).
+4. The demo preset's decoder (no encoders: every picture it reads is one it could have written,
+   as codes), its vocabulary the text pieces plus the image tokenizer's codes
+   (config.image_output, with each code's place in its picture embedded: `code_positions`);
+   trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
+   `<end_of_image>` (data/image_codes.py).
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
    that one model also learns the unconditional picture distribution that classifier-free
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
@@ -74,7 +77,10 @@ class ImageGenerationRecipe:
     corpus: DrawingSizes = DrawingSizes()
     cache_dir: str | None = None
     text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
-    seq_len: int = 128  # an edit: 16 image soft tokens, its request, 66 image tokens, the turns' markers
+    # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two
+    # pictures of 66 tokens and four turns' markers (197 tokens at most), a drawing one of each (100).
+    seq_len: int = 200  # edits
+    draw_seq_len: int = 104
     batch_size: int = 32
     train: TrainConfig = TrainConfig(
         steps=3_500, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=100, weight_decay=0.01))
@@ -103,18 +109,18 @@ class ImageGenerationRecipe:
                                   "prompt has no unconditional distribution to guide against")
 
     def model_config(self, *, text_pieces: int, codebook_size: int, codes_per_image: int) -> ModelConfig:
-        """The preset (no audio) with room for the text pieces and, above them, the codes."""
-        config = self.model or override(get_preset(self.preset), audio=None)
-        if config.vision is None:
-            raise ConfigError(f"image_generation needs a vision encoder (editing reads a picture); {self.preset!r} has none")
+        """The preset's decoder with room for the text pieces and, above them, the codes."""
+        config = self.model or override(get_preset(self.preset), audio=None, vision=None)
         config = override(config, vocab_size=text_pieces + codebook_size,
-                          image_output=ImageOutputConfig(codebook_size=codebook_size, codes_per_image=codes_per_image))
+                          image_output=ImageOutputConfig(codebook_size=codebook_size, codes_per_image=codes_per_image,
+                                                         code_positions=True))
         return config if self.dtype is None else override(config, dtype=self.dtype)
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
         from gemini_jax import checkpoint
         from gemini_jax.data import pipeline
         from gemini_jax.data.image_codes import ImageCoder
+        from gemini_jax.data.mixing import mixture
         from gemini_jax.data.tokenizer import Tokenizer
         from gemini_jax.model.image_tokenizer import read_image_tokenizer_config
 
@@ -130,15 +136,26 @@ class ImageGenerationRecipe:
         image_config = read_image_tokenizer_config(image_dir)
         config = self.model_config(text_pieces=tokenizer.vocab_size, codebook_size=image_config.codebook_size,
                                    codes_per_image=image_config.codes_per_image)
-        if config.max_seq_len < self.seq_len:
-            raise ConfigError(f"seq_len {self.seq_len} exceeds the model's context of {config.max_seq_len}")
+        if config.max_seq_len < max(self.seq_len, self.draw_seq_len):
+            raise ConfigError(f"seq_len {self.seq_len} or draw_seq_len {self.draw_seq_len} exceeds the model's context "
+                              f"of {config.max_seq_len}")
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
         write_unconditional_prompt(run_dir, UNCONDITIONAL_PROMPT if self.guidance_dropout > 0 else None)
         examples = drop_requests(corpus.examples("train"), fraction=self.guidance_dropout, seed=self.train.seed)
-        rows = pipeline.encoded_source(examples, tokenizer=tokenizer, config=config, max_len=self.seq_len,
-                                       cache_rows=True, image_codes=ImageCoder.load(image_dir), seed=self.train.seed)
-        data = iter(pipeline.batched(rows, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.train.seed,
-                                     config=config, max_images=1, num_threads=1, prefetch_batches=1))
+
+        def batches(kind: list[Example], seq_len: int):
+            # A coder per stream: each is read by a thread of its own, and one nnx model is not
+            # safe to call from two threads at once.
+            rows = pipeline.encoded_source(kind, tokenizer=tokenizer, config=config, max_len=seq_len, cache_rows=True,
+                                           image_codes=ImageCoder.load(image_dir), seed=self.train.seed)
+            return pipeline.batched(rows, batch_size=self.batch_size, seq_len=seq_len, seed=self.train.seed,
+                                    config=config, num_threads=1, prefetch_batches=1)
+
+        kinds = (([e for e in examples if is_drawing(e)], self.draw_seq_len),
+                 ([e for e in examples if not is_drawing(e)], self.seq_len))
+        kinds = [(kind, seq_len) for kind, seq_len in kinds if kind]
+        # Whole batches of each kind, in proportion to their counts.
+        data = iter(mixture([batches(kind, seq_len) for kind, seq_len in kinds], weights=[len(k) for k, _ in kinds]))
 
         def scores(model, *, split: str, limit: int | None):
             from gemini_jax.evals.registry import EvalOptions, evaluate
@@ -179,9 +196,9 @@ class ImageGenerationRecipe:
 
 
 def is_drawing(example: Example) -> bool:
-    """A drawing request (its user turn is text alone), not an edit (which reads a picture)."""
+    """A drawing request (one text request, one picture), not an edit (a conversation)."""
     user = example.contents[0]
-    return user.role == "user" and all(part.text is not None for part in user.parts)
+    return len(example.contents) == 2 and user.role == "user" and all(part.text is not None for part in user.parts)
 
 
 def drop_requests(examples: Sequence[Example], *, fraction: float, seed: int) -> list[Example]:

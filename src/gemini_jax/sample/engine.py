@@ -147,7 +147,8 @@ def _insert(cache: KVCache, row: KVCache, slot: jax.Array) -> KVCache:
     valid_row = jnp.zeros((1, cache.max_len), bool).at[:, : row.max_len].set(row.valid)  # [1, S]
     valid = jax.lax.dynamic_update_slice(cache.valid, valid_row, (slot, zero))  # [slots, S]
     index = jax.lax.dynamic_update_slice(cache.index, row.index, (slot,))  # [slots]
-    return KVCache(layers=layers, valid=valid, index=index)
+    code_run = jax.lax.dynamic_update_slice(cache.code_run, row.code_run, (slot,))  # [slots]
+    return KVCache(layers=layers, valid=valid, index=index, code_run=code_run)
 
 
 class Engine:

@@ -119,6 +119,7 @@ class DecodePrograms:
             layers=stepped.layers,
             valid=jnp.where(active[:, None], stepped.valid, cache.valid),
             index=jnp.where(active, stepped.index, cache.index),
+            code_run=jnp.where(active, stepped.code_run, cache.code_run),
         )
         tokens = self._choose(logits, seeds=seeds, steps=steps, sampling=sampling, spans=spans, guidance=guidance)
         return tokens, cache

@@ -9,9 +9,13 @@ Two tasks, each an `Example` in the contents format (data/examples.py):
 
 - "draw" (text to image): user "Draw a blue circle." (or one of DRAW_TEMPLATES' other
   phrasings) -> model: the picture.
-- "edit": user: a picture + "Make the shape red." (a "colour" change) or "Change the circle into a
-  triangle." (a "shape" change) -> model: the same scene with that one change: same position, size,
-  background (and a rectangle's proportions, kept in every scene for that reason).
+- "edit", a conversation: user "Draw a green circle." -> model: the source picture -> user "Make
+  the shape red." (a "colour" change) or "Change the circle into a triangle." (a "shape" change)
+  -> model: the same scene with that one change: same position, size, background (and a
+  rectangle's proportions, kept in every scene for that reason). Only the last turn is trained
+  on (`train_on="last"`); the source picture is read as the codes the model would have written,
+  so an edit can copy it code by code. The first request is one of DRAW_TEMPLATES whose drawing
+  request lies in train, so no held-out drawing prompt is ever part of a training edit.
 
 A scene is one of easy-VQA's three shapes in one of its eight colours on one of four pale
 backgrounds (easy-VQA's are pale), drawn by robustness.draw_scene at the image tokenizer's 64x64:
@@ -50,7 +54,7 @@ from gemini_jax.data.corpora.held_out import READ_SPLITS, is_test, is_validation
 from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES, draw_scene
 from gemini_jax.data.examples import Content, Example, Part
 
-VERSION = 2
+VERSION = 3  # 3: edits are conversations that draw their source picture first
 TASK = "image_generation"  # Example.task of every drawing example
 KINDS = ("draw", "edit")
 CHANGES = ("colour", "shape")  # what an edit changes
@@ -136,13 +140,23 @@ class Drawing:
     content_key: str  # what the split hashes
     image: Path  # the target's PNG
     source_image: Path | None
+    source_prompt: str | None  # edits only: the request that drew the source picture
 
     @property
     def example(self) -> Example:
-        user = (Part(text=self.prompt),) if self.source_image is None else (Part(image=str(self.source_image)),
-                                                                            Part(text=self.prompt))
-        return Example(contents=(Content("user", user), Content("model", (Part(image=str(self.image)),))),
-                       task=TASK, group=self.content_key)
+        reply = Content("model", (Part(image=str(self.image)),))
+        if self.source_image is None:
+            return Example(contents=(Content("user", (Part(text=self.prompt),)), reply), task=TASK,
+                           group=self.content_key)
+        return Example(contents=(Content("user", (Part(text=self.source_prompt),)),
+                                 Content("model", (Part(image=str(self.source_image)),)),
+                                 Content("user", (Part(text=self.prompt),)), reply),
+                       train_on="last", task=TASK, group=self.content_key)
+
+    @property
+    def request(self) -> Example:
+        """What the model is asked: every turn but the reply."""
+        return Example(contents=self.example.contents[:-1])
 
 
 class DrawingCorpus:
@@ -212,8 +226,13 @@ def sample_request(rng: np.random.Generator, kind: str) -> dict[str, Any]:
     if kind == "draw":
         prompt = pick(DRAW_TEMPLATES).format(shape=shape, colour=colour)
         return {"prompt": prompt, "target": sample_scene(rng, shape=shape, colour=colour), "source": None,
-                "change": None, "content_key": f"draw|{prompt}"}
+                "change": None, "content_key": f"draw|{prompt}", "source_prompt": None}
     source = sample_scene(rng, shape=shape, colour=colour)
+    trained = [t.format(shape=shape, colour=colour) for t in DRAW_TEMPLATES]
+    trained = [p for p in trained if _split(f"draw|{p}") == "train"]
+    if not trained:  # not with these templates: each request is held out about one time in seven
+        raise RuntimeError(f"drawings: every drawing request for a {colour} {shape} is held out")
+    source_prompt = pick(trained)
     change = pick(CHANGES)
     if change == "colour":
         new = pick([c for c in COLOURS if c != colour])
@@ -224,7 +243,7 @@ def sample_request(rng: np.random.Generator, kind: str) -> dict[str, Any]:
         prompt = pick(SHAPE_TEMPLATES).format(shape=shape, new=new)
         target = dataclasses.replace(source, shape=new)
     return {"prompt": prompt, "target": target, "source": source, "change": change,
-            "content_key": f"edit|{shape}|{colour}|{prompt}"}
+            "content_key": f"edit|{shape}|{colour}|{prompt}", "source_prompt": source_prompt}
 
 
 def plan(sizes: DrawingSizes) -> dict[str, list[dict[str, Any]]]:
@@ -264,7 +283,8 @@ def _build_into(out: Path, sizes: DrawingSizes) -> None:
         for i, request in enumerate(requests):
             row = {"kind": request["kind"], "prompt": request["prompt"], "change": request["change"],
                    "content_key": request["content_key"], "target": dataclasses.asdict(request["target"]),
-                   "image": f"{split}/{i:05d}.png", "source": None, "source_image": None}
+                   "image": f"{split}/{i:05d}.png", "source": None, "source_image": None,
+                   "source_prompt": request["source_prompt"]}
             Image.fromarray(request["target"].pixels()).save(out / row["image"])
             if request["source"] is not None:
                 row["source"] = dataclasses.asdict(request["source"])
@@ -278,4 +298,5 @@ def _drawing(row: dict[str, Any], root: Path) -> Drawing:
     return Drawing(kind=row["kind"], prompt=row["prompt"], target=Scene(**row["target"]),
                    source=None if row["source"] is None else Scene(**row["source"]), change=row["change"],
                    content_key=row["content_key"], image=root / row["image"],
-                   source_image=None if row["source_image"] is None else root / row["source_image"])
+                   source_image=None if row["source_image"] is None else root / row["source_image"],
+                   source_prompt=row["source_prompt"])

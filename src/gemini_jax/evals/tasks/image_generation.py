@@ -1,7 +1,8 @@
 """`gemini-jax eval --tasks image_generation`: the pictures a model draws, judged by a model
 that did not draw them (evals/image_judge.py, fitted on the drawing corpus's real train images).
 
-For the held-out requests of data/corpora/drawings.py:
+For the held-out requests of data/corpora/drawings.py (an edit is asked as its conversation: the
+request that drew the source, the source picture as the model's reply, then the change):
 - "draw": the share of replies whose first image shows the requested shape AND colour;
 - "edit": the share whose image shows the requested change made and the rest kept: the target's
   shape and colour (the one asked for, the other unchanged), and the shape where it was, about as
@@ -129,12 +130,14 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
     --guidance, guided beside the run's unconditional prompt."""
     from tqdm.auto import tqdm
 
-    from gemini_jax.data.examples import Example
-    from gemini_jax.evals.tasks.demo import demo_sampler
+    from gemini_jax.data.encode import MediaCache
+    from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
     options = context.options
-    sampler = context.shared(demo_sampler)
+    # The source pictures of edits are read as codes, by the run's image tokenizer.
+    sampler = Sampler(context.model, context.tokenizer, media_cache=MediaCache(max_bytes=1 << 30),
+                      image_codes=writer.coder())
     room = writer.spans.span_length + TEXT_ROOM
     guidance = options.guidance
     blank = unconditional(context, "image_generation") if guidance is not None else None
@@ -142,7 +145,7 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
     bar = tqdm(total=len(requests), desc="eval image_generation", disable=not options.progress, unit="ex", leave=False)
     for start in range(0, len(requests), batch_size):
         batch = requests[start : start + batch_size]
-        prompts = [Example(contents=r.example.contents[:1]) for r in batch]
+        prompts = [r.request for r in batch]
         params = [SamplingParams(temperature=options.temperature, max_new_tokens=room, seed=options.seed + start + i)
                   for i in range(len(batch))]
         guided = dict(guidance=guidance, unconditional=[blank] * len(batch)) if guidance is not None else {}
