@@ -37,6 +37,15 @@ def test_the_setting_round_trips_and_old_configs_read_as_off():
     assert config_from_dict(old).image_output.code_positions is False
 
 
+def test_codes_are_rotated_by_their_place_and_text_by_its_position():
+    model = Gemini(config(True), rngs=nnx.Rngs(0))
+    runs = jnp.array([[0, 1, 2, 0, 1]])
+    positions = jnp.arange(5, dtype=jnp.int32)[None]
+    limit = model.config.max_seq_len
+    assert model._rope_positions(positions, runs).tolist() == [[0, limit, limit + 1, 3, limit]]
+    assert Gemini(config(False), rngs=nnx.Rngs(0))._rope_positions(positions, None) is positions
+
+
 def test_codes_get_their_place_embedding_and_text_does_not():
     model = Gemini(config(True), rngs=nnx.Rngs(0))
     c = TEXT

@@ -206,11 +206,13 @@ class ImageOutputConfig:
     the top `codebook_size` ids of the vocabulary, `codes_per_image` of them between
     <start_of_image> and <end_of_image> (sample/image_spans.py).
 
-    `code_positions` adds a learned embedding of each code's place in its image (0 ..
-    codes_per_image - 1, raster order) to the code's token embedding, as DALL-E adds row and
-    column embeddings to its image tokens: the decoder then knows where in the grid every code
-    it reads or writes lies, which RoPE's distances alone do not say across two images whose
-    gap varies (an edit copying its source picture: docs/image-output.md)."""
+    `code_positions` gives each code its place in its image (0 .. codes_per_image - 1, raster
+    order) twice: a learned embedding added to its token embedding (as DALL-E adds row and
+    column embeddings to its image tokens), and as its RoPE position (max_seq_len + place, the
+    same in every image, as Qwen2-VL's M-RoPE positions image tokens by where they lie). Code p
+    of one picture is then as far from code p + 1 of another as from its own neighbour, so an
+    edit that copies its source picture attends at a fixed distance, which sequence positions
+    do not give when the text between the two pictures varies (docs/image-output.md)."""
 
     codebook_size: int
     codes_per_image: int

@@ -244,6 +244,15 @@ class Gemini(nnx.Module):
         added = jnp.take(table, places, axis=0).astype(x.dtype)  # [B, T, D]
         return x + jnp.where((runs > 0)[..., None], added, jnp.zeros_like(added))
 
+    def _rope_positions(self, positions: jax.Array, runs: jax.Array | None) -> jax.Array:
+        """The positions RoPE rotates by: a code's is max_seq_len + its place, the same in every
+        picture (so code p of one picture lies as far from code p + 1 of another as from its own
+        neighbour: copying is a fixed offset), and past every text position; the rest keep theirs.
+        Slots and the causal order are unchanged."""
+        if runs is None:
+            return positions
+        return jnp.where(runs > 0, self.config.max_seq_len + runs - 1, positions).astype(positions.dtype)
+
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Decoder inputs [B, T, D]: scaled token embeddings (plus code places, where the model
         has them) with soft tokens in their slots."""
@@ -266,8 +275,10 @@ class Gemini(nnx.Module):
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> ModelOutput:
         self._check_text(batch, _DECODER_KEYS)
-        x, intermediates = self._embed(batch, self._code_runs(batch["tokens"]))
-        hidden, _ = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
+        runs = self._code_runs(batch["tokens"])
+        x, intermediates = self._embed(batch, runs)
+        positions = self._rope_positions(batch["positions"], runs)
+        hidden, _ = self.decoder(x, mask=self._self_attention_mask(batch), positions=positions)
         return ModelOutput(logits=self.embedder.decode(hidden), hidden=hidden, intermediates=intermediates)
 
     # -- decoding ---------------------------------------------------------------------------
@@ -303,7 +314,8 @@ class Gemini(nnx.Module):
 
         runs = self._code_runs(batch["tokens"])
         x, intermediates = self._embed(batch, runs)
-        hidden, kvs = self.decoder(x, mask=self._self_attention_mask(batch), positions=batch["positions"])
+        hidden, kvs = self.decoder(x, mask=self._self_attention_mask(batch),
+                                   positions=self._rope_positions(batch["positions"], runs))
         layers = tuple(
             LayerKV(
                 k=old.k.at[:, :length].set(new.k.astype(old.k.dtype)),
@@ -339,7 +351,8 @@ class Gemini(nnx.Module):
         if runs is not None:
             x = self._add_code_positions(x, runs)
             code_run = runs[:, 0]
-        hidden, layers = self.decoder(x, mask=mask, positions=cache.index[:, None], cache=cache)
+        hidden, layers = self.decoder(x, mask=mask, positions=self._rope_positions(cache.index[:, None], runs),
+                                      cache=cache)
         logits = self.embedder.decode(hidden)[:, 0]  # [B, V]
         return logits, KVCache(layers=layers, valid=valid, index=cache.index + 1, code_run=code_run)
 
