@@ -98,7 +98,10 @@ def image_model(tmp_path_factory):
 
 
 def test_the_task_on_a_tiny_fresh_model(image_model, cache, tmp_path):
+    from gemini_jax.sample.image_output import write_unconditional_prompt
+
     model, tokenizer, run_dir = image_model
+    write_unconditional_prompt(run_dir, "Draw a red circle.")  # so the edits are also asked as `--edit` asks
     task = ImageGeneration(corpus_sizes=SIZES)
     records = tmp_path / "records.jsonl"
     # Temperature 30: a random model opens an image span now and then, so some replies hold one.
@@ -109,7 +112,7 @@ def test_the_task_on_a_tiny_fresh_model(image_model, cache, tmp_path):
         for name in ("", "_images", "_real", "_tokenized", "_random", "_wrong_prompt"):
             assert 0.0 <= metrics[kind + name] <= 100.0
         assert metrics[f"{kind}_real"] == 100.0  # the judge's ceiling on real pictures
-    assert 0.0 <= metrics["edit_unchanged"] <= 100.0
+    assert 0.0 <= metrics["edit_unchanged"] <= 100.0 and 0.0 <= metrics["edit_given"] <= 100.0
     assert len(records.read_text().splitlines()) == 10
 
 

@@ -353,3 +353,28 @@ def test_a_quantized_image_run_draws_with_its_sources_image_tokenizer(run_dir, d
         (run_dir / IMAGE_TOKENIZER_DIR / "image_tokenizer.safetensors").read_bytes()
     parts = api.generate_parts(int4, "Draw a red circle.", seed=drawn[0], **OPTIONS)
     assert all(isinstance(p, (str, np.ndarray)) for p in parts) and writer.spans.codes_per_image == 16
+
+
+def test_generate_edit_asks_the_conversation_and_refuses_what_does_not_fit(run_dir, tmp_path, capsys):
+    """`generate --edit PICTURE PROMPT` is the conversation `edit_request` builds (the picture as the
+    reply to the run's unconditional prompt), sampled as the library samples it."""
+    from gemini_jax.sample.image_output import edit_request, unconditional_prompt, write_unconditional_prompt
+
+    picture = tmp_path / "picture.png"
+    Image.fromarray(drawing()).save(picture)
+    args = ["--max-new-tokens", "8", "--temperature", "30", "--seed", "3"]
+    # Without an unconditional prompt the run has no way to ask for a picture it did not draw.
+    assert main(["generate", "--checkpoint", str(run_dir), "--edit", str(picture), "Make it blue."]) == 2
+    assert "--edit" in (err := capsys.readouterr().err) and "guidance.json" in err
+    guided = tmp_path / "guided-run"
+    shutil.copytree(run_dir, guided)
+    write_unconditional_prompt(guided, "Draw a picture.")
+    assert main(["generate", "--checkpoint", str(guided), "--edit", str(picture), *args, "Make it blue."]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    request = edit_request(str(picture), "Make it blue.", first_request=unconditional_prompt(guided))
+    assert [t.role for t in request.contents] == ["user", "model", "user"]
+    assert printed == api.generate(api.load(guided), request, max_new_tokens=8, temperature=30.0, seed=3)
+    for bad, message in ((["--edit", str(tmp_path / "missing.png")], "no such file"),
+                         (["--edit", str(picture), "--image", str(picture)], "do not go with it")):
+        assert main(["generate", "--checkpoint", str(guided), *bad, "Make it blue."]) == 2
+        assert message in capsys.readouterr().err

@@ -209,16 +209,40 @@ def generate(args: argparse.Namespace) -> None:
     if max_new_tokens is None:  # 64, and an image's markers and codes beyond that where the run draws
         drawn = run.config.image_output
         max_new_tokens = 64 + (drawn.codes_per_image + 2 if drawn else 0)
-    options = dict(images=args.image, videos=args.video, audios=args.audio, max_new_tokens=max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, safety=check,
-                   safety_settings=settings, guidance=args.guidance)
+    options = dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed, safety=check, safety_settings=settings, guidance=args.guidance)
+    prompt = args.prompt
+    if args.edit is None:
+        options.update(images=args.image, videos=args.video, audios=args.audio)
+    else:
+        prompt = _edit_prompt(run, args)
     try:
         if out is None:
-            print(api.generate(run, args.prompt, **options))
+            print(api.generate(run, prompt, **options))
         else:
-            print(ImageWriter.save(api.generate_parts(run, args.prompt, **options), out, stem="reply"))
+            print(ImageWriter.save(api.generate_parts(run, prompt, **options), out, stem="reply"))
     except SafetyBlocked as e:
         print(e)
+
+
+def _edit_prompt(run, args: argparse.Namespace):
+    """--edit PICTURE: the conversation that asks a run which writes images to change a picture."""
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.config import ConfigError
+    from gemini_jax.sample.image_output import edit_request, unconditional_prompt
+
+    if run.config.image_output is None:
+        raise ConfigError(f"--edit: {args.checkpoint} writes text only; editing needs a run that writes images "
+                          "(`gemini-jax train --task image_generation`)")
+    if args.image or args.video or args.audio:
+        raise ConfigError("--edit takes the picture to change; --image, --video and --audio do not go with it")
+    if not Path(args.edit).is_file():
+        raise ConfigError(f"--edit {args.edit}: no such file")
+    try:
+        first = unconditional_prompt(args.checkpoint)
+    except CheckpointError as e:
+        raise ConfigError(f"--edit: {e}") from None
+    return edit_request(args.edit, args.prompt, first_request=first)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -413,6 +413,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-images", default=None, metavar="DIR",
                    help="for a run that writes images: save each one as DIR/reply-N.png (DIR made if missing) and "
                    "print the text with each image's path in its place")
+    p.add_argument("--edit", default=None, metavar="PICTURE",
+                   help="for a run that writes images: change this picture as PROMPT asks (\"Make the shape red.\"); "
+                   "the picture is given as the model's own earlier reply to the run's unconditional prompt, then "
+                   "PROMPT asks for the change (docs/image-output.md)")
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="S",
                    help="for a run that writes images: classifier-free guidance of the images' codes, u + S (c - u) "
                    "with u the logits of the run's unconditional prompt (1: as without it; larger follows the "

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from gemini_jax.config import ModelConfig
 from gemini_jax.data.image_codes import ImageCoder, tokenizer_key
 from gemini_jax.data.tokenizer import Tokenizer
 from gemini_jax.sample.image_spans import ImageSpans, image_spans_for, split_reply
+
+if TYPE_CHECKING:
+    from gemini_jax.data.examples import Example
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
 GUIDANCE_FILE = "guidance.json"  # inside IMAGE_TOKENIZER_DIR: {"unconditional_prompt": "..."}
@@ -137,6 +140,16 @@ def write_unconditional_prompt(run_dir: str | os.PathLike, prompt: str | None) -
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(json.dumps({"unconditional_prompt": prompt}) + "\n")
     staging.replace(path)
+
+
+def edit_request(picture: Any, change: str, *, first_request: str) -> Example:
+    """A picture to change, as a model that writes images is asked to edit one: the picture is its
+    own earlier reply to `first_request` (for a picture it did not draw, the run's unconditional
+    prompt), then a user turn asks for `change`. `picture`: a path or uint8[H, W, 3]."""
+    from gemini_jax.data.examples import Content, Example, Part
+
+    return Example(contents=(Content("user", (Part(text=first_request),)), Content("model", (Part(image=picture),)),
+                             Content("user", (Part(text=change),))))
 
 
 def unconditional_prompt(run_dir: str | os.PathLike) -> str:

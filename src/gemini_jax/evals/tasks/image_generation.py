@@ -14,7 +14,9 @@ A reply without an image fails. In the same table, for each:
 - `_random`: pictures of uniformly random codes (a floor);
 - `_wrong_prompt`: the pictures the model drew for another request (one whose target differs in
   shape or colour), judged against this one (a floor: a model that ignores the request scores here);
-- `edit_unchanged`: the input picture given back unchanged (the floor of an editor that does nothing).
+- `edit_unchanged`: the input picture given back unchanged (the floor of an editor that does nothing);
+- `edit_given` (a run with an unconditional prompt): the same edits asked as `generate --edit` asks
+  for a picture the model did not draw: the source as the reply to the run's unconditional prompt.
 
 Generation goes through the library's batched path (Sampler.generate_ids, then ImageWriter.parts):
 a fixed-seed sample at --temperature (0 for greedy), request i with seed --seed + i, so each of the
@@ -86,8 +88,34 @@ class ImageGeneration(EvalTask):
                                                                                                seed=options.seed)))
             metrics[f"{kind}_wrong_prompt"] = percent(score_requests(judge, requests, [drawn[j] for j in wrong_pairs(requests)]))
         metrics["edit_unchanged"] = percent(score_requests(judge, edit, [_load(r.source_image) for r in edit]))
+        blank = run_unconditional_prompt(context)
+        if blank is not None:  # the same edits of a picture whose request the model is not told
+            given = given_edits(edit, first_request=blank)
+            metrics["edit_given"] = percent(score_requests(judge, edit, draw_images(
+                context, writer, given, batch_size=self.batch_size(options))))
         metrics["examples"] = len(draw) + len(edit)
         return TaskOutcome(metrics, records)
+
+
+def run_unconditional_prompt(context: EvalContext) -> str | None:
+    """The run's unconditional prompt, or None where it was trained without one."""
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.sample.image_output import unconditional_prompt
+
+    try:
+        return unconditional_prompt(context.run_dir)
+    except CheckpointError:
+        return None
+
+
+def given_edits(edits, *, first_request: str) -> list:
+    """Each edit as `generate --edit` asks it: the source picture as the reply to `first_request`."""
+    from types import SimpleNamespace
+
+    from gemini_jax.sample.image_output import edit_request
+
+    return [SimpleNamespace(request=edit_request(str(r.source_image), r.prompt, first_request=first_request))
+            for r in edits]
 
 
 def percent(flags) -> float:
