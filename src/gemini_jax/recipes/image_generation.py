@@ -14,7 +14,7 @@
 3. A text tokenizer trained on the corpus's train prompts (the requests use few words).
 4. The demo preset's decoder (no encoders: every picture it reads is one it could have written,
    as codes), its vocabulary the text pieces plus the image tokenizer's codes
-   (config.image_output, with each code's place in its picture embedded: `code_positions`);
+   (config.image_output, each code given its place in its picture: `code_positions`);
    trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
    `<end_of_image>` (data/image_codes.py).
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
