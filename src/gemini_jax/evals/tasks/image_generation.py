@@ -70,7 +70,7 @@ class ImageGeneration(EvalTask):
         sizes = self.corpus_sizes or DrawingSizes()
         corpus = DrawingCorpus.build(options.cache_dir, sizes=sizes)
         judge = fit_judge(corpus)
-        writer = run_image_writer(context)
+        writer = context.shared(run_image_writer)
         draw = corpus.records("draw", self.split)[: options.limit]
         edit = corpus.records("edit", self.split)[: options.limit]
         images = draw_images(context, writer, draw + edit, batch_size=self.batch_size(options))
@@ -141,6 +141,16 @@ def run_image_writer(context: EvalContext):
     return ImageWriter(image_tokenizer, spans=image_spans_for(config, tokenizer), tokenizer=tokenizer, key=key)
 
 
+def image_sampler(context: EvalContext):
+    """The sampler of every request of one evaluation (compiled once): edits' source pictures are
+    read as codes, by the run's image tokenizer."""
+    from gemini_jax.data.encode import MediaCache
+    from gemini_jax.sample.sampler import Sampler
+
+    return Sampler(context.model, context.tokenizer, media_cache=MediaCache(max_bytes=1 << 30),
+                   image_codes=context.shared(run_image_writer).coder())
+
+
 def unconditional(context: EvalContext, name: str):
     """The run's unconditional prompt as a user turn (an Example), for --guidance."""
     from gemini_jax.api import user_turn
@@ -158,14 +168,10 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
     --guidance, guided beside the run's unconditional prompt."""
     from tqdm.auto import tqdm
 
-    from gemini_jax.data.encode import MediaCache
-    from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
     options = context.options
-    # The source pictures of edits are read as codes, by the run's image tokenizer.
-    sampler = Sampler(context.model, context.tokenizer, media_cache=MediaCache(max_bytes=1 << 30),
-                      image_codes=writer.coder())
+    sampler = context.shared(image_sampler)
     room = writer.spans.span_length + TEXT_ROOM
     guidance = options.guidance
     blank = unconditional(context, "image_generation") if guidance is not None else None
