@@ -198,13 +198,12 @@ def _tree(pid: int) -> list[int]:
 
 
 def _rss(pid: int) -> int:
+    from gemini_jax.host_memory import resident_bytes
+
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return resident_bytes(pid)
+    except OSError:  # the process ended meanwhile
+        return 0
 
 
 def throughput_one(gigabytes: float, workers: int, executor: str | None = None, tasks: int = 1) -> dict:

@@ -28,6 +28,7 @@ def release() -> bool:
     return bool(trim(0))
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux: /proc/self/statm)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def resident_bytes(pid: int | str = "self") -> int:
+    """A process's resident memory now, this one's by default (Linux: /proc/<pid>/statm; an
+    OSError where the process is gone)."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
