@@ -1,13 +1,17 @@
-"""How much easy-VQA shape information a run's vision encoder keeps (a linear probe; prints JSON).
+"""How much easy-VQA shape (or colour) information a run's vision encoder keeps (a linear
+probe; prints JSON).
 
     python benchmarks/shape_probe.py --run runs/demo     # a trained run
     python benchmarks/shape_probe.py --preset demo       # the same encoder at initialisation
+    python benchmarks/shape_probe.py --run runs/demo --attribute colour
 
 Each easy-VQA image with a shape question gets its answer (circle, rectangle or triangle)
-as a label. The encoder's soft tokens for the image, concatenated and standardised, feed a
-logistic regression fitted on the train images; the JSON gives its accuracy on the held-out
-test images (chance is about 1/3). A trained encoder that scores below its own
-initialisation has thrown shape away: what the demo's VQA shape questions measure end to end.
+as a label (with `--attribute colour`, the answer of its colour question: one of eight).
+The encoder's soft tokens for the image, concatenated and standardised, feed a logistic
+regression fitted on the train images; the JSON gives its accuracy on the held-out test
+images (chance is about 1/3 for shapes, 1/8 for colours). A trained encoder that scores below
+its own initialisation has thrown that attribute away; one that scores well where the model's
+answers do not leaves the failure to the decoder.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ from gemini_jax.data.media import image_patches, load_image
 from gemini_jax.model import Gemini
 
 SHAPES = ("circle", "rectangle", "triangle")
+COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 
 
-def shape_labels(split: str) -> tuple[list[str], np.ndarray]:
-    """(image paths, int labels) of the easy-VQA images that have a shape question."""
+def attribute_labels(split: str, classes: tuple[str, ...] = SHAPES) -> tuple[list[str], np.ndarray]:
+    """(image paths, int labels) of the easy-VQA images that have a question answered by one of
+    `classes` (SHAPES or COLOURS)."""
     import easy_vqa
 
     questions = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
     paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
-    labels = {image: SHAPES.index(answer) for _, answer, image in zip(*questions) if answer in SHAPES}
+    labels = {image: classes.index(answer) for _, answer, image in zip(*questions) if answer in classes}
     images = sorted(labels)
     return [paths[i] for i in images], np.array([labels[i] for i in images])
 
@@ -57,11 +63,12 @@ def soft_token_features(model: Gemini, paths: list[str], *, chunk: int = 500) ->
     return np.concatenate(features)
 
 
-def probe_accuracy(train_x, train_y, test_x, test_y, *, steps: int, l2: float = 1e-3) -> tuple[float, float]:
+def probe_accuracy(train_x, train_y, test_x, test_y, *, steps: int, l2: float = 1e-3,
+                   classes: int = len(SHAPES)) -> tuple[float, float]:
     """Train and test accuracy of a full-batch, L2-regularised logistic regression."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    params = (jnp.zeros((train_x.shape[1], len(SHAPES))), jnp.zeros(len(SHAPES)))
+    params = (jnp.zeros((train_x.shape[1], classes)), jnp.zeros(classes))
     optimizer = optax.adam(1e-2)
     state = optimizer.init(params)
 
@@ -87,6 +94,8 @@ def main() -> None:
     source.add_argument("--run", help="a run directory: its config and latest checkpoint")
     source.add_argument("--preset", help="a preset with a vision encoder, at initialisation (seed 0)")
     parser.add_argument("--steps", type=int, default=1000, help="full-batch Adam steps of the probe")
+    parser.add_argument("--attribute", choices=("shape", "colour"), default="shape",
+                        help="what the probe names: the image's shape (3 classes) or its shape's colour (8)")
     args = parser.parse_args()
 
     config = checkpoint.read_config(args.run) if args.run else get_preset(args.preset)
@@ -94,10 +103,12 @@ def main() -> None:
         parser.error("the model has no vision encoder")
     model = Gemini(config, rngs=nnx.Rngs(0))
     step = checkpoint.load_params(args.run, model) if args.run else 0
-    (train_paths, train_y), (test_paths, test_y) = shape_labels("train"), shape_labels("test")
+    classes = SHAPES if args.attribute == "shape" else COLOURS
+    (train_paths, train_y), (test_paths, test_y) = attribute_labels("train", classes), attribute_labels("test", classes)
     train_acc, test_acc = probe_accuracy(soft_token_features(model, train_paths), train_y,
-                                         soft_token_features(model, test_paths), test_y, steps=args.steps)
-    print(json.dumps({"source": args.run or f"preset {args.preset} at init", "step": step,
+                                         soft_token_features(model, test_paths), test_y, steps=args.steps,
+                                         classes=len(classes))
+    print(json.dumps({"source": args.run or f"preset {args.preset} at init", "step": step, "attribute": args.attribute,
                       "train_images": len(train_y), "test_images": len(test_y),
                       "probe_train_accuracy": round(train_acc, 4), "probe_test_accuracy": round(test_acc, 4)}))
 
