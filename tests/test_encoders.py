@@ -175,6 +175,22 @@ def test_patch_stem_matches_a_written_out_convolution(build_model, media):
     np.testing.assert_allclose(np.asarray(shuffled), np.asarray(base), atol=1e-5)
 
 
+def test_stem_pixels_adds_a_linear_map_of_the_raw_patch(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, stem_channels=(5,), stem_pixels=True)
+    model = build_model(dataclasses.replace(CONFIG, vision=vision))
+    stem = model.vision.patch_embed
+    patches = jnp.asarray(media.images(vision, [[(2, 3)]], num_patches=6, seed=5)["patches"][0, 0])
+    kernel = np.asarray(stem.pixels.kernel[...])
+    both = np.asarray(stem(patches))
+    stem.pixels.kernel[...] = jnp.zeros_like(stem.pixels.kernel[...])
+    convolved = np.asarray(stem(patches))  # the stem alone, as without stem_pixels
+    pixels = np.asarray(patches, np.float64) @ kernel
+    assert np.abs(pixels).max() > 0.1
+    np.testing.assert_allclose(both - convolved, pixels, atol=1e-4)
+    with pytest.raises(ConfigError, match="stem_pixels"):
+        dataclasses.replace(CONFIG.vision, stem_pixels=True)  # no stem to add the pixels to
+
+
 def test_frames_with_their_own_stem_leave_images_alone(build_model, media):
     vision = dataclasses.replace(CONFIG.vision, frame_stem_channels=(5,))
     model = build_model(dataclasses.replace(CONFIG, vision=vision))

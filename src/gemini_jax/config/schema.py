@@ -72,7 +72,9 @@ class VisionConfig:
     features become soft tokens (`image_soft_tokens` per image, `frame_soft_tokens` per video
     frame when pooled). `stem_channels` puts stride-2 3x3 convolutions (one per entry, with
     that many channels) inside each patch before its linear embedding, an early
-    convolutional stem (Xiao et al. 2021); () embeds raw pixels. `frame_stem_channels` None
+    convolutional stem (Xiao et al. 2021); () embeds raw pixels. `stem_pixels` adds a linear
+    map of the raw pixels to a stem's output: a path that keeps colour, which a stem trained on
+    shape questions alone learns to discard (docs/vision.md). `frame_stem_channels` None
     embeds video frames with the images' patch embedding; a tuple gives frames a patch
     embedding of their own with that stem (() a linear one), the rest of the encoder shared,
     because small objects in low-resolution frames need other first-layer features than the
@@ -101,6 +103,7 @@ class VisionConfig:
     frame_pooling: FramePooling = FramePooling.ATTENTION
     stem_channels: tuple[int, ...] = ()
     frame_stem_channels: tuple[int, ...] | None = None
+    stem_pixels: bool = False
     block: VisionBlock = VisionBlock.VIT
     position_embedding: PositionEmbedding = PositionEmbedding.FACTORIZED
     norm_eps: float | None = None
@@ -109,6 +112,7 @@ class VisionConfig:
 
     def __post_init__(self):
         _require_bool(self.keep_aspect_ratio, "vision.keep_aspect_ratio")
+        _require_bool(self.stem_pixels, "vision.stem_pixels")
         _resolve_choices(self, where="vision.")
         if self.frame_pooling in (FramePooling.GRID, FramePooling.GRID_AND_FRAME):
             cells = self.frame_soft_tokens - (self.frame_pooling == FramePooling.GRID_AND_FRAME)
@@ -129,6 +133,10 @@ class VisionConfig:
         object.__setattr__(self, "stem_channels", tuple(self.stem_channels))  # JSON gives a list
         if self.frame_stem_channels is not None:
             object.__setattr__(self, "frame_stem_channels", tuple(self.frame_stem_channels))
+        if self.stem_pixels and not (self.stem_channels or self.frame_stem_channels):
+            raise ConfigError("vision.stem_pixels adds raw pixels to a convolutional stem's output and needs one: "
+                              "set vision.stem_channels or vision.frame_stem_channels (a linear embedding "
+                              "already reads the raw pixels)")
         for name in ("stem_channels", "frame_stem_channels"):
             stem = getattr(self, name)
             if stem is not None and self.patch_size % (1 << len(stem)):

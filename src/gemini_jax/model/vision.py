@@ -117,7 +117,8 @@ class SiglipBlock(nnx.Module):
 class PatchStem(nnx.Module):
     """Stride-2 3x3 convolutions (GELU after each) inside every patch, then a linear map of
     the flattened result: patches[N, C] -> [N, D]. Padding stays inside the patch, so a
-    patch's embedding never depends on its neighbours (patches may come in any order)."""
+    patch's embedding never depends on its neighbours (patches may come in any order).
+    With `config.stem_pixels` a linear map of the raw patch is added to it."""
 
     def __init__(self, config: VisionConfig, stem_channels: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.patch_size = config.patch_size
@@ -130,13 +131,16 @@ class PatchStem(nnx.Module):
         side = config.patch_size >> len(stem_channels)
         self.proj = Linear(side * side * channels[-1], config.width, use_bias=True, dtype=dtype, rngs=rngs,
                            axes=("patch", "embed"))
+        self.pixels = (Linear(config.patch_dim, config.width, use_bias=False, dtype=dtype, rngs=rngs,
+                              axes=("patch", "embed")) if config.stem_pixels else None)
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         n = patches.shape[0]
         x = patches.reshape(n, self.patch_size, self.patch_size, 3)  # batch.py: (row, column, channel)
         for conv in self.convs:
             x = jax.nn.gelu(_conv3x3_stride2(x, conv.kernel[...], conv.bias[...]))
-        return self.proj(x.reshape(n, -1))
+        embedded = self.proj(x.reshape(n, -1))
+        return embedded if self.pixels is None else embedded + self.pixels(patches)
 
 
 def _conv3x3_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
