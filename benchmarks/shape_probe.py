@@ -27,16 +27,16 @@ from flax import nnx
 
 from gemini_jax import checkpoint
 from gemini_jax.config import get_preset
+from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES
 from gemini_jax.data.media import image_patches, load_image
 from gemini_jax.model import Gemini
 
-SHAPES = ("circle", "rectangle", "triangle")
-COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+ATTRIBUTES = {"shape": VQA_SHAPES, "colour": tuple(VQA_COLOURS)}  # what a probe may name: its classes
 
 
-def attribute_labels(split: str, classes: tuple[str, ...] = SHAPES) -> tuple[list[str], np.ndarray]:
+def attribute_labels(split: str, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
     """(image paths, int labels) of the easy-VQA images that have a question answered by one of
-    `classes` (SHAPES or COLOURS)."""
+    `classes` (one of ATTRIBUTES)."""
     import easy_vqa
 
     questions = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
@@ -64,7 +64,7 @@ def soft_token_features(model: Gemini, paths: list[str], *, chunk: int = 500) ->
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, *, steps: int, l2: float = 1e-3,
-                   classes: int = len(SHAPES)) -> tuple[float, float]:
+                   classes: int) -> tuple[float, float]:
     """Train and test accuracy of a full-batch, L2-regularised logistic regression."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
@@ -94,7 +94,7 @@ def main() -> None:
     source.add_argument("--run", help="a run directory: its config and latest checkpoint")
     source.add_argument("--preset", help="a preset with a vision encoder, at initialisation (seed 0)")
     parser.add_argument("--steps", type=int, default=1000, help="full-batch Adam steps of the probe")
-    parser.add_argument("--attribute", choices=("shape", "colour"), default="shape",
+    parser.add_argument("--attribute", choices=tuple(ATTRIBUTES), default="shape",
                         help="what the probe names: the image's shape (3 classes) or its shape's colour (8)")
     args = parser.parse_args()
 
@@ -103,7 +103,7 @@ def main() -> None:
         parser.error("the model has no vision encoder")
     model = Gemini(config, rngs=nnx.Rngs(0))
     step = checkpoint.load_params(args.run, model) if args.run else 0
-    classes = SHAPES if args.attribute == "shape" else COLOURS
+    classes = ATTRIBUTES[args.attribute]
     (train_paths, train_y), (test_paths, test_y) = attribute_labels("train", classes), attribute_labels("test", classes)
     train_acc, test_acc = probe_accuracy(soft_token_features(model, train_paths), train_y,
                                          soft_token_features(model, test_paths), test_y, steps=args.steps,
