@@ -6,21 +6,28 @@ rectangle."), while a question without the instruction keeps its short answer. `
 rule that judges a reply; it labels the data written here and judges held-out replies, and is
 never the policy's training signal except through the reward model trained on its labels.
 
-    python examples/post_training.py data data/post 0.5  # sft, pairs (half of the rejected replies
-                                                         # wrong answers), prompts; validation, heldout
+    python examples/post_training.py data data/post --wrong-answer-share 0.5   # sft, pairs, prompts;
+                                                                                # validation, heldout
+    python examples/post_training.py data data/mixed --sentence-share 0.3     # writers who follow the
+                                                                                # instruction 3 times in 10
     python examples/post_training.py judge data/post/validation.jsonl runs/sft runs/rl   # to choose on
     python examples/post_training.py judge data/post/heldout.jsonl runs/sft runs/demo runs/rl   # once, at the end
 
 Training data comes from easy-VQA's training images (which the demo trained on), the validation
 prompts from other questions on them, the held-out prompts from its test images; only shape and
 colour questions are used.
+
+Demonstrations are written as the rule wants (`--sentence-share 1`) or, as a pool of writers
+who often ignore the instruction would write them, with a share of the instructed ones answered
+by the bare answer. Preference pairs always prefer the rule's reply: what is learnt from
+demonstrations, and what from preferences, then differ.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import easy_vqa
@@ -91,9 +98,12 @@ def _wrong(question: str, answer: str, rng: np.random.Generator, wrong_answer_sh
 
 
 def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1200, heldout: int = 300,
-               seed: int = 0, wrong_answer_share: float = 1 / 3, replay: Path | None = None) -> None:
-    """The files the loop trains and judges on, in `out`. `replay`: the demo's prepared VQA, which
-    sft.yaml then mixes in one to one with the demonstrations, so that the demo's accuracy holds."""
+               seed: int = 0, wrong_answer_share: float = 1 / 3, sentence_share: float = 1.0,
+               replay: Path | None = None) -> None:
+    """The files the loop trains and judges on, in `out`. `sentence_share`: of the instructed
+    demonstrations, the share answered in the full sentence (the others give the bare answer).
+    `replay`: the demo's prepared VQA, which sft.yaml then mixes in one to one with the
+    demonstrations, so that the demo's accuracy holds."""
     rng = np.random.default_rng(seed)
     train, test = _questions("train"), _questions("test")
     order = rng.permutation(len(train))
@@ -106,9 +116,10 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in records))
 
     demos = []
+    writers = np.random.default_rng([seed, 2])  # its own, as the pairs' below
     for i, (q, a, image) in enumerate(picked[:sft]):
         instructed = i % 2 == 0  # half keep the short answer: the instruction, not the sentence, is taught
-        reply = sentence(q, a) if instructed else a
+        reply = sentence(q, a) if instructed and writers.random() < sentence_share else a
         demos.append({"contents": _prompt(q, image, instructed) + [_turn("model", {"text": reply})]})
     write("sft.jsonl", demos)
     rejections = np.random.default_rng([seed, 1])  # its own: the other files do not depend on the pairs' mix
@@ -158,11 +169,33 @@ def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[
             for run, j in judged.items()}
 
 
-if __name__ == "__main__":
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "data":  # data DIR [WRONG_ANSWER_SHARE]
-        write_data(Path(sys.argv[2]), replay=demo_vqa(),
-                   **({"wrong_answer_share": float(sys.argv[3])} if len(sys.argv) == 4 else {}))
-    elif len(sys.argv) >= 4 and sys.argv[1] == "judge":
-        print(json.dumps(judge(Path(sys.argv[2]), sys.argv[3:]), indent=2))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="write the SFT conversations, preference pairs, RL prompts, "
+                                            "validation and held-out prompts into DIR")
+    data.add_argument("out", metavar="DIR", type=Path, help="the directory to write the files into")
+    data.add_argument("--wrong-answer-share", type=float, default=1 / 3,
+                      help="share of rejected replies that are the sentence with a wrong answer (default: 1/3; "
+                           "the others are the bare answer or a sentence that does not name the subject)")
+    data.add_argument("--sentence-share", type=float, default=1.0,
+                      help="share of the instructed demonstrations answered in the full sentence; the others "
+                           "give the bare answer (default: 1, every one)")
+    data.add_argument("--seed", type=int, default=0, help="which questions and images are drawn (default: 0)")
+    judged = commands.add_parser("judge", help="judge each run's greedy replies to the prompts of FILE by the "
+                                               "rule; win rates over the first run")
+    judged.add_argument("prompts", metavar="FILE", type=Path, help="validation.jsonl or heldout.jsonl")
+    judged.add_argument("runs", metavar="RUN", nargs="+", help="run directories, the first the baseline")
+    args = parser.parse_args()
+    if args.command == "data":
+        for name in ("wrong_answer_share", "sentence_share"):
+            if not 0.0 <= getattr(args, name) <= 1.0:
+                parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+        write_data(args.out, replay=demo_vqa(), seed=args.seed, wrong_answer_share=args.wrong_answer_share,
+                   sentence_share=args.sentence_share)
     else:
-        sys.exit(__doc__)
+        print(json.dumps(judge(args.prompts, args.runs), indent=2))
+
+
+if __name__ == "__main__":
+    main()

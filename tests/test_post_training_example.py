@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +76,17 @@ def test_the_share_of_wrong_answer_rejections(example, tmp_path, share):
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     wrong = [p["rejected"][0]["text"].startswith("The ") for p in pairs]
     assert all(wrong) if share == 1.0 else not any(wrong)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_the_share_of_demonstrations_written_as_the_rule_wants(example, tmp_path, share):
+    example.write_data(tmp_path, sft=400, pairs=6, prompts=2, heldout=2, sentence_share=share)
+    demos = [json.loads(line)["contents"] for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    instructed = [d for d in demos if d[0]["parts"][1]["text"].endswith(example.INSTRUCTION)]
+    plain = [d for d in demos if not d[0]["parts"][1]["text"].endswith(example.INSTRUCTION)]
+    sentences = [d[1]["parts"][0]["text"].endswith(".") for d in instructed]
+    assert len(instructed) == 200 and not any(d[1]["parts"][0]["text"].endswith(".") for d in plain)
+    assert abs(np.mean(sentences) - share) < 0.08
+    # The pairs do not depend on who wrote the demonstrations.
+    example.write_data(tmp_path / "all", sft=400, pairs=6, prompts=2, heldout=2)
+    assert (tmp_path / "pairs.jsonl").read_text() == (tmp_path / "all" / "pairs.jsonl").read_text()
