@@ -128,6 +128,7 @@ def write_data(out: Path, *, sft: int = 400, pairs: int = 1200, prompts: int = 1
                           for q, a, image in picked[sft:sft + pairs]])
     write("prompts.jsonl", [{"contents": _prompt(q, image, True) + [_turn("model", {"text": sentence(q, a)})]}
                             for q, a, image in picked[sft + pairs:]])
+    write("rl_questions.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in picked[sft + pairs:]])
     held = [test[i] for i in rng.permutation(len(test))[:heldout]]
     write("heldout.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in held])
     write("validation.jsonl", [{"question": q, "answer": a, "image": image} for q, a, image in validation])
@@ -145,25 +146,58 @@ def demo_vqa() -> Path:
     return prepare_demo_sources(DemoCorpus.build(None)) / "vqa"
 
 
-def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[str, float]]:
-    """Each run's greedy replies to the held-out prompts, judged by `follows`; and, beside the
-    first run, each later run's win rate over it (wins + ties / 2 over all prompts)."""
+def _replies(run_dir: str, items: list[dict], params: list, *, batch: int = 32) -> list[str]:
+    """`run_dir`'s replies to the instructed question of each item, item i sampled with params[i]."""
     from gemini_jax.checkpoint import load_run
     from gemini_jax.data.examples import from_json
     from gemini_jax.sample.sampler import Sampler
+
+    run = load_run(run_dir)
+    sampler = Sampler(run.model, run.tokenizer)
+    examples = [from_json({"contents": _prompt(it["question"], it["image"], True)}) for it in items]
+    replies = []
+    for start in range(0, len(examples), batch):
+        replies += sampler.generate(examples[start:start + batch], params[start:start + batch])
+    return [r.strip() for r in replies]
+
+
+def label(run_dir: str, data: Path, out: Path, *, replies: int = 4, seed: int = 0) -> dict[str, int]:
+    """Preference pairs on the policy's own replies, labelled by the rule (a rater judging what
+    the policy now writes): `replies` samples (temperature 1) to each RL question of `data`;
+    where one fails the rule, a pair prefers a passing sample (or the rule's sentence when none
+    passes) to it. Written after data/pairs.jsonl's pairs into `out`, for a reward model that
+    knows the mistakes of the policy it will train."""
+    from gemini_jax.sample.token_choice import SamplingParams
+
+    items = [json.loads(line) for line in (data / "rl_questions.jsonl").read_text().splitlines()]
+    asked = [it for it in items for _ in range(replies)]
+    params = [SamplingParams(temperature=1.0, max_new_tokens=16, seed=seed * len(asked) + i) for i in range(len(asked))]
+    sampled = _replies(run_dir, asked, params)
+    pairs, counts = [], {"questions": len(items), "all_pass": 0, "none_pass": 0}
+    for i, it in enumerate(items):
+        own = sampled[i * replies:(i + 1) * replies]
+        passing = [r for r in own if follows(it["question"], r, it["answer"])]
+        failing = [r for r in own if not follows(it["question"], r, it["answer"])]
+        counts["all_pass"] += not failing
+        counts["none_pass"] += not passing
+        if failing:
+            chosen = passing[0] if passing else sentence(it["question"], it["answer"])
+            pairs.append({"contents": _prompt(it["question"], it["image"], True), "chosen": [{"text": chosen}],
+                          "rejected": [{"text": failing[0]}]})
+    out.write_text((data / "pairs.jsonl").read_text() + "".join(json.dumps(p) + "\n" for p in pairs))
+    return {**counts, "new_pairs": len(pairs)}
+
+
+def judge(heldout: Path, runs: list[str], *, batch: int = 32) -> dict[str, dict[str, float]]:
+    """Each run's greedy replies to the held-out prompts, judged by `follows`; and, beside the
+    first run, each later run's win rate over it (wins + ties / 2 over all prompts)."""
     from gemini_jax.sample.token_choice import SamplingParams
 
     items = [json.loads(line) for line in heldout.read_text().splitlines()]
-    examples = [from_json({"contents": _prompt(it["question"], it["image"], True)}) for it in items]
     judged = {}
     for run_dir in runs:
-        run = load_run(run_dir)
-        sampler = Sampler(run.model, run.tokenizer)
-        replies = []
-        for start in range(0, len(examples), batch):
-            chunk = examples[start:start + batch]
-            replies += sampler.generate(chunk, [SamplingParams(max_new_tokens=16)] * len(chunk))
-        judged[run_dir] = np.array([follows(it["question"], r.strip(), it["answer"]) for it, r in zip(items, replies)])
+        replies = _replies(run_dir, items, [SamplingParams(max_new_tokens=16)] * len(items), batch=batch)
+        judged[run_dir] = np.array([follows(it["question"], r, it["answer"]) for it, r in zip(items, replies)])
     base = judged[runs[0]]
     return {run: {"follows": float(j.mean()), f"win_rate_over_{Path(runs[0]).name}": float(np.mean((j > base) + 0.5 * (j == base)))}
             for run, j in judged.items()}
@@ -186,6 +220,13 @@ def main() -> None:
                                                "rule; win rates over the first run")
     judged.add_argument("prompts", metavar="FILE", type=Path, help="validation.jsonl or heldout.jsonl")
     judged.add_argument("runs", metavar="RUN", nargs="+", help="run directories, the first the baseline")
+    labelled = commands.add_parser("label", help="preference pairs on RUN's own sampled replies to DIR's RL "
+                                                 "questions, labelled by the rule, after DIR/pairs.jsonl's")
+    labelled.add_argument("run", metavar="RUN", help="the policy whose replies are labelled (e.g. the RL run)")
+    labelled.add_argument("data", metavar="DIR", type=Path, help="the directory `data` wrote")
+    labelled.add_argument("--out", type=Path, required=True, help="the JSONL file of pairs to write")
+    labelled.add_argument("--replies", type=int, default=4, help="replies sampled per question (default: 4)")
+    labelled.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     args = parser.parse_args()
     if args.command == "data":
         for name in ("wrong_answer_share", "sentence_share"):
@@ -193,6 +234,8 @@ def main() -> None:
                 parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
         write_data(args.out, replay=demo_vqa(), seed=args.seed, wrong_answer_share=args.wrong_answer_share,
                    sentence_share=args.sentence_share)
+    elif args.command == "label":
+        print(json.dumps(label(args.run, args.data, args.out, replies=args.replies, seed=args.seed)))
     else:
         print(json.dumps(judge(args.prompts, args.runs), indent=2))
 

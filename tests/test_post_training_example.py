@@ -90,3 +90,21 @@ def test_the_share_of_demonstrations_written_as_the_rule_wants(example, tmp_path
     # The pairs do not depend on who wrote the demonstrations.
     example.write_data(tmp_path / "all", sft=400, pairs=6, prompts=2, heldout=2)
     assert (tmp_path / "pairs.jsonl").read_text() == (tmp_path / "all" / "pairs.jsonl").read_text()
+
+
+def test_label_prefers_a_passing_reply_of_the_policy_to_a_failing_one(example, tmp_path, monkeypatch):
+    example.write_data(tmp_path, sft=4, pairs=6, prompts=3, heldout=2)
+    questions = [json.loads(line) for line in (tmp_path / "rl_questions.jsonl").read_text().splitlines()]
+    assert len(questions) == 3
+    good = [example.sentence(q["question"], q["answer"]) for q in questions]
+    canned = [good[0], questions[0]["answer"],  # one passes, one fails: a pair of the two
+              good[1], good[1],  # every reply passes: no pair
+              "yes", "no"]  # none passes: the rule's sentence is preferred
+    monkeypatch.setattr(example, "_replies", lambda run, items, params: canned[:len(items)])
+    counts = example.label("RUN", tmp_path, tmp_path / "pairs2.jsonl", replies=2)
+    assert counts == {"questions": 3, "all_pass": 1, "none_pass": 1, "new_pairs": 2}
+    lines = (tmp_path / "pairs2.jsonl").read_text().splitlines()
+    assert lines[:6] == (tmp_path / "pairs.jsonl").read_text().splitlines()
+    new = [json.loads(line) for line in lines[6:]]
+    assert [(p["chosen"][0]["text"], p["rejected"][0]["text"]) for p in new] == [
+        (good[0], questions[0]["answer"]), (good[2], "yes")]
