@@ -191,6 +191,31 @@ def test_stem_pixels_adds_a_linear_map_of_the_raw_patch(build_model, media):
         dataclasses.replace(CONFIG.vision, stem_pixels=True)  # no stem to add the pixels to
 
 
+def test_background_contrast_sees_a_scene_alike_on_any_background(build_model, media):
+    vision = dataclasses.replace(CONFIG.vision, background_contrast=True)
+    model = build_model(dataclasses.replace(CONFIG, vision=vision))
+    # One image of 2 x 3 patches, a second slot of padding only (no real patch: no NaN from it).
+    batch = media.images(vision, [[(2, 3)]], num_patches=8, seed=3, num_slots=2)
+    patches = batch["patches"].copy()
+    patches[0, 0, :6] = -0.8  # a plain background ...
+    patches[0, 0, 2, :12] = 0.6  # ... and a shape over part of one patch
+    model.vision.patch_embed.kernel[...] = jnp.zeros_like(model.vision.patch_embed.kernel[...])
+    model.vision.patch_embed.bias[...] = jnp.zeros_like(model.vision.patch_embed.bias[...])
+    base = _images(model.vision, patches, batch["coords"], batch["mask"]).tokens
+    assert np.isfinite(np.asarray(base)).all()
+    shifted = patches.copy()
+    shifted[0, 0, :6] += np.array([0.5, -0.3, 0.2] * (vision.patch_dim // 3), np.float32)  # another colour
+    moved = _images(model.vision, shifted, batch["coords"], batch["mask"]).tokens
+    np.testing.assert_allclose(np.asarray(moved[0, 0]), np.asarray(base[0, 0]), atol=1e-5)
+    # The median is over the image's real patches only: padding junk does not move it.
+    junk = patches.copy()
+    junk[0, 0, 6:] = 5.0
+    np.testing.assert_allclose(np.asarray(_images(model.vision, junk, batch["coords"], batch["mask"]).tokens[0, 0]),
+                               np.asarray(base[0, 0]), atol=1e-5)
+    with pytest.raises(ConfigError, match="background_contrast"):
+        dataclasses.replace(CONFIG.vision, background_contrast=1)
+
+
 def test_frames_with_their_own_stem_leave_images_alone(build_model, media):
     vision = dataclasses.replace(CONFIG.vision, frame_stem_channels=(5,))
     model = build_model(dataclasses.replace(CONFIG, vision=vision))

@@ -79,6 +79,9 @@ class VisionConfig:
     embedding of their own with that stem (() a linear one), the rest of the encoder shared,
     because small objects in low-resolution frames need other first-layer features than the
     large shapes of images (docs/vision.md has the measurements, of this and of grid pooling).
+    `background_contrast` adds a linear map of each patch minus its image's median colour (per
+    channel, over the image's real pixels) to the patch embedding: a feature that is zero on a
+    plain background whatever its colour, for scenes whose backgrounds vary (docs/vision.md).
 
     The remaining options describe imported SigLIP towers (PaliGemma) and keep our own ViT
     when left at their defaults: `block`, `position_embedding`, `norm_eps` (None uses the
@@ -104,6 +107,7 @@ class VisionConfig:
     stem_channels: tuple[int, ...] = ()
     frame_stem_channels: tuple[int, ...] | None = None
     stem_pixels: bool = False
+    background_contrast: bool = False
     block: VisionBlock = VisionBlock.VIT
     position_embedding: PositionEmbedding = PositionEmbedding.FACTORIZED
     norm_eps: float | None = None
@@ -113,6 +117,7 @@ class VisionConfig:
     def __post_init__(self):
         _require_bool(self.keep_aspect_ratio, "vision.keep_aspect_ratio")
         _require_bool(self.stem_pixels, "vision.stem_pixels")
+        _require_bool(self.background_contrast, "vision.background_contrast")
         _resolve_choices(self, where="vision.")
         if self.frame_pooling in (FramePooling.GRID, FramePooling.GRID_AND_FRAME):
             cells = self.frame_soft_tokens - (self.frame_pooling == FramePooling.GRID_AND_FRAME)

@@ -156,6 +156,16 @@ def _conv3x3_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Ar
     return stacked @ weight + bias.astype(x.dtype)[None, None, None, :]
 
 
+def _median_colour(patches: jax.Array, mask: jax.Array) -> jax.Array:
+    """patches[N, P, p*p*3], mask bool[N, P] -> [N, p*p*3]: each image's median colour over its
+    real pixels, per channel, repeated in a patch's layout (0 for an image without real patches)."""
+    n, num_patches, patch_dim = patches.shape
+    pixels = patches.astype(jnp.float32).reshape(n, num_patches, patch_dim // 3, 3)
+    pixels = jnp.where(mask[:, :, None, None], pixels, jnp.nan).reshape(n, -1, 3)
+    median = jnp.nan_to_num(jnp.nanmedian(pixels, axis=1))  # [N, 3]
+    return jnp.tile(median, patch_dim // 3).astype(patches.dtype)
+
+
 def _patch_embedding(config: VisionConfig, stem_channels: tuple[int, ...], *, dtype: jnp.dtype,
                      rngs: nnx.Rngs) -> nnx.Module:
     """patches[N, C] -> [N, D]: a convolutional stem, or one linear map of the raw pixels."""
@@ -176,6 +186,8 @@ class VisionEncoder(nnx.Module):
         self.patch_embed = _patch_embedding(config, config.stem_channels, dtype=dtype, rngs=rngs)
         if config.frame_stem_channels is not None:
             self.frame_patch_embed = _patch_embedding(config, config.frame_stem_channels, dtype=dtype, rngs=rngs)
+        self.contrast_embed = (Linear(config.patch_dim, width, use_bias=False, dtype=dtype, rngs=rngs,
+                                      axes=("patch", "embed")) if config.background_contrast else None)
         table_init = nnx.initializers.normal(stddev=0.02)
         if config.position_embedding == PositionEmbedding.LEARNED:
             cells = config.max_grid * config.max_grid
@@ -240,6 +252,8 @@ class VisionEncoder(nnx.Module):
 
         embed = self.frame_patch_embed if frames and self.config.frame_stem_channels is not None else self.patch_embed
         x = embed(patches.reshape(flat * num_patches, patch_dim)).reshape(flat, num_patches, -1)  # [BI, P, D]
+        if self.contrast_embed is not None:
+            x = x + self.contrast_embed(patches - _median_colour(patches, mask)[:, None, :])
         if self.config.position_embedding == PositionEmbedding.LEARNED:
             cells = coords[..., 0] * self.config.max_grid + coords[..., 1]  # [BI, P], row-major
             x = x + jnp.take(self.pos_embed[...], cells, axis=0, mode="clip").astype(x.dtype)
