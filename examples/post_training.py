@@ -34,9 +34,10 @@ import easy_vqa
 import numpy as np
 
 from gemini_jax.data.corpora.demo_tasks import easy_vqa_data_dir
+from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES
 
 INSTRUCTION = "Answer in a full sentence."
-SHAPES, COLOURS = ("circle", "rectangle", "triangle"), ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES, COLOURS = VQA_SHAPES, tuple(VQA_COLOURS)  # easy-VQA's, in its order
 _SHAPE_QUESTION = re.compile(
     r"what (?:shape(?: is(?: in the image| present| this)?| does the image contain)|is the (?P<colour>\w+) shape)\?")
 _COLOUR_QUESTION = re.compile(r"what (?:colou?r is|is the colou?r of) the (?P<shape>\w+)(?: in the image)?\?")
