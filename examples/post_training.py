@@ -177,8 +177,9 @@ def label(run_dir: str, data: Path, out: Path, *, replies: int = 4, seed: int = 
     pairs, counts = [], {"questions": len(items), "all_pass": 0, "none_pass": 0}
     for i, it in enumerate(items):
         own = sampled[i * replies:(i + 1) * replies]
-        passing = [r for r in own if follows(it["question"], r, it["answer"])]
-        failing = [r for r in own if not follows(it["question"], r, it["answer"])]
+        verdicts = [follows(it["question"], r, it["answer"]) for r in own]
+        passing = [r for r, ok in zip(own, verdicts) if ok]
+        failing = [r for r, ok in zip(own, verdicts) if not ok]
         counts["all_pass"] += not failing
         counts["none_pass"] += not passing
         if failing:
