@@ -163,6 +163,9 @@ class PrefixFlagger(SafetyFilter):
     def scores(self, text: str) -> dict[str, float]:
         return {"harassment": 0.0, "weapons": float(text.startswith(self.unsafe))}
 
+    def growing_scores(self):
+        return self.scores
+
 
 def test_a_stream_stops_where_the_reply_turns_unsafe(engine, classifier):
     with TestClient(ChatServer(engine, ServerConfig()).app) as http:

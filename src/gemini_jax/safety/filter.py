@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gemini_jax.data.examples import Example
@@ -130,12 +130,19 @@ class SafetyFilter:
         return {**self.classifier.thresholds, **(settings or {})}
 
     def check(self, text: str, settings: Settings | None = None) -> Verdict | None:
-        thresholds = self.thresholds(settings)
-        if all(t is None for t in thresholds.values()):
-            return None
-        scores = self.scores(text)
-        over = [Verdict(c, scores[c], t) for c, t in thresholds.items() if t is not None and scores[c] >= t]
-        return max(over, key=lambda v: v.score, default=None)
+        return _verdict(self.thresholds(settings), lambda: self.scores(text))
+
+    def reply_check(self, settings: Settings | None = None) -> Callable[[str], Verdict | None]:
+        """`check` for one reply as it grows: each call's text extends the previous call's, and
+        only what was added is hashed again (safety/growing_text.py); the verdicts are `check`'s."""
+        thresholds, scores = self.thresholds(settings), self.growing_scores()
+        return lambda text: _verdict(thresholds, lambda: scores(text))
+
+    def growing_scores(self) -> Callable[[str], dict[str, float]]:
+        """`scores` of a growing text, for one text at a time."""
+        from gemini_jax.safety.growing_text import GrowingTextScorer
+
+        return GrowingTextScorer(self.classifier).scores
 
     def require_safe(self, text: str, settings: Settings | None, *, stage: str) -> None:
         """Raises SafetyBlocked when `check` blocks the text."""
@@ -146,3 +153,13 @@ class SafetyFilter:
     def scores(self, text: str) -> dict[str, float]:
         """The classifier's `scores` for one text."""
         return {c: float(s[0]) for c, s in self.classifier.scores([text]).items()}
+
+
+def _verdict(thresholds: Mapping[str, float | None], scores: Callable[[], dict[str, float]]) -> Verdict | None:
+    """The highest-scoring category at or over its threshold; the scores are not computed when
+    every category is off."""
+    if all(t is None for t in thresholds.values()):
+        return None
+    computed = scores()
+    over = [Verdict(c, computed[c], t) for c, t in thresholds.items() if t is not None and computed[c] >= t]
+    return max(over, key=lambda v: v.score, default=None)

@@ -37,7 +37,7 @@ import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -247,6 +247,7 @@ class ChatServer:
             return StreamingResponse(self._stream(chat, submitted, events, request_id, model),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, parts = "", []  # parts: the reply's content parts, where it holds images
+        check = self._reply_check(chat)
         try:
             async for event in self._events(submitted, events):
                 if event.finish_reason == "error":
@@ -257,7 +258,7 @@ class ChatServer:
                     parts += [text_part(text)] if text else []
                     parts.append(await self._image_part(event.image))
                     text = ""
-                verdict = await self._check_response(chat, "".join(p.get("text", "") for p in parts) + text,
+                verdict = await self._check_response(check, "".join(p.get("text", "") for p in parts) + text,
                                                      changed=bool(event.delta))
                 if verdict is not None:  # the text so far is withheld, and generation stops here
                     self._count(submitted)
@@ -320,12 +321,17 @@ class ChatServer:
         return StreamingResponse(iter([*(f"data: {json.dumps(c)}\n\n" for c in chunks), "data: [DONE]\n\n"]),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _check_response(self, chat: ChatRequest, text: str, *, changed: bool) -> Verdict | None:
-        """The reply so far through the safety filter (in a worker thread: it is CPU work), counted
+    def _reply_check(self, chat: ChatRequest) -> Callable[[str], Verdict | None] | None:
+        """The safety check of one reply as it grows (None without a filter)."""
+        return self.safety.reply_check(chat.safety_settings) if self.safety is not None else None
+
+    async def _check_response(self, check: Callable[[str], Verdict | None] | None, text: str, *,
+                              changed: bool) -> Verdict | None:
+        """The reply so far through its safety check (in a worker thread: it is CPU work), counted
         when blocked; None without a filter or when the text has not changed since the last check."""
-        if self.safety is None or not changed:
+        if check is None or not changed:
             return None
-        verdict = await run_in_threadpool(self.safety.check, text, chat.safety_settings)
+        verdict = await run_in_threadpool(check, text)
         if verdict is not None:
             assert self.safety_blocked is not None
             self.safety_blocked.response[verdict.category] += 1
@@ -378,14 +384,14 @@ class ChatServer:
         try:
             yield sse(chunk_body(request_id=request_id, model=model, delta={"role": "assistant"},
                                  finish_reason=None))
-            text = ""
+            text, check = "", self._reply_check(chat)
             async for event in self._events(submitted, events):
                 if event.finish_reason == "error":
                     self.counters.requests_failed += 1
                     yield sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
                     break
                 text += event.delta
-                verdict = await self._check_response(chat, text, changed=bool(event.delta))
+                verdict = await self._check_response(check, text, changed=bool(event.delta))
                 if verdict is None and event.image is not None:
                     if event.delta:
                         yield sse(chunk_body(request_id=request_id, model=model, delta={"content": event.delta},
