@@ -7,14 +7,13 @@ again from its start each time. Cut at whitespace, a text's n-grams are those of
 plus one word bigram across the cut (no word token and no whitespace-delimited word spans
 whitespace), so the counts of everything up to the last whitespace are kept, with their dot
 product with the weights and their squared norm, and each check hashes only the words after it.
-The scores equal `SafetyClassifier.scores` of the whole text (tests/test_safety_filter.py).
+The scores equal `SafetyClassifier.scores` of the whole text (tests/test_growing_text.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.utils import murmurhash3_32
