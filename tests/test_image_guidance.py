@@ -247,6 +247,49 @@ def test_the_eval_task_samples_with_the_runs_unconditional_prompt(run, monkeypat
         EvalOptions(guidance=-1.0)
 
 
+@pytest.mark.parametrize("guidance", [None, 2.0])
+def test_top_k_and_top_p_truncate_the_guided_choice_of_each_code(model, tok, guidance):
+    """Inside a span, top-k 1 (or a nucleus of almost no mass) keeps only the likeliest code of
+    the (guided) logits: sampling at temperature 1 then writes what greedy decoding writes."""
+    sampler = spans_sampler(model, tok, OpenSpans)
+    prompts, greedy_params, blank = requests(4, temperature=0.0)
+    guided = dict(guidance=guidance, unconditional=blank) if guidance is not None else {}
+    greedy = sampler.generate_ids(prompts, greedy_params, **guided)
+
+    def sampled(**fields):
+        params = [dataclasses.replace(p, **{"temperature": 1.0, **fields}) for p in greedy_params]
+        return sampler.generate_ids(prompts, params, **guided)
+
+    assert sampled(top_k=1) == greedy
+    assert sampled(top_p=1e-6) == greedy
+    assert sampled(temperature=50.0) != greedy  # untruncated sampling does differ: the test can fail
+
+
+def test_the_eval_samples_codes_with_top_k_and_top_p_and_refuses_bad_values(run, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from gemini_jax.evals.eval_task import EvalContext
+    from gemini_jax.evals.registry import EvalOptions
+    from gemini_jax.evals.tasks.base import TaskDataError
+    from gemini_jax.evals.tasks.image_generation import draw_images, run_image_writer
+
+    seen = []
+    sample = Sampler.generate_ids
+    monkeypatch.setattr(Sampler, "generate_ids", lambda self, prompts, params, **k: seen.extend(params) or
+                        sample(self, prompts, params, **k))
+    options = EvalOptions(temperature=1.0, top_k=7, top_p=0.9, guidance=2.0, progress=False)
+    context = EvalContext(model=run.model, tokenizer=run.tokenizer, options=options, run_dir=run.run_dir)
+    draw_images(context, run_image_writer(context), [SimpleNamespace(request=turn(t)) for t in PROMPTS[:3]],
+                batch_size=2)
+    assert [(p.temperature, p.top_k, p.top_p) for p in seen] == [(1.0, 7, pytest.approx(0.9))] * 3
+    for bad, message in ((dict(top_k=-1), "--top-k must be >= 0"), (dict(top_p=0.0), r"--top-p must be in \(0, 1\]"),
+                         (dict(top_p=1.5), r"--top-p must be in \(0, 1\]")):
+        with pytest.raises(TaskDataError, match=message):
+            EvalOptions(**bad)
+    assert main(["eval", "--tasks", "vqa", "--top-k", "5"]) == 2
+    assert "--top-k (for demo sets only)" in capsys.readouterr().err
+
+
 def drawing_examples(count: int) -> list[Example]:
     """Alternating draw (a request, a picture) and edit (a conversation whose first request is a
     drawing one) examples, as the corpus's."""

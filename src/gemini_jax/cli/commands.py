@@ -151,8 +151,9 @@ def evaluate(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
     options = EvalOptions(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
                           cache_dir=args.cache_dir, shots=args.shots, samples=args.samples,
-                          temperature=args.temperature, seed=args.seed, guidance=args.guidance, protocol=args.protocol,
-                          lengths=args.lengths, plot=args.plot, records=args.records, progress=not args.no_progress)
+                          temperature=args.temperature, seed=args.seed, guidance=args.guidance, top_k=args.top_k,
+                          top_p=args.top_p, protocol=args.protocol, lengths=args.lengths, plot=args.plot,
+                          records=args.records, progress=not args.no_progress)
     refuse_unused_options(tasks, options)
     # Before the checkpoint loads: a protocol or sampling flag that would do nothing for a chosen benchmark.
     benchmark.check_settings([t.task for t in resolve(tasks) if isinstance(t, benchmark.Benchmark)],

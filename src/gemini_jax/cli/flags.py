@@ -373,6 +373,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="S",
                    help="image_generation: classifier-free guidance scale of the drawn images' codes (1: as "
                    "without it; docs/image-output.md); refused for the other tasks")
+    p.add_argument("--top-k", type=non_negative_int, default=0, metavar="K",
+                   help="image_generation: sample each code among the K most likely, after guidance (0: all); "
+                   "refused for the other tasks")
+    p.add_argument("--top-p", type=probability, default=1.0, metavar="P",
+                   help="image_generation: sample each code from the smallest set with probability P, after "
+                   "guidance (1: all); refused for the other tasks")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="prompts decoded or scored together (default: 16 for benchmarks, 256 for the demo sets)")
     p.add_argument("--step", type=non_negative_int, default=None,

@@ -44,6 +44,8 @@ class EvalOptions:
     temperature: float = 0.7
     seed: int = 0
     guidance: float | None = None  # image_generation: classifier-free guidance scale; None: none
+    top_k: int = 0  # image_generation: sample each code among the k most likely (0: all)
+    top_p: float = 1.0  # image_generation: sample each code from the nucleus of this much probability (1: all)
     lengths: tuple[int, ...] | None = None  # long context: None, powers of two up to the context
     plot: str | None = None  # nll_by_position's PNG; None: beside the run, when there is one
     records: str | None = None  # a JSONL file for every example's record
@@ -56,7 +58,9 @@ class EvalOptions:
                 raise TaskDataError(f"--lengths takes positive token counts, got {list(self.lengths)}")
         if self.guidance is not None and not 0 <= self.guidance < float("inf"):
             raise TaskDataError(f"--guidance must be a finite number >= 0, got {self.guidance}")
-        for name, least in (("limit", 1), ("batch_size", 1), ("shots", 0), ("samples", 1)):
+        if not 0.0 < self.top_p <= 1.0:
+            raise TaskDataError(f"--top-p must be in (0, 1], got {self.top_p}")
+        for name, least in (("top_k", 0), ("limit", 1), ("batch_size", 1), ("shots", 0), ("samples", 1)):
             value = getattr(self, name)
             if value is not None and value < least:
                 raise TaskDataError(f"{flag(name)} must be >= {least}, got {value}")

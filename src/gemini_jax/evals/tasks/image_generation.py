@@ -23,7 +23,8 @@ a fixed-seed sample at --temperature (0 for greedy), request i with seed --seed 
 300 requests gets its own picture although held-out prompts repeat (drawings.py: about 25 distinct
 draw prompts in test). `image_generation_validation` scores the validation requests (for choosing).
 With --guidance S every request (draw and edit) is sampled with classifier-free guidance beside the
-run's unconditional prompt (sample/image_output.py's `unconditional_prompt`; docs/image-output.md).
+run's unconditional prompt (sample/image_output.py's `unconditional_prompt`; docs/image-output.md);
+--top-k and --top-p then truncate the guided distribution of each token.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ TEXT_ROOM = 8  # reply tokens allowed besides one image's span
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageGeneration(EvalTask):
     family: ClassVar[Family] = Family.DEMO_SETS
-    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed", "guidance"})
+    reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed", "guidance", "top_k",
+                                                "top_p"})
     default_batch_size: ClassVar[int] = 64
 
     name: str = "image_generation"
@@ -180,7 +182,8 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
     for start in range(0, len(requests), batch_size):
         batch = requests[start : start + batch_size]
         prompts = [r.request for r in batch]
-        params = [SamplingParams(temperature=options.temperature, max_new_tokens=room, seed=options.seed + start + i)
+        params = [SamplingParams(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                                 max_new_tokens=room, seed=options.seed + start + i)
                   for i in range(len(batch))]
         guided = dict(guidance=guidance, unconditional=[blank] * len(batch)) if guidance is not None else {}
         for ids in sampler.generate_ids(prompts, params, **guided):
