@@ -3,6 +3,7 @@ tiny fresh run that writes images."""
 
 import dataclasses
 import inspect
+import json
 import textwrap
 
 import numpy as np
@@ -16,7 +17,7 @@ from gemini_jax.data.tokenizer import train_tokenizer
 from gemini_jax.evals.image_judge import ImageJudge, mask_iou
 from gemini_jax.evals.registry import EvalOptions, evaluate
 from gemini_jax.evals.tasks import image_generation
-from gemini_jax.evals.tasks.image_generation import ImageGeneration, score_requests, wrong_pairs
+from gemini_jax.evals.tasks.image_generation import ImageGeneration, judge_requests, score_requests, wrong_pairs
 from gemini_jax.model.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, save_image_tokenizer
 from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR
 
@@ -76,6 +77,17 @@ def test_scoring_passes_real_targets_and_fails_what_was_not_asked(judge, corpus)
         assert (draw[i].target.shape, draw[i].target.colour) != (draw[j].target.shape, draw[j].target.colour)
 
 
+def test_judged_requests_say_what_the_judge_saw(judge, corpus):
+    draw, edit = corpus.records("draw", "test"), corpus.records("edit", "test")
+    judged = judge_requests(judge, draw + edit, [load_png(r.image) for r in draw + edit])
+    assert [(v.shape, v.colour) for _, v, _ in judged] == [(r.target.shape, r.target.colour) for r in draw + edit]
+    assert [iou for _, _, iou in judged] == [None] * len(draw) + [1.0] * len(edit)  # an edit's own target
+    moved = judge_requests(judge, edit, [np.roll(load_png(r.image), 32, axis=1) for r in edit])
+    assert not any(ok for ok, _, _ in moved)
+    assert any(iou is not None and iou < 0.5 for _, _, iou in moved)  # right shape and colour, in the wrong place
+    assert judge_requests(judge, draw, [None] * len(draw)) == [(False, None, None)] * len(draw)
+
+
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory):
     """(model, tokenizer, run directory): a fresh test-preset decoder writing images as the recipe's
@@ -113,7 +125,11 @@ def test_the_task_on_a_tiny_fresh_model(image_model, cache, tmp_path):
             assert 0.0 <= metrics[kind + name] <= 100.0
         assert metrics[f"{kind}_real"] == 100.0  # the judge's ceiling on real pictures
     assert 0.0 <= metrics["edit_unchanged"] <= 100.0 and 0.0 <= metrics["edit_given"] <= 100.0
-    assert len(records.read_text().splitlines()) == 10
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(lines) == 10 and {r["kind"] for r in lines} == {"draw", "edit"}
+    for record in lines:  # what the judge saw, beside what was asked
+        assert (record["seen"] is None) == (not record["drew"])
+        assert not record["correct"] or record["seen"] == record["target"]
 
 
 def test_a_text_only_run_is_refused(tmp_path):

@@ -78,11 +78,14 @@ class ImageGeneration(EvalTask):
         images = draw_images(context, writer, draw + edit, batch_size=self.batch_size(options))
         metrics, records = {}, []
         for kind, requests, drawn in (("draw", draw, images[: len(draw)]), ("edit", edit, images[len(draw) :])):
-            scores = score_requests(judge, requests, drawn)
-            metrics[kind] = percent(scores)
+            judged = judge_requests(judge, requests, drawn)
+            metrics[kind] = percent([ok for ok, _, _ in judged])
             metrics[f"{kind}_images"] = percent([image is not None for image in drawn])
-            records += [{"task": self.name, "kind": kind, "prompt": r.prompt, "correct": bool(s), "drew": d is not None,
-                         "target": [r.target.shape, r.target.colour]} for r, s, d in zip(requests, scores, drawn)]
+            records += [{"task": self.name, "kind": kind, "prompt": r.prompt, "correct": bool(ok), "drew": d is not None,
+                         "target": [r.target.shape, r.target.colour],
+                         "seen": None if verdict is None else [verdict.shape, verdict.colour],
+                         **({} if iou is None else {"iou": round(float(iou), 3)})}
+                        for r, (ok, verdict, iou), d in zip(requests, judged, drawn)]
             real = [_load(r.image) for r in requests]
             metrics[f"{kind}_real"] = percent(score_requests(judge, requests, real))
             metrics[f"{kind}_tokenized"] = percent(score_requests(judge, requests, tokenized(writer, real)))
@@ -196,19 +199,26 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
 
 def score_requests(judge, requests, images) -> list[bool]:
     """Whether each image does what its request asked (module docstring); None fails."""
+    return [ok for ok, _, _ in judge_requests(judge, requests, images)]
+
+
+def judge_requests(judge, requests, images) -> list[tuple[bool, object, float | None]]:
+    """Per request: whether its image does what it asked, the judge's verdict on the image (None:
+    no image) and, for an edit judged the right shape and colour, its IoU with the target's region."""
+    from gemini_jax.evals.image_judge import mask_iou
+
     present = [i for i, image in enumerate(images) if image is not None]
     verdicts = dict(zip(present, judge.judge([images[i] for i in present]))) if present else {}
     targets = judge.judge([_load(r.image) for r in requests]) if any(r.kind == "edit" for r in requests) else None
-    scores = []
+    out = []
     for i, request in enumerate(requests):
-        verdict = verdicts.get(i)
+        verdict, iou = verdicts.get(i), None
         ok = verdict is not None and (verdict.shape, verdict.colour) == (request.target.shape, request.target.colour)
         if ok and request.kind == "edit":
-            from gemini_jax.evals.image_judge import mask_iou
-
-            ok = mask_iou(verdict.mask, targets[i].mask) >= EDIT_IOU
-        scores.append(ok)
-    return scores
+            iou = mask_iou(verdict.mask, targets[i].mask)
+            ok = iou >= EDIT_IOU
+        out.append((ok, verdict, iou))
+    return out
 
 
 def tokenized(writer, images: list[np.ndarray]) -> list[np.ndarray]:
