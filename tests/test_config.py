@@ -32,7 +32,7 @@ def test_presets_round_trip_through_plain_data():
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(ConfigError, match=r"unknown preset 'nano-9'; choose one of: demo, demo-half, nano-1, nano-2, pro, test, ultra"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'nano-9'; choose one of: demo, demo-draw, demo-half, nano-1, nano-2, pro, test, ultra"):
         get_preset("nano-9")
 
 

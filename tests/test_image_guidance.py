@@ -333,3 +333,6 @@ def test_the_unconditional_prompt_is_in_the_recipes_tokenizer_and_the_fields_are
         ImageGenerationRecipe(guidance_dropout=0.0, eval_guidance=2.0)
     with pytest.raises(ConfigError, match="eval_guidance must be"):
         ImageGenerationRecipe(eval_guidance=-1.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"eval_top_p .* in \(0, 1\]; got"):
+            ImageGenerationRecipe(eval_top_p=bad)

@@ -12,8 +12,8 @@
    taken from `image_tokenizer`) and kept in RUN/image_tokenizer/, with its validation PSNR and
    codebook usage in RUN/image_tokenizer/report.json.
 3. A text tokenizer trained on the corpus's train prompts (the requests use few words).
-4. The demo preset's decoder (no encoders: every picture it reads is one it could have written,
-   as codes), its vocabulary the text pieces plus the image tokenizer's codes
+4. The demo-draw preset's decoder (the demo's blocks, four of them, and no encoders: every
+   picture it reads is one it could have written, as codes), its vocabulary the text pieces plus the image tokenizer's codes
    (config.image_output, each code given its place in its picture: `code_positions`);
    trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
    `<end_of_image>` (data/image_codes.py).
@@ -22,7 +22,7 @@
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
    in RUN/image_tokenizer/guidance.json (sample/image_output.py).
 5. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py),
-   guided by `eval_guidance` when it is set.
+   guided by `eval_guidance` when it is set, each code sampled from the `eval_top_p` nucleus.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class ImageGenerationRecipe:
     multi_device: ClassVar[bool] = False
     eval_limit_field: ClassVar[str] = "eval_limit"
     run_dir: str | None = None  # None: runs/image_generation
-    preset: str = "demo"
+    preset: str = "demo-draw"
     model: ModelConfig | None = None  # replaces the preset (tests); its vocabulary is set here
     dtype: str | None = None
     image_tokenizer: str | None = None  # a trained image tokenizer's directory; None: trained here
@@ -93,6 +93,9 @@ class ImageGenerationRecipe:
     # s = 2 drew best on validation of 1.5, 2, 3 and 5 (docs/image-output.md).
     guidance_dropout: float = 0.1
     eval_guidance: float | None = 2.0
+    # Nucleus sampling of each code, after guidance: sampling from the whole distribution lets a code
+    # the model thinks unlikely break a shape's edge. 1: untruncated. Chosen on validation (docs/image-output.md).
+    eval_top_p: float = 0.9
     evaluate_at_end: bool = True
 
     def __post_init__(self):
@@ -101,6 +104,9 @@ class ImageGenerationRecipe:
         if not 0.0 <= self.guidance_dropout < 1.0:
             raise ConfigError(f"guidance_dropout is the share of drawing requests dropped, in [0, 1); got "
                               f"{self.guidance_dropout}")
+        if not 0.0 < self.eval_top_p <= 1.0:
+            raise ConfigError(f"eval_top_p is the probability of the nucleus each code is sampled from, in (0, 1]; got "
+                              f"{self.eval_top_p}")
         if self.eval_guidance is not None:
             if not 0.0 <= self.eval_guidance < float("inf"):
                 raise ConfigError(f"eval_guidance must be a finite number >= 0 (or None), got {self.eval_guidance}")
@@ -164,7 +170,7 @@ class ImageGenerationRecipe:
             task = ImageGeneration(name="image_generation" if split == "test" else f"image_generation_{split}",
                                    split=split, corpus_sizes=self.corpus)
             options = EvalOptions(limit=limit, cache_dir=self.cache_dir, temperature=self.eval_temperature,
-                                  guidance=self.eval_guidance, progress=self.train.progress)
+                                  guidance=self.eval_guidance, top_p=self.eval_top_p, progress=self.train.progress)
             return evaluate(model, tokenizer, [task], options, run_dir=run_dir)
 
         def quick(model):
