@@ -13,9 +13,9 @@
    codebook usage in RUN/image_tokenizer/report.json.
 3. A text tokenizer trained on the corpus's train prompts (the requests use few words).
 4. The demo-draw preset's decoder (the demo's blocks, four of them, and no encoders: every
-   picture it reads is one it could have written, as codes), its vocabulary the text pieces plus the image tokenizer's codes
-   (config.image_output, each code given its place in its picture: `code_positions`);
-   trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
+   picture it reads is one it could have written, as codes), its vocabulary the text pieces plus
+   the image tokenizer's codes (config.image_output, each code given its place in its picture:
+   `code_positions`); trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
    `<end_of_image>` (data/image_codes.py).
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
    that one model also learns the unconditional picture distribution that classifier-free

@@ -39,6 +39,7 @@ from gemini_jax.evals.tasks.base import TaskDataError
 
 if TYPE_CHECKING:
     from gemini_jax.data.corpora.drawings import DrawingSizes
+    from gemini_jax.evals.image_judge import Verdict
 
 EDIT_IOU = 0.5
 JUDGE_TRAIN_IMAGES = 2000  # real train pictures the judge's shape classifier is fitted on
@@ -202,7 +203,7 @@ def score_requests(judge, requests, images) -> list[bool]:
     return [ok for ok, _, _ in judge_requests(judge, requests, images)]
 
 
-def judge_requests(judge, requests, images) -> list[tuple[bool, object, float | None]]:
+def judge_requests(judge, requests, images) -> list[tuple[bool, Verdict | None, float | None]]:
     """Per request: whether its image does what it asked, the judge's verdict on the image (None:
     no image) and, for an edit judged the right shape and colour, its IoU with the target's region."""
     from gemini_jax.evals.image_judge import mask_iou
