@@ -42,11 +42,11 @@ class SafetyClassifier:
         self.coef = coef.astype(np.float32)  # [C, F]
         # float64 like the hashed features, so that scipy reads it in place (a float32 copy is converted
         # on every product: ~5 ms a text where a serving filter scores every chunk of a stream).
-        self._coef_by_feature = np.ascontiguousarray(self.coef.T, dtype=np.float64)  # [F, C]
+        self.coef_by_feature = np.ascontiguousarray(self.coef.T, dtype=np.float64)  # [F, C]
         self.intercept = intercept.astype(np.float32)  # [C]
         self.thresholds = {c: float((thresholds or {}).get(c, DEFAULT_THRESHOLD)) for c in self.categories}
         self.rules = {c: (rules or {}).get(c, "default") for c in self.categories}
-        self._hashers = hashing_vectorizers()
+        self.hashers = hashing_vectorizers()  # shared with GrowingTextScorer, which hashes the same way
 
     @classmethod
     def train(cls, texts: Sequence[str], categories_per_text: Sequence[Collection[str]], *,
@@ -68,7 +68,7 @@ class SafetyClassifier:
         return cls(categories=categories, coef=np.stack(coef), intercept=np.array(intercept))
 
     def scores(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        logits = hashed_features(self._hashers, texts) @ self._coef_by_feature + self.intercept  # [N, C]
+        logits = hashed_features(self.hashers, texts) @ self.coef_by_feature + self.intercept  # [N, C]
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         return {c: probabilities[:, i] for i, c in enumerate(self.categories)}
 

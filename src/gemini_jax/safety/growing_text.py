@@ -48,10 +48,10 @@ class GrowingTextScorer:
     the previous call (another text starts over)."""
 
     def __init__(self, classifier: SafetyClassifier):
-        words, chars = classifier._hashers
+        words, chars = classifier.hashers
         self._categories = classifier.categories
         self._width = words.n_features
-        self._coef = (classifier._coef_by_feature[:self._width], classifier._coef_by_feature[self._width:])
+        self._coef = (classifier.coef_by_feature[:self._width], classifier.coef_by_feature[self._width:])
         self._intercept = classifier.intercept.astype(np.float64)
         self._word_tokens = words.build_tokenizer()
         self._word_ngrams = words.build_analyzer()

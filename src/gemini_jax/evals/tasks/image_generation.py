@@ -79,7 +79,14 @@ class ImageGeneration(EvalTask):
         images = draw_images(context, writer, draw + edit, batch_size=self.batch_size(options))
         metrics, records = {}, []
         for kind, requests, drawn in (("draw", draw, images[: len(draw)]), ("edit", edit, images[len(draw) :])):
-            judged = judge_requests(judge, requests, drawn)
+            real = [_load(r.image) for r in requests]
+            # An edit is judged against its target's region: judged once, for every score below.
+            targets = judge.judge(real) if kind == "edit" and real else None
+
+            def score(pictures):
+                return percent(ok for ok, _, _ in judge_requests(judge, requests, pictures, targets=targets))
+
+            judged = judge_requests(judge, requests, drawn, targets=targets)
             metrics[kind] = percent([ok for ok, _, _ in judged])
             metrics[f"{kind}_images"] = percent([image is not None for image in drawn])
             records += [{"task": self.name, "kind": kind, "prompt": r.prompt, "correct": bool(ok), "drew": d is not None,
@@ -87,18 +94,16 @@ class ImageGeneration(EvalTask):
                          "seen": None if verdict is None else [verdict.shape, verdict.colour],
                          **({} if iou is None else {"iou": round(float(iou), 3)})}
                         for r, (ok, verdict, iou), d in zip(requests, judged, drawn)]
-            real = [_load(r.image) for r in requests]
-            metrics[f"{kind}_real"] = percent(score_requests(judge, requests, real))
-            metrics[f"{kind}_tokenized"] = percent(score_requests(judge, requests, tokenized(writer, real)))
-            metrics[f"{kind}_random"] = percent(score_requests(judge, requests, random_images(writer, len(requests),
-                                                                                               seed=options.seed)))
-            metrics[f"{kind}_wrong_prompt"] = percent(score_requests(judge, requests, [drawn[j] for j in wrong_pairs(requests)]))
-        metrics["edit_unchanged"] = percent(score_requests(judge, edit, [_load(r.source_image) for r in edit]))
-        blank = run_unconditional_prompt(context)
-        if blank is not None:  # the same edits of a picture whose request the model is not told
-            given = given_edits(edit, first_request=blank)
-            metrics["edit_given"] = percent(score_requests(judge, edit, draw_images(
-                context, writer, given, batch_size=self.batch_size(options))))
+            metrics[f"{kind}_real"] = score(real)
+            metrics[f"{kind}_tokenized"] = score(tokenized(writer, real))
+            metrics[f"{kind}_random"] = score(random_images(writer, len(requests), seed=options.seed))
+            metrics[f"{kind}_wrong_prompt"] = score([drawn[j] for j in wrong_pairs(requests)])
+            if kind == "edit":
+                metrics["edit_unchanged"] = score([_load(r.source_image) for r in edit])
+                blank = run_unconditional_prompt(context)
+                if blank is not None:  # the same edits of a picture whose request the model is not told
+                    given = given_edits(edit, first_request=blank)
+                    metrics["edit_given"] = score(draw_images(context, writer, given, batch_size=self.batch_size(options)))
         metrics["examples"] = len(draw) + len(edit)
         return TaskOutcome(metrics, records)
 
@@ -203,14 +208,17 @@ def score_requests(judge, requests, images) -> list[bool]:
     return [ok for ok, _, _ in judge_requests(judge, requests, images)]
 
 
-def judge_requests(judge, requests, images) -> list[tuple[bool, Verdict | None, float | None]]:
+def judge_requests(judge, requests, images, *, targets: list[Verdict] | None = None
+                   ) -> list[tuple[bool, Verdict | None, float | None]]:
     """Per request: whether its image does what it asked, the judge's verdict on the image (None:
-    no image) and, for an edit judged the right shape and colour, its IoU with the target's region."""
+    no image) and, for an edit judged the right shape and colour, its IoU with the target's region.
+    `targets`: the judge's verdicts on the requests' target pictures, where already judged."""
     from gemini_jax.evals.image_judge import mask_iou
 
     present = [i for i, image in enumerate(images) if image is not None]
     verdicts = dict(zip(present, judge.judge([images[i] for i in present]))) if present else {}
-    targets = judge.judge([_load(r.image) for r in requests]) if any(r.kind == "edit" for r in requests) else None
+    if targets is None and any(r.kind == "edit" for r in requests):
+        targets = judge.judge([_load(r.image) for r in requests])
     out = []
     for i, request in enumerate(requests):
         verdict, iou = verdicts.get(i), None
