@@ -1,6 +1,6 @@
 """Drawing tasks in the easy-VQA style: a model turn that is an image.
 
-    corpus = DrawingCorpus.build()                  # ~/.cache/gemini-jax/drawings-v1, built on first use
+    corpus = DrawingCorpus.build()                  # ~/.cache/gemini-jax/drawings-v3-<sizes>, built on first use
     corpus.records("draw", "test")                  # 300 held-out text-to-image requests
     corpus.examples("train")                        # list[Example]: drawing and editing, mixed
     corpus.images("train")                          # uint8 [N, 64, 64, 3]: every train target image
@@ -33,7 +33,7 @@ combinations): the model is tested on wording and combinations it has not seen, 
 could not know. Scenes come from the item's own seed; a train scene equal to a held-out one (parameters
 rounded as stored) is dropped, so no held-out picture is a training picture either.
 
-Built once into <cache root>/drawings-v1[-<hash of the sizes>] (PNGs and records.json, written last),
+Built once into <cache root>/drawings-v<VERSION>-<hash of the sizes> (PNGs and records.json, written last),
 in a temporary folder renamed into place: a crash never leaves something that looks finished.
 """
 
@@ -88,8 +88,8 @@ SHAPE_TEMPLATES = (
 class DrawingSizes:
     """Requests of each kind per split (validation is carved from train's side of the hash)."""
 
-    draw_train: int = 4000
-    edit_train: int = 4000
+    draw_train: int = 12000
+    edit_train: int = 12000
     draw_validation: int = 200
     edit_validation: int = 200
     draw_test: int = 300
@@ -170,7 +170,7 @@ class DrawingCorpus:
     @classmethod
     def build(cls, cache_dir: str | os.PathLike | None = None, *, sizes: DrawingSizes = DrawingSizes()) -> DrawingCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax), drawn
-        first if it is missing. Default sizes live in `drawings-v1`, others beside it."""
+        first if it is missing, in `drawings-v<VERSION>-<hash of the sizes>`."""
         root = cache_root(cache_dir) / _subdir(sizes)
         return cls(build_once(root, RECORDS_FILE, lambda partial: _build_into(partial, sizes)))
 
@@ -197,8 +197,8 @@ def load_png(path: str | os.PathLike) -> np.ndarray:
 
 
 def _subdir(sizes: DrawingSizes) -> str:
-    if sizes == DrawingSizes():
-        return f"drawings-v{VERSION}"
+    # Named by the sizes, defaults included: a corpus built under other defaults is never taken for
+    # today's.
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(sizes), sort_keys=True).encode()).hexdigest()
     return f"drawings-v{VERSION}-{digest[:8]}"
 
