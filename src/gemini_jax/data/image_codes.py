@@ -25,12 +25,16 @@ class ImageCoder:
     each image's codes, under `key`, a digest of the tokenizer's weights."""
 
     def __init__(self, image_tokenizer: Any, *, key: str):
+        import jax
         from flax import nnx
 
         self.image_tokenizer = image_tokenizer
         self.key = key
         self.size = image_tokenizer.config.image_size
-        self._encode = nnx.jit(lambda model, images: model.encode(images))
+        # A plain jax.jit of the split model: nnx.jit walks the module on every call, which took
+        # longer than the encoder itself on one 64 x 64 picture (docs/image-output.md).
+        graphdef, self._state = nnx.split(image_tokenizer)
+        self._encode = jax.jit(lambda state, images: nnx.merge(graphdef, state).encode(images))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ImageCoder:
@@ -45,7 +49,7 @@ class ImageCoder:
         pixels = media.load_image(source)
         if pixels.shape[:2] != (self.size, self.size):
             pixels = np.asarray(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
-        return np.asarray(self._encode(self.image_tokenizer, pixels[None]), np.int32).reshape(-1)
+        return np.asarray(self._encode(self._state, pixels[None]), np.int32).reshape(-1)
 
 
 def tokenizer_key(directory: str | os.PathLike) -> str:
