@@ -25,6 +25,7 @@ from gemini_jax.train.image_tokenizer import (
     TrainSettings,
     _optimizer,
     easy_vqa_images,
+    edge_error,
     evaluate,
     psnr,
     reconstruction_loss,
@@ -98,6 +99,26 @@ def test_latents_pushed_past_fsqs_responsive_range_are_pulled_back():
     optimizer = _optimizer(model, TrainSettings(steps=20, learning_rate=3e-2, warmup_steps=0))
     excess = [float(train_step(model, optimizer, images)["latent_excess"]) for _ in range(20)]
     assert excess[-1] < 0.5 * excess[0]
+
+
+def test_edge_error_sees_outlines_not_flat_colour():
+    square = np.zeros((1, 8, 8, 3), np.float32)
+    square[:, 2:6, 2:6] = 1.0
+    assert float(edge_error(square, square)) == 0.0
+    assert float(edge_error(square + 0.3, square)) == pytest.approx(0.0, abs=1e-7)  # flat shift: no edge moved
+    blurred = (square + np.roll(square, 1, axis=1) + np.roll(square, -1, axis=1)) / 3
+    assert float(edge_error(blurred, square)) > 0.01
+
+
+def test_the_edge_term_is_weighted_into_the_loss():
+    model = ImageTokenizer(TINY, rngs=nnx.Rngs(0))
+    images = _images(4, seed=3)
+    plain, metrics = _loss(model, images)
+    weighted, _ = _loss(model, images, 2.0)
+    assert float(metrics["edge"]) > 0
+    assert float(weighted) == pytest.approx(float(plain) + 2.0 * float(metrics["edge"]), rel=1e-5)
+    with pytest.raises(ConfigError, match="edge_weight"):
+        TrainSettings(edge_weight=-1.0)
 
 
 def test_psnr_and_codebook_usage():
@@ -186,9 +207,10 @@ def test_the_split_is_by_path_and_disjoint():
 def test_the_command_trains_and_reports(tmp_path, capsys):
     out = tmp_path / "tok"
     argv = ["image-tokenizer", "train", "--out", str(out), "--steps", "3", "--batch-size", "4", "--widths", "4,4,4",
-            "--levels", "5,3", "--limit", "60", "--no-progress", "--no-compile-cache"]
+            "--levels", "5,3", "--limit", "60", "--edge-weight", "0.5", "--no-progress", "--no-compile-cache"]
     assert cli.main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["edge_weight"] == 0.5
     assert report["codebook_size"] == 15 and report["codes_per_image"] == 64
     for split in ("validation", "test"):
         assert report[split]["images"] == report["images"][split] > 0
@@ -211,7 +233,7 @@ def test_the_command_refuses_bad_flags(tmp_path, capsys):
 def test_the_commands_defaults_are_the_librarys():
     args = cli.build_parser().parse_args(["image-tokenizer", "train", "--out", "x"])
     settings, config = TrainSettings(), ImageTokenizerConfig()
-    assert (args.steps, args.batch_size, args.learning_rate, args.seed) == (
-        settings.steps, settings.batch_size, settings.learning_rate, settings.seed)
+    assert (args.steps, args.batch_size, args.learning_rate, args.seed, args.edge_weight) == (
+        settings.steps, settings.batch_size, settings.learning_rate, settings.seed, settings.edge_weight)
     assert (args.factor, args.levels, args.widths) == (config.factor, config.levels, None)
     assert tuple(32 << i for i in range(config.stages)) == config.widths  # what --widths' default makes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gemini_jax.cli.types import int_list, positive_float, positive_int, seed
+from gemini_jax.cli.types import int_list, non_negative_float, positive_float, positive_int, seed
 
 
 def fsq_levels(text: str) -> tuple[int, ...]:
@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction,
     t.add_argument("--learning-rate", type=positive_float, default=2e-3,
                    help="peak AdamW learning rate, after a linear warmup, before a cosine decay")
     t.add_argument("--seed", type=seed, default=0, help="seed for initialisation and the order of the images")
+    t.add_argument("--edge-weight", type=non_negative_float, default=0.0,
+                   help="weight of the error in the differences between neighbouring pixels, added to the pixels' "
+                   "own: keeps small shapes' outlines sharp (the image_generation recipe uses 1; 0: pixels alone)")
     t.add_argument("--factor", type=power_of_two, default=8,
                    help="pixels per code along each side: 8 gives 8x8 = 64 codes for a 64x64 image, 4 gives 256")
     t.add_argument("--levels", type=fsq_levels, default=(8, 5, 5, 5), metavar="L1,L2,...",
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
     config = ImageTokenizerConfig(factor=args.factor, levels=args.levels,
                                   widths=args.widths or tuple(32 << i for i in range(stages)))
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                             seed=args.seed, progress=not args.no_progress)
+                             seed=args.seed, edge_weight=args.edge_weight, progress=not args.no_progress)
     report = train_and_report(args.out, config=config, settings=settings, limit=args.limit)
     test = report["test"]
     print(json.dumps({"test": test, "train_seconds": report["train_seconds"]}, indent=2))

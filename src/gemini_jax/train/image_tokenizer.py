@@ -5,8 +5,8 @@ held-out report.
 
 The 5,000 easy-VQA pictures (64x64 RGB: one flat shape on a pale background) are split into
 train, validation and test by a hash of their path in the wheel, so the split never moves. The
-loss is the pixels' mean squared error plus a small penalty that keeps the latents where FSQ's
-rounding responds; AdamW with a warmup and a cosine decay, gradients clipped. Validation picks
+loss is the pixels' mean squared error (with `edge_weight`, plus that of the differences between
+neighbouring pixels) and a small penalty that keeps the latents where FSQ's rounding responds; AdamW with a warmup and a cosine decay, gradients clipped. Validation picks
 the settings (docs/image-output.md); test is read once, at the end, into OUT/report.json: PSNR
 (per image, 8-bit range, averaged), the share of the codebook used at least once, and a PNG of
 test images above their reconstructions.
@@ -49,6 +49,9 @@ class TrainSettings:
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     clip_norm: float = 1.0  # of the gradients, globally
+    # Weight of `edge_error` in the loss (0: pixels alone). Pixel error alone lets a small shape's
+    # outline blur into a blob, which reads as another shape (docs/image-output.md).
+    edge_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     eval_batch_size: int = 250
@@ -60,6 +63,8 @@ class TrainSettings:
                 raise ConfigError(f"image tokenizer training: {name} must be 1 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"image tokenizer training: learning_rate must be above 0, got {self.learning_rate}")
+        if not 0.0 <= self.edge_weight < float("inf"):
+            raise ConfigError(f"image tokenizer training: edge_weight must be a finite number >= 0, got {self.edge_weight}")
 
 
 def easy_vqa_images(data_dir: str | os.PathLike | None = None, *, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -96,19 +101,30 @@ LATENT_BOUND = 2.5
 LATENT_PENALTY = 0.1
 
 
-def reconstruction_loss(model: ImageTokenizer, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(loss, {"mse", "latent_excess"}): the pixels' mean squared error in [0, 1], plus a small
-    penalty on latents beyond the range where FSQ's rounding still responds to them."""
+def edge_error(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error of the differences between horizontally and vertically neighbouring
+    pixels ([B, H, W, C] in [0, 1]): zero where the outlines match, whatever the flat colours."""
+    return sum(jnp.mean(jnp.square(jnp.diff(reconstruction, axis=axis) - jnp.diff(target, axis=axis)))
+               for axis in (1, 2))
+
+
+def reconstruction_loss(model: ImageTokenizer, images: jax.Array, edge_weight: jax.Array | float = 0.0
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, {"mse", "edge", "latent_excess"}): the pixels' mean squared error in [0, 1], plus
+    `edge_weight` times `edge_error`, plus a small penalty on latents beyond the range where FSQ's
+    rounding still responds to them."""
     out = model(images)
     target = images.astype(jnp.float32) / jnp.float32(255)
     mse = jnp.mean(jnp.square(out.reconstruction - target))
+    edge = edge_error(out.reconstruction, target)
     excess = jnp.mean(jnp.square(jax.nn.relu(jnp.abs(out.latents) - LATENT_BOUND)))
-    return mse + LATENT_PENALTY * excess, {"mse": mse, "latent_excess": excess}
+    return mse + edge_weight * edge + LATENT_PENALTY * excess, {"mse": mse, "edge": edge, "latent_excess": excess}
 
 
 @nnx.jit
-def train_step(model: ImageTokenizer, optimizer: nnx.Optimizer, images: jax.Array) -> dict[str, jax.Array]:
-    (loss, metrics), grads = nnx.value_and_grad(reconstruction_loss, has_aux=True)(model, images)
+def train_step(model: ImageTokenizer, optimizer: nnx.Optimizer, images: jax.Array,
+               edge_weight: jax.Array | float = 0.0) -> dict[str, jax.Array]:
+    (loss, metrics), grads = nnx.value_and_grad(reconstruction_loss, has_aux=True)(model, images, edge_weight)
     # Optax mixes Python scalars with int32 step counts: written for standard promotion (trainer.py).
     with jax.numpy_dtype_promotion("standard"):
         optimizer.update(model, grads)
@@ -196,7 +212,7 @@ def train(model: ImageTokenizer, images: np.ndarray, settings: TrainSettings, *,
     bar = tqdm(total=settings.steps, disable=not settings.progress, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
     for step in range(1, settings.steps + 1):
-        metrics = train_step(model, optimizer, jnp.asarray(next(batches)))
+        metrics = train_step(model, optimizer, jnp.asarray(next(batches)), np.float32(settings.edge_weight))
         history.append({name: float(value) for name, value in metrics.items()})
         bar.update()
         if step % settings.log_every == 0 or step == settings.steps:
