@@ -88,8 +88,8 @@ SHAPE_TEMPLATES = (
 class DrawingSizes:
     """Requests of each kind per split (validation is carved from train's side of the hash)."""
 
-    draw_train: int = 12000
-    edit_train: int = 12000
+    draw_train: int = 36000
+    edit_train: int = 36000
     draw_validation: int = 200
     edit_validation: int = 200
     draw_test: int = 300
