@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction,
     t.add_argument("--seed", type=seed, default=0, help="seed for initialisation and the order of the images")
     t.add_argument("--edge-weight", type=non_negative_float, default=0.0,
                    help="weight of the error in the differences between neighbouring pixels, added to the pixels' "
-                   "own: keeps small shapes' outlines sharp (the image_generation recipe uses 1; 0: pixels alone)")
+                   "own: keeps small shapes' outlines sharp (0: pixels alone; measured in docs/image-output.md)")
     t.add_argument("--factor", type=power_of_two, default=8,
                    help="pixels per code along each side: 8 gives 8x8 = 64 codes for a 64x64 image, 4 gives 256")
     t.add_argument("--levels", type=fsq_levels, default=(8, 5, 5, 5), metavar="L1,L2,...",
