@@ -7,9 +7,10 @@ The 5,000 easy-VQA pictures (64x64 RGB: one flat shape on a pale background) are
 train, validation and test by a hash of their path in the wheel, so the split never moves. The
 loss is the pixels' mean squared error (with `edge_weight`, plus that of the differences between
 neighbouring pixels) and a small penalty that keeps the latents where FSQ's rounding responds;
-AdamW with a warmup and a cosine decay, gradients clipped. Validation picks the settings (docs/image-output.md); test is read once, at the end, into OUT/report.json: PSNR
-(per image, 8-bit range, averaged), the share of the codebook used at least once, and a PNG of
-test images above their reconstructions.
+AdamW with a warmup and a cosine decay, gradients clipped. Validation picks the settings
+(docs/image-output.md); test is read once, at the end, into OUT/report.json: PSNR (per image,
+8-bit range, averaged), the share of the codebook used at least once, and a PNG of test images
+above their reconstructions.
 """
 
 from __future__ import annotations
