@@ -37,6 +37,19 @@ def test_splits_are_disjoint_by_content_and_by_scene(corpus):
     assert all(drawings._split(key) == "test" for key in content["test"])
 
 
+def test_no_training_picture_of_either_kind_is_a_held_out_one(monkeypatch):
+    """With few possible scenes, pictures of the two kinds collide often; every train request with a
+    picture (target or an edit's source) equal to any held-out picture is dropped."""
+    monkeypatch.setattr(drawings, "BACKGROUNDS", drawings.BACKGROUNDS[:1])
+    monkeypatch.setattr(drawings, "RADII", (16,))
+    monkeypatch.setattr(drawings, "STEP", 16)  # 9 centres: 648 scenes in all
+    planned = drawings.plan(DrawingSizes(draw_train=300, edit_train=300, draw_validation=20, edit_validation=20,
+                                         draw_test=20, edit_test=20))
+    scenes = {split: {scene.key() for r in planned[split] for scene in drawings._scenes(r)} for split in planned}
+    assert not scenes["train"] & (scenes["validation"] | scenes["test"])
+    assert 0 < len(planned["train"]) < 600  # some were dropped, not all
+
+
 def test_the_build_is_deterministic(corpus, tmp_path):
     again = DrawingCorpus.build(tmp_path, sizes=SIZES)
     for split in ("train", "test"):

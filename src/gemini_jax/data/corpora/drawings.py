@@ -1,6 +1,6 @@
 """Drawing tasks in the easy-VQA style: a model turn that is an image.
 
-    corpus = DrawingCorpus.build()                  # ~/.cache/gemini-jax/drawings-v3-<sizes>, built on first use
+    corpus = DrawingCorpus.build()                  # ~/.cache/gemini-jax/drawings-v4-<sizes>, built on first use
     corpus.records("draw", "test")                  # 300 held-out text-to-image requests
     corpus.examples("train")                        # list[Example]: drawing and editing, mixed
     corpus.images("train")                          # uint8 [N, 64, 64, 3]: every train target image
@@ -30,8 +30,9 @@ Splits: a request goes to test when a hash of its content says so (held_out.is_t
 phrasing), for "edit" the change requested with the source's shape and colour. So a held-out prompt is
 never seen in training, word for word, while every shape, colour and phrasing is (each in other
 combinations): the model is tested on wording and combinations it has not seen, not on concepts it
-could not know. Scenes come from the item's own seed; a train scene equal to a held-out one (parameters
-rounded as stored) is dropped, so no held-out picture is a training picture either.
+could not know. Scenes come from the item's own seed; a train request with a picture (target or source)
+equal to a held-out picture of either kind (parameters rounded as stored) is dropped, so no held-out
+picture is a training picture either.
 
 Built once into <cache root>/drawings-v<VERSION>-<hash of the sizes> (PNGs and records.json, written last),
 in a temporary folder renamed into place: a crash never leaves something that looks finished.
@@ -54,7 +55,7 @@ from gemini_jax.data.corpora.held_out import READ_SPLITS, is_test, is_validation
 from gemini_jax.data.corpora.robustness import VQA_COLOURS, VQA_SHAPES, draw_scene
 from gemini_jax.data.examples import Content, Example, Part
 
-VERSION = 3  # 3: edits are conversations that draw their source picture first
+VERSION = 4  # 3: edits are conversations that draw their source picture first; 4: held out across kinds
 TASK = "image_generation"  # Example.task of every drawing example
 KINDS = ("draw", "edit")
 CHANGES = ("colour", "shape")  # what an edit changes
@@ -263,16 +264,19 @@ def plan(sizes: DrawingSizes) -> dict[str, list[dict[str, Any]]]:
             if len(got[split]) < wanted[split]:
                 got[split].append(request)
             i += 1
-        held_out = {r["target"].key() for s in ("validation", "test") for r in got[s]}
-        held_out |= {r["source"].key() for s in ("validation", "test") for r in got[s] if r["source"] is not None}
-        got["train"] = [r for r in got["train"]
-                        if r["target"].key() not in held_out and (r["source"] is None or r["source"].key() not in held_out)]
         for split in READ_SPLITS:
             planned[split] += got[split]
+    # A held-out picture of one kind may be drawn by a request of the other: none is a train picture.
+    held_out = {scene.key() for split in ("validation", "test") for r in planned[split] for scene in _scenes(r)}
+    planned["train"] = [r for r in planned["train"] if not any(scene.key() in held_out for scene in _scenes(r))]
     for split in READ_SPLITS:  # kinds interleaved, in a fixed order
         order = np.random.default_rng([VERSION, 99]).permutation(len(planned[split]))
         planned[split] = [planned[split][j] for j in order]
     return planned
+
+
+def _scenes(request: dict[str, Any]) -> list[Scene]:
+    return [request["target"]] + ([] if request["source"] is None else [request["source"]])
 
 
 def _build_into(out: Path, sizes: DrawingSizes) -> None:
