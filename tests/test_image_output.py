@@ -112,6 +112,18 @@ def test_generate_parts_gives_text_and_the_decoded_images(run_dir, drawn):
     assert text.count("<start_of_image>") == len(images)
 
 
+def test_the_api_leaves_room_for_an_image_by_default(run_dir, drawn):
+    from gemini_jax.sample.image_output import default_max_new_tokens
+
+    run = api.load(run_dir)
+    room = 64 + TOKENIZER.codes_per_image + 2
+    assert default_max_new_tokens(run.config) == room and default_max_new_tokens(PRESETS["test"]) == 64
+    seed, _ = drawn
+    by_default = api.generate(run, "Draw a red circle.", seed=seed, temperature=30.0)
+    assert by_default == api.generate(run, "Draw a red circle.", seed=seed, temperature=30.0, max_new_tokens=room)
+    assert by_default != api.generate(run, "Draw a red circle.", seed=seed, temperature=30.0, max_new_tokens=64)
+
+
 def test_save_images_writes_pngs_and_prints_their_paths(run_dir, drawn, tmp_path, capsys):
     run = api.load(run_dir)
     seed, _ = drawn

@@ -52,7 +52,7 @@ def user_turn(text: str, *, images: Sequence[Any] = (), videos: Sequence[Any] = 
 
 
 def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
-             videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
+             videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
              guidance: float | None = None) -> str:
@@ -62,7 +62,8 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
     is checked before generating and the answer after, under `safety_settings` (the request forms
     of gemini_jax.safety.filter). A blocked one raises SafetyBlocked (its `stage`, `verdict`:
     category and score) instead of returning text. A run that writes images gives its text with
-    each image's markers in place (`generate_parts` gives the pictures).
+    each image's markers in place (`generate_parts` gives the pictures). `max_new_tokens` None:
+    64, and one image's room beyond that for a run that writes images.
 
     `guidance` s (a run that writes images and keeps an unconditional prompt): classifier-free
     guidance of the images' codes, u + s (c - u) with u from the run's unconditional prompt
@@ -79,7 +80,7 @@ def generate_parts(run: Run | str | os.PathLike, prompt: str | Example, **option
 
 
 def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Sequence[Any] = (),
-           videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int = 64,
+           videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int | None = None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
            guidance: float | None = None, parts: bool = False) -> str | list[str | np.ndarray]:
@@ -97,6 +98,10 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
         prompt = user_turn(prompt, images=images, videos=videos, audios=audios)
     elif images or videos or audios:
         raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
+    if max_new_tokens is None:
+        from gemini_jax.sample.image_output import default_max_new_tokens
+
+        max_new_tokens = default_max_new_tokens(run.config)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
     writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast

@@ -206,11 +206,7 @@ def generate(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     run = api.load(args.checkpoint, step=args.step)
-    max_new_tokens = args.max_new_tokens
-    if max_new_tokens is None:  # 64, and an image's markers and codes beyond that where the run draws
-        drawn = run.config.image_output
-        max_new_tokens = 64 + (drawn.codes_per_image + 2 if drawn else 0)
-    options = dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=args.seed, safety=check, safety_settings=settings, guidance=args.guidance)
     prompt = args.prompt
     if args.edit is None:
