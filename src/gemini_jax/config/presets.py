@@ -52,7 +52,7 @@ PRESETS: dict[str, ModelConfig] = {
 # blocks at twice its depth and no encoders, since every picture it reads is one it could have
 # written, as codes. Two layers drew shapes as blobs; four fit the recipe's 20 minutes on 2 CPU
 # cores (docs/image-output.md, "A deeper decoder, and each code from its nucleus").
-PRESETS["demo-draw"] = dataclasses.replace(PRESETS["demo"], depth=4, vision=None, audio=None)
+PRESETS["demo-draw"] = dataclasses.replace(PRESETS["demo"], depth=6, vision=None, audio=None)
 # A student for `gemini-jax distill --teacher runs/demo`: `demo` with every width 64 -> 40
 # (decoder 2 heads x 20; every MLP keeps its ratio to its width) at the same depth, since two
 # layers are already few. Everything the data pipeline reads (vocabulary, patches, soft tokens,
