@@ -119,7 +119,7 @@ def test_the_api_leaves_room_for_an_image_by_default(run_dir):
 
     run = api.load(run_dir)
     room = 64 + TOKENIZER.codes_per_image + 2
-    assert default_max_new_tokens(run.config) == room and default_max_new_tokens(PRESETS["test"]) == 64
+    assert default_max_new_tokens(ImageWriter.for_run(run)) == room and default_max_new_tokens(None) == 64
     # A seed whose reply, given that room, runs past 64 tokens: by default the API gives all of it.
     sampler = Sampler(run.model, run.tokenizer)
     seeds = range(16)

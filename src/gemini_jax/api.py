@@ -85,7 +85,7 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
            safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
            guidance: float | None = None, parts: bool = False) -> str | list[str | np.ndarray]:
     from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
-    from gemini_jax.sample.image_output import ImageWriter
+    from gemini_jax.sample.image_output import ImageWriter, default_max_new_tokens
     from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
@@ -98,13 +98,11 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
         prompt = user_turn(prompt, images=images, videos=videos, audios=audios)
     elif images or videos or audios:
         raise ValueError("give media either as keyword arguments with a text prompt or inside the Example, not both")
+    writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast
     if max_new_tokens is None:
-        from gemini_jax.sample.image_output import default_max_new_tokens
-
-        max_new_tokens = default_max_new_tokens(run.config)
+        max_new_tokens = default_max_new_tokens(writer)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
-    writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast
     unconditional = guided_prompts(run, guidance, count=1)
     if check:
         check.require_safe(prompt_text(prompt), settings, stage="prompt")

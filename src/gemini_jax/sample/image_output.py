@@ -42,11 +42,10 @@ Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
 TEXT_REPLY_TOKENS = 64  # a reply's default length, before an image's room
 
 
-def default_max_new_tokens(config: ModelConfig) -> int:
-    """A reply's default length: TEXT_REPLY_TOKENS, and one image's markers and codes beyond that
-    where the run writes images (with less room than a whole span the sampler never opens one)."""
-    drawn = config.image_output
-    return TEXT_REPLY_TOKENS + (drawn.codes_per_image + 2 if drawn else 0)
+def default_max_new_tokens(writer: ImageWriter | None) -> int:
+    """A reply's default length: TEXT_REPLY_TOKENS, and one image's span beyond that where the run
+    writes images (`writer`; with less room than a whole span the sampler never opens one)."""
+    return TEXT_REPLY_TOKENS + (writer.spans.span_length if writer else 0)
 
 
 class ImageWriter:
