@@ -109,10 +109,10 @@ class BigramModel(nnx.Module):
         logits = self.table[...][batch["tokens"]]  # [B, T, V]
         index = jnp.sum(batch["segment_ids"] > 0, axis=1, dtype=jnp.int32)
         valid = jnp.arange(cache.max_len)[None, :] < index[:, None]
-        return ModelOutput(logits=logits, hidden=logits, intermediates={}), dataclasses.replace(cache, valid=valid, index=index)
+        return ModelOutput(logits=logits, hidden=logits, intermediates={}), KVCache(cache.layers, valid, index, cache.code_run)
 
     def decode_step(self, tokens, cache):
-        return self.table[...][tokens], dataclasses.replace(cache, index=cache.index + 1)
+        return self.table[...][tokens], KVCache(cache.layers, cache.valid, cache.index + 1, cache.code_run)
 
 
 def chain_table(tok, text: str, *, rest: float = -4.0) -> tuple[np.ndarray, str]:

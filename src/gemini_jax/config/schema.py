@@ -225,29 +225,19 @@ class ImageOutputConfig:
     same in every image, as Qwen2-VL's M-RoPE positions image tokens by where they lie). Code p
     of one picture is then as far from code p + 1 of another as from its own neighbour, so an
     edit that copies its source picture attends at a fixed distance, which sequence positions
-    do not give when the text between the two pictures varies (docs/image-output.md).
-
-    `previous_picture` (needs `code_positions`) adds to each code's input a learned embedding of
-    the code the previous picture of its sequence holds at the next place, the place that input
-    predicts: an edit reads its source picture's code where it writes, rather than finding it by
-    attention (docs/image-output.md). A picture with none before it gets nothing added."""
+    do not give when the text between the two pictures varies (docs/image-output.md)."""
 
     codebook_size: int
     codes_per_image: int
     code_positions: bool = False
-    previous_picture: bool = False
 
     def __post_init__(self):
         for name in ("codebook_size", "codes_per_image"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"image_output.{name} must be a positive integer, got {value!r}")
-        for name in ("code_positions", "previous_picture"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"image_output.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.previous_picture and not self.code_positions:
-            raise ConfigError("image_output.previous_picture needs code_positions: a code's place in its picture is "
-                              "what finds the previous picture's code at that place")
+        if not isinstance(self.code_positions, bool):
+            raise ConfigError(f"image_output.code_positions must be true or false, got {self.code_positions!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

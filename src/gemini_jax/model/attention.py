@@ -39,22 +39,17 @@ class KVCache:
     code_run: int32[B], how many image codes each row ends with (0 after any other token):
             the place in its image of the next token when that is a code
             (ImageOutputConfig.code_positions; the decoder of a text model ignores it).
-    previous_codes, current_codes: int32[B, N], the codes (0-based, -1 where none) of each row's
-            picture before its latest one, and of its latest one so far
-            (ImageOutputConfig.previous_picture; N = 0 for a model without it).
     """
 
     layers: tuple[LayerKV, ...]
     valid: jax.Array
     index: jax.Array
     code_run: jax.Array
-    previous_codes: jax.Array
-    current_codes: jax.Array
 
     @classmethod
     def zeros(
         cls, *, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
-        dtype: jnp.dtype, codes_per_image: int = 0,
+        dtype: jnp.dtype,
     ) -> KVCache:
         shape = (batch_size, max_len, num_kv_heads, head_dim)
         layers = tuple(
@@ -65,8 +60,6 @@ class KVCache:
             valid=jnp.zeros((batch_size, max_len), bool),
             index=jnp.zeros((batch_size,), jnp.int32),
             code_run=jnp.zeros((batch_size,), jnp.int32),
-            previous_codes=jnp.full((batch_size, codes_per_image), -1, jnp.int32),
-            current_codes=jnp.full((batch_size, codes_per_image), -1, jnp.int32),
         )
 
     @property

@@ -18,7 +18,6 @@ M soft tokens of one modality in a row (slots x tokens per slot).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 
@@ -120,35 +119,6 @@ def code_runs(tokens: jax.Array, *, first_code: int, num_codes: int, run_before:
     return runs + jnp.where(from_start, run_before[:, None], 0)
 
 
-def previous_picture_codes(tokens: jax.Array, runs: jax.Array, segment_ids: jax.Array, *, first_code: int,
-                           codes_per_image: int) -> jax.Array:
-    """int32[B, T]: at each code with a next place q in its picture (its run r < codes_per_image,
-    q = r), the code (0-based) that the previous picture of its segment holds at place q; -1
-    elsewhere, and where that picture ended before q. `runs` are the tokens' code_runs."""
-    length = tokens.shape[1]
-    steps = jnp.arange(length, dtype=jnp.int32)[None, :]
-    starts = jnp.where(runs == 1, steps, -1)
-    latest_start = jax.lax.cummax(starts, axis=1)  # the latest picture's first code, at or before each token
-    before = jnp.pad(latest_start[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-    previous_start = jax.lax.cummax(jnp.where(runs == 1, before, -1), axis=1)  # the picture before that
-    source = jnp.clip(previous_start + runs, 0, length - 1)
-    source_runs = jnp.take_along_axis(runs, source, axis=1)
-    found = ((runs > 0) & (runs < codes_per_image) & (previous_start >= 0) & (source_runs == runs + 1)
-             & (jnp.take_along_axis(segment_ids, source, axis=1) == segment_ids))
-    return jnp.where(found, jnp.take_along_axis(tokens, source, axis=1) - first_code, -1)
-
-
-def _picture_codes(tokens: jax.Array, runs: jax.Array, start: jax.Array, end: jax.Array, *, first_code: int,
-                   codes_per_image: int) -> jax.Array:
-    """int32[B, N]: the codes (0-based, -1 where none) of the picture whose first code is at
-    `start` (int32[B], -1: none), read before `end` (int32[B])."""
-    places = jnp.arange(codes_per_image, dtype=jnp.int32)[None, :]
-    at = start[:, None] + places  # [B, N]
-    safe = jnp.clip(at, 0, tokens.shape[1] - 1)
-    found = (start[:, None] >= 0) & (at < end[:, None]) & (jnp.take_along_axis(runs, safe, axis=1) == places + 1)
-    return jnp.where(found, jnp.take_along_axis(tokens, safe, axis=1) - first_code, -1)
-
-
 class Gemini(nnx.Module):
     """A Gemini model: Gemma-1 decoder with optional vision and audio encoders."""
 
@@ -175,11 +145,6 @@ class Gemini(nnx.Module):
             # Unit-size entries, as the scaled token embeddings they are added to.
             init = nnx.initializers.normal(stddev=1.0)
             self.code_position = param(init(rngs.params(), (output.codes_per_image, config.width), jnp.float32),
-                                       "position", "embed")
-        if output is not None and output.previous_picture:
-            # One row per code, a small table like the places' (not split as the vocabulary is).
-            init = nnx.initializers.normal(stddev=1.0)
-            self.previous_code = param(init(rngs.params(), (output.codebook_size, config.width), jnp.float32),
                                        "position", "embed")
 
     # -- inputs -------------------------------------------------------------------------
@@ -247,30 +212,12 @@ class Gemini(nnx.Module):
         return code_runs(tokens, first_code=self.config.first_image_code, num_codes=output.codebook_size,
                          run_before=run_before)
 
-    def _previous_codes(self, batch: Mapping[str, jax.Array], runs: jax.Array | None) -> jax.Array | None:
-        """previous_picture_codes of the batch when the model embeds them, else None."""
-        output = self.config.image_output
-        if runs is None or not output.previous_picture:
-            return None
-        tokens = batch["tokens"]
-        segment_ids = batch["segment_ids"] if "segment_ids" in batch else jnp.ones_like(tokens)
-        return previous_picture_codes(tokens, runs, segment_ids, first_code=self.config.first_image_code,
-                                      codes_per_image=output.codes_per_image)
-
-    def _add_previous_codes(self, x: jax.Array, previous: jax.Array | None) -> jax.Array:
-        """x[B, T, D] with the embedding of each token's previous-picture code (-1: none) added."""
-        if previous is None:
-            return x
-        added = jnp.take(self.previous_code[...], jnp.maximum(previous, 0), axis=0).astype(x.dtype)
-        return x + jnp.where((previous >= 0)[..., None], added, jnp.zeros_like(added))
-
     def _embed(self, batch: Mapping[str, jax.Array], runs: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
         tokens = batch["tokens"]
         x = self.embedder.encode(tokens)  # [B, T, D]
         if runs is not None:
             x = self._add_code_positions(x, runs)
-            x = self._add_previous_codes(x, self._previous_codes(batch, runs))
         families = self._media_families(batch)
         _check_placeholder_counts(batch, self.config)
         soft = self._encode_media(batch, families)
@@ -339,11 +286,9 @@ class Gemini(nnx.Module):
     def init_cache(self, *, batch_size: int, max_len: int) -> KVCache:
         """An empty cache of `max_len` slots per row, in the compute dtype."""
         config = self.config
-        output = config.image_output
         return KVCache.zeros(
             num_layers=config.depth, batch_size=batch_size, max_len=max_len,
             num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, dtype=jnp.dtype(config.dtype),
-            codes_per_image=output.codes_per_image if output is not None and output.previous_picture else 0,
         )
 
     def prefill(self, batch: Mapping[str, jax.Array], cache: KVCache) -> tuple[ModelOutput, KVCache]:
@@ -381,41 +326,12 @@ class Gemini(nnx.Module):
         valid = jnp.zeros_like(cache.valid).at[:, :length].set(real)  # [B, S]
         index = jnp.sum(real, axis=1, dtype=jnp.int32)
         code_run = jnp.zeros_like(index)
-        previous_codes, current_codes = cache.previous_codes, cache.current_codes
         if runs is not None:  # the run each prompt ends with
             last = jnp.take_along_axis(runs, jnp.maximum(index - 1, 0)[:, None], axis=1)[:, 0]
             code_run = jnp.where(index > 0, last, 0)
-            if self.config.image_output.previous_picture:
-                previous_codes, current_codes = self._last_pictures(batch["tokens"], runs, index)
-        cache = KVCache(layers=layers, valid=valid, index=index, code_run=code_run, previous_codes=previous_codes,
-                        current_codes=current_codes)
+        cache = KVCache(layers=layers, valid=valid, index=index, code_run=code_run)
         output = ModelOutput(logits=self.embedder.decode(hidden), hidden=hidden, intermediates=intermediates)
         return output, cache
-
-    def _last_pictures(self, tokens: jax.Array, runs: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The codes of each prompt's picture before its latest one, and of its latest one so far."""
-        steps = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-        starts = jnp.where((runs == 1) & (steps < index[:, None]), steps, -1)  # [B, T]
-        latest = jnp.max(starts, axis=1)
-        previous = jnp.max(jnp.where(steps < latest[:, None], starts, -1), axis=1)
-        read = functools.partial(_picture_codes, tokens, runs, first_code=self.config.first_image_code,
-                                 codes_per_image=self.config.image_output.codes_per_image)
-        return read(previous, latest), read(latest, index)
-
-    def _step_pictures(self, tokens: jax.Array, runs: jax.Array, cache: KVCache
-                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """A decode step's previous-picture code per row (-1: none) and the cache's pictures after it."""
-        run = runs[:, 0]
-        starting = (run == 1)[:, None]  # a new picture: the latest one becomes the previous one
-        previous = jnp.where(starting, cache.current_codes, cache.previous_codes)
-        current = jnp.where(starting, -1, cache.current_codes)
-        places = jnp.arange(previous.shape[1], dtype=jnp.int32)[None, :]
-        written = (run > 0)[:, None] & (places == jnp.clip(run - 1, 0, previous.shape[1] - 1)[:, None])
-        current = jnp.where(written, (tokens - self.config.first_image_code)[:, None], current)
-        next_place = jnp.clip(run, 0, previous.shape[1] - 1)
-        hint = jnp.take_along_axis(previous, next_place[:, None], axis=1)[:, 0]
-        hint = jnp.where((run > 0) & (run < previous.shape[1]), hint, -1)
-        return hint, previous, current
 
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """One text token per row (int32[B]) -> (next-token logits float32[B, V], updated cache)."""
@@ -432,18 +348,13 @@ class Gemini(nnx.Module):
         x = self.embedder.encode(tokens[:, None])  # [B, 1, D]
         runs = self._code_runs(tokens[:, None], cache.code_run)
         code_run = cache.code_run
-        previous_codes, current_codes = cache.previous_codes, cache.current_codes
         if runs is not None:
             x = self._add_code_positions(x, runs)
             code_run = runs[:, 0]
-            if self.config.image_output.previous_picture:
-                hint, previous_codes, current_codes = self._step_pictures(tokens, runs, cache)
-                x = self._add_previous_codes(x, hint[:, None])
         hidden, layers = self.decoder(x, mask=mask, positions=self._rope_positions(cache.index[:, None], runs),
                                       cache=cache)
         logits = self.embedder.decode(hidden)[:, 0]  # [B, V]
-        return logits, KVCache(layers=layers, valid=valid, index=cache.index + 1, code_run=code_run,
-                               previous_codes=previous_codes, current_codes=current_codes)
+        return logits, KVCache(layers=layers, valid=valid, index=cache.index + 1, code_run=code_run)
 
 
 def count_params(config: ModelConfig) -> dict[str, int]:

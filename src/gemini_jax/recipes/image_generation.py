@@ -78,9 +78,6 @@ class ImageGenerationRecipe:
     corpus: DrawingSizes = DrawingSizes()
     cache_dir: str | None = None
     text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
-    # Each code also embeds the code the edit's source picture holds where it writes next
-    # (ImageOutputConfig.previous_picture).
-    previous_picture: bool = False
     # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two
     # pictures of 66 tokens and four turns' markers (197 tokens at most), a drawing one of each (100).
     seq_len: int = 200  # edits
@@ -125,7 +122,7 @@ class ImageGenerationRecipe:
         config = self.model or override(get_preset(self.preset), audio=None, vision=None)
         config = override(config, vocab_size=text_pieces + codebook_size,
                           image_output=ImageOutputConfig(codebook_size=codebook_size, codes_per_image=codes_per_image,
-                                                         code_positions=True, previous_picture=self.previous_picture))
+                                                         code_positions=True))
         return config if self.dtype is None else override(config, dtype=self.dtype)
 
     def setup(self, run_dir: Path, timings: Timings) -> Setup:

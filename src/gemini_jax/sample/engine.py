@@ -148,10 +148,7 @@ def _insert(cache: KVCache, row: KVCache, slot: jax.Array) -> KVCache:
     valid = jax.lax.dynamic_update_slice(cache.valid, valid_row, (slot, zero))  # [slots, S]
     index = jax.lax.dynamic_update_slice(cache.index, row.index, (slot,))  # [slots]
     code_run = jax.lax.dynamic_update_slice(cache.code_run, row.code_run, (slot,))  # [slots]
-    previous_codes = jax.lax.dynamic_update_slice(cache.previous_codes, row.previous_codes, (slot, zero))  # [slots, N]
-    current_codes = jax.lax.dynamic_update_slice(cache.current_codes, row.current_codes, (slot, zero))
-    return KVCache(layers=layers, valid=valid, index=index, code_run=code_run, previous_codes=previous_codes,
-                   current_codes=current_codes)
+    return KVCache(layers=layers, valid=valid, index=index, code_run=code_run)
 
 
 class Engine:

@@ -120,8 +120,6 @@ class DecodePrograms:
             valid=jnp.where(active[:, None], stepped.valid, cache.valid),
             index=jnp.where(active, stepped.index, cache.index),
             code_run=jnp.where(active, stepped.code_run, cache.code_run),
-            previous_codes=jnp.where(active[:, None], stepped.previous_codes, cache.previous_codes),
-            current_codes=jnp.where(active[:, None], stepped.current_codes, cache.current_codes),
         )
         tokens = self._choose(logits, seeds=seeds, steps=steps, sampling=sampling, spans=spans, guidance=guidance)
         return tokens, cache
