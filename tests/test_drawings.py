@@ -91,6 +91,26 @@ def test_examples_are_in_the_contents_format(corpus):
     assert load_png(edit.image).shape == (64, 64, 3)
 
 
+def test_with_layout_each_reply_says_where_it_draws_before_its_picture(corpus):
+    laid_out = DrawingCorpus(corpus.root, layout=True)
+    draw = laid_out.records("draw", "test")[0]
+    _, model = draw.example.contents
+    assert [p.kind for p in model.parts] == ["text", "image"]
+    assert model.parts[0].text == f"At ({int(draw.target.x)}, {int(draw.target.y)}), size {draw.target.radius}."
+    for split in ("validation", "test"):  # held out: the source reply as the model would have written it
+        for d in laid_out.records("edit", split):
+            first, source, request, reply = d.example.contents
+            assert source.parts[0].text == drawings.layout_text(d.source) == reply.parts[0].text
+            assert source.parts[1].image == str(d.source_image) and reply.parts[1].image == str(d.image)
+    # In training a quarter of the sources come without it, chosen by the request, the same on every build.
+    kept = [len(d.example.contents[1].parts) == 2 for d in laid_out.records("edit", "train")]
+    assert 0.1 < 1 - np.mean(kept) < 0.45
+    assert kept == [len(d.example.contents[1].parts) == 2
+                    for d in DrawingCorpus(corpus.root, layout=True).records("edit", "train")]
+    # Without layout the examples are as before.
+    assert corpus.records("draw", "test")[0].example.contents[1].parts == (model.parts[1],)
+
+
 def test_a_scene_draws_its_own_colour_and_refuses_unknown_names():
     scene = Scene("circle", "teal", (240, 240, 240), 32.0, 32.0, 10, 1.0)
     pixels = scene.pixels()

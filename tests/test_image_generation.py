@@ -170,3 +170,48 @@ def test_the_recipe_copies_a_given_image_tokenizer_and_refuses_a_bad_one(corpus,
     assert main(["train", "--task", "kv_retrieval", "--image-tokenizer", str(given), "--run-dir",
                  str(tmp_path / "kv")]) == 2
     assert "--image-tokenizer is for --task image_generation" in capsys.readouterr().err
+
+
+def test_a_run_that_writes_layouts_is_asked_to_edit_its_pictures_as_it_wrote_them(image_model, cache, monkeypatch,
+                                                                                  tmp_path):
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.data.corpora.drawings import layout_text
+    from gemini_jax.sample.image_output import LAYOUT_FILE, write_reply_layout, writes_layout
+    from gemini_jax.sample.sampler import Sampler
+
+    model, tokenizer, run_dir = image_model
+    asked = []
+    monkeypatch.setattr(Sampler, "generate_ids", lambda self, prompts, params, **k: asked.extend(prompts) or
+                        [[] for _ in prompts])
+    options = EvalOptions(cache_dir=str(cache), limit=2, temperature=1.0, progress=False)
+    try:
+        for layout in (False, True):
+            write_reply_layout(run_dir, layout)
+            assert writes_layout(run_dir) is layout
+            asked.clear()
+            evaluate(model, tokenizer, [ImageGeneration(corpus_sizes=SIZES)], options, run_dir=run_dir)
+            edits = [p for p in asked if len(p.contents) == 3][:2]  # the conversation edits, before `--edit`'s
+            sources = DrawingCorpus.build(cache, sizes=SIZES).records("edit", "test")[:2]
+            for prompt, edit in zip(edits, sources):
+                parts = prompt.contents[1].parts
+                assert [p.text for p in parts[:-1]] == ([layout_text(edit.source)] if layout else [])
+                assert parts[-1].image == str(edit.source_image)
+        (run_dir / IMAGE_TOKENIZER_DIR / LAYOUT_FILE).write_text('{"reply_layout": "yes"}')
+        with pytest.raises(CheckpointError, match="layout.json: expected"):
+            writes_layout(run_dir)
+    finally:
+        write_reply_layout(run_dir, False)
+
+
+def test_the_recipes_text_tokenizer_learns_the_layout_sentences(corpus):
+    from gemini_jax.data.corpora.drawings import layout_text
+    from gemini_jax.data.tokenizer import Tokenizer
+    from gemini_jax.recipes.image_generation import prepare_tokenizer
+
+    laid_out = DrawingCorpus(corpus.root, layout=True)
+    path = prepare_tokenizer(laid_out, vocab_size=384)
+    assert path != prepare_tokenizer(corpus, vocab_size=384)  # cached apart
+    tok = Tokenizer.load(path)
+    sentence = layout_text(laid_out.records("draw", "test")[0].target)
+    pieces = [tok.id_to_piece(i) for i in tok.encode(sentence)]
+    assert not [p for p in pieces if p.startswith("<0x") or p == "<unk>"] and tok.decode(tok.encode(sentence)) == sentence

@@ -15,8 +15,8 @@
 4. The demo-draw preset's decoder (the demo's blocks, six of them, and no encoders: every
    picture it reads is one it could have written, as codes), its vocabulary the text pieces plus
    the image tokenizer's codes (config.image_output, each code given its place in its picture:
-   `code_positions`); trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
-   `<end_of_image>` (data/image_codes.py).
+   `code_positions`); trained on the drawing examples, whose model turns are a layout sentence ("At (40,
+   20), size 12.": `reply_layout`), then `<start_of_image>` + 64 codes + `<end_of_image>` (data/image_codes.py).
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
    that one model also learns the unconditional picture distribution that classifier-free
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
@@ -41,7 +41,7 @@ from gemini_jax.config import ConfigError, ImageOutputConfig, ModelConfig, get_p
 from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
 from gemini_jax.model.image_tokenizer import ImageTokenizerConfig
 from gemini_jax.recipes.runner import Setup, Timings, log
-from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, write_unconditional_prompt
+from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, write_reply_layout, write_unconditional_prompt
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.image_tokenizer import TrainSettings
 from gemini_jax.train.optimizer import OptimizerConfig
@@ -78,10 +78,13 @@ class ImageGenerationRecipe:
     corpus: DrawingSizes = DrawingSizes()
     cache_dir: str | None = None
     text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
-    # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two
-    # pictures of 66 tokens and four turns' markers (197 tokens at most), a drawing one of each (100).
-    seq_len: int = 200  # edits
-    draw_seq_len: int = 104
+    # Each reply first says where it draws ("At (40, 20), size 12.": drawings.layout_text), so that an
+    # edit can copy its source's place as text before drawing there. Chosen on validation (docs/image-output.md).
+    reply_layout: bool = True
+    # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two pictures of 66
+    # tokens, their layouts (14 each) and four turns' markers (225 tokens at most), a drawing one of each (114).
+    seq_len: int = 232  # edits
+    draw_seq_len: int = 120
     batch_size: int = 32
     # 2,400 steps of six layers (demo-draw) take about what 3,500 of four did, and drew better on validation
     # (docs/image-output.md).
@@ -134,7 +137,7 @@ class ImageGenerationRecipe:
         from gemini_jax.model.image_tokenizer import read_image_tokenizer_config
 
         with timings.phase("corpus_s"):
-            corpus = DrawingCorpus.build(self.cache_dir, sizes=self.corpus)
+            corpus = DrawingCorpus.build(self.cache_dir, sizes=self.corpus, layout=self.reply_layout)
         with timings.phase("image_tokenizer_s"):
             image_dir = self._image_tokenizer(run_dir, corpus)
         with timings.phase("tokenizer_s"):
@@ -150,6 +153,7 @@ class ImageGenerationRecipe:
                               f"of {config.max_seq_len}")
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
         write_unconditional_prompt(run_dir, UNCONDITIONAL_PROMPT if self.guidance_dropout > 0 else None)
+        write_reply_layout(run_dir, self.reply_layout)
         examples = drop_requests(corpus.examples("train"), fraction=self.guidance_dropout, seed=self.train.seed)
 
         def batches(kind: list[Example], seq_len: int):
@@ -264,11 +268,15 @@ def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageToke
 
 
 def prepare_tokenizer(corpus: DrawingCorpus, *, vocab_size: int) -> Path:
-    """The text tokenizer of the drawing requests, trained once per corpus and size, cached beside it."""
+    """The text tokenizer of the drawing requests (and, for a corpus with layouts, of the replies'
+    layout sentences), trained once per corpus, size and layout, cached beside the corpus."""
+    from gemini_jax.data.corpora.drawings import layout_text
     from gemini_jax.data.tokenizer import train_tokenizer
 
-    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}.model"
+    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}{'-layout' if corpus.layout else ''}.model"
     if not path.exists():
         prompts = [d.prompt for kind in ("draw", "edit") for d in corpus.records(kind, "train")]
+        if corpus.layout:
+            prompts += [layout_text(d.target) for kind in ("draw", "edit") for d in corpus.records(kind, "train")]
         train_tokenizer(prompts, vocab_size=vocab_size, path=path)
     return path

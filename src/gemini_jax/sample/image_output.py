@@ -11,7 +11,10 @@ tokenizer's decoder turns into pixels:
 A run trained with its requests sometimes dropped (the image_generation recipe's
 `guidance_dropout`) keeps the prompt that stood in for them in RUN/image_tokenizer/guidance.json,
 so that its copies (a quantized run copies the directory) and a loaded run can sample with
-classifier-free guidance: `unconditional_prompt(run_dir)`.
+classifier-free guidance: `unconditional_prompt(run_dir)`. A run whose replies say where they
+draw before each picture (the recipe's `reply_layout`) says so in RUN/image_tokenizer/layout.json,
+so that an evaluation asks it to edit its pictures as it would have written them:
+`writes_layout(run_dir)`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
 GUIDANCE_FILE = "guidance.json"  # inside IMAGE_TOKENIZER_DIR: {"unconditional_prompt": "..."}
+LAYOUT_FILE = "layout.json"  # inside IMAGE_TOKENIZER_DIR: {"reply_layout": true}
 
 Part = str | np.ndarray  # text, or an image as uint8[H, W, 3]
 TEXT_REPLY_TOKENS = 64  # a reply's default length, before an image's room
@@ -92,7 +96,7 @@ class ImageWriter:
     @staticmethod
     def save(parts: Sequence[Part], out_dir: str | os.PathLike, *, stem: str) -> str:
         """Writes each image of `parts` as OUT_DIR/STEM-N.png (N from 1) and returns the text
-        with each image's path in its place."""
+        with each image's path in its place (after a space where the text before it ends in none)."""
         out = Path(out_dir)
         text, count = [], 0
         for part in parts:
@@ -102,7 +106,7 @@ class ImageWriter:
             count += 1
             path = out / f"{stem}-{count}.png"
             path.write_bytes(png_bytes(part))
-            text.append(str(path))
+            text.append(f"{' ' if text and text[-1] and not text[-1][-1].isspace() else ''}{path}")
         return "".join(text)
 
 
@@ -147,6 +151,32 @@ def write_unconditional_prompt(run_dir: str | os.PathLike, prompt: str | None) -
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(json.dumps({"unconditional_prompt": prompt}) + "\n")
     staging.replace(path)
+
+
+def write_reply_layout(run_dir: str | os.PathLike, layout: bool) -> None:
+    """Records whether the run's replies say where they draw (data/corpora/drawings.py's
+    layout_text) before each picture; False removes a record copied with the image tokenizer."""
+    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / LAYOUT_FILE
+    if not layout:
+        path.unlink(missing_ok=True)
+        return
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps({"reply_layout": True}) + "\n")
+    staging.replace(path)
+
+
+def writes_layout(run_dir: str | os.PathLike) -> bool:
+    """Whether the run was trained with replies that say where they draw (write_reply_layout)."""
+    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / LAYOUT_FILE
+    if not path.is_file():
+        return False
+    try:
+        layout = json.loads(path.read_text())["reply_layout"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        layout = None
+    if not isinstance(layout, bool):
+        raise CheckpointError(f"{path}: expected {{\"reply_layout\": true}}")
+    return layout
 
 
 def edit_request(picture: Any, change: str, *, first_request: str) -> Example:

@@ -17,6 +17,10 @@ Two tasks, each an `Example` in the contents format (data/examples.py):
   so an edit can copy it code by code. The first request is one of DRAW_TEMPLATES whose drawing
   request lies in train, so no held-out drawing prompt is ever part of a training edit.
 
+With `layout=True` (the image_generation recipe's default) each model turn first says where its
+picture's shape is, "At (40, 20), size 12." (layout_text), then shows it: a drawing commits to a
+place and size in words before its codes, and an edit can copy its source's place as text.
+
 A scene is one of easy-VQA's three shapes in one of its eight colours on one of four pale
 backgrounds (easy-VQA's are pale), drawn by robustness.draw_scene at the image tokenizer's 64x64:
 radius 8, 12 or 16 pixels (easy-VQA's shapes cover up to 961 pixels; below 8 an 8x8 grid of codes
@@ -142,15 +146,17 @@ class Drawing:
     image: Path  # the target's PNG
     source_image: Path | None
     source_prompt: str | None  # edits only: the request that drew the source picture
+    layout: bool = False  # the reply says where it draws (layout_text) before its picture
+    source_layout: bool = False  # so does an edit's source picture's reply
 
     @property
     def example(self) -> Example:
-        reply = Content("model", (Part(image=str(self.image)),))
+        reply = Content("model", _picture_reply(self.target, self.image, layout=self.layout))
         if self.source_image is None:
             return Example(contents=(Content("user", (Part(text=self.prompt),)), reply), task=TASK,
                            group=self.content_key)
-        return Example(contents=(Content("user", (Part(text=self.source_prompt),)),
-                                 Content("model", (Part(image=str(self.source_image)),)),
+        source = _picture_reply(self.source, self.source_image, layout=self.source_layout)
+        return Example(contents=(Content("user", (Part(text=self.source_prompt),)), Content("model", source),
                                  Content("user", (Part(text=self.prompt),)), reply),
                        train_on="last", task=TASK, group=self.content_key)
 
@@ -160,20 +166,44 @@ class Drawing:
         return Example(contents=self.example.contents[:-1])
 
 
-class DrawingCorpus:
-    """A built corpus on disk; `DrawingCorpus.build(...)` builds it when needed."""
+def layout_text(scene: Scene) -> str:
+    """Where a picture's shape is, as its reply says before drawing it: "At (40, 20), size 12."
+    (centre in pixels from the top left, radius)."""
+    return f"At ({int(scene.x)}, {int(scene.y)}), size {scene.radius}."
 
-    def __init__(self, root: Path):
+
+def _picture_reply(scene: Scene, image: Path, *, layout: bool) -> tuple[Part, ...]:
+    picture = Part(image=str(image))
+    return (Part(text=layout_text(scene)), picture) if layout else (picture,)
+
+
+def source_keeps_layout(content_key: str, image: Path) -> bool:
+    """Whether a training edit's source reply says where it drew: three in four do, chosen by a
+    hash of the request, so that the model also learns to edit pictures it was not told the place
+    of (`generate --edit`'s)."""
+    digest = hashlib.sha256(f"{content_key}|{image.parent.name}/{image.name}".encode()).hexdigest()
+    return int(digest[:8], 16) % 4 != 0
+
+
+class DrawingCorpus:
+    """A built corpus on disk; `DrawingCorpus.build(...)` builds it when needed. With `layout`, every
+    picture's reply first says where it draws (layout_text): held-out edits' source replies always,
+    training ones three times in four (source_keeps_layout)."""
+
+    def __init__(self, root: Path, *, layout: bool = False):
         self.root = Path(root)
+        self.layout = layout
         rows = json.loads((self.root / RECORDS_FILE).read_text())
-        self._records = {split: [_drawing(row, self.root) for row in rows[split]] for split in READ_SPLITS}
+        self._records = {split: [_drawing(row, self.root, layout=layout, split=split) for row in rows[split]]
+                         for split in READ_SPLITS}
 
     @classmethod
-    def build(cls, cache_dir: str | os.PathLike | None = None, *, sizes: DrawingSizes = DrawingSizes()) -> DrawingCorpus:
+    def build(cls, cache_dir: str | os.PathLike | None = None, *, sizes: DrawingSizes = DrawingSizes(),
+              layout: bool = False) -> DrawingCorpus:
         """The corpus under `cache_dir` (default $GEMINI_JAX_CACHE, else ~/.cache/gemini-jax), drawn
         first if it is missing, in `drawings-v<VERSION>-<hash of the sizes>`."""
         root = cache_root(cache_dir) / _subdir(sizes)
-        return cls(build_once(root, RECORDS_FILE, lambda partial: _build_into(partial, sizes)))
+        return cls(build_once(root, RECORDS_FILE, lambda partial: _build_into(partial, sizes)), layout=layout)
 
     def records(self, kind: str, split: str) -> list[Drawing]:
         """The requests of `kind` ("draw" or "edit") in `split` (train, validation or test)."""
@@ -298,9 +328,11 @@ def _build_into(out: Path, sizes: DrawingSizes) -> None:
     (out / RECORDS_FILE).write_text(json.dumps(rows))  # last: its presence marks the build complete
 
 
-def _drawing(row: dict[str, Any], root: Path) -> Drawing:
+def _drawing(row: dict[str, Any], root: Path, *, layout: bool, split: str) -> Drawing:
+    image = root / row["image"]
     return Drawing(kind=row["kind"], prompt=row["prompt"], target=Scene(**row["target"]),
                    source=None if row["source"] is None else Scene(**row["source"]), change=row["change"],
-                   content_key=row["content_key"], image=root / row["image"],
+                   content_key=row["content_key"], image=image,
                    source_image=None if row["source_image"] is None else root / row["source_image"],
-                   source_prompt=row["source_prompt"])
+                   source_prompt=row["source_prompt"], layout=layout,
+                   source_layout=layout and (split != "train" or source_keeps_layout(row["content_key"], image)))

@@ -7,7 +7,9 @@ request that drew the source, the source picture as the model's reply, then the 
 - "edit": the share whose image shows the requested change made and the rest kept: the target's
   shape and colour (the one asked for, the other unchanged), and the shape where it was, about as
   large (IoU of the judged shape's mask with the real edited picture's >= EDIT_IOU).
-A reply without an image fails. In the same table, for each:
+A reply without an image fails; text beside the image is not judged. A run whose replies say where
+they draw (sample/image_output.py's `writes_layout`) has its source pictures' replies say so too.
+In the same table, for each:
 - `_real`: the real held-out target pictures, judged the same way (the judge's ceiling);
 - `_tokenized`: the same through the run's image tokenizer (encoded, decoded: what a perfect model
   could write at best);
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 EDIT_IOU = 0.5
 JUDGE_TRAIN_IMAGES = 2000  # real train pictures the judge's shape classifier is fitted on
-TEXT_ROOM = 8  # reply tokens allowed besides one image's span
+TEXT_ROOM = 24  # reply tokens allowed besides one image's span (a layout sentence takes 14)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,10 +70,12 @@ class ImageGeneration(EvalTask):
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
+        from gemini_jax.sample.image_output import writes_layout
 
         options = context.options
         sizes = self.corpus_sizes or DrawingSizes()
-        corpus = DrawingCorpus.build(options.cache_dir, sizes=sizes)
+        # A run whose replies say where they draw is asked to edit its source pictures as it would have written them.
+        corpus = DrawingCorpus.build(options.cache_dir, sizes=sizes, layout=writes_layout(context.run_dir))
         judge = fit_judge(corpus)
         writer = context.shared(run_image_writer)
         draw = corpus.records("draw", self.split)[: options.limit]
