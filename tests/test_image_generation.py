@@ -148,6 +148,9 @@ def test_the_recipe_reserves_the_codes_above_the_text_pieces():
 
     config = ImageGenerationRecipe().model_config(text_pieces=301, codebook_size=1000, codes_per_image=64)
     assert config.vocab_size == 1301 and config.first_image_code == 301
+    # Rows for edits and drawings, with room for each picture's layout sentence where replies say one.
+    assert ImageGenerationRecipe().row_lengths() == (200, 104)
+    assert ImageGenerationRecipe(reply_layout=True).row_lengths() == (232, 120)
     assert config.image_output == ImageOutputConfig(codebook_size=1000, codes_per_image=64, code_positions=True)
     # Every picture it reads is one it could have written (an edit's source, as codes): no encoders.
     assert config.vision is None and config.audio is None

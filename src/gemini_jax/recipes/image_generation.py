@@ -15,8 +15,8 @@
 4. The demo-draw preset's decoder (the demo's blocks, six of them, and no encoders: every
    picture it reads is one it could have written, as codes), its vocabulary the text pieces plus
    the image tokenizer's codes (config.image_output, each code given its place in its picture:
-   `code_positions`); trained on the drawing examples, whose model turns are a layout sentence ("At (40,
-   20), size 12.": `reply_layout`), then `<start_of_image>` + 64 codes + `<end_of_image>` (data/image_codes.py).
+   `code_positions`); trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
+   `<end_of_image>` (data/image_codes.py), after a layout sentence ("At (40, 20), size 12.") with `reply_layout`.
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
    that one model also learns the unconditional picture distribution that classifier-free
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
@@ -55,6 +55,7 @@ QUICK_EVAL_LIMIT = 50  # validation requests of each kind, every `train.eval_eve
 # What a dropped drawing request says instead: every word of it is in the train prompts ("Make a
 # picture of ...", "Draw a ..."), so the text tokenizer trained on them writes it in learned pieces.
 UNCONDITIONAL_PROMPT = "Draw a picture."
+LAYOUT_ROOM = 16  # tokens for one picture's layout sentence ("At (40, 20), size 12." is 14 of the recipe's pieces)
 DROPOUT_STREAM = 22  # seeds the choice of dropped requests apart from every other use of train.seed
 
 
@@ -78,13 +79,15 @@ class ImageGenerationRecipe:
     corpus: DrawingSizes = DrawingSizes()
     cache_dir: str | None = None
     text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
-    # Each reply first says where it draws ("At (40, 20), size 12.": drawings.layout_text), so that an
-    # edit can copy its source's place as text before drawing there. Chosen on validation (docs/image-output.md).
-    reply_layout: bool = True
+    # Each reply first says where it draws ("At (40, 20), size 12.": drawings.layout_text), so that an edit can
+    # copy its source's place as text before drawing there. Off: on validation it edits 9.7 points better and
+    # draws 3.8 worse, but its longer rows take the recipe past 20 minutes on 2 cores (docs/image-output.md).
+    reply_layout: bool = False
     # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two pictures of 66
-    # tokens, their layouts (14 each) and four turns' markers (225 tokens at most), a drawing one of each (114).
-    seq_len: int = 232  # edits
-    draw_seq_len: int = 120
+    # tokens and four turns' markers (197 tokens at most), a drawing one of each (100); with reply_layout each
+    # picture's sentence takes up to LAYOUT_ROOM more (`row_lengths`).
+    seq_len: int = 200  # edits
+    draw_seq_len: int = 104
     batch_size: int = 32
     # 2,400 steps of six layers (demo-draw) take about what 3,500 of four did, and drew better on validation
     # (docs/image-output.md).
@@ -128,6 +131,12 @@ class ImageGenerationRecipe:
                                                          code_positions=True))
         return config if self.dtype is None else override(config, dtype=self.dtype)
 
+    def row_lengths(self) -> tuple[int, int]:
+        """(edit rows, drawing rows) in tokens: seq_len and draw_seq_len, and room for each picture's
+        layout sentence where replies say where they draw."""
+        room = LAYOUT_ROOM if self.reply_layout else 0
+        return self.seq_len + 2 * room, self.draw_seq_len + room
+
     def setup(self, run_dir: Path, timings: Timings) -> Setup:
         from gemini_jax import checkpoint
         from gemini_jax.data import pipeline
@@ -148,8 +157,9 @@ class ImageGenerationRecipe:
         image_config = read_image_tokenizer_config(image_dir)
         config = self.model_config(text_pieces=tokenizer.vocab_size, codebook_size=image_config.codebook_size,
                                    codes_per_image=image_config.codes_per_image)
-        if config.max_seq_len < max(self.seq_len, self.draw_seq_len):
-            raise ConfigError(f"seq_len {self.seq_len} or draw_seq_len {self.draw_seq_len} exceeds the model's context "
+        edit_len, draw_len = self.row_lengths()
+        if config.max_seq_len < max(edit_len, draw_len):
+            raise ConfigError(f"rows of {edit_len} (edits) or {draw_len} (drawings) tokens exceed the model's context "
                               f"of {config.max_seq_len}")
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
         write_unconditional_prompt(run_dir, UNCONDITIONAL_PROMPT if self.guidance_dropout > 0 else None)
@@ -164,8 +174,8 @@ class ImageGenerationRecipe:
             return pipeline.batched(rows, batch_size=self.batch_size, seq_len=seq_len, seed=self.train.seed,
                                     config=config, num_threads=1, prefetch_batches=1)
 
-        kinds = (([e for e in examples if is_drawing(e)], self.draw_seq_len),
-                 ([e for e in examples if not is_drawing(e)], self.seq_len))
+        kinds = (([e for e in examples if is_drawing(e)], draw_len),
+                 ([e for e in examples if not is_drawing(e)], edit_len))
         kinds = [(kind, seq_len) for kind, seq_len in kinds if kind]
         # Whole batches of each kind, in proportion to their counts.
         data = iter(mixture([batches(kind, seq_len) for kind, seq_len in kinds], weights=[len(k) for k, _ in kinds]))

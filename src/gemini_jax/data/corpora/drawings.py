@@ -17,7 +17,7 @@ Two tasks, each an `Example` in the contents format (data/examples.py):
   so an edit can copy it code by code. The first request is one of DRAW_TEMPLATES whose drawing
   request lies in train, so no held-out drawing prompt is ever part of a training edit.
 
-With `layout=True` (the image_generation recipe's default) each model turn first says where its
+With `layout=True` (the image_generation recipe's `reply_layout`) each model turn first says where its
 picture's shape is, "At (40, 20), size 12." (layout_text), then shows it: a drawing commits to a
 place and size in words before its codes, and an edit can copy its source's place as text.
 
