@@ -108,11 +108,12 @@ def write_run_files(run_dir: str | os.PathLike, *, config: ModelConfig, tokenize
     run_dir = Path(run_dir)
     check_same_model(run_dir, config, tokenizer_path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
-    _atomic_write(run_dir / TOKENIZER_FILE, Path(tokenizer_path).read_bytes())
+    atomic_write(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
+    atomic_write(run_dir / TOKENIZER_FILE, Path(tokenizer_path).read_bytes())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes `data` beside `path`, then renames it into place: a crash leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -157,7 +158,7 @@ def read_quantization(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_quantization(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
-    _atomic_write(Path(run_dir) / QUANTIZATION_FILE,
+    atomic_write(Path(run_dir) / QUANTIZATION_FILE,
                   json.dumps({"format": QUANTIZATION_FORMAT, **record}, indent=2).encode())
 
 
@@ -315,7 +316,7 @@ def write_lora(run_dir: str | os.PathLike, *, lora: dict[str, Any], base_run: st
     record = {"format": LORA_FORMAT, "lora": lora,
               "base": {"run_dir": os.path.abspath(base_run), "step": int(base_step), "digests": base_digests}}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(run_dir) / LORA_FILE, json.dumps(record, indent=1).encode())
+    atomic_write(Path(run_dir) / LORA_FILE, json.dumps(record, indent=1).encode())
 
 
 def _check_lora(record: dict[str, Any]) -> None:

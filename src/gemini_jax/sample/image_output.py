@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gemini_jax.checkpoint import CheckpointError
+from gemini_jax.checkpoint import CheckpointError, atomic_write
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.image_codes import ImageCoder, tokenizer_key
 from gemini_jax.data.tokenizer import Tokenizer
@@ -144,25 +144,22 @@ def load_run_image_tokenizer(run_dir: str | os.PathLike, config: ModelConfig) ->
 def write_unconditional_prompt(run_dir: str | os.PathLike, prompt: str | None) -> None:
     """Records the run's unconditional prompt beside its image tokenizer; None removes a record
     (a run trained without dropped requests, whose image tokenizer came from one with them)."""
-    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / GUIDANCE_FILE
-    if prompt is None:
-        path.unlink(missing_ok=True)
-        return
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps({"unconditional_prompt": prompt}) + "\n")
-    staging.replace(path)
+    _write_record(run_dir, GUIDANCE_FILE, None if prompt is None else {"unconditional_prompt": prompt})
 
 
 def write_reply_layout(run_dir: str | os.PathLike, layout: bool) -> None:
     """Records whether the run's replies say where they draw (data/corpora/drawings.py's
     layout_text) before each picture; False removes a record copied with the image tokenizer."""
-    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / LAYOUT_FILE
-    if not layout:
+    _write_record(run_dir, LAYOUT_FILE, {"reply_layout": True} if layout else None)
+
+
+def _write_record(run_dir: str | os.PathLike, name: str, record: dict[str, Any] | None) -> None:
+    """RUN/image_tokenizer/NAME as JSON, written whole; None removes it."""
+    path = Path(run_dir) / IMAGE_TOKENIZER_DIR / name
+    if record is None:
         path.unlink(missing_ok=True)
-        return
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps({"reply_layout": True}) + "\n")
-    staging.replace(path)
+    else:
+        atomic_write(path, (json.dumps(record) + "\n").encode())
 
 
 def writes_layout(run_dir: str | os.PathLike) -> bool:
