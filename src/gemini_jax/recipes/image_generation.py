@@ -80,8 +80,8 @@ class ImageGenerationRecipe:
     cache_dir: str | None = None
     text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
     # Each reply first says where it draws ("At (40, 20), size 12.": drawings.layout_text), so that an edit can
-    # copy its source's place as text before drawing there. Off: on validation it edits 9.7 points better and
-    # draws 3.8 worse, but its longer rows take the recipe past 20 minutes on 2 cores (docs/image-output.md).
+    # copy its source's place as text before drawing there. Off by default: its longer rows take the recipe past
+    # 20 minutes on 2 cores (docs/image-output.md has what it changes).
     reply_layout: bool = False
     # Rows of each kind are batched apart, at their own lengths: an edit holds two requests, two pictures of 66
     # tokens and four turns' markers (197 tokens at most), a drawing one of each (100); with reply_layout each
