@@ -96,7 +96,7 @@ def test_with_layout_each_reply_says_where_it_draws_before_its_picture(corpus):
     draw = laid_out.records("draw", "test")[0]
     _, model = draw.example.contents
     assert [p.kind for p in model.parts] == ["text", "image"]
-    assert model.parts[0].text == f"At ({int(draw.target.x)}, {int(draw.target.y)}), size {draw.target.radius}."
+    assert model.parts[0].text == f"At {int(draw.target.x)}, {int(draw.target.y)}, size {draw.target.radius}."
     for split in ("validation", "test"):  # held out: the source reply as the model would have written it
         for d in laid_out.records("edit", split):
             first, source, request, reply = d.example.contents

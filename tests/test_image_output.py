@@ -149,8 +149,8 @@ def test_save_images_writes_pngs_and_prints_their_paths(run_dir, drawn, tmp_path
 
 def test_saved_paths_stand_apart_from_the_text_before_them(tmp_path):
     picture = np.zeros((4, 4, 3), np.uint8)
-    text = ImageWriter.save(["At (40, 20), size 12.", picture, "Here: ", picture, ""], tmp_path, stem="r")
-    assert text == f"At (40, 20), size 12. {tmp_path / 'r-1.png'}Here: {tmp_path / 'r-2.png'}"
+    text = ImageWriter.save(["At 40, 20, size 12.", picture, "Here: ", picture, ""], tmp_path, stem="r")
+    assert text == f"At 40, 20, size 12. {tmp_path / 'r-1.png'}Here: {tmp_path / 'r-2.png'}"
     assert ImageWriter.save([picture], tmp_path, stem="s") == str(tmp_path / "s-1.png")
 
 

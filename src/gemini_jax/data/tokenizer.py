@@ -232,13 +232,14 @@ def _training_sentences(texts: Iterable[str]) -> Iterator[str]:
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.PathLike,
-                    case_markers: bool = False) -> Tokenizer:
+                    case_markers: bool = False, split_digits: bool = True) -> Tokenizer:
     """Trains a BPE tokenizer in memory and writes it atomically to `path`.
 
     `vocab_size` counts everything, reserved and byte pieces included (at least
     about 300). With a corpus too small to learn that many pieces the vocabulary
     comes out smaller; `Tokenizer.vocab_size` says what it is. `case_markers`: learn
     lower-cased text with a "<cap>" piece before capitals (the module's docstring).
+    `split_digits=False` lets numbers that recur become pieces of their own (" 40,").
     """
     symbols = [*SPECIAL_TOKENS, *([CAPITAL] if case_markers else [])]
     sentences = _training_sentences(texts)
@@ -257,7 +258,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, path: str | os.Pat
             hard_vocab_limit=False,
             character_coverage=0.9995,
             byte_fallback=True,
-            split_digits=True,
+            split_digits=split_digits,
             pad_id=C.PAD_ID, eos_id=C.EOS_ID, bos_id=C.BOS_ID, unk_id=C.UNK_ID,
             pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
             user_defined_symbols=symbols,

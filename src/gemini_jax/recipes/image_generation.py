@@ -16,7 +16,7 @@
    picture it reads is one it could have written, as codes), its vocabulary the text pieces plus
    the image tokenizer's codes (config.image_output, each code given its place in its picture:
    `code_positions`); trained on the drawing examples, whose model turns are `<start_of_image>` + 64 codes +
-   `<end_of_image>` (data/image_codes.py), after a layout sentence ("At (40, 20), size 12.") with `reply_layout`.
+   `<end_of_image>` (data/image_codes.py), after a layout sentence ("At 40, 20, size 12.") with `reply_layout`.
    A share of the drawing requests (`guidance_dropout`) is replaced by UNCONDITIONAL_PROMPT, so
    that one model also learns the unconditional picture distribution that classifier-free
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
@@ -55,7 +55,13 @@ QUICK_EVAL_LIMIT = 50  # validation requests of each kind, every `train.eval_eve
 # What a dropped drawing request says instead: every word of it is in the train prompts ("Make a
 # picture of ...", "Draw a ..."), so the text tokenizer trained on them writes it in learned pieces.
 UNCONDITIONAL_PROMPT = "Draw a picture."
-LAYOUT_ROOM = 16  # tokens for one picture's layout sentence ("At (40, 20), size 12." is 14 of the recipe's pieces)
+TEXT_VOCAB_SIZE = 384  # pieces asked of the text tokenizer, reserved and byte pieces included
+# With layouts the text tokenizer keeps numbers whole and learns more pieces (LAYOUT_VOCAB_SIZE), so
+# "At 40, 20, size 12." is 5 pieces and the requests get shorter too: the longest training drawing is then
+# 108 tokens and the longest edit 209 (measured on the corpus), within draw_seq_len + LAYOUT_ROOM and
+# seq_len + 2 LAYOUT_ROOM.
+LAYOUT_ROOM = 6
+LAYOUT_VOCAB_SIZE = 448
 DROPOUT_STREAM = 22  # seeds the choice of dropped requests apart from every other use of train.seed
 
 
@@ -78,8 +84,10 @@ class ImageGenerationRecipe:
     image_tokenizer_settings: TrainSettings = TrainSettings(steps=2_000, batch_size=8, learning_rate=1e-3)
     corpus: DrawingSizes = DrawingSizes()
     cache_dir: str | None = None
-    text_vocab_size: int = 384  # asked of the text tokenizer; a smaller corpus may give fewer pieces
-    # Each reply first says where it draws ("At (40, 20), size 12.": drawings.layout_text), so that an edit can
+    # Asked of the text tokenizer (a smaller corpus may give fewer pieces); None: TEXT_VOCAB_SIZE, or
+    # LAYOUT_VOCAB_SIZE with reply_layout.
+    text_vocab_size: int | None = None
+    # Each reply first says where it draws ("At 40, 20, size 12.": drawings.layout_text), so that an edit can
     # copy its source's place as text before drawing there. Off by default: its longer rows take the recipe past
     # 20 minutes on 2 cores (docs/image-output.md has what it changes).
     reply_layout: bool = False
@@ -150,7 +158,8 @@ class ImageGenerationRecipe:
         with timings.phase("image_tokenizer_s"):
             image_dir = self._image_tokenizer(run_dir, corpus)
         with timings.phase("tokenizer_s"):
-            tokenizer_file = prepare_tokenizer(corpus, vocab_size=self.text_vocab_size)
+            tokenizer_file = prepare_tokenizer(corpus, vocab_size=self.text_vocab_size or
+                                               (LAYOUT_VOCAB_SIZE if self.reply_layout else TEXT_VOCAB_SIZE))
         tokenizer = Tokenizer.load(tokenizer_file)
         if self.guidance_dropout > 0:
             check_unconditional_prompt(tokenizer)
@@ -279,14 +288,15 @@ def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageToke
 
 def prepare_tokenizer(corpus: DrawingCorpus, *, vocab_size: int) -> Path:
     """The text tokenizer of the drawing requests (and, for a corpus with layouts, of the replies'
-    layout sentences), trained once per corpus, size and layout, cached beside the corpus."""
+    layout sentences, with numbers kept whole), trained once per corpus, size and layout, cached
+    beside the corpus."""
     from gemini_jax.data.corpora.drawings import layout_text
     from gemini_jax.data.tokenizer import train_tokenizer
 
-    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}{'-layout' if corpus.layout else ''}.model"
+    path = corpus.root / f"tokenizer-v{TOKENIZER_RECIPE}-{vocab_size}{'-layout-numbers' if corpus.layout else ''}.model"
     if not path.exists():
         prompts = [d.prompt for kind in ("draw", "edit") for d in corpus.records(kind, "train")]
         if corpus.layout:
             prompts += [layout_text(d.target) for kind in ("draw", "edit") for d in corpus.records(kind, "train")]
-        train_tokenizer(prompts, vocab_size=vocab_size, path=path)
+        train_tokenizer(prompts, vocab_size=vocab_size, path=path, split_digits=not corpus.layout)
     return path

@@ -18,7 +18,7 @@ Two tasks, each an `Example` in the contents format (data/examples.py):
   request lies in train, so no held-out drawing prompt is ever part of a training edit.
 
 With `layout=True` (the image_generation recipe's `reply_layout`) each model turn first says where its
-picture's shape is, "At (40, 20), size 12." (layout_text), then shows it: a drawing commits to a
+picture's shape is, "At 40, 20, size 12." (layout_text), then shows it: a drawing commits to a
 place and size in words before its codes, and an edit can copy its source's place as text.
 
 A scene is one of easy-VQA's three shapes in one of its eight colours on one of four pale
@@ -167,9 +167,9 @@ class Drawing:
 
 
 def layout_text(scene: Scene) -> str:
-    """Where a picture's shape is, as its reply says before drawing it: "At (40, 20), size 12."
-    (centre in pixels from the top left, radius)."""
-    return f"At ({int(scene.x)}, {int(scene.y)}), size {scene.radius}."
+    """Where a picture's shape is, as its reply says before drawing it: "At 40, 20, size 12." (centre
+    in pixels from the top left, radius; no brackets, so each number and its comma can be one piece)."""
+    return f"At {int(scene.x)}, {int(scene.y)}, size {scene.radius}."
 
 
 def _picture_reply(scene: Scene, image: Path, *, layout: bool) -> tuple[Part, ...]:
