@@ -227,3 +227,35 @@ def test_the_recipes_text_tokenizer_learns_the_layout_sentences(corpus):
         # (every one on the recipe's full corpus, where each sentence is 5 pieces).
         whole.append(all(any(number in p for p in pieces) for number in re.findall(r"\d+", sentence)))
     assert np.mean(whole) > 0.8
+
+
+def test_the_best_of_several_samples_is_chosen_by_the_runs_image_scorer(image_model, cache, tmp_path):
+    from gemini_jax.evals.tasks.base import TaskDataError
+    from gemini_jax.model.image_scorer import ImageScorer, ImageScorerConfig, save_image_scorer
+    from gemini_jax.sample.image_output import IMAGE_SCORER_DIR
+
+    model, tokenizer, run_dir = image_model
+    task = ImageGeneration(corpus_sizes=SIZES)
+
+    def run(samples, records=None):
+        options = EvalOptions(cache_dir=str(cache), limit=5, temperature=30.0, seed=1, samples=samples,
+                              records=records, progress=False)
+        return evaluate(model, tokenizer, [task], options, run_dir=run_dir)["image_generation"]
+
+    with pytest.raises(TaskDataError, match="image scorer"):
+        run(3)
+    save_image_scorer(ImageScorer(ImageScorerConfig(word_buckets=64, widths=(4, 4), width=8), rngs=nnx.Rngs(0)),
+                      run_dir / IMAGE_SCORER_DIR)
+    try:
+        records = tmp_path / "records.jsonl"
+        best, single = run(3, str(records)), run(1)
+    finally:
+        import shutil
+
+        shutil.rmtree(run_dir / IMAGE_SCORER_DIR)
+    for kind in ("draw", "edit"):
+        assert best[f"{kind}_first"] == single[kind]  # the first sample is the one --samples 1 draws
+        assert best[kind] <= best[f"{kind}_any"] and best[f"{kind}_first"] <= best[f"{kind}_any"]
+        assert f"{kind}_first" not in single
+    chosen = [json.loads(line)["sample"] for line in records.read_text().splitlines()]
+    assert len(chosen) == 10 and set(chosen) <= {0, 1, 2}

@@ -402,3 +402,31 @@ def test_generate_edit_asks_the_conversation_and_refuses_what_does_not_fit(run_d
                          (["--edit", str(picture), "--image", str(picture)], "do not go with it")):
         assert main(["generate", "--checkpoint", str(guided), *bad, "Make it blue."]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_best_of_keeps_the_reply_whose_picture_the_scorer_rates_highest(run_dir, drawn):
+    from gemini_jax.model.image_scorer import ImageScorer, ImageScorerConfig, choose, save_image_scorer
+    from gemini_jax.sample.image_output import IMAGE_SCORER_DIR, SAMPLE_SEED_STRIDE
+
+    run = api.load(run_dir)
+    with pytest.raises(ConfigError, match="image-scorer train"):
+        api.generate_parts(run, "Draw a red circle.", best_of=2, **OPTIONS)
+    with pytest.raises(ConfigError, match="positive integer"):
+        api.generate(run, "Draw a red circle.", best_of=0, **OPTIONS)
+    scorer = ImageScorer(ImageScorerConfig(image_size=16, word_buckets=64, widths=(4, 4), width=8), rngs=nnx.Rngs(3))
+    save_image_scorer(scorer, run_dir / IMAGE_SCORER_DIR)
+    try:
+        seed, _ = drawn
+        singles = [api.generate_parts(run, "Draw a red circle.", seed=seed + k * SAMPLE_SEED_STRIDE, **OPTIONS)
+                   for k in range(3)]
+        best = api.generate_parts(run, "Draw a red circle.", seed=seed, best_of=3, **OPTIONS)
+    finally:
+        shutil.rmtree(run_dir / IMAGE_SCORER_DIR)
+    pictures = [next((p for p in parts if isinstance(p, np.ndarray)), None) for parts in singles]
+    [k] = choose(scorer, ["Draw a red circle."], [None], [pictures])
+    assert pictures[k] is not None  # the drawn seed's reply holds one, so the chosen reply does too
+
+    def comparable(parts):
+        return [p.tolist() if isinstance(p, np.ndarray) else p for p in parts]
+
+    assert comparable(best) == comparable(singles[k])

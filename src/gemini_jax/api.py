@@ -55,7 +55,7 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
              videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
-             guidance: float | None = None) -> str:
+             guidance: float | None = None, best_of: int = 1) -> str:
     """The model's answer to `prompt`: a user turn's text (with its media) or a whole Example.
 
     `safety`: a SafetyFilter or the directory `gemini-jax safety train` wrote; the user turns' text
@@ -67,10 +67,14 @@ def generate(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seq
 
     `guidance` s (a run that writes images and keeps an unconditional prompt): classifier-free
     guidance of the images' codes, u + s (c - u) with u from the run's unconditional prompt
-    (docs/image-output.md); None or 1 samples as without it."""
+    (docs/image-output.md); None or 1 samples as without it.
+
+    `best_of` K > 1 (a run that writes images and has an image scorer, RUN/image_scorer/): K
+    replies are sampled (the k-th with seed `seed` + k SAMPLE_SEED_STRIDE) and the one whose first
+    picture the scorer rates highest for the request is returned (model/image_scorer.py)."""
     return _reply(run, prompt, images=images, videos=videos, audios=audios, max_new_tokens=max_new_tokens,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, safety=safety,
-                  safety_settings=safety_settings, guidance=guidance)
+                  safety_settings=safety_settings, guidance=guidance, best_of=best_of)
 
 
 def generate_parts(run: Run | str | os.PathLike, prompt: str | Example, **options: Any) -> list[str | np.ndarray]:
@@ -83,9 +87,9 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
            videos: Sequence[Any] = (), audios: Sequence[Any] = (), max_new_tokens: int | None = None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            safety: SafetyFilter | str | os.PathLike | None = None, safety_settings: Any = None,
-           guidance: float | None = None, parts: bool = False) -> str | list[str | np.ndarray]:
+           guidance: float | None = None, best_of: int = 1, parts: bool = False) -> str | list[str | np.ndarray]:
     from gemini_jax.safety.filter import SafetyFilter, parse_settings, prompt_text
-    from gemini_jax.sample.image_output import ImageWriter, default_max_new_tokens
+    from gemini_jax.sample.image_output import SAMPLE_SEED_STRIDE, ImageWriter, default_max_new_tokens
     from gemini_jax.sample.sampler import Sampler
     from gemini_jax.sample.token_choice import SamplingParams
 
@@ -101,19 +105,52 @@ def _reply(run: Run | str | os.PathLike, prompt: str | Example, *, images: Seque
     writer = ImageWriter.for_run(run)  # before sampling: a missing image tokenizer fails fast
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(writer)
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                            seed=seed)
-    unconditional = guided_prompts(run, guidance, count=1)
+    scorer = best_of_scorer(run, writer, best_of)
+    params = [SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                             seed=seed + k * SAMPLE_SEED_STRIDE) for k in range(best_of)]
+    unconditional = guided_prompts(run, guidance, count=best_of)
     if check:
         check.require_safe(prompt_text(prompt), settings, stage="prompt")
     sampler = Sampler(run.model, run.tokenizer, image_codes=writer.coder() if writer else None)
-    [ids] = sampler.generate_ids([prompt], [params], guidance=guidance, unconditional=unconditional)
+    replies = sampler.generate_ids([prompt] * best_of, params, guidance=guidance, unconditional=unconditional)
+    ids = replies[0] if scorer is None else replies[choose_reply(scorer, writer, prompt, replies)]
     text = sampler.text(ids)
     if check:
         check.require_safe(text, settings, stage="response")
     if not parts:
         return text
     return writer.parts(ids) if writer else [text]
+
+
+def best_of_scorer(run: Run, writer, best_of: int):
+    """The run's image scorer where `best_of` > 1 (None for 1); a ConfigError (a ValueError) where
+    it cannot apply."""
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.config import ConfigError
+    from gemini_jax.model.image_scorer import load_image_scorer
+    from gemini_jax.sample.image_output import IMAGE_SCORER_DIR
+
+    if not isinstance(best_of, int) or isinstance(best_of, bool) or best_of < 1:
+        raise ConfigError(f"best_of is the number of replies to choose among, a positive integer; got {best_of!r}")
+    if best_of == 1:
+        return None
+    if writer is None:
+        raise ConfigError(f"best_of {best_of} chooses among pictures: {run.run_dir} writes text only")
+    try:
+        return load_image_scorer(run.run_dir / IMAGE_SCORER_DIR)
+    except CheckpointError as e:
+        raise ConfigError(f"best_of {best_of} chooses with the run's image scorer: {e}") from None
+
+
+def choose_reply(scorer, writer, prompt: Example, replies: list) -> int:
+    """Which reply's first picture the scorer rates highest for `prompt` (a reply without one last)."""
+    import numpy as np
+
+    from gemini_jax.model.image_scorer import choose, request_of
+
+    pictures = [next((p for p in writer.parts(ids) if isinstance(p, np.ndarray)), None) for ids in replies]
+    text, source = request_of(prompt)
+    return choose(scorer, [text], [source], [pictures])[0]
 
 
 def guided_prompts(run: Run, guidance: float | None, *, count: int) -> list[Example] | None:

@@ -207,7 +207,8 @@ def generate(args: argparse.Namespace) -> None:
             raise ConfigError(str(e)) from None
     run = api.load(args.checkpoint, step=args.step)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   seed=args.seed, safety=check, safety_settings=settings, guidance=args.guidance)
+                   seed=args.seed, safety=check, safety_settings=settings, guidance=args.guidance,
+                   best_of=args.best_of)
     prompt = args.prompt
     if args.edit is None:
         options.update(images=args.image, videos=args.video, audios=args.audio)
@@ -338,6 +339,13 @@ def image_tokenizer(args: argparse.Namespace) -> None:
     run(args)
 
 
+def image_scorer(args: argparse.Namespace) -> None:
+    from gemini_jax.cli.image_scorer_command import run
+
+    run(args)
+
+
 HANDLERS = {"train": train, "distill": distill, "reward": preference, "dpo": preference, "rl": rl, "eval": evaluate, "generate": generate, "serve": serve,
             "presets": presets, "convert": convert, "quantize": quantize, "data": data,
-            "card": card, "safety": safety, "image-tokenizer": image_tokenizer}
+            "card": card, "safety": safety, "image-tokenizer": image_tokenizer,
+            "image-scorer": image_scorer}

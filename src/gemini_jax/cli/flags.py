@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from gemini_jax.cli.data_command import add_parser as add_data_command
+from gemini_jax.cli.image_scorer_command import add_parser as add_image_scorer_command
 from gemini_jax.cli.image_tokenizer_command import add_parser as add_image_tokenizer_command
 from gemini_jax.cli.types import (
     lengths,
@@ -365,7 +366,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    "refused (default: each task's own, as --samples sets it)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="benchmarks without --protocol: samples per question; >1 gives maj@k answers and pass@k for "
-                   "code (refused for multiple-choice and corpus tasks, which it would not change)")
+                   "code (refused for multiple-choice and corpus tasks, which it would not change). image_generation: "
+                   "pictures sampled per request, the one the run's image scorer rates highest judged (reported "
+                   "beside the first sample's score and the share with any right picture)")
     p.add_argument("--temperature", type=non_negative_float, default=0.7,
                    help="benchmarks: sampling temperature of maj@K, cot-routed@K and pass@K (refused where nothing is "
                    "sampled)")
@@ -427,6 +430,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="for a run that writes images: classifier-free guidance of the images' codes, u + S (c - u) "
                    "with u the logits of the run's unconditional prompt (1: as without it; larger follows the "
                    "request more closely); the run must have been trained with guidance_dropout > 0")
+    p.add_argument("--best-of", type=positive_int, default=1, metavar="K",
+                   help="for a run that writes images and has an image scorer (RUN/image_scorer/: `gemini-jax "
+                   "image-scorer train --run RUN`): sample K replies (the k-th with seed SEED + k * 2^20) and print "
+                   "the one whose first picture the scorer rates highest for the request (default 1: one reply)")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -627,4 +634,5 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMPILING_COMMANDS:
         _add_compile_cache_flag(sub.choices[name])
     _add_compile_cache_flag(add_image_tokenizer_command(sub, _HelpFormatter))
+    _add_compile_cache_flag(add_image_scorer_command(sub, _HelpFormatter))
     return parser

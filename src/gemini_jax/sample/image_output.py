@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from gemini_jax.data.examples import Example
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"  # inside a run directory
+IMAGE_SCORER_DIR = "image_scorer"  # inside a run directory: model/image_scorer.py's, where the run has one
+SAMPLE_SEED_STRIDE = 1 << 20  # between the seeds of one request's samples when the best of several is kept
 GUIDANCE_FILE = "guidance.json"  # inside IMAGE_TOKENIZER_DIR: {"unconditional_prompt": "..."}
 LAYOUT_FILE = "layout.json"  # inside IMAGE_TOKENIZER_DIR: {"reply_layout": true}
 
@@ -204,19 +206,23 @@ def unconditional_prompt(run_dir: str | os.PathLike) -> str:
 
 
 def copy_image_tokenizer(source_run: str | os.PathLike, out_run: str | os.PathLike) -> None:
-    """A run made from another (quantized, say) draws with the same image tokenizer: its files,
-    copied into OUT_RUN/image_tokenizer/ (a directory first written aside, then renamed)."""
+    """A run made from another (quantized, say) draws with the same image tokenizer, and chooses
+    among its pictures with the same image scorer where there is one: their files, copied into
+    OUT_RUN/image_tokenizer/ and OUT_RUN/image_scorer/ (each first written aside, then renamed)."""
     import shutil
 
-    source = Path(source_run) / IMAGE_TOKENIZER_DIR
-    if not source.is_dir():
+    if not (Path(source_run) / IMAGE_TOKENIZER_DIR).is_dir():
         raise CheckpointError(f"{source_run}: the run writes images but has no {IMAGE_TOKENIZER_DIR}/ to copy")
-    target = Path(out_run) / IMAGE_TOKENIZER_DIR
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    for name in (IMAGE_TOKENIZER_DIR, IMAGE_SCORER_DIR):
+        source = Path(source_run) / name
+        if not source.is_dir():
+            continue
+        target = Path(out_run) / name
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

@@ -27,6 +27,13 @@ draw prompts in test). `image_generation_validation` scores the validation reque
 With --guidance S every request (draw and edit) is sampled with classifier-free guidance beside the
 run's unconditional prompt (sample/image_output.py's `unconditional_prompt`; docs/image-output.md);
 --top-k and --top-p then truncate the guided distribution of each token.
+
+With --samples K (> 1) each request is sampled K times (the k-th time with seed --seed + i + k
+SAMPLE_SEED_STRIDE) and the picture the run's image scorer rates highest for the request is the
+one judged (model/image_scorer.py: a model of the run's own, trained on real train pictures,
+never the judge). `draw` and `edit` are then the chosen pictures' scores; `<kind>_first` the
+first sample's alone (what --samples 1 gives) and `<kind>_any` the share of requests with at
+least one right picture among the K (the ceiling of any way of choosing).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 
 from gemini_jax.evals.eval_task import EvalContext, EvalTask, Family, TaskOutcome
 from gemini_jax.evals.tasks.base import TaskDataError
+from gemini_jax.sample.image_output import SAMPLE_SEED_STRIDE
 
 if TYPE_CHECKING:
     from gemini_jax.data.corpora.drawings import DrawingSizes
@@ -52,7 +60,7 @@ TEXT_ROOM = 24  # reply tokens allowed besides one image's span (a layout senten
 class ImageGeneration(EvalTask):
     family: ClassVar[Family] = Family.DEMO_SETS
     reads: ClassVar[frozenset[str]] = frozenset({"cache_dir", "records", "temperature", "seed", "guidance", "top_k",
-                                                "top_p"})
+                                                "top_p", "samples"})
     default_batch_size: ClassVar[int] = 64
 
     name: str = "image_generation"
@@ -67,6 +75,8 @@ class ImageGeneration(EvalTask):
             raise TaskDataError(f"{self.name}: needs the run directory, whose image_tokenizer/ decodes the codes")
         if context.options.guidance is not None:
             unconditional(context, self.name)  # a run without an unconditional prompt fails before sampling
+        if context.options.samples > 1:
+            context.shared(run_image_scorer)  # as must a run without an image scorer
 
     def run(self, context: EvalContext) -> TaskOutcome:
         from gemini_jax.data.corpora.drawings import DrawingCorpus, DrawingSizes
@@ -80,9 +90,13 @@ class ImageGeneration(EvalTask):
         writer = context.shared(run_image_writer)
         draw = corpus.records("draw", self.split)[: options.limit]
         edit = corpus.records("edit", self.split)[: options.limit]
-        images = draw_images(context, writer, draw + edit, batch_size=self.batch_size(options))
+        samples = [draw_images(context, writer, draw + edit, batch_size=self.batch_size(options),
+                               seed_offset=k * SAMPLE_SEED_STRIDE) for k in range(options.samples)]
+        chosen = choose_samples(context, draw + edit, samples) if options.samples > 1 else [0] * len(draw + edit)
+        images = [samples[k][i] for i, k in enumerate(chosen)]
         metrics, records = {}, []
-        for kind, requests, drawn in (("draw", draw, images[: len(draw)]), ("edit", edit, images[len(draw) :])):
+        for kind, part in (("draw", slice(0, len(draw))), ("edit", slice(len(draw), None))):
+            requests, drawn = (draw + edit)[part], images[part]
             real = [_load(r.image) for r in requests]
             # An edit is judged against its target's region: judged once, for every score below.
             targets = judge.judge(real) if kind == "edit" and real else None
@@ -92,12 +106,18 @@ class ImageGeneration(EvalTask):
 
             judged = judge_requests(judge, requests, drawn, targets=targets)
             metrics[kind] = percent([ok for ok, _, _ in judged])
+            if options.samples > 1:
+                right = [[ok for ok, _, _ in judge_requests(judge, requests, sample[part], targets=targets)]
+                         for sample in samples]
+                metrics[f"{kind}_first"] = percent(right[0])
+                metrics[f"{kind}_any"] = percent(any(oks) for oks in zip(*right))
             metrics[f"{kind}_images"] = percent([image is not None for image in drawn])
             records += [{"task": self.name, "kind": kind, "prompt": r.prompt, "correct": bool(ok), "drew": d is not None,
                          "target": [r.target.shape, r.target.colour],
                          "seen": None if verdict is None else [verdict.shape, verdict.colour],
-                         **({} if iou is None else {"iou": round(float(iou), 3)})}
-                        for r, (ok, verdict, iou), d in zip(requests, judged, drawn)]
+                         **({} if iou is None else {"iou": round(float(iou), 3)}),
+                         **({"sample": k} if options.samples > 1 else {})}
+                        for r, (ok, verdict, iou), d, k in zip(requests, judged, drawn, chosen[part])]
             metrics[f"{kind}_real"] = score(real)
             metrics[f"{kind}_tokenized"] = score(tokenized(writer, real))
             metrics[f"{kind}_random"] = score(random_images(writer, len(requests), seed=options.seed))
@@ -178,9 +198,38 @@ def unconditional(context: EvalContext, name: str):
         raise TaskDataError(f"{name} --guidance {context.options.guidance}: {e}") from None
 
 
-def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> list[np.ndarray | None]:
+def run_image_scorer(context: EvalContext):
+    from gemini_jax.checkpoint import CheckpointError
+    from gemini_jax.model.image_scorer import load_image_scorer
+    from gemini_jax.sample.image_output import IMAGE_SCORER_DIR
+
+    try:
+        return load_image_scorer(context.run_dir / IMAGE_SCORER_DIR)
+    except CheckpointError as e:
+        raise TaskDataError(f"image_generation --samples {context.options.samples} chooses among the samples with the "
+                            f"run's image scorer: {e}") from None
+
+
+def choose_samples(context: EvalContext, requests, samples: list[list[np.ndarray | None]], *,
+                   batch_size: int = 64) -> list[int]:
+    """Per request, which of its samples (samples[k][i]: request i's k-th picture) the run's image
+    scorer rates highest."""
+    from gemini_jax.model.image_scorer import choose, request_of
+
+    scorer = context.shared(run_image_scorer)
+    chosen: list[int] = []
+    for start in range(0, len(requests), batch_size):
+        batch = range(start, min(start + batch_size, len(requests)))
+        texts, sources = zip(*(request_of(requests[i].request) for i in batch))
+        chosen += choose(scorer, list(texts), list(sources), [[sample[i] for sample in samples] for i in batch])
+    return chosen
+
+
+def draw_images(context: EvalContext, writer, requests, *, batch_size: int,
+                seed_offset: int = 0) -> list[np.ndarray | None]:
     """The first image of the model's reply to each request (None when it drew none); with
-    --guidance, guided beside the run's unconditional prompt."""
+    --guidance, guided beside the run's unconditional prompt. Request i is sampled with seed
+    --seed + `seed_offset` + i."""
     from tqdm.auto import tqdm
 
     from gemini_jax.sample.token_choice import SamplingParams
@@ -196,7 +245,7 @@ def draw_images(context: EvalContext, writer, requests, *, batch_size: int) -> l
         batch = requests[start : start + batch_size]
         prompts = [r.request for r in batch]
         params = [SamplingParams(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                                 max_new_tokens=room, seed=options.seed + start + i)
+                                 max_new_tokens=room, seed=options.seed + seed_offset + start + i)
                   for i in range(len(batch))]
         guided = dict(guidance=guidance, unconditional=[blank] * len(batch)) if guidance is not None else {}
         for ids in sampler.generate_ids(prompts, params, **guided):
