@@ -37,6 +37,7 @@ from flax import nnx
 
 from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ConfigError
+from gemini_jax.model.module_weights import load_weights, save_weights
 
 CONFIG_FILE = "image_scorer.json"
 WEIGHTS_FILE = "image_scorer.safetensors"
@@ -182,18 +183,11 @@ def request_of(example) -> tuple[str, np.ndarray | None]:
 # The checkpoint: DIR/image_scorer.json (format, config, training report) and DIR/image_scorer.safetensors.
 
 
-def _flat_params(model: ImageScorer) -> dict[str, np.ndarray]:
-    state = nnx.state(model, nnx.Param)
-    return {".".join(str(k) for k in path): np.asarray(leaf) for path, leaf in nnx.to_flat_state(state)}
-
-
 def save_image_scorer(model: ImageScorer, out: str | os.PathLike, *, report: dict[str, Any] | None = None) -> Path:
     """Writes the weights (safetensors) and then the config with `report` (JSON) into `out`."""
-    from safetensors.numpy import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_flat_params(model), str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    save_weights(model, out / WEIGHTS_FILE, format=FORMAT)
     record = {"format": FORMAT, "config": model.config.to_json(), "report": report or {}}
     (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out
@@ -201,9 +195,6 @@ def save_image_scorer(model: ImageScorer, out: str | os.PathLike, *, report: dic
 
 def load_image_scorer(directory: str | os.PathLike) -> ImageScorer:
     """The image scorer saved in `directory`; every weight must be there with its shape."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not an image scorer: {CONFIG_FILE} is missing (train one with "
@@ -215,17 +206,6 @@ def load_image_scorer(directory: str | os.PathLike) -> ImageScorer:
         config = ImageScorerConfig.from_json(record["config"])
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: not a readable image scorer config ({e})") from None
-    weights = Path(directory) / WEIGHTS_FILE
-    try:
-        saved = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: cannot read the image scorer's weights ({e})") from None
     model = ImageScorer(config, rngs=nnx.Rngs(0))
-    wanted = _flat_params(model)
-    wrong = sorted(set(wanted) ^ set(saved)) + [k for k in wanted if k in saved and saved[k].shape != wanted[k].shape]
-    if wrong:
-        raise CheckpointError(f"{weights}: weights do not match the config ({', '.join(wrong[:5])})")
-    state = nnx.state(model, nnx.Param)
-    flat = [(p, jnp.asarray(saved[".".join(str(k) for k in p)], leaf.dtype)) for p, leaf in nnx.to_flat_state(state)]
-    nnx.update(model, nnx.from_flat_state(flat))
+    load_weights(model, Path(directory) / WEIGHTS_FILE)
     return model

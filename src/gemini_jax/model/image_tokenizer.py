@@ -31,12 +31,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ConfigError
 from gemini_jax.model.fsq import FSQ
+from gemini_jax.model.module_weights import load_weights, save_weights
 
 CONFIG_FILE = "image_tokenizer.json"
 WEIGHTS_FILE = "image_tokenizer.safetensors"
@@ -224,19 +224,11 @@ class ImageTokenizer(nnx.Module):
 # The checkpoint: DIR/image_tokenizer.json (format, config) and DIR/image_tokenizer.safetensors.
 
 
-def _flat_params(model: ImageTokenizer) -> dict[str, np.ndarray]:
-    """{"down.0.conv.kernel": array, ...}: every parameter, by its path in the module."""
-    state = nnx.state(model, nnx.Param)
-    return {".".join(str(k) for k in path): np.asarray(leaf) for path, leaf in nnx.to_flat_state(state)}
-
-
 def save_image_tokenizer(model: ImageTokenizer, out: str | os.PathLike) -> Path:
     """Writes the config (JSON) and the weights (safetensors, float32) into `out`; returns `out`."""
-    from safetensors.numpy import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_flat_params(model), str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    save_weights(model, out / WEIGHTS_FILE, format=FORMAT)
     record = {"format": FORMAT, "config": model.config.to_json(),
               "codebook_size": model.config.codebook_size, "codes_per_image": model.config.codes_per_image}
     (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -267,9 +259,6 @@ def load_image_tokenizer(directory: str | os.PathLike, *,
                          expected: ImageTokenizerConfig | None = None) -> ImageTokenizer:
     """The image tokenizer saved in `directory`. With `expected`, a different saved config is refused,
     naming the fields that differ. Every weight must be there with its shape; none may be extra."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     config = read_image_tokenizer_config(directory)
     if expected is not None and expected != config:
         diffs = [f"{f.name}: saved {getattr(config, f.name)!r}, expected {getattr(expected, f.name)!r}"
@@ -278,20 +267,6 @@ def load_image_tokenizer(directory: str | os.PathLike, *,
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing (its config is there: an interrupted save?)")
-    try:
-        saved = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read this safetensors file, it may be truncated or damaged ({e})") from None
     model = ImageTokenizer(config, rngs=nnx.Rngs(0))
-    wanted = _flat_params(model)
-    missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
-    if missing or extra:
-        raise CheckpointError(f"{path}: weights do not match the config (missing: {missing or 'none'}; "
-                              f"unexpected: {extra or 'none'})")
-    wrong = [f"{k} {saved[k].shape}, expected {v.shape}" for k, v in wanted.items() if saved[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"{path}: weights of the wrong shape for its config: {'; '.join(wrong)}")
-    state = nnx.state(model, nnx.Param)
-    flat = [(p, jnp.asarray(saved[".".join(str(k) for k in p)], leaf.dtype)) for p, leaf in nnx.to_flat_state(state)]
-    nnx.update(model, nnx.from_flat_state(flat))
+    load_weights(model, path)
     return model

@@ -33,7 +33,8 @@ SAMPLE_SEED_STRIDE) and the picture the run's image scorer rates highest for the
 one judged (model/image_scorer.py: a model of the run's own, trained on real train pictures,
 never the judge). `draw` and `edit` are then the chosen pictures' scores; `<kind>_first` the
 first sample's alone (what --samples 1 gives) and `<kind>_any` the share of requests with at
-least one right picture among the K (the ceiling of any way of choosing).
+least one right picture among the K (the ceiling of any way of choosing); `edit_given` stays one
+sample.
 """
 
 from __future__ import annotations
