@@ -49,7 +49,7 @@ class ImageScorerConfig:
     """Square RGB pictures of `image_size` pixels; instructions hashed into `word_buckets`."""
 
     image_size: int = 64
-    pool: int = 2  # pixels averaged on each side before the convolutions (a CPU's time, not what it sees)
+    pool: int = 2  # pixels averaged on each side before the convolutions: cheaper, and a shape stays clear
     word_buckets: int = 2048
     widths: tuple[int, ...] = (32, 64)  # channels of each stride-2 convolution
     width: int = 128  # of a request's and a picture's features

@@ -30,14 +30,18 @@ from tqdm.auto import tqdm
 from gemini_jax.config import ConfigError
 from gemini_jax.model.image_scorer import ImageScorer, hashed_words
 
-SHIFT_PIXELS = (8, 16)  # a moved target's offset: beyond the judge's overlap for every size drawn
+# A moved target's offset in pixels, along each axis moved: half a small shape's width and more. The
+# scorer is taught that a shape kept in its place beats one moved this far, whatever its size.
+SHIFT_PIXELS = (8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScorerSettings:
-    steps: int = 1500
+    """How the scorer trains (`gemini-jax image-scorer train`'s defaults; docs/image-output.md)."""
+
+    steps: int = 1000
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     seed: int = 0
@@ -119,8 +123,7 @@ def _batch(pairs: Pairs, index: np.ndarray, rng: np.random.Generator, buckets: i
     shifted, offsets = moved(targets, rng)
     candidates = np.concatenate([targets, pairs.sources[index], shifted])
     wanted = pairs.target_shown.take(index)
-    shown_moved = pairs.target_shown.take(index)
-    shown_moved = Shown(shown_moved.kind, shown_moved.place + np.concatenate([offsets, np.zeros((len(index), 1), int)], 1))
+    shown_moved = Shown(wanted.kind, wanted.place + np.concatenate([offsets, np.zeros((len(index), 1), int)], 1))
     shown = [wanted, pairs.source_shown.take(index), shown_moved]
     kind = np.concatenate([s.kind for s in shown])
     place = np.concatenate([s.place for s in shown])
