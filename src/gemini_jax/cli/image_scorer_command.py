@@ -1,8 +1,8 @@
 """`gemini-jax image-scorer train --run RUN`: the image scorer (model/image_scorer.py) of a run that
 draws, trained on the drawing corpus's real train requests into RUN/image_scorer/, for choosing the
-best of several sampled pictures (`gemini-jax eval --samples K`). `gemini-jax train --task
-image_generation` trains one itself; this is for runs without one. Defining the flags imports no
-JAX, so `--help` answers at once."""
+best of several sampled pictures (`gemini-jax eval --samples K`, `gemini-jax generate --best-of K`),
+after `gemini-jax train --task image_generation`. Defining the flags imports no JAX, so `--help`
+answers at once."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction,
         description="Trains the image scorer (a convolutional picture encoder and hashed words, scored "
         "together) on the drawing corpus's real train requests and their target pictures, never on a generated "
         "picture, and writes it to RUN/image_scorer/ with its report (how often a right picture is ranked "
-        "first among a batch's candidates on validation requests). `gemini-jax eval --samples K` then keeps, of "
-        "K pictures sampled for each request, the one it rates highest.",
+        "first among a batch's candidates on validation requests). `gemini-jax eval --samples K` and `gemini-jax "
+        "generate --best-of K` then keep, of K pictures sampled for each request, the one it rates highest.",
         formatter_class=formatter_class)
     t.add_argument("--run", required=True, metavar="RUN", help="a run that draws (`gemini-jax train --task "
                    "image_generation`); its image_scorer/ is replaced")
