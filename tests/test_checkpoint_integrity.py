@@ -97,3 +97,28 @@ def test_every_step_damaged_says_so(run):
         checkpoint.load_run(run)
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint step 7; it has steps 1, 2"):
         checkpoint.load_run(run, step=7)
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    from gemini_jax.checkpoint import replace_dir
+
+    target = tmp_path / "image_scorer"
+    target.mkdir()
+    (target / "old.json").write_text("old")
+
+    def fails(partial):
+        partial.mkdir()
+        (partial / "new.json").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_dir(target, fails)
+    assert [p.name for p in target.iterdir()] == ["old.json"]  # the old directory, untouched
+
+    def writes(partial):
+        partial.mkdir()
+        (partial / "new.json").write_text("new")
+
+    replace_dir(target, writes)  # a stale half-written .partial from the failure is cleared first
+    assert [p.name for p in target.iterdir()] == ["new.json"]
+    assert not (tmp_path / "image_scorer.partial").exists()

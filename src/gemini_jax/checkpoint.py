@@ -119,6 +119,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def replace_dir(path: Path, fill: Callable[[Path], Any]) -> None:
+    """Replaces the directory `path` by one that `fill` writes beside it (PATH.partial, cleared first)
+    and then renames into place: a crash leaves the old directory or the new one, never half of it."""
+    import shutil
+
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    fill(partial)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+
+
 def read_config(run_dir: str | os.PathLike) -> ModelConfig:
     path = Path(run_dir) / CONFIG_FILE
     _check_run_dir(run_dir)

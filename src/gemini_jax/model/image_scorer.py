@@ -35,9 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ConfigError
-from gemini_jax.model.module_weights import load_weights, save_weights
+from gemini_jax.model.module_weights import load_weights, read_record, save_weights
 
 CONFIG_FILE = "image_scorer.json"
 WEIGHTS_FILE = "image_scorer.safetensors"
@@ -195,17 +194,9 @@ def save_image_scorer(model: ImageScorer, out: str | os.PathLike, *, report: dic
 
 def load_image_scorer(directory: str | os.PathLike) -> ImageScorer:
     """The image scorer saved in `directory`; every weight must be there with its shape."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not an image scorer: {CONFIG_FILE} is missing (train one with "
-                              "`gemini-jax image-scorer train --run RUN`)")
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
-        config = ImageScorerConfig.from_json(record["config"])
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path}: not a readable image scorer config ({e})") from None
+    _, config = read_record(directory, CONFIG_FILE, format=FORMAT, kind="image scorer",
+                            hint="train one with `gemini-jax image-scorer train --run RUN`",
+                            parse=ImageScorerConfig.from_json)
     model = ImageScorer(config, rngs=nnx.Rngs(0))
     load_weights(model, Path(directory) / WEIGHTS_FILE)
     return model

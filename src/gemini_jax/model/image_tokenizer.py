@@ -36,7 +36,7 @@ from flax import nnx
 from gemini_jax.checkpoint import CheckpointError
 from gemini_jax.config import ConfigError
 from gemini_jax.model.fsq import FSQ
-from gemini_jax.model.module_weights import load_weights, save_weights
+from gemini_jax.model.module_weights import load_weights, read_record, save_weights
 
 CONFIG_FILE = "image_tokenizer.json"
 WEIGHTS_FILE = "image_tokenizer.safetensors"
@@ -237,17 +237,10 @@ def save_image_tokenizer(model: ImageTokenizer, out: str | os.PathLike) -> Path:
 
 def read_image_tokenizer_config(directory: str | os.PathLike) -> ImageTokenizerConfig:
     """The config of a saved image tokenizer, checked; nothing is allocated."""
+    record, config = read_record(directory, CONFIG_FILE, format=FORMAT, kind="image tokenizer",
+                                 hint="write one with `gemini-jax image-tokenizer train --out DIR`",
+                                 parse=ImageTokenizerConfig.from_json)
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not an image tokenizer: {CONFIG_FILE} is missing "
-                              "(write one with `gemini-jax image-tokenizer train --out DIR`)")
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
-        config = ImageTokenizerConfig.from_json(record["config"])
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path}: not a readable image tokenizer config ({e})") from None
     for name in ("codebook_size", "codes_per_image"):
         if record.get(name) != getattr(config, name):
             raise CheckpointError(f"{path}: {name} {record.get(name)!r} does not match its config's "

@@ -1,16 +1,39 @@
-"""The weights of a small NNX model (the image tokenizer, the image scorer) as one safetensors file,
-each parameter under its path in the module ("down.0.conv.kernel"), checked when read back."""
+"""A small NNX model's directory (the image tokenizer, the image scorer): a JSON record naming its
+format and config, and its weights as one safetensors file, each parameter under its path in the
+module ("down.0.conv.kernel"); both checked when read back."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from gemini_jax.checkpoint import CheckpointError
+from gemini_jax.config import ConfigError
+
+Config = TypeVar("Config")
+
+
+def read_record(directory: str | os.PathLike, name: str, *, format: str, kind: str, hint: str,
+                parse: Callable[[dict[str, Any]], Config]) -> tuple[dict[str, Any], Config]:
+    """(record, config) of DIRECTORY/NAME, a JSON record of `format` whose "config" `parse` reads;
+    a CheckpointError naming the `kind` of model and what is wrong (`hint`: how to make one)."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not an {kind}: {name} is missing ({hint})")
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != format:
+            raise CheckpointError(f"{path}: format {record.get('format')!r}, expected {format!r}")
+        return record, parse(record["config"])
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: not a readable {kind} config ({e})") from None
 
 
 def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:

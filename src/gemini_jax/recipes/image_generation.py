@@ -263,6 +263,7 @@ def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageToke
     PSNR and codebook usage on the validation pictures (the run's test pictures stay unread)."""
     from flax import nnx
 
+    from gemini_jax.checkpoint import replace_dir
     from gemini_jax.model.image_tokenizer import ImageTokenizer, save_image_tokenizer
     from gemini_jax.train import image_tokenizer as tokenizer_training
 
@@ -272,15 +273,15 @@ def train_image_tokenizer(corpus: DrawingCorpus, out: Path, *, config: ImageToke
         "drawings")
     history = tokenizer_training.train(model, corpus.images("train"), settings)
     seconds = time.perf_counter() - start
-    partial = out.with_name(out.name + ".partial")
-    save_image_tokenizer(model, partial)
     validation = tokenizer_training.evaluate(model, corpus.images("validation"), batch_size=settings.eval_batch_size)
     report = {"config": config.to_json(), "settings": dataclasses.asdict(settings), "train_seconds": round(seconds, 1),
               "final_train_mse": history[-1]["mse"], "validation": validation}
-    (partial / tokenizer_training.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)  # whole or not at all: a crash leaves no half-written tokenizer to resume with
+
+    def write(partial: Path) -> None:
+        save_image_tokenizer(model, partial)
+        (partial / tokenizer_training.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+
+    replace_dir(out, write)  # whole or not at all: a crash leaves no half-written tokenizer to resume with
     log(f"image tokenizer: validation PSNR {validation['psnr_db']:.1f} dB, codebook usage "
         f"{100 * validation['codebook_usage']:.0f}% ({seconds:.0f} s)")
     return report

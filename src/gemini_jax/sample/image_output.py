@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gemini_jax.checkpoint import CheckpointError, atomic_write
+from gemini_jax.checkpoint import CheckpointError, atomic_write, replace_dir
 from gemini_jax.config import ModelConfig
 from gemini_jax.data.image_codes import ImageCoder, tokenizer_key
 from gemini_jax.data.tokenizer import Tokenizer
@@ -215,14 +215,8 @@ def copy_image_tokenizer(source_run: str | os.PathLike, out_run: str | os.PathLi
         raise CheckpointError(f"{source_run}: the run writes images but has no {IMAGE_TOKENIZER_DIR}/ to copy")
     for name in (IMAGE_TOKENIZER_DIR, IMAGE_SCORER_DIR):
         source = Path(source_run) / name
-        if not source.is_dir():
-            continue
-        target = Path(out_run) / name
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        if source.is_dir():
+            replace_dir(Path(out_run) / name, lambda staging, source=source: shutil.copytree(source, staging))
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

@@ -215,23 +215,16 @@ def evaluate(model: ImageScorer, pairs: Pairs, *, batch_size: int = 64, seed: in
 def train_and_save(corpus, out, *, settings: ScorerSettings, config=None) -> dict[str, Any]:
     """Trains a scorer on the corpus's train requests and saves it with its validation report
     into `out` (written whole: a crash leaves no half-saved scorer)."""
-    import shutil
     from pathlib import Path
 
+    from gemini_jax.checkpoint import replace_dir
     from gemini_jax.model.image_scorer import ImageScorerConfig, save_image_scorer
 
-    out = Path(out)
     start = time.perf_counter()
     model = ImageScorer(config or ImageScorerConfig(), rngs=nnx.Rngs(settings.seed))
     history = train(model, corpus_pairs(corpus, "train"), settings)
     report = {"settings": dataclasses.asdict(settings), "train_seconds": round(time.perf_counter() - start, 1),
               "final_train_loss": float(np.mean([h["loss"] for h in history[-50:]])),
               "validation": evaluate(model, corpus_pairs(corpus, "validation"))}
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    save_image_scorer(model, partial, report=report)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    replace_dir(Path(out), lambda partial: save_image_scorer(model, partial, report=report))
     return report
