@@ -31,6 +31,7 @@ from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.policy_gradient import (
     PolicyGradientConfig,
     PolicyGradientTrainer,
+    best_of_group_advantages,
     group_advantages,
     policy_gradient_loss,
 )
@@ -71,6 +72,13 @@ def prompts_file(tmp_path_factory):
 def test_group_advantages_by_hand():
     got = group_advantages(np.array([1, 0, 0, 1, 2, 2, 2, 2], np.float32), 4)
     np.testing.assert_allclose(got, [1, -1, -1, 1, 0, 0, 0, 0], atol=1e-5)  # a group of equal rewards teaches nothing
+
+
+def test_best_of_group_advantages_by_hand():
+    got = best_of_group_advantages(np.array([0.2, 0.9, 0.9, -1, 2, 2, 2, 2, 0, np.nan, 1, 0], np.float32), 4)
+    # The first of equal best replies; a group of equal rewards teaches nothing; a NaN poisons its group only.
+    np.testing.assert_array_equal(got[:8], [0, 1, 0, 0, 0, 0, 0, 0])
+    assert np.isnan(got[8:]).all() and got.dtype == np.float32
 
 
 def test_policy_gradient_loss_matches_numpy():
@@ -177,10 +185,14 @@ def test_a_resumed_run_samples_and_learns_what_the_uninterrupted_one_does(prompt
 def test_rl_command_trains_reports_and_refuses_bad_input(prompts_file, start_run, tmp_path, capsys, tok_file):
     common = ["--data", str(prompts_file), "--init-from", str(start_run), "--prompts-per-step", "2", "--group-size", "2",
               "--max-new-tokens", "4", "--steps", "2", "--eval-limit", "3", "--no-progress"]
-    assert cli.main(["rl", *common, "--run-dir", str(tmp_path / "rl")]) == 0
-    results = json.loads((tmp_path / "rl" / "results.json").read_text())
-    assert results["rl_validation"]["prompts"] == 3 and 0.0 <= results["rl_validation"]["reward"] <= 1.0
-    assert "mean reward" in capsys.readouterr().out
+    for advantage in ("group", "best"):
+        run_dir = tmp_path / f"rl_{advantage}"
+        assert cli.main(["rl", *common, "--advantage", advantage, "--run-dir", str(run_dir)]) == 0
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["rl_validation"]["prompts"] == 3 and 0.0 <= results["rl_validation"]["reward"] <= 1.0
+        assert "mean reward" in capsys.readouterr().out
+    assert cli.main(["rl", *common, "--advantage", "mean", "--run-dir", str(tmp_path / "rl3")]) == 2
+    assert "invalid choice: 'mean'" in capsys.readouterr().err
     # A reward model reading other tokens than the policy writes is refused.
     reward_run = tmp_path / "reward"
     shutil.copytree(start_run, reward_run)
@@ -191,6 +203,8 @@ def test_rl_command_trains_reports_and_refuses_bad_input(prompts_file, start_run
     assert "another tokenizer than the policy" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="group-size must be at least 2"):
         recipe(prompts_file, start_run, tmp_path / "x", group_size=1)
+    with pytest.raises(ConfigError, match="--advantage must be one of group, best, got 'mean'"):
+        recipe(prompts_file, start_run, tmp_path / "x", advantage="mean")
     with pytest.raises(ExampleError, match="must end on a user turn followed by the model turn"):
         prompt_from_json({"contents": [{"role": "user", "parts": [{"text": "q"}]}]}, base_dir=".", where="p.jsonl:3")
     assert exact_match_reward({}, ["Yes."], ["yes"]).tolist() == [1.0]

@@ -130,7 +130,7 @@ def rl(args: argparse.Namespace) -> None:
     recipe = recipe_from_flags(RLRecipe, args, data=args.data, init_from=args.init_from, reward=args.reward,
                                run_dir=args.run_dir, prompts_per_step=args.prompts_per_step,
                                group_size=args.group_size, temperature=args.temperature,
-                               max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
+                               max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, advantage=args.advantage,
                                validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
                                max_bad_records=args.max_bad_records, lora=_lora(args))
     _start_backend(args, recipe)

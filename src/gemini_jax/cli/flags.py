@@ -263,8 +263,9 @@ def _add_rl(sub: argparse._SubParsersAction) -> None:
         description="Reinforcement learning from a reward, group-relative (GRPO-style) with a KL penalty to "
         "--init-from's model. Each step samples --group-size replies to each of --prompts-per-step training "
         "prompts with the current policy (through the project's compiled sampler), scores them with --reward, "
-        "gives each reply its reward minus its group's mean over the group's standard deviation as its "
-        "advantage, and takes one update on -advantage * log pi(reply) + --kl-coef * KL(pi || init). Prompts are "
+        "gives each reply an advantage (--advantage: its reward minus its group's mean over the group's standard "
+        "deviation, or 1 for the group's best reply and 0 for the rest), and takes one update on -advantage * "
+        "log pi(reply) + --kl-coef * KL(pi || init). Prompts are "
         "conversations (JSONL, the contents format) ending on the model turn that answers them, the reference; "
         "they are split by a hash of their prompt. Validation prompts are answered greedily and scored every "
         "--eval-every steps, test prompts at the end. A non-finite reward skips its update (counted as "
@@ -283,6 +284,10 @@ def _add_rl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--max-new-tokens", type=positive_int, default=16, help="longest reply sampled")
     p.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="weight of the KL penalty to --init-from")
+    p.add_argument("--advantage", choices=("group", "best"), default="group",
+                   help="group: each reply's reward minus its group's mean over the group's standard deviation "
+                   "(GRPO); best: 1 for the group's highest-rewarded reply and 0 for the others, i.e. supervised "
+                   "training on the reply the reward prefers (rejection sampling)")
     p.add_argument("--steps", type=positive_int, default=None, help="updates (default: 100)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the prompt order and of every rollout")

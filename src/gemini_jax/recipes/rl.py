@@ -42,13 +42,15 @@ from gemini_jax.sample.token_choice import SamplingParams
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.lora import refuse_lora_run, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer, group_advantages
+from gemini_jax.train.policy_gradient import ADVANTAGES, PolicyGradientConfig, PolicyGradientTrainer, group_advantages
 from gemini_jax.train.reward import load_reward_model
 
 EXACT_MATCH = "exact_match"
 EVAL_BATCH = 32  # prompts per greedy evaluation batch
 # Scores a batch of rollouts: (rows with the replies scored, reply texts, references) -> float[R].
 Reward = Callable[[dict[str, np.ndarray], list[str], list[str]], np.ndarray]
+# A group's rewards -> its replies' advantages: (float[N * G], G) -> float32[N * G].
+Advantages = Callable[[np.ndarray, int], np.ndarray]
 
 
 class PolicyLink:
@@ -85,12 +87,13 @@ class Rollouts:
 
     def __init__(self, prompts: Sequence[Prompt], *, sampler: Sampler, link: PolicyLink, reward: Reward,
                  prompts_per_step: int, group_size: int, temperature: float, max_new_tokens: int, seq_len: int,
-                 seed: int):
+                 seed: int, advantages: Advantages = group_advantages):
         if len(prompts) < prompts_per_step:
             raise DataError(f"{len(prompts)} training prompts are fewer than --prompts-per-step {prompts_per_step}")
         self.prompts, self.sampler, self.link, self.reward = prompts, sampler, link, reward
         self.prompts_per_step, self.group_size = prompts_per_step, group_size
         self.temperature, self.max_new_tokens, self.seq_len, self.seed = temperature, max_new_tokens, seq_len, seed
+        self.advantages = advantages
         order = grain.MapDataset.range(len(prompts)).shuffle(seed=seed).repeat(None).batch(prompts_per_step)
         self._order = iter(order.to_iter_dataset())
         self._drawn = 0  # prompts drawn so far: with the seed, every reply's sampling seed
@@ -107,7 +110,7 @@ class Rollouts:
         params = [SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=first + i)
                   for i in range(len(asked))]
         return score_replies(self.sampler, asked, params, reward=self.reward, seq_len=self.seq_len,
-                             group_size=self.group_size)
+                             group_size=self.group_size, advantages=self.advantages)
 
     def get_state(self) -> dict[str, Any]:
         return {"order": self._order.get_state(), "drawn": self._drawn}
@@ -118,7 +121,7 @@ class Rollouts:
 
 
 def score_replies(sampler: Sampler, prompts: Sequence[Prompt], params: Sequence[SamplingParams], *, reward: Reward,
-                  seq_len: int, group_size: int = 1) -> dict[str, np.ndarray]:
+                  seq_len: int, group_size: int = 1, advantages: Advantages = group_advantages) -> dict[str, np.ndarray]:
     """Samples a reply to each prompt and returns their rows (batch.py's keys) with "rewards"
     and, by groups of `group_size` consecutive prompts, "advantages"."""
     replies = sampler.generate_ids([p.example for p in prompts], params)
@@ -128,7 +131,7 @@ def score_replies(sampler: Sampler, prompts: Sequence[Prompt], params: Sequence[
     batch = collate(rows, seq_len=seq_len, config=sampler.config)
     texts = [sampler.tokenizer.decode(ids) for ids in replies]
     rewards = np.asarray(reward(batch, texts, [p.reference for p in prompts]), np.float32)
-    return {**batch, "rewards": rewards, "advantages": group_advantages(rewards, group_size)}
+    return {**batch, "rewards": rewards, "advantages": advantages(rewards, group_size)}
 
 
 def exact_match_reward(batch: dict[str, np.ndarray], texts: list[str], references: list[str]) -> np.ndarray:
@@ -172,6 +175,7 @@ class RLRecipe:
     temperature: float = 1.0
     max_new_tokens: int = 16
     kl_coef: float = 0.05
+    advantage: str = "group"  # "group": (r - mean) / std in each group; "best": 1 for its best reply, else 0
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_bad_records: int = 0
@@ -182,6 +186,8 @@ class RLRecipe:
 
     def __post_init__(self):
         PolicyGradientConfig(kl_coef=self.kl_coef)
+        if self.advantage not in ADVANTAGES:
+            raise ConfigError(f"--advantage must be one of {', '.join(ADVANTAGES)}, got {self.advantage!r}")
         if self.group_size < 2:
             raise ConfigError(f"--group-size must be at least 2 (advantages compare replies to one prompt), "
                               f"got {self.group_size}")
@@ -208,7 +214,7 @@ class RLRecipe:
         stream = Rollouts(splits["train"], sampler=sampler, link=self.link, reward=reward,
                           prompts_per_step=self.prompts_per_step, group_size=self.group_size,
                           temperature=self.temperature, max_new_tokens=self.max_new_tokens, seq_len=seq_len,
-                          seed=self.train.seed)
+                          seed=self.train.seed, advantages=ADVANTAGES[self.advantage])
         limit = self.eval_limit
 
         def scores(model: Gemini, split: str) -> dict[str, Any]:

@@ -50,6 +50,24 @@ def group_advantages(rewards: np.ndarray, group_size: int, *, eps: float = 1e-6)
     return (centred / (groups.std(axis=1, keepdims=True) + eps)).reshape(-1).astype(np.float32)
 
 
+def best_of_group_advantages(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """float32[N * G] rewards, G consecutive per prompt -> 1 for each group's highest reward (the
+    first of equals), 0 for the others: the update is then supervised training on the reply the
+    reward prefers (rejection sampling, as in Llama 2's RLHF), and no reply is pushed down. A
+    group whose replies all earn the same reward teaches nothing; one with a reward that is not
+    finite gets NaN advantages, so that its update is skipped as group_advantages' would be."""
+    groups = np.asarray(rewards, np.float64).reshape(-1, group_size)
+    best = np.zeros(groups.shape, np.float32)
+    finite = np.isfinite(groups).all(axis=1)
+    varied = finite & (groups.max(axis=1) > groups.min(axis=1))
+    best[np.flatnonzero(varied), groups[varied].argmax(axis=1)] = 1.0
+    best[~finite] = np.nan
+    return best.reshape(-1)
+
+
+ADVANTAGES = {"group": group_advantages, "best": best_of_group_advantages}  # the CLI's --advantage
+
+
 def policy_gradient_loss(log_probs: jax.Array, reference: jax.Array, weights: jax.Array, advantages: jax.Array,
                          *, kl_coef: float | jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """log_probs, reference, weights float32[R, K] (the scored tokens of each row), advantages
