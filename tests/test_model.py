@@ -239,6 +239,29 @@ def test_scanned_layers_equal_the_unrolled_stack(build_model, policy):
         np.testing.assert_allclose(np.asarray(ours.v), np.asarray(theirs.v), rtol=1e-5, atol=1e-5)
 
 
+def test_scanned_blockwise_training_memory_grows_linearly_with_length():
+    """Blockwise attention inside the layer scan keeps its memory linear in the length when
+    differentiated: no block-pair masks or scores for the whole sequence are computed ahead
+    of the loop and held through the step (they would grow with its square)."""
+    config = override(CONFIG.text_only, depth=2, remat="full", scan_layers=True, attention_impl="blockwise",
+                      attention_block=32, max_seq_len=2048)
+
+    def temp_bytes(length):
+        model = nnx.eval_shape(lambda: Gemini(config, rngs=nnx.Rngs(0)))
+        batch = {k: jax.ShapeDtypeStruct((2, length), jnp.int32)
+                 for k in ("tokens", "segment_ids", "positions", "media_spans")}
+        graphdef, state = nnx.split(model)
+
+        def loss(state, batch):
+            return jnp.mean(jnp.square(nnx.merge(graphdef, state)(batch).hidden))
+
+        compiled = jax.jit(jax.grad(loss)).lower(state, batch).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    # 4x the tokens: about 4x the memory if linear, 16x if the block pairs were held.
+    assert temp_bytes(1024) < 8 * temp_bytes(256)
+
+
 @pytest.mark.parametrize("num_kv_heads,prefix_lm", [(2, False), (1, False), (1, True)], ids=["gqa", "mqa", "prefix-lm"])
 def test_cached_decoding_matches_full_forward(build_model, media, num_kv_heads, prefix_lm):
     config = override(CONFIG, num_kv_heads=num_kv_heads)

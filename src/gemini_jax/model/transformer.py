@@ -124,12 +124,17 @@ class Decoder(nnx.Module):
         graphdef, _ = nnx.split(self.blocks[0])
         stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(nnx.state(b) for b in self.blocks))
 
-        def body(x, state):
+        # The mask and positions ride in the carry, unchanged, rather than being closed over:
+        # differentiating a scan hoists whatever depends only on its constants out of the
+        # loop, and blockwise attention's per-block masks, so hoisted, were all computed at
+        # once and held through the step (1 GiB a buffer for nano-1 at 8 x 2,048 tokens).
+        def body(carry, state):
+            x, mask, positions = carry
             x = constrain(x, ("batch", "length", "act_embed"))
             x, kv = nnx.merge(graphdef, state)(x, mask=mask, positions=positions)
-            return x, (kv.k, kv.v)
+            return (x, mask, positions), (kv.k, kv.v)
 
         if self.config.remat != RematPolicy.NONE:
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat])
-        x, (k, v) = jax.lax.scan(body, x, stacked)  # k, v: [depth, B, T, K, H]
+        (x, _, _), (k, v) = jax.lax.scan(body, (x, mask, positions), stacked)  # k, v: [depth, B, T, K, H]
         return x, tuple(LayerKV(k=k[i], v=v[i]) for i in range(len(self.blocks)))
