@@ -3,9 +3,12 @@
     python benchmarks/lora_memory.py                          # nano-1 text decoder, 8 x 2,048 tokens
     python benchmarks/lora_memory.py --preset demo --batch 2 --seq-len 128 --remat none
     python benchmarks/lora_memory.py --breakdown 12           # and where the memory goes
+    python benchmarks/lora_memory.py --topology v5p:2x2x1     # compiled for a TPU v5p chip, without one
 
 Both steps are built from abstract models (nnx.eval_shape) on a one-device mesh, lowered with
-ShapeDtypeStruct inputs and compiled for the default backend: nothing is allocated or run.
+ShapeDtypeStruct inputs and compiled for the default backend, or with --topology for one chip of a
+TPU topology by libtpu's compiler (`pip install "jax[tpu]"`; no TPU needed, none is used): nothing
+is allocated or run.
 Full fine-tuning updates every parameter (float32 master weights, AdamW); LoRA (train/lora.py)
 updates only rank-`--rank` adapters on every attention and MLP projection of the decoder, with
 their own AdamW state, and holds the frozen base weights in bfloat16 (`freeze_base`).
@@ -35,6 +38,7 @@ from flax import nnx
 from gemini_jax import sharding
 from gemini_jax.config import ATTENTION_IMPLS, REMAT_POLICIES, get_preset, override
 from gemini_jax.model import Gemini
+from gemini_jax.train.loss import logits_chunk_tokens
 from gemini_jax.train.lora import LoraConfig, LoraTrainer, apply_lora, freeze_base
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.trainer import Trainer
@@ -73,6 +77,16 @@ def largest_buffers(dump_dir: str, count: int) -> list[str]:
     return [f"{row[1].strip()}: {row[4].strip()}" for row in rows[1:count + 1]]
 
 
+def target_devices(topology: str | None) -> list[jax.Device]:
+    """The default backend's devices, or a TPU topology's compile-only devices (libtpu's)."""
+    if topology is None:
+        return jax.devices()
+    from jax.experimental import topologies
+
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no cloud metadata server to ask for the machine
+    return list(topologies.get_topology_desc(topology, platform="tpu").devices)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nano-1", help="model preset (its text decoder is trained)")
@@ -91,6 +105,16 @@ def main() -> None:
     # model's way to keep them out on any backend.
     parser.add_argument("--attention", choices=ATTENTION_IMPLS, default="blockwise",
                         help="attention implementation (the same for both variants)")
+    # XLA's CPU compiler has no bfloat16 matmul and converts frozen bfloat16 weights to float32
+    # (docs/post-training.md); an accelerator's compiler shows what a step needs where it runs.
+    parser.add_argument("--topology", metavar="NAME",
+                        help="compile for the first chip of this TPU topology (e.g. v5p:2x2x1) with libtpu's "
+                        "compiler instead of for the default backend; needs libtpu, not a TPU")
+    # One chunk's float32 logits and their gradient are alive at a time (train/loss.py); the
+    # default chunk holds 1 GiB of logits (1,024 tokens of a 256K vocabulary).
+    parser.add_argument("--logits-chunk", type=int, default=None, metavar="TOKENS",
+                        help="tokens per chunk of the loss's vocabulary projection, both variants (default: "
+                        "train/loss.py's, the most whose logits fit 1 GiB)")
     parser.add_argument("--breakdown", type=int, default=0, metavar="N",
                         help="also list each variant's N largest buffers (XLA's memory-usage report)")
     args = parser.parse_args()
@@ -99,7 +123,7 @@ def main() -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir}".strip()
     config = override(get_preset(args.preset).text_only, remat=args.remat, scan_layers=not args.unrolled,
                       attention_impl=args.attention)
-    mesh = sharding.make_mesh(sharding.MeshShape(), devices=jax.devices()[:1])
+    mesh = sharding.make_mesh(sharding.MeshShape(), devices=target_devices(args.topology)[:1])
     optimizer = OptimizerConfig(total_steps=10_000)
     lora_config = LoraConfig(rank=args.rank, alpha=2.0 * args.rank)
 
@@ -110,13 +134,17 @@ def main() -> None:
         "preset": args.preset, "text_only": True, "batch": args.batch, "seq_len": args.seq_len,
         "remat": args.remat, "scan_layers": config.scan_layers,
         "attention": args.attention, "dtype": str(config.dtype), "lora_rank": args.rank, "lora_alpha": lora_config.alpha,
-        "lora_targets": list(lora_config.targets), "backend": jax.default_backend(), "jax": jax.__version__,
+        "lora_targets": list(lora_config.targets), "compiled_for": mesh.devices.flat[0].device_kind,
+        "jax": jax.__version__,
     }
-    results["full"] = step_memory(Trainer(full_model, optimizer, mesh=mesh), batch=args.batch, seq_len=args.seq_len)
+    chunk = args.logits_chunk
+    results["logits_chunk_tokens"] = chunk or logits_chunk_tokens(config.vocab_size)
+    results["full"] = step_memory(Trainer(full_model, optimizer, mesh=mesh, logits_chunk_tokens=chunk),
+                                  batch=args.batch, seq_len=args.seq_len)
     if dump_dir:
         results["full"]["largest_buffers"] = largest_buffers(dump_dir, args.breakdown)
-    results["lora"] = step_memory(LoraTrainer(lora_model, optimizer, mesh=mesh), batch=args.batch,
-                                  seq_len=args.seq_len)
+    results["lora"] = step_memory(LoraTrainer(lora_model, optimizer, mesh=mesh, logits_chunk_tokens=chunk),
+                                  batch=args.batch, seq_len=args.seq_len)
     if dump_dir:
         results["lora"]["largest_buffers"] = largest_buffers(dump_dir, args.breakdown)
         shutil.rmtree(dump_dir)
