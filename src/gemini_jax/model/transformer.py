@@ -126,8 +126,9 @@ class Decoder(nnx.Module):
 
         # The mask and positions ride in the carry, unchanged, rather than being closed over:
         # differentiating a scan hoists whatever depends only on its constants out of the
-        # loop, and blockwise attention's per-block masks, so hoisted, were all computed at
-        # once and held through the step (1 GiB a buffer for nano-1 at 8 x 2,048 tokens).
+        # loop, and blockwise attention's per-block masks, so hoisted, were computed for every
+        # block pair at once and held through the step: memory quadratic in the length
+        # (docs/post-training.md, "On an accelerator's compiler").
         def body(carry, state):
             x, mask, positions = carry
             x = constrain(x, ("batch", "length", "act_embed"))
