@@ -4,11 +4,13 @@
     python benchmarks/lora_memory.py --preset demo --batch 2 --seq-len 128 --remat none
     python benchmarks/lora_memory.py --breakdown 12           # and where the memory goes
     python benchmarks/lora_memory.py --topology v5p:2x2x1     # compiled for a TPU v5p chip, without one
+    python benchmarks/lora_memory.py --gpu-target benchmarks/h100_target.txtpb   # for an H100, without one
 
 Both steps are built from abstract models (nnx.eval_shape) on a one-device mesh, lowered with
 ShapeDtypeStruct inputs and compiled for the default backend, or with --topology for one chip of a
-TPU topology by libtpu's compiler (`pip install "jax[tpu]"`; no TPU needed, none is used): nothing
-is allocated or run.
+TPU topology by libtpu's compiler (`pip install "jax[tpu]"`), or with --gpu-target for the GPU a
+target description names by XLA's GPU compiler (`pip install jax-cuda12-plugin jax-cuda12-pjrt` of
+jax's version): no accelerator is needed, none is used, nothing is allocated or run.
 Full fine-tuning updates every parameter (float32 master weights, AdamW); LoRA (train/lora.py)
 updates only rank-`--rank` adapters on every attention and MLP projection of the decoder, with
 their own AdamW state, and holds the frozen base weights in bfloat16 (`freeze_base`).
@@ -77,14 +79,19 @@ def largest_buffers(dump_dir: str, count: int) -> list[str]:
     return [f"{row[1].strip()}: {row[4].strip()}" for row in rows[1:count + 1]]
 
 
-def target_devices(topology: str | None) -> list[jax.Device]:
-    """The default backend's devices, or a TPU topology's compile-only devices (libtpu's)."""
-    if topology is None:
-        return jax.devices()
+def target_devices(topology: str | None, gpu_target: str | None) -> list[jax.Device]:
+    """The default backend's devices, or compile-only devices: a TPU topology's (libtpu's), or
+    one GPU described by an XLA GpuTargetConfig text proto (the CUDA plugin's)."""
     from jax.experimental import topologies
 
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no cloud metadata server to ask for the machine
-    return list(topologies.get_topology_desc(topology, platform="tpu").devices)
+    if topology is not None:
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no cloud metadata server to ask for the machine
+        return list(topologies.get_topology_desc(topology, platform="tpu").devices)
+    if gpu_target is not None:
+        jax.config.update("jax_platforms", "cpu")  # the CUDA plugin would look for a GPU to run on
+        description = Path(gpu_target).read_text()
+        return list(topologies.get_topology_desc("gpu", "cuda", target_config=description, topology="1x1x1").devices)
+    return jax.devices()
 
 
 def main() -> None:
@@ -112,18 +119,23 @@ def main() -> None:
                         "compiler instead of for the default backend; needs libtpu, not a TPU")
     # One chunk's float32 logits and their gradient are alive at a time (train/loss.py); the
     # default chunk holds 1 GiB of logits (1,024 tokens of a 256K vocabulary).
+    parser.add_argument("--gpu-target", metavar="FILE",
+                        help="compile for the GPU this XLA GpuTargetConfig text proto describes (e.g. "
+                        "benchmarks/h100_target.txtpb) with XLA's GPU compiler; needs jax's CUDA plugin, not a GPU")
     parser.add_argument("--logits-chunk", type=int, default=None, metavar="TOKENS",
                         help="tokens per chunk of the loss's vocabulary projection, both variants (default: "
                         "train/loss.py's, the most whose logits fit 1 GiB)")
     parser.add_argument("--breakdown", type=int, default=0, metavar="N",
                         help="also list each variant's N largest buffers (XLA's memory-usage report)")
     args = parser.parse_args()
+    if args.topology and args.gpu_target:
+        parser.error("--topology and --gpu-target name two targets: give one")
     dump_dir = tempfile.mkdtemp(prefix="lora-memory-") if args.breakdown else None
     if dump_dir:  # read when the backend starts, below
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir}".strip()
     config = override(get_preset(args.preset).text_only, remat=args.remat, scan_layers=not args.unrolled,
                       attention_impl=args.attention)
-    mesh = sharding.make_mesh(sharding.MeshShape(), devices=target_devices(args.topology)[:1])
+    mesh = sharding.make_mesh(sharding.MeshShape(), devices=target_devices(args.topology, args.gpu_target)[:1])
     optimizer = OptimizerConfig(total_steps=10_000)
     lora_config = LoraConfig(rank=args.rank, alpha=2.0 * args.rank)
 
