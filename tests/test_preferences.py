@@ -27,7 +27,7 @@ from gemini_jax.train.batches import with_loss_positions
 from gemini_jax.train.dpo import DPOConfig, DPOTrainer
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import bradley_terry_loss, dpo_loss, reply_log_probs
-from gemini_jax.train.reward import REWARD_FILE, RewardModel, RewardTrainer, load_reward_model
+from gemini_jax.train.reward import REWARD_FILE, RewardModel, RewardTrainer, load_reward_model, write_reward_record
 
 CONFIG = dataclasses.replace(PRESETS["test"], vocab_size=400)
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=1, total_steps=40)
@@ -185,6 +185,34 @@ def test_reward_model_starts_at_log_2_and_learns_the_preference(tok):
     assert isinstance(model, RewardModel)
     scores = np.asarray(nnx.jit(lambda m, b: m(b))(model, encoded.batch([0, 1], 2)))
     assert scores[0] > scores[2] and scores[1] > scores[3]
+
+
+def test_a_likelihood_reward_model_adds_the_weighted_log_probability_of_the_reply(tok, tok_file, tmp_path):
+    pairs = [pair_from_json(pair("Is there a red circle?", "Yes.", "No, there is not."), base_dir=".", where="x")]
+    batch = with_loss_positions(encode_pairs(pairs, tokenizer=tok, config=CONFIG).batch([0], 1))
+    model = RewardModel(Gemini(CONFIG, rngs=nnx.Rngs(0)), likelihood=True)
+    plain = RewardModel(model.backbone)
+    head = np.random.default_rng(0).normal(size=CONFIG.width).astype(np.float32)
+    for m in (model, plain):
+        m.head[...], m.bias[...] = jnp.asarray(head), jnp.float32(0.3)
+    model.mean_log_prob_weight[...], model.log_prob_weight[...] = jnp.float32(0.7), jnp.float32(-0.2)
+    total = np.asarray(reply_log_probs(model.backbone, batch))
+    count = batch["loss_mask"].sum(axis=1)
+    np.testing.assert_allclose(np.asarray(model(batch)), np.asarray(plain(batch)) + 0.7 * total / count - 0.2 * total,
+                               rtol=1e-5, atol=1e-5)
+    # The weights start at zero: the first loss is log 2, as the plain head's.
+    trainer = RewardTrainer(RewardModel(Gemini(CONFIG, rngs=nnx.Rngs(0)), likelihood=True), OPTIMIZER)
+    encoded = encode_pairs(rule_pairs(8), tokenizer=tok, config=CONFIG)
+    assert float(trainer.step(next(pair_batches(encoded, batch_size=4, seed=0)))["loss"]) == pytest.approx(math.log(2))
+    # A reward run records the option, and loads with it.
+    run = tmp_path / "reward"
+    checkpoint.write_run_files(run, config=CONFIG, tokenizer_path=tok_file)
+    saver = checkpoint.Checkpointer(run, async_save=False)
+    saver.save(1, state=RewardTrainer(model, OPTIMIZER).state(), meta={"step": 1})
+    saver.close()
+    write_reward_record(run, init_from=run, data=tmp_path / "pairs.jsonl", likelihood=True)
+    loaded = load_reward_model(run)
+    assert loaded.likelihood and float(loaded.mean_log_prob_weight[...]) == pytest.approx(0.7)
 
 
 def test_dpo_starts_at_log_2_moves_the_policy_and_leaves_the_reference(tok):

@@ -118,6 +118,7 @@ def preference(args: argparse.Namespace) -> None:
 
     recipe = recipe_from_flags(PreferenceRecipe, args, kind=args.command, data=args.data, init_from=args.init_from,
                                run_dir=args.run_dir, beta=getattr(args, "beta", 0.1),
+                               likelihood=getattr(args, "likelihood", False),
                                validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
                                max_bad_records=args.max_bad_records, lora=_lora(args))
     _start_backend(args, recipe)

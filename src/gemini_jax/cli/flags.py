@@ -230,6 +230,10 @@ def _add_preference(sub: argparse._SubParsersAction, kind: str) -> None:
     if kind == "dpo":
         p.add_argument("--beta", type=positive_float, default=0.1,
                        help="scale of the implicit reward: higher keeps the policy closer to --init-from")
+    if kind == "reward":
+        p.add_argument("--likelihood", action="store_true",
+                       help="the score also weighs the reply's log-probability under --init-from's own language model "
+                       "head (its mean and sum over the reply's tokens, two weights learnt beside the head)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="pairs per batch (default: 16)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="peak learning rate (default: 1e-4)")

@@ -55,6 +55,7 @@ class PreferenceRecipe:
         steps=300, optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=20, weight_decay=0.0))
     batch_size: int = 16  # pairs per batch (twice as many rows)
     beta: float = 0.1  # DPO's
+    likelihood: bool = False  # reward: the score also weighs the reply's log-probability (train/reward.py)
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_bad_records: int = 0
@@ -68,6 +69,8 @@ class PreferenceRecipe:
         DPOConfig(beta=self.beta)  # checks it
         if self.lora is not None and self.kind != "dpo":
             raise ConfigError(f"LoRA trains a policy: dpo takes it, {self.kind} does not")
+        if self.likelihood and self.kind != "reward":
+            raise ConfigError(f"the likelihood feature is a reward model's: {self.kind} does not take it")
 
     @property
     def name(self) -> str:
@@ -89,7 +92,7 @@ class PreferenceRecipe:
                        for name, pairs in splits.items() if pairs}
         checkpoint.write_run_files(run_dir, config=config, tokenizer_path=tokenizer_file)
         if self.kind == "reward":
-            write_reward_record(run_dir, init_from=self.init_from, data=self.data)
+            write_reward_record(run_dir, init_from=self.init_from, data=self.data, likelihood=self.likelihood)
         stream = pair_batches(encoded["train"], batch_size=self.batch_size, seed=self.train.seed)
         score = self._scorer()
 
@@ -128,7 +131,7 @@ class PreferenceRecipe:
         if not checkpoint.has_checkpoints(run_dir_of(self)):
             checkpoint.load_params(self.init_from, model)
         if self.kind == "reward":
-            return RewardTrainer(RewardModel(model), optimizer, mesh=mesh)
+            return RewardTrainer(RewardModel(model, likelihood=self.likelihood), optimizer, mesh=mesh)
         return DPOTrainer(model, optimizer, reference=self._reference, dpo=DPOConfig(beta=self.beta), mesh=mesh)
 
     @functools.cached_property

@@ -6,8 +6,14 @@ media and the whole reply. The backbone starts from a trained run (`--init-from`
 zero, so the first scores are all 0 and the first loss log 2. It trains with the pairwise
 Bradley-Terry loss (train/preference_loss.py).
 
+With `likelihood=True` the score also weighs the reply's log-probability under the backbone's
+own language model head (its mean and its sum over the reply's tokens; the two weights start at
+zero): a backbone that answers the prompt right puts its probability on the right answer, which
+a head on one hidden state reads only in part (docs/post-training.md).
+
 A reward run is a run directory like any other (config.json is the backbone's, with its
-tokenizer) plus `reward.json`; its checkpoints hold {"backbone": ..., "head": ...}.
+tokenizer) plus `reward.json` (where it came from, and `likelihood`); its checkpoints hold
+{"backbone": ..., "head": ..., "bias": ...} and, with the likelihood, its two weights.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from flax import nnx
 from gemini_jax import checkpoint
 from gemini_jax.config import ModelConfig
 from gemini_jax.model import Gemini
-from gemini_jax.model.layers import param
+from gemini_jax.model.layers import param, tied_logits
 from gemini_jax.train.batches import model_inputs
 from gemini_jax.train.optimizer import OptimizerConfig
 from gemini_jax.train.preference_loss import bradley_terry_loss, real_pairs
@@ -34,11 +40,15 @@ REWARD_FILE = "reward.json"
 
 
 class RewardModel(nnx.Module):
-    def __init__(self, backbone: Gemini):
+    def __init__(self, backbone: Gemini, *, likelihood: bool = False):
         self.backbone = backbone
         self.config: ModelConfig = backbone.config
+        self.likelihood = likelihood
         self.head = param(jnp.zeros((backbone.config.width,), jnp.float32), "embed")
         self.bias = param(jnp.zeros((), jnp.float32))
+        if likelihood:
+            self.mean_log_prob_weight = param(jnp.zeros((), jnp.float32))
+            self.log_prob_weight = param(jnp.zeros((), jnp.float32))
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """float32[rows]: each row's score (0 for a row that scores no token)."""
@@ -46,7 +56,20 @@ class RewardModel(nnx.Module):
         mask = batch["loss_mask"] > 0
         last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[1])[None, :], 0), axis=1)  # [R]
         final = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)  # [R, D]
-        return jnp.where(mask.any(axis=1), final @ self.head[...] + self.bias[...], 0.0)
+        score = final @ self.head[...] + self.bias[...]
+        if self.likelihood:
+            total, count = self._reply_log_prob(hidden, batch["targets"], mask)
+            score += self.mean_log_prob_weight[...] * total / jnp.maximum(count, 1.0) + self.log_prob_weight[...] * total
+        return jnp.where(mask.any(axis=1), score, 0.0)
+
+    def _reply_log_prob(self, hidden: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(float32[R] the summed log-probability of each row's scored tokens under the backbone's
+        language model head, float32[R] how many there are)."""
+        embedder = self.backbone.embedder
+        logits = tied_logits(embedder.table.get_value(), hidden, dtype=embedder.dtype).astype(jnp.float32)
+        log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
+        weights = mask.astype(jnp.float32)
+        return (log_probs * weights).sum(axis=1), weights.sum(axis=1)
 
 
 class RewardTrainer(Trainer):
@@ -56,6 +79,7 @@ class RewardTrainer(Trainer):
     logged_metrics = ("accuracy", "margin")
 
     def __init__(self, model: Gemini | RewardModel, optimizer: OptimizerConfig, *, mesh: jax.sharding.Mesh | None = None):
+        # A bare backbone gets the plain head; pass a RewardModel for the likelihood's.
         super().__init__(model if isinstance(model, RewardModel) else RewardModel(model), optimizer, mesh=mesh)
 
     def _loss(self, frozen, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -66,9 +90,10 @@ class RewardTrainer(Trainer):
         return loss, {"loss_tokens": real.sum(), **metrics}
 
 
-def write_reward_record(run_dir: str | os.PathLike, *, init_from: str | os.PathLike, data: str | os.PathLike) -> None:
+def write_reward_record(run_dir: str | os.PathLike, *, init_from: str | os.PathLike, data: str | os.PathLike,
+                        likelihood: bool = False) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    record = {"init_from": str(Path(init_from).resolve()), "data": str(Path(data).resolve())}
+    record = {"init_from": str(Path(init_from).resolve()), "data": str(Path(data).resolve()), "likelihood": likelihood}
     Path(run_dir, REWARD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -82,7 +107,9 @@ def load_reward_model(run_dir: str | os.PathLike) -> RewardModel:
         raise checkpoint.CheckpointError(f"{str(run_dir)!r} is not a reward model run (no {REWARD_FILE}); "
                                          "train one with `gemini-jax reward`")
     config = checkpoint.read_config(run_dir)
-    model = nnx.eval_shape(lambda: RewardModel(Gemini(config, rngs=nnx.Rngs(0))))
+    # Runs written before the likelihood option record none: the plain head.
+    likelihood = bool(json.loads(Path(run_dir, REWARD_FILE).read_text()).get("likelihood", False))
+    model = nnx.eval_shape(lambda: RewardModel(Gemini(config, rngs=nnx.Rngs(0)), likelihood=likelihood))
     checkpoint.load_params(run_dir, model)
     return model
 
