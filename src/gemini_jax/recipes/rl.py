@@ -39,6 +39,7 @@ from gemini_jax.model.lora import LoraConfig, lora_weights, merge_lora
 from gemini_jax.recipes.runner import Setup, Timings, run_dir_of, train_and_evaluate
 from gemini_jax.sample.sampler import Sampler
 from gemini_jax.sample.token_choice import SamplingParams
+from gemini_jax.train.batches import with_loss_positions
 from gemini_jax.train.config import TrainConfig
 from gemini_jax.train.lora import refuse_lora_run, start_lora
 from gemini_jax.train.optimizer import OptimizerConfig
@@ -152,7 +153,7 @@ def reward_model_reward(run_dir: str, *, policy_run: str, policy_config: ModelCo
 
     def reward(batch: dict[str, np.ndarray], texts: list[str], references: list[str]) -> np.ndarray:
         del texts, references
-        return np.asarray(jax.device_get(score(model, batch)), np.float32)
+        return np.asarray(jax.device_get(score(model, with_loss_positions(batch))), np.float32)
 
     return reward
 

@@ -58,17 +58,24 @@ class RewardModel(nnx.Module):
         final = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)  # [R, D]
         score = final @ self.head[...] + self.bias[...]
         if self.likelihood:
-            total, count = self._reply_log_prob(hidden, batch["targets"], mask)
+            total, count = self._reply_log_prob(hidden, batch)
             score += self.mean_log_prob_weight[...] * total / jnp.maximum(count, 1.0) + self.log_prob_weight[...] * total
         return jnp.where(mask.any(axis=1), score, 0.0)
 
-    def _reply_log_prob(self, hidden: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _reply_log_prob(self, hidden: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """(float32[R] the summed log-probability of each row's scored tokens under the backbone's
-        language model head, float32[R] how many there are)."""
+        language model head, float32[R] how many there are). Logits are projected at the batch's
+        `loss_positions` only (train/batches.py): a reply is a few tokens of its row."""
+        if "loss_positions" not in batch:
+            raise ValueError("a reward model with the likelihood scores batches with loss_positions "
+                             "(train.batches.with_loss_positions)")
+        positions = batch["loss_positions"]  # [R, K]
+        picked = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [R, K, D]
+        targets = jnp.take_along_axis(batch["targets"], positions, axis=1)
+        weights = (jnp.take_along_axis(batch["loss_mask"], positions, axis=1) > 0).astype(jnp.float32)
         embedder = self.backbone.embedder
-        logits = tied_logits(embedder.table.get_value(), hidden, dtype=embedder.dtype).astype(jnp.float32)
+        logits = tied_logits(embedder.table.get_value(), picked, dtype=embedder.dtype).astype(jnp.float32)
         log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
-        weights = mask.astype(jnp.float32)
         return (log_probs * weights).sum(axis=1), weights.sum(axis=1)
 
 
