@@ -45,7 +45,11 @@ def token_log_probs(model: Gemini, batch: Mapping[str, jax.Array]) -> tuple[jax.
 
     Logits are projected at those positions only (a reply is a few tokens of its row), whole:
     fine for replies of a few hundred tokens over a vocabulary of 256K."""
-    hidden = model(model_inputs(batch)).hidden  # [R, T, D]
+    return scored_log_probs(model, model(model_inputs(batch)).hidden, batch)
+
+
+def scored_log_probs(model: Gemini, hidden: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """`token_log_probs` from the decoder's final hidden states [R, T, D], already computed."""
     positions = batch["loss_positions"]  # [R, K]
     hidden = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [R, K, D]
     targets = jnp.take_along_axis(batch["targets"], positions, axis=1)

@@ -30,10 +30,10 @@ from flax import nnx
 from gemini_jax import checkpoint
 from gemini_jax.config import ModelConfig
 from gemini_jax.model import Gemini
-from gemini_jax.model.layers import param, tied_logits
+from gemini_jax.model.layers import param
 from gemini_jax.train.batches import model_inputs
 from gemini_jax.train.optimizer import OptimizerConfig
-from gemini_jax.train.preference_loss import bradley_terry_loss, real_pairs
+from gemini_jax.train.preference_loss import bradley_terry_loss, real_pairs, scored_log_probs
 from gemini_jax.train.trainer import Trainer
 
 REWARD_FILE = "reward.json"
@@ -64,18 +64,12 @@ class RewardModel(nnx.Module):
 
     def _reply_log_prob(self, hidden: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """(float32[R] the summed log-probability of each row's scored tokens under the backbone's
-        language model head, float32[R] how many there are). Logits are projected at the batch's
+        language model head, float32[R] how many there are), projected at the batch's
         `loss_positions` only (train/batches.py): a reply is a few tokens of its row."""
         if "loss_positions" not in batch:
             raise ValueError("a reward model with the likelihood scores batches with loss_positions "
                              "(train.batches.with_loss_positions)")
-        positions = batch["loss_positions"]  # [R, K]
-        picked = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [R, K, D]
-        targets = jnp.take_along_axis(batch["targets"], positions, axis=1)
-        weights = (jnp.take_along_axis(batch["loss_mask"], positions, axis=1) > 0).astype(jnp.float32)
-        embedder = self.backbone.embedder
-        logits = tied_logits(embedder.table.get_value(), picked, dtype=embedder.dtype).astype(jnp.float32)
-        log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
+        log_probs, weights = scored_log_probs(self.backbone, hidden, batch)
         return (log_probs * weights).sum(axis=1), weights.sum(axis=1)
 
 
