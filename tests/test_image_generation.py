@@ -176,6 +176,30 @@ def test_the_recipe_copies_a_given_image_tokenizer_and_refuses_a_bad_one(corpus,
     assert "--image-tokenizer is for --task image_generation" in capsys.readouterr().err
 
 
+def test_the_recipe_trains_the_image_scorer_the_command_would_and_keeps_it_on_resume(corpus, tmp_path):
+    from gemini_jax.config import ConfigError
+    from gemini_jax.recipes.image_generation import ImageGenerationRecipe
+    from gemini_jax.sample.image_output import IMAGE_SCORER_DIR
+    from gemini_jax.train.config import TrainConfig
+    from gemini_jax.train.image_scorer import ScorerSettings, train_and_save
+
+    settings = ScorerSettings(steps=3, batch_size=8, progress=False)
+    recipe = ImageGenerationRecipe(image_scorer=settings, train=TrainConfig(seed=5, progress=False))
+    recipe._image_scorer(tmp_path / "run", corpus)
+    # What `gemini-jax image-scorer train --run RUN --seed 5` trains: the run's seed seeds it.
+    train_and_save(corpus, tmp_path / "command", settings=dataclasses.replace(settings, seed=5))
+    weights = (tmp_path / "run" / IMAGE_SCORER_DIR / "image_scorer.safetensors").read_bytes()
+    assert weights == (tmp_path / "command" / "image_scorer.safetensors").read_bytes()
+    # Resuming keeps the scorer the run has, whatever the recipe now says.
+    dataclasses.replace(recipe, train=TrainConfig(seed=6, progress=False))._image_scorer(tmp_path / "run", corpus)
+    assert (tmp_path / "run" / IMAGE_SCORER_DIR / "image_scorer.safetensors").read_bytes() == weights
+    with pytest.raises(ConfigError, match="eval_samples 8 chooses among samples with the run's image scorer"):
+        ImageGenerationRecipe(image_scorer=None)
+    with pytest.raises(ConfigError, match="eval_samples is how many samples a test request gets, 1 or more"):
+        ImageGenerationRecipe(eval_samples=0)
+    assert ImageGenerationRecipe(image_scorer=None, eval_samples=1).image_scorer is None
+
+
 def test_a_run_that_writes_layouts_is_asked_to_edit_its_pictures_as_it_wrote_them(image_model, cache, monkeypatch,
                                                                                   tmp_path):
     from gemini_jax.checkpoint import CheckpointError

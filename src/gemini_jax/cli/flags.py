@@ -73,8 +73,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="demo (the default): the multimodal demo; kv_retrieval: the long-context recipe, a text-only "
                    "decoder trained on synthetic key-value retrieval, evaluated by context length and position; "
                    "long_text: that decoder trained on long documents, evaluated by NLL by token position; "
-                   "image_generation: a model that draws and edits easy-VQA-style pictures as image codes, judged on "
-                   "held-out requests (src/gemini_jax/recipes/image_generation.py)")
+                   "image_generation: a model that draws and edits easy-VQA-style pictures as image codes, with an "
+                   "image scorer to choose among its samples, judged on held-out requests, the best of 8 samples each "
+                   "(src/gemini_jax/recipes/image_generation.py)")
     p.add_argument("--image-tokenizer", default=None, metavar="DIR",
                    help="image_generation: use this trained image tokenizer (`gemini-jax image-tokenizer train --out "
                    "DIR`) instead of training one on the drawings (default: trained by the recipe)")

@@ -21,8 +21,12 @@
    that one model also learns the unconditional picture distribution that classifier-free
    guidance (Ho & Salimans 2022, as in Parti and Muse) samples against; the run keeps that prompt
    in RUN/image_tokenizer/guidance.json (sample/image_output.py).
-5. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py),
-   guided by `eval_guidance` when it is set, each code sampled from the `eval_top_p` nucleus.
+5. The image scorer (model/image_scorer.py), trained on the corpus's real train requests (never on
+   a generated picture) into RUN/image_scorer/, so that `generate --best-of K` can choose among
+   samples as soon as the run exists.
+6. The final evaluation: `image_generation` on the test requests (evals/tasks/image_generation.py),
+   guided by `eval_guidance` when it is set, each code sampled from the `eval_top_p` nucleus, the
+   best of `eval_samples` samples by the scorer (the first sample's figures reported beside them).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from gemini_jax.model.image_tokenizer import ImageTokenizerConfig
 from gemini_jax.recipes.runner import Setup, Timings, log
 from gemini_jax.sample.image_output import IMAGE_TOKENIZER_DIR, write_reply_layout, write_unconditional_prompt
 from gemini_jax.train.config import TrainConfig
+from gemini_jax.train.image_scorer import ScorerSettings
 from gemini_jax.train.image_tokenizer import TrainSettings
 from gemini_jax.train.optimizer import OptimizerConfig
 
@@ -113,6 +118,11 @@ class ImageGenerationRecipe:
     # Nucleus sampling of each code, after guidance: sampling from the whole distribution lets a code
     # the model thinks unlikely break a shape's edge. 1: untruncated. Chosen on validation (docs/image-output.md).
     eval_top_p: float = 0.9
+    # The image scorer the run chooses among samples with (None: none is trained, and the final evaluation
+    # takes one sample a request), and how many samples a test request gets. Eight chose best on validation
+    # of 2, 4, 8, 12 and 16 (docs/image-output.md).
+    image_scorer: ScorerSettings | None = ScorerSettings()
+    eval_samples: int = 8
     evaluate_at_end: bool = True
 
     def __post_init__(self):
@@ -130,6 +140,11 @@ class ImageGenerationRecipe:
             if self.guidance_dropout == 0:
                 raise ConfigError("eval_guidance needs guidance_dropout > 0: a model never shown the unconditional "
                                   "prompt has no unconditional distribution to guide against")
+        if not isinstance(self.eval_samples, int) or self.eval_samples < 1:
+            raise ConfigError(f"eval_samples is how many samples a test request gets, 1 or more; got {self.eval_samples!r}")
+        if self.eval_samples > 1 and self.image_scorer is None:
+            raise ConfigError(f"eval_samples {self.eval_samples} chooses among samples with the run's image scorer: "
+                              "keep image_scorer (ScorerSettings()) or set eval_samples to 1")
 
     def model_config(self, *, text_pieces: int, codebook_size: int, codes_per_image: int) -> ModelConfig:
         """The preset's decoder with room for the text pieces and, above them, the codes."""
@@ -157,6 +172,9 @@ class ImageGenerationRecipe:
             corpus = DrawingCorpus.build(self.cache_dir, sizes=self.corpus, layout=self.reply_layout)
         with timings.phase("image_tokenizer_s"):
             image_dir = self._image_tokenizer(run_dir, corpus)
+        if self.image_scorer is not None:
+            with timings.phase("image_scorer_s"):
+                self._image_scorer(run_dir, corpus)
         with timings.phase("tokenizer_s"):
             tokenizer_file = prepare_tokenizer(corpus, vocab_size=self.text_vocab_size or
                                                (LAYOUT_VOCAB_SIZE if self.reply_layout else TEXT_VOCAB_SIZE))
@@ -196,7 +214,8 @@ class ImageGenerationRecipe:
             task = ImageGeneration(name="image_generation" if split == "test" else f"image_generation_{split}",
                                    split=split, corpus_sizes=self.corpus)
             options = EvalOptions(limit=limit, cache_dir=self.cache_dir, temperature=self.eval_temperature,
-                                  guidance=self.eval_guidance, top_p=self.eval_top_p, progress=self.train.progress)
+                                  guidance=self.eval_guidance, top_p=self.eval_top_p, progress=self.train.progress,
+                                  samples=self.eval_samples if split == "test" else 1)
             return evaluate(model, tokenizer, [task], options, run_dir=run_dir)
 
         def quick(model):
@@ -225,6 +244,25 @@ class ImageGenerationRecipe:
                               settings=dataclasses.replace(self.image_tokenizer_settings, progress=self.train.progress,
                                                            seed=self.train.seed))
         return out
+
+
+    def _image_scorer(self, run_dir: Path, corpus: DrawingCorpus) -> None:
+        """RUN/image_scorer: kept when the run has one (resuming), else trained, seeded by the run's seed
+        (what `gemini-jax image-scorer train --run RUN --seed S` trains)."""
+        from gemini_jax.model.image_scorer import CONFIG_FILE
+        from gemini_jax.sample.image_output import IMAGE_SCORER_DIR
+        from gemini_jax.train.image_scorer import train_and_save
+
+        out = run_dir / IMAGE_SCORER_DIR
+        if (out / CONFIG_FILE).is_file():
+            return
+        settings = dataclasses.replace(self.image_scorer, seed=self.train.seed, progress=self.train.progress)
+        log(f"image scorer: training {settings.steps} steps on the corpus's real train requests")
+        report = train_and_save(corpus, out, settings=settings)
+        ranked = ", ".join(f"{100 * report['validation'][f'{kind}_top_answers']:.0f}% of {kind}s" for kind in ("draw", "edit")
+                           if f"{kind}_top_answers" in report["validation"])  # a tiny corpus may have too few
+        log(f"image scorer: trained in {report['train_seconds']:.0f} s; a right picture ranked first for "
+            f"{ranked or 'no batch'} of the validation requests")
 
 
 def is_drawing(example: Example) -> bool:
