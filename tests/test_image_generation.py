@@ -200,6 +200,21 @@ def test_the_recipe_trains_the_image_scorer_the_command_would_and_keeps_it_on_re
     assert ImageGenerationRecipe(image_scorer=None, eval_samples=1).image_scorer is None
 
 
+def test_eval_samples_is_a_flag_of_the_image_generation_recipe_only(capsys):
+    from gemini_jax.cli import build_parser, main
+    from gemini_jax.cli.commands import recipe_from_flags
+    from gemini_jax.recipes.image_generation import ImageGenerationRecipe
+
+    args = build_parser().parse_args(["train", "--task", "image_generation", "--eval-samples", "3"])
+    assert recipe_from_flags(ImageGenerationRecipe, args).eval_samples == 3
+    args = build_parser().parse_args(["train", "--task", "image_generation"])
+    assert recipe_from_flags(ImageGenerationRecipe, args).eval_samples == 8
+    assert main(["train", "--task", "kv_retrieval", "--eval-samples", "3"]) == 2
+    assert "--eval-samples does nothing for --task kv_retrieval" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--task", "image_generation", "--eval-samples", "0"])
+
+
 def test_a_run_that_writes_layouts_is_asked_to_edit_its_pictures_as_it_wrote_them(image_model, cache, monkeypatch,
                                                                                   tmp_path):
     from gemini_jax.checkpoint import CheckpointError

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 # Flags that set a recipe's own field of the same name; a recipe without that field refuses the flag.
-RECIPE_FLAGS = {"seq_len": "--seq-len", "cache_dir": "--cache-dir", "batch_size": "--batch-size", "dtype": "--dtype"}
+RECIPE_FLAGS = {"seq_len": "--seq-len", "cache_dir": "--cache-dir", "batch_size": "--batch-size", "dtype": "--dtype",
+                "eval_samples": "--eval-samples"}
 
 
 def _write_json(path: str | None, results: dict) -> None:

@@ -79,6 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-tokenizer", default=None, metavar="DIR",
                    help="image_generation: use this trained image tokenizer (`gemini-jax image-tokenizer train --out "
                    "DIR`) instead of training one on the drawings (default: trained by the recipe)")
+    p.add_argument("--eval-samples", type=positive_int, default=None, metavar="K",
+                   help="image_generation: the final evaluation samples each test request K times and judges the one "
+                   "the run's image scorer rates highest (default: 8; 1: the first sample alone)")
 
     def mixture_file(text: str) -> str:
         if not text.endswith((".yaml", ".yml", ".json")):
