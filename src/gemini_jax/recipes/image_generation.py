@@ -245,7 +245,6 @@ class ImageGenerationRecipe:
                                                            seed=self.train.seed))
         return out
 
-
     def _image_scorer(self, run_dir: Path, corpus: DrawingCorpus) -> None:
         """RUN/image_scorer: kept when the run has one (resuming), else trained, seeded by the run's seed
         (what `gemini-jax image-scorer train --run RUN --seed S` trains)."""
