@@ -150,10 +150,12 @@ def reward_model_reward(run_dir: str, *, policy_run: str, policy_config: ModelCo
         raise ConfigError(f"the reward model's vocabulary ({model.config.vocab_size}) is not the policy's "
                           f"({policy_config.vocab_size})")
     score = nnx.jit(lambda m, b: m(b))
+    # Only the likelihood reads loss_positions; a plain head given them would compile once per width.
+    prepare = with_loss_positions if model.likelihood else dict
 
     def reward(batch: dict[str, np.ndarray], texts: list[str], references: list[str]) -> np.ndarray:
         del texts, references
-        return np.asarray(jax.device_get(score(model, with_loss_positions(batch))), np.float32)
+        return np.asarray(jax.device_get(score(model, prepare(batch))), np.float32)
 
     return reward
 
