@@ -82,7 +82,9 @@ def _recording(model: nnx.Module, token_mask: jax.Array) -> Iterator[dict[str, t
             inputs, output = subscripts.replace(" ", "").split("->")
             x = operands[0]
             contracted, rows = _einsum_rows(inputs, x, inputs.split(",")[1], output)
-            if x.shape[:2] == token_mask.shape and rows.shape[0] == token_mask.size:
+            # A token's input: x [B, T, ...] or, from a layer that merges them, [B * T, ...].
+            per_token = x.shape[:2] == token_mask.shape or x.shape[:1] == (token_mask.size,)
+            if per_token and rows.shape[0] == token_mask.size:
                 rows = rows * token_mask.reshape(-1, 1).astype(rows.dtype)
             term = rows.T @ rows  # [In, In]
             sums[name] = (contracted, sums[name][1] + term if name in sums else term)

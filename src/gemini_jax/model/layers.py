@@ -155,11 +155,16 @@ class GeGLU(nnx.Module):
         self.down = param(fan_in_init(0, 1)(rngs.params(), (mlp_dim, width), jnp.float32), "mlp", "embed")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(self.dtype)
-        gate = jnp.einsum("BTD,DF->BTF", x, read_weight(self.gate, self.dtype))
-        up = jnp.einsum("BTD,DF->BTF", x, read_weight(self.up, self.dtype))
-        hidden = jax.nn.gelu(gate, approximate=True) * up  # [B, T, F]
-        return jnp.einsum("BTF,FD->BTD", hidden, read_weight(self.down, self.dtype))
+        """x[..., D] -> [..., D]"""
+        lead = x.shape[:-1]
+        # The tokens on one axis M: over (B, T) the weights' gradients contract two axes, and
+        # XLA's CPU backend then writes the gelu's gradient transposed, 5-7 times the layer's
+        # time (benchmarks/mlp_layout.py). The products and sums are the same ones.
+        x = x.astype(self.dtype).reshape(-1, x.shape[-1])
+        gate = jnp.einsum("MD,DF->MF", x, read_weight(self.gate, self.dtype))
+        up = jnp.einsum("MD,DF->MF", x, read_weight(self.up, self.dtype))
+        hidden = jax.nn.gelu(gate, approximate=True) * up  # [M, F]
+        return jnp.einsum("MF,FD->MD", hidden, read_weight(self.down, self.dtype)).reshape(*lead, -1)
 
 
 def apply_rope(x: jax.Array, *, positions: jax.Array, base: float) -> jax.Array:
