@@ -4,6 +4,7 @@ classifiers (measured on held-out templates) and `gemini-jax safety train`."""
 import base64
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,20 @@ def test_splits_follow_templates_and_are_deterministic(policy, requests):
             assert counts["test"] >= 2 and counts["validation"] >= 2 and counts["train"] >= 10, (category, counts)
     texts = {s: {r.text for r in requests if r.split == s} for s in SPLITS}
     assert not texts["train"] & texts["test"]
+
+
+def test_the_wide_example_policy_extends_the_shipped_one(policy):
+    wide = load_policy(Path(__file__).parents[1] / "examples" / "wide_policy.yaml")
+    for shipped, more in zip(policy.categories, wide.categories, strict=True):
+        assert (more.name, dict(more.slots)) == (shipped.name, dict(shipped.slots))
+        assert more.refuse[:len(shipped.refuse)] == shipped.refuse and more.allow[:len(shipped.allow)] == shipped.allow
+        assert len(more.refuse) == len(more.allow) == 88
+    split_of = {r.template: r.split for r in policy_requests(wide)}
+    for category in wide.category_names:
+        for label in ("refuse", "allow"):
+            for split in SPLITS:
+                held = sum(1 for t, s in split_of.items() if t.startswith(f"{category}/{label}/") and s == split)
+                assert held >= 13, (category, label, split, held)
 
 
 def test_red_team_wrappers_change_the_text_and_keep_the_label(requests):
