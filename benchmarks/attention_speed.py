@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
+from timing import seconds_per_call
 
 from gemini_jax.config import get_preset
 from gemini_jax.model.attention import (
@@ -50,15 +50,6 @@ def _attend(variant: str, q, k, v, segments):
         mask = attention_mask(segment_ids=segments, media_spans=jnp.zeros_like(segments))
         return dot_product_attention(q, k, v, mask=mask, causal=True)
     return blockwise_attention(q, k, v, segment_ids=segments, media_spans=jnp.zeros_like(segments))
-
-
-def _seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
@@ -90,8 +81,8 @@ def main() -> None:
                 argnums=(0, 1, 2)))
             row = {"length": length, "batch": batch, "variant": variant}
             try:
-                fwd = _seconds(forward, (q, k, v, segments), args.repeats)
-                fwd_bwd = _seconds(both, (q, k, v, segments), args.repeats)
+                fwd = seconds_per_call(forward, (q, k, v, segments), args.repeats)
+                fwd_bwd = seconds_per_call(both, (q, k, v, segments), args.repeats)
             except Exception as e:  # noqa: BLE001 (a variant the backend cannot run is reported, not fatal)
                 rows.append({**row, "error": f"{type(e).__name__}: {str(e)[:300]}"})
                 continue

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import seconds_per_call
 
 from gemini_jax.model.layers import GeGLU
 
@@ -29,15 +29,6 @@ def per_row_mlp(x, gate, up, down):
     """The baseline: GeGLU with einsums over [B, T, D]."""
     hidden = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x, gate), approximate=True) * jnp.einsum("BTD,DF->BTF", x, up)
     return jnp.einsum("BTF,FD->BTD", hidden, down)
-
-
-def seconds_per_call(fn, args, steps: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
