@@ -582,9 +582,9 @@ def _add_safety(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--policy", default=None, metavar="FILE",
                    help="a policy YAML file (default: the shipped policy, src/gemini_jax/safety/default_policy.yaml)")
     t.add_argument("--out", required=True, metavar="DIR", help="the directory to write the classifier and report to")
-    t.add_argument("--min-precision", type=unit_interval, default=0.95,
-                   help="each category's threshold is the lowest whose validation precision reaches this (the best "
-                   "validation F1 where none does)")
+    t.add_argument("--min-precision", type=unit_interval, default=None,
+                   help="choose each category's threshold as the lowest whose validation precision reaches this (the "
+                   "best validation F1 where none does) (default: the threshold with the best validation F1)")
     t.add_argument("--max-per-template", type=positive_int, default=40,
                    help="slot fillings per template, at most (a fixed sample where there are more)")
     d = actions.add_parser(

@@ -2,10 +2,10 @@
 character 3-5-grams (the features of the data pipeline's quality classifier).
 
 A request is flagged in a category when its probability reaches that category's threshold.
-Thresholds are chosen on validation data by `with_thresholds_from`: the lowest threshold whose
-validation precision is at least `min_precision` (0.95 by default), i.e. the most harmful requests
-caught while at most 1 flag in 20 is a false alarm on benign look-alikes (over-refusal is a harm
-too); where no threshold reaches that precision, the one with the best F1.
+Thresholds are chosen on validation data by `with_thresholds_from`: by default the threshold with
+the best validation F1 (missed harm and over-refusal of benign look-alikes both count); with
+`min_precision=P`, the lowest threshold whose validation precision is at least P (the most harm
+caught while at most a share 1 - P of flags are false alarms), the best F1 where none reaches it.
 
 `save(dir)` writes `classifier.npz` (weights, compressed; read with allow_pickle=False) and
 `classifier.json` (categories, thresholds and how each was chosen).
@@ -26,7 +26,6 @@ from gemini_jax.data.prepare.classifier import HASHED_FEATURES, hashed_features,
 FORMAT = 1
 WEIGHTS_FILE, META_FILE = "classifier.npz", "classifier.json"
 DEFAULT_THRESHOLD = 0.5
-MIN_PRECISION = 0.95
 
 
 class SafetyClassifier:
@@ -77,7 +76,7 @@ class SafetyClassifier:
         return {c: s >= self.thresholds[c] for c, s in self.scores(texts).items()}
 
     def with_thresholds_from(self, texts: Sequence[str], categories_per_text: Sequence[Collection[str]], *,
-                             min_precision: float = MIN_PRECISION) -> SafetyClassifier:
+                             min_precision: float | None = None) -> SafetyClassifier:
         """A copy whose thresholds are chosen on these (validation) texts, as the module says."""
         labels = _labels(texts, categories_per_text, self.categories)
         thresholds, rules = {}, {}
@@ -109,9 +108,11 @@ class SafetyClassifier:
                        thresholds=meta["thresholds"], rules=meta.get("threshold_rules"))
 
 
-def choose_threshold(scores: np.ndarray, positive: np.ndarray, *, min_precision: float) -> tuple[float, str]:
-    """(threshold, rule): the lowest score at which precision (flagging score >= threshold) is at
-    least `min_precision`; else the score with the best F1; 0.5 when there are no positives."""
+def choose_threshold(scores: np.ndarray, positive: np.ndarray, *,
+                     min_precision: float | None = None) -> tuple[float, str]:
+    """(threshold, rule): the score with the best F1 (flagging score >= threshold); with
+    `min_precision`, the lowest score at which precision reaches it where one does; 0.5 when
+    there are no positives."""
     if not positive.any():
         return DEFAULT_THRESHOLD, "default: no positive validation examples"
     order = np.argsort(-scores, kind="stable")
@@ -121,13 +122,14 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, *, min_precision:
     last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]  # a threshold flags all tied scores
     precision = true_pos / flagged
     recall = true_pos / positive.sum()
-    precise = np.flatnonzero(last_of_tie & (precision >= min_precision))
-    if precise.size:
-        k = precise[-1]
-        return float(sorted_scores[k]), f"lowest with validation precision >= {min_precision:g}"
+    if min_precision is not None:
+        precise = np.flatnonzero(last_of_tie & (precision >= min_precision))
+        if precise.size:
+            return float(sorted_scores[precise[-1]]), f"lowest with validation precision >= {min_precision:g}"
     f1 = np.where(last_of_tie, 2 * precision * recall / np.maximum(precision + recall, 1e-12), -1.0)
     k = int(np.argmax(f1))
-    return float(sorted_scores[k]), f"best validation F1 (precision {min_precision:g} not reached)"
+    missed = "" if min_precision is None else f" (precision {min_precision:g} not reached)"
+    return float(sorted_scores[k]), f"best validation F1{missed}"
 
 
 def _labels(texts: Sequence[str], categories_per_text: Sequence[Collection[str]], categories: Sequence[str]) -> np.ndarray:

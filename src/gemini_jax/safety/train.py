@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from gemini_jax.safety.classifier import MIN_PRECISION, SafetyClassifier
+from gemini_jax.safety.classifier import SafetyClassifier
 from gemini_jax.safety.evaluate import evaluate
 from gemini_jax.safety.policy import Policy, load_policy
 from gemini_jax.safety.requests import MAX_PER_TEMPLATE, SafetyRequest, policy_requests, red_team
@@ -21,7 +21,7 @@ REPORT_FILE = "report.json"
 
 
 def fit(requests: Sequence[SafetyRequest], *, categories: Sequence[str],
-        min_precision: float = MIN_PRECISION) -> SafetyClassifier:
+        min_precision: float | None = None) -> SafetyClassifier:
     """Trained on the train split, thresholds from the validation split; test is not read."""
     train = [r for r in requests if r.split == "train"]
     validation = [r for r in requests if r.split == "validation"]
@@ -32,7 +32,7 @@ def fit(requests: Sequence[SafetyRequest], *, categories: Sequence[str],
                                            min_precision=min_precision)
 
 
-def train_and_report(out: str | os.PathLike, *, policy: Policy | None = None, min_precision: float = MIN_PRECISION,
+def train_and_report(out: str | os.PathLike, *, policy: Policy | None = None, min_precision: float | None = None,
                      max_per_template: int = MAX_PER_TEMPLATE) -> dict:
     """Fits, saves the classifier to `out` and writes `out/report.json`: the policy, request
     counts, thresholds, and metrics on validation, test and red-team-wrapped test."""
