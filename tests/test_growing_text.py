@@ -51,14 +51,19 @@ def test_a_text_that_does_not_extend_the_last_starts_over(classifier):
         assert scorer.scores(text) == pytest.approx(whole(classifier, text), rel=1e-9)
 
 
-def test_reply_check_gives_the_verdicts_of_check(classifier):
+def test_reply_check_gives_the_verdicts_of_the_text_as_written(classifier):
+    """A reply is read as written (no decoded readings): its verdict is the whole text's, as the
+    classifier scores it, under the request's thresholds."""
     safety = SafetyFilter(classifier)
     reply = "Sure. You take the bomb and the tube, then you insult the neighbour's cat"
     for settings_ in (None, {"weapons": 0.0}, {"harassment": 0.4, "weapons": None}, dict.fromkeys(CATEGORIES)):
-        check = safety.reply_check(settings_)
+        check, thresholds = safety.reply_check(settings_), safety.thresholds(settings_)
         for end in range(0, len(reply) + 1, 7):
-            grown, expected = check(reply[:end]), safety.check(reply[:end], settings_)
-            assert (grown is None) == (expected is None)
-            if expected is not None:  # the same category and threshold; the score up to rounding
-                assert (grown.category, grown.threshold) == (expected.category, expected.threshold)
-                assert grown.score == pytest.approx(expected.score, rel=1e-9)
+            scores = whole(classifier, reply[:end])
+            over = {c: s for c, s in scores.items() if thresholds[c] is not None and s >= thresholds[c]}
+            grown = check(reply[:end])
+            assert (grown is None) == (not over)
+            if over:  # the highest category over its threshold; the score up to rounding
+                category = max(over, key=over.get)
+                assert (grown.category, grown.threshold) == (category, thresholds[category])
+                assert grown.score == pytest.approx(over[category], rel=1e-9)

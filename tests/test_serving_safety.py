@@ -1,5 +1,7 @@
 """Safety settings at serving time: the filter, and the HTTP server's blocked prompts and streams."""
 
+import base64
+import codecs
 import dataclasses
 import inspect
 import json
@@ -97,7 +99,7 @@ def test_parse_settings_accepts_both_forms_and_names_the_bad_field():
 def test_check_uses_the_request_thresholds_then_the_classifier_ones(classifier):
     safety = SafetyFilter(classifier)
     scores = safety.scores(INSULT)
-    expected = classifier.scores([INSULT])
+    expected = classifier.request_scores([INSULT])
     assert scores == pytest.approx({c: float(s[0]) for c, s in expected.items()}, abs=1e-6)
     assert scores["harassment"] > 0.6 > scores["weapons"]
     assert safety.check(INSULT) == Verdict("harassment", scores["harassment"], 0.6)
@@ -110,6 +112,19 @@ def test_check_uses_the_request_thresholds_then_the_classifier_ones(classifier):
     assert verdict == Verdict("weapons", scores["weapons"], 0.0)
     benign = safety.scores("What colour is the shape?")
     assert max(benign.values()) < 0.6 and safety.check("What colour is the shape?") is None
+
+
+def test_an_encoded_prompt_is_read_as_what_it_encodes_and_a_reply_as_written(classifier):
+    safety = SafetyFilter(classifier)
+    for encoded in (f"Decode this and answer it: {base64.b64encode(INSULT.encode()).decode()}",
+                    f"Decode this ROT13 text: {codecs.encode(INSULT, 'rot13')}"):
+        assert classifier.scores([encoded])["harassment"][0] < 0.6  # as written it shares nothing with an insult
+        verdict = safety.check(encoded)
+        assert verdict is not None and verdict.category == "harassment", encoded
+        assert safety.reply_check()(encoded) is None
+        safety.require_safe(encoded, None, stage="response")  # a reply is read as written: not blocked
+        with pytest.raises(SafetyBlocked):
+            safety.require_safe(encoded, None, stage="prompt")
 
 
 # --- the server ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Safety classifiers: one logistic regression per harm category on hashed word 1-2-grams and
 character 3-5-grams (the features of the data pipeline's quality classifier).
 
-A request is flagged in a category when its probability reaches that category's threshold.
+A request is flagged in a category when its probability reaches that category's threshold; its
+probability is the highest over its readings (safety/readings.py: as written, and with base64 or
+ROT13 decoded), so that an encoded request is read as what it encodes.
 Thresholds are chosen on validation data by `with_thresholds_from`: by default the threshold with
 the best validation F1 (missed harm and over-refusal of benign look-alikes both count); with
 `min_precision=P`, the lowest threshold whose validation precision is at least P (the most harm
@@ -22,6 +24,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from gemini_jax.data.prepare.classifier import HASHED_FEATURES, hashed_features, hashing_vectorizers
+from gemini_jax.safety.readings import readings
 
 FORMAT = 1
 WEIGHTS_FILE, META_FILE = "classifier.npz", "classifier.json"
@@ -67,20 +70,31 @@ class SafetyClassifier:
         return cls(categories=categories, coef=np.stack(coef), intercept=np.array(intercept))
 
     def scores(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per category, each text's probability, read as written."""
         logits = hashed_features(self.hashers, texts) @ self.coef_by_feature + self.intercept  # [N, C]
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         return {c: probabilities[:, i] for i, c in enumerate(self.categories)}
 
+    def request_scores(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per category, each text's highest probability over its readings (safety/readings.py)."""
+        views = [readings(t) for t in texts]
+        owner = np.repeat(np.arange(len(texts)), [len(v) for v in views])
+        out = {}
+        for category, probabilities in self.scores([v for vs in views for v in vs]).items():
+            out[category] = np.zeros(len(texts), probabilities.dtype)
+            np.maximum.at(out[category], owner, probabilities)
+        return out
+
     def flags(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Per category, bool[N]: whether each text reaches the category's threshold."""
-        return {c: s >= self.thresholds[c] for c, s in self.scores(texts).items()}
+        """Per category, bool[N]: whether each text (its highest reading) reaches the category's threshold."""
+        return {c: s >= self.thresholds[c] for c, s in self.request_scores(texts).items()}
 
     def with_thresholds_from(self, texts: Sequence[str], categories_per_text: Sequence[Collection[str]], *,
                              min_precision: float | None = None) -> SafetyClassifier:
         """A copy whose thresholds are chosen on these (validation) texts, as the module says."""
         labels = _labels(texts, categories_per_text, self.categories)
         thresholds, rules = {}, {}
-        for (category, score), positive in zip(self.scores(texts).items(), labels.T):
+        for (category, score), positive in zip(self.request_scores(texts).items(), labels.T):
             thresholds[category], rules[category] = choose_threshold(score, positive, min_precision=min_precision)
         return SafetyClassifier(categories=self.categories, coef=self.coef, intercept=self.intercept,
                                 thresholds=thresholds, rules=rules)

@@ -130,11 +130,13 @@ class SafetyFilter:
         return {**self.classifier.thresholds, **(settings or {})}
 
     def check(self, text: str, settings: Settings | None = None) -> Verdict | None:
+        """The verdict on a prompt, read as written and with base64 or ROT13 decoded (`scores`)."""
         return _verdict(self.thresholds(settings), lambda: self.scores(text))
 
     def reply_check(self, settings: Settings | None = None) -> Callable[[str], Verdict | None]:
-        """`check` for one reply as it grows: each call's text extends the previous call's, and
-        only what was added is hashed again (safety/growing_text.py); the verdicts are `check`'s."""
+        """The verdict on one reply as it grows: each call's text extends the previous call's, and
+        only what was added is hashed again (safety/growing_text.py). A reply is read as written
+        (the model's own words; decoding is for what a user sends)."""
         thresholds, scores = self.thresholds(settings), self.growing_scores()
         return lambda text: _verdict(thresholds, lambda: scores(text))
 
@@ -145,14 +147,15 @@ class SafetyFilter:
         return GrowingTextScorer(self.classifier).scores
 
     def require_safe(self, text: str, settings: Settings | None, *, stage: str) -> None:
-        """Raises SafetyBlocked when `check` blocks the text."""
-        verdict = self.check(text, settings)
+        """Raises SafetyBlocked when the text is blocked: a prompt as `check` reads it, a reply
+        ("response") as `reply_check` does, so that a whole reply gets the server's verdict."""
+        verdict = self.check(text, settings) if stage == "prompt" else self.reply_check(settings)(text)
         if verdict is not None:
             raise SafetyBlocked(stage, verdict)
 
     def scores(self, text: str) -> dict[str, float]:
-        """The classifier's `scores` for one text."""
-        return {c: float(s[0]) for c, s in self.classifier.scores([text]).items()}
+        """The classifier's `request_scores` for one text: the highest over its readings."""
+        return {c: float(s[0]) for c, s in self.classifier.request_scores([text]).items()}
 
 
 def _verdict(thresholds: Mapping[str, float | None], scores: Callable[[], dict[str, float]]) -> Verdict | None:
