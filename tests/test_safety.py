@@ -5,7 +5,6 @@ import base64
 import codecs
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
