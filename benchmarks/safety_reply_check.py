@@ -1,13 +1,14 @@
-"""What the serving filter costs to check a streamed reply at every chunk (prints JSON).
+"""What the serving filter costs to check a prompt, and a streamed reply at every chunk (prints JSON).
 
     python benchmarks/safety_reply_check.py [--chars 40,200,1000] [--chunk 4] [--repeats 5]
 
-A reply of each length, grown `--chunk` characters at a time and checked after each chunk, once
-by `SafetyFilter.check` (the whole text hashed again each time) and once by
+A reply of each length, grown `--chunk` characters at a time and scored after each chunk, once
+with the whole text hashed again each time (`SafetyClassifier.scores`) and once by
 `SafetyFilter.reply_check` (only the words since the last whitespace hashed:
-safety/growing_text.py). Both in this process, the best of `--repeats`; the classifier has the
-shipped layout (4 categories over 2 x 2^18 hashed features) with random weights, which cost what
-trained ones do.
+safety/growing_text.py). A prompt of each length checked once by `SafetyFilter.check` (every
+reading of it: as written, base64 decoded, ROT13; safety/readings.py), beside the text as written
+alone. All in this process, the best of `--repeats`; the classifier has the shipped layout (4
+categories over 2 x 2^18 hashed features) with random weights, which cost what trained ones do.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ def main() -> None:
     for chars in (int(c) for c in args.chars.split(",")):
         text = reply(chars)
         checks = -(-len(text) // args.chunk)
-        whole = best_seconds(lambda t: safety.check(t), text, args.chunk, args.repeats)
+        whole = best_seconds(lambda t: classifier.scores([t]), text, args.chunk, args.repeats)
         # A new reply check per repeat: each starts from an empty reply, as a request does.
         growing = min(best_seconds(safety.reply_check(), text, args.chunk, 1) for _ in range(args.repeats))
+        as_written = best_seconds(lambda t: classifier.scores([t]), text, len(text), args.repeats)
+        prompt = best_seconds(safety.check, text, len(text), args.repeats)
         results.append({"chars": len(text), "checks": checks, "whole_text_ms_per_check": 1e3 * whole / checks,
-                        "growing_ms_per_check": 1e3 * growing / checks, "speedup": whole / growing})
+                        "growing_ms_per_check": 1e3 * growing / checks, "speedup": whole / growing,
+                        "prompt_as_written_ms": 1e3 * as_written, "prompt_check_ms": 1e3 * prompt,
+                        "prompt_readings_cost": prompt / as_written})
     print(json.dumps({"chunk_chars": args.chunk, "repeats": args.repeats, "results": results}, indent=1))
 
 
