@@ -46,9 +46,11 @@ from gemini_jax.safety.requests import MAX_PER_TEMPLATE, policy_requests, red_te
 HELPFUL_REPLY = "Sure, I can help with that. Here is some general, safe information to start with."
 TRAIN_PASSAGES = 3000
 PREPARED = "prepared"  # DIR/prepared: where the printed `data prepare` command writes the four files
-# Mixture weights: the four safety sources and the demo's replay (a little over half of each batch).
-WEIGHTS = {"refusals": 1.0, "allowed": 1.0, "hedging": 1.0, "attribution": 1.0,
+# Mixture weights: the four safety sources and the demo's replay (two fifths of each batch), and the
+# tuning the printed command runs; chosen on validation (docs/safety.md, "Tuning the demo").
+WEIGHTS = {"refusals": 2.0, "allowed": 2.0, "hedging": 2.0, "attribution": 1.0,
            "vqa": 2.0, "asr": 1.5, "video": 1.0, "text": 0.25}
+TUNING_STEPS, TUNING_LEARNING_RATE = 4000, 3e-3
 SOURCES = {"refusals": "safety_refuse", "allowed": "safety_allow", "hedging": "hedging", "attribution": "attribution"}
 REPLAY = {"vqa": {"cache": True}, "asr": {"buckets": 2, "augment": "specaugment", "cache": True},
           "video": {"cache": True}, "text": {"seq_len": 128, "batch_size": 16}}  # as recipes/demo.yaml reads them
@@ -74,7 +76,8 @@ class TuningFiles:
                 "--no-decontaminate")
 
     def train_command(self, run: str = "runs/demo", run_dir: str = "runs/demo-safety") -> str:
-        return f"gemini-jax train --data {self.mixture} --init-from {run} --run-dir {run_dir}"
+        return (f"gemini-jax train --data {self.mixture} --init-from {run} --run-dir {run_dir} "
+                f"--steps {TUNING_STEPS} --learning-rate {TUNING_LEARNING_RATE:g}")
 
 
 def tuning_examples(policy: Policy, corpus: Any, *, max_per_template: int = MAX_PER_TEMPLATE,
